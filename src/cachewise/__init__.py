@@ -1,0 +1,43 @@
+"""cachewise: cache-aside done right, for sync and asyncio code.
+
+    from cachewise import Cache
+
+    cache = Cache(ttl=60)
+    user = cache.get_or_load(f"user:{user_id}", lambda: db.load_user(user_id))
+    ...
+    db.update_user(user_id, ...)   # commit first,
+    cache.delete(f"user:{user_id}")  # then delete: never update the cache on write
+
+Nothing happens at import time: no default cache, no connection, no thread.
+"""
+
+from cachewise._core.entry import Entry
+from cachewise._core.policy import Policy
+from cachewise._errors import BackendError, CacheClosedError, CacheError
+from cachewise._frontends._decorator import AsyncCachedFunction, CachedFunction
+from cachewise._frontends.aio import AsyncCache
+from cachewise._frontends.sync import Cache
+from cachewise._sentinel import MISSING, MissingType
+from cachewise._stats import CacheStats
+from cachewise.backends import AsyncBackend, Backend, MemoryBackend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MISSING",
+    "AsyncBackend",
+    "AsyncCache",
+    "AsyncCachedFunction",
+    "Backend",
+    "BackendError",
+    "Cache",
+    "CacheClosedError",
+    "CacheError",
+    "CacheStats",
+    "CachedFunction",
+    "Entry",
+    "MemoryBackend",
+    "MissingType",
+    "Policy",
+    "__version__",
+]

@@ -1,0 +1,46 @@
+"""The cached entry: a value plus the metadata every freshness decision needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Entry:
+    """One cached value and its freshness metadata.
+
+    All times are absolute seconds on the owning cache's clock.
+
+    - ``expires_at``: end of the fresh period (the jittered TTL).
+    - ``stale_until``: end of the grace window (``expires_at + stale_ttl``); past it
+      the entry is garbage.
+    - ``refresh_at``: before this instant a hit is certainly fresh and needs no random
+      draw for early refresh (see ``policy.refresh_horizon``). Derived, not stored on
+      the wire.
+    - ``delta``: how long the load that produced the value took (XFetch's Δ).
+    - ``negative``: the value is a cached "not found".
+    """
+
+    __slots__ = ("delta", "expires_at", "negative", "refresh_at", "stale_until", "value")
+
+    def __init__(  # noqa: PLR0917 - positional on purpose: built on every write
+        self,
+        value: Any,
+        expires_at: float,
+        stale_until: float,
+        refresh_at: float,
+        delta: float = 0.0,
+        negative: bool = False,
+    ) -> None:
+        self.value = value
+        self.expires_at = expires_at
+        self.stale_until = stale_until
+        self.refresh_at = refresh_at
+        self.delta = delta
+        self.negative = negative
+
+    def __repr__(self) -> str:
+        return (
+            f"Entry(value={self.value!r}, expires_at={self.expires_at!r}, "
+            f"stale_until={self.stale_until!r}, delta={self.delta!r}, "
+            f"negative={self.negative!r})"
+        )

@@ -1,0 +1,5 @@
+"""The front ends: ``Cache`` (threads) and ``AsyncCache`` (asyncio).
+
+Both carry out what ``cachewise._core`` decides; what they share that is not I/O
+lives in ``_base``.
+"""

@@ -1,0 +1,152 @@
+"""What ``Cache`` and ``AsyncCache`` share that involves no I/O and no waiting."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cachewise._core.entry import Entry
+from cachewise._core.policy import Policy, check_seconds, make_entry
+from cachewise._errors import CacheClosedError
+from cachewise._stats import CacheStats, Counters
+from cachewise.backends._protocol import BackendStats
+
+logger = logging.getLogger("cachewise")
+
+Clock = Callable[[], float]
+
+# At most one warning per this many seconds per cache for degraded backend calls;
+# every failure is still counted.
+_WARN_EVERY = 10.0
+
+
+def check_key(key: object) -> str:
+    """A cache key must be a str (str subclasses are converted to plain str)."""
+    if isinstance(key, str):
+        return str.__str__(key)
+    raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+
+
+def check_ttl(ttl: float | None) -> float | None:
+    """Validate a per-call ``ttl`` (``None`` means the cache's default)."""
+    return None if ttl is None else check_seconds("ttl", ttl)
+
+
+def check_loader(loader: object) -> None:
+    """Raise ``TypeError`` if ``loader`` is not callable."""
+    if not callable(loader):
+        raise TypeError(f"loader must be a zero-argument callable, not {type(loader).__name__}")
+
+
+class CacheBase:
+    """Options, keys, entry creation and counters, shared by both front ends."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str = "",
+        ttl: float = 300.0,
+        jitter: float = 0.1,
+        stale_ttl: float = 0.0,
+        negative_ttl: float = 30.0,
+        early_refresh: float = 1.0,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        serve_stale: bool = True,
+        is_negative: Callable[[Any], bool] | None = None,
+        max_pending_refreshes: int = 256,
+    ) -> None:
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+        if clock is not None and not callable(clock):
+            raise TypeError("clock must be a zero-argument callable returning seconds")
+        if rng is not None and not isinstance(rng, random.Random):
+            raise TypeError("rng must be a random.Random instance")
+        if isinstance(max_pending_refreshes, bool) or not isinstance(max_pending_refreshes, int):
+            raise TypeError("max_pending_refreshes must be an int")
+        if max_pending_refreshes < 0:
+            raise ValueError(f"max_pending_refreshes must be >= 0, got {max_pending_refreshes}")
+        extra = {} if is_negative is None else {"is_negative": is_negative}
+        self._policy = Policy(
+            ttl=ttl,
+            jitter=jitter,
+            stale_ttl=stale_ttl,
+            negative_ttl=negative_ttl,
+            early_refresh=early_refresh,
+            serve_stale=bool(serve_stale),
+            **extra,
+        )
+        self._namespace = namespace
+        self._prefix = f"{namespace}:" if namespace else ""
+        self._clock: Clock = clock or time.time
+        self._rng = rng or random.Random()
+        self._counters = Counters()
+        self._max_pending = max_pending_refreshes
+        self._closed = False
+        self._owns_backend = False
+        self._stats_source: object = None
+        self._last_warning = float("-inf")
+
+    # -- public, read-only --------------------------------------------------------
+
+    @property
+    def namespace(self) -> str:
+        """The namespace every key of this cache is prefixed with."""
+        return self._namespace
+
+    @property
+    def policy(self) -> Policy:
+        """The validated freshness options."""
+        return self._policy
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` / ``aclose()`` was called."""
+        return self._closed
+
+    def stats(self) -> CacheStats:
+        """A snapshot of every counter (see ``CacheStats``)."""
+        source = self._stats_source
+        evictions = source.evictions if isinstance(source, BackendStats) else 0
+        return self._counters.snapshot(evictions)
+
+    # -- helpers for the shells ---------------------------------------------------
+
+    def _full_key(self, key: object) -> str:
+        return self._prefix + check_key(key)
+
+    def _new_entry(
+        self, value: Any, now: float, ttl: float | None, delta: float, negative: bool
+    ) -> Entry | None:
+        return make_entry(
+            value,
+            now=now,
+            ttl=ttl,
+            delta=delta,
+            policy=self._policy,
+            u=self._rng.random(),
+            negative=negative,
+        )
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CacheClosedError(f"{type(self).__name__} is closed")
+
+    def _degraded(self, operation: str, exc: BaseException) -> None:
+        """Count a backend failure we are degrading around, and log it (rate-limited)."""
+        self._counters.backend_errors += 1
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY:
+            self._last_warning = now
+            logger.warning(
+                "cachewise: backend %s failed (%s: %s); degrading, see stats().backend_errors",
+                operation,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _refresh_failed(self, key: str, exc: BaseException) -> None:
+        logger.debug("cachewise: background refresh of %r failed: %r", key, exc)

@@ -1,0 +1,522 @@
+"""``Cache``: the front end for threaded code."""
+
+from __future__ import annotations
+
+import inspect
+import random
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+from cachewise._core.entry import Entry
+from cachewise._core.flights import Flight, FlightTable
+from cachewise._core.policy import Read, decide_read, is_fresh, stale_servable
+from cachewise._frontends._base import CacheBase, Clock, check_key, check_loader, check_ttl
+from cachewise._frontends._decorator import CachedFunction, P, R, is_async_callable
+from cachewise._sentinel import MISSING
+from cachewise._url import backend_from_url
+from cachewise.backends._memory import MemoryBackend
+from cachewise.backends._protocol import Backend
+
+T = TypeVar("T")
+D = TypeVar("D")
+
+
+class _Call:
+    """The waiting side of one sync flight."""
+
+    __slots__ = ("abandoned", "done", "error", "guard", "value")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        # Held while the finished load checks its flight is still valid and writes;
+        # invalidation passes through it so its delete lands after such a write.
+        self.guard = threading.Lock()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        # The leader died of a BaseException (KeyboardInterrupt...): waiters retry.
+        self.abandoned = False
+
+
+class Cache(CacheBase):
+    """A read-through cache for threaded code.
+
+    ``backend=None`` means a bounded ``MemoryBackend`` (10,000 entries, 64 MiB) that
+    the cache owns and closes. A backend you pass in stays yours to close.
+
+    Options (all keyword-only, all validated):
+
+    - ``namespace``: prefix of every key (``"ns:key"``).
+    - ``ttl``: default lifetime in seconds; each write draws its TTL uniformly from
+      ``[ttl*(1-jitter), ttl*(1+jitter)]``. ``0`` stores nothing.
+    - ``stale_ttl``: grace window past the TTL in which a stale value is served
+      while one refresh runs (stale-while-revalidate), and served instead of a
+      load error (stale-if-error). ``serve_stale=False`` makes readers wait for the
+      refresh instead, still falling back to the stale value on error.
+    - ``negative_ttl``: lifetime of a loader result for which ``is_negative(result)``
+      holds (default: ``result is None``), capped by ``ttl``; ``0`` caches none.
+    - ``early_refresh``: XFetch's β; ``0`` turns probabilistic early refresh off.
+    - ``clock``: zero-argument callable returning seconds (default ``time.time``);
+      ``rng``: a ``random.Random`` for jitter and XFetch draws.
+    - ``refresh_workers`` / ``max_pending_refreshes``: the bounded pool that runs
+      background refreshes, drained by ``close()``.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | None = None,
+        *,
+        namespace: str = "",
+        ttl: float = 300.0,
+        jitter: float = 0.1,
+        stale_ttl: float = 0.0,
+        negative_ttl: float = 30.0,
+        early_refresh: float = 1.0,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        serve_stale: bool = True,
+        is_negative: Callable[[Any], bool] | None = None,
+        refresh_workers: int = 4,
+        max_pending_refreshes: int = 256,
+    ) -> None:
+        super().__init__(
+            namespace=namespace,
+            ttl=ttl,
+            jitter=jitter,
+            stale_ttl=stale_ttl,
+            negative_ttl=negative_ttl,
+            early_refresh=early_refresh,
+            clock=clock,
+            rng=rng,
+            serve_stale=serve_stale,
+            is_negative=is_negative,
+            max_pending_refreshes=max_pending_refreshes,
+        )
+        if isinstance(refresh_workers, bool) or not isinstance(refresh_workers, int):
+            raise TypeError("refresh_workers must be an int")
+        if refresh_workers < 1:
+            raise ValueError(f"refresh_workers must be >= 1, got {refresh_workers}")
+        if backend is None:
+            backend = MemoryBackend()
+            self._owns_backend = True
+        elif not isinstance(backend, Backend) or inspect.iscoroutinefunction(backend.get):
+            raise TypeError(
+                f"Cache needs a sync Backend, got {type(backend).__name__}"
+                + ("; use AsyncCache for an async backend" if _looks_async(backend) else "")
+            )
+        self._backend: Backend = backend
+        self._stats_source = backend
+        self._bget = backend.get  # bound once: the hit path is one call into the backend
+        self._refresh_workers = refresh_workers
+        # Guards the flight table, the executor and the pending-refresh bookkeeping.
+        # Never held across a loader call or backend I/O.
+        self._lock = threading.Lock()
+        self._flights: FlightTable[_Call] = FlightTable()
+        self._executor: ThreadPoolExecutor | None = None
+        self._futures: set[Future[None]] = set()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Cache:
+        """A cache on the backend ``url`` names, e.g. ``memory://?max_entries=1000``.
+
+        Keyword options go to the cache (``ttl=``, ``namespace=``...). The cache owns
+        the backend and closes it.
+        """
+        cache = cls(backend_from_url(url), **options)
+        cache._owns_backend = True
+        return cache
+
+    @property
+    def backend(self) -> Backend:
+        """The backend entries live in."""
+        return self._backend
+
+    # -- reads --------------------------------------------------------------------
+
+    @overload
+    def get(self, key: str) -> Any: ...
+    @overload
+    def get(self, key: str, default: D) -> Any | D: ...
+
+    def get(self, key: str, default: Any = MISSING) -> Any:
+        """The fresh value under ``key``, or ``default`` (``MISSING``).
+
+        Never returns a stale value: with no loader there is nothing to revalidate.
+        """
+        full = self._full_key(key)
+        try:
+            entry = self._bget(full)
+        except Exception as exc:
+            self._degraded("get", exc)
+            entry = None
+        counters = self._counters
+        if entry is not None and is_fresh(entry, self._clock()):
+            counters.hits += 1
+            if entry.negative:
+                counters.negative_hits += 1
+            return entry.value
+        counters.misses += 1
+        return default
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The fresh values among ``keys``, as ``{key: value}``; misses are left out."""
+        wanted = [check_key(key) for key in keys]
+        full = [self._prefix + key for key in wanted]
+        try:
+            entries = self._backend.get_many(full)
+        except Exception as exc:
+            self._degraded("get_many", exc)
+            entries = [None] * len(full)
+        now = self._clock()
+        found: dict[str, Any] = {}
+        counters = self._counters
+        for key, entry in zip(wanted, entries, strict=True):
+            if entry is not None and is_fresh(entry, now):
+                counters.hits += 1
+                if entry.negative:
+                    counters.negative_hits += 1
+                found[key] = entry.value
+            else:
+                counters.misses += 1
+        return found
+
+    def get_or_load(self, key: str, loader: Callable[[], T], *, ttl: float | None = None) -> T:
+        """The value under ``key``; on a miss, ``loader()``'s result, cached.
+
+        Concurrent callers on one key share one ``loader`` call and get its result or
+        its exception. Stale and early-refresh handling follow the cache's options.
+        """
+        # The hit path, kept to one backend call, one clock read and one comparison.
+        # refresh_at is the instant before which the entry is certainly fresh and
+        # needs no XFetch draw; everything else goes to the decision core.
+        full = self._prefix + key if key.__class__ is str else self._full_key(key)
+        if not callable(loader):
+            check_loader(loader)
+        if ttl is not None:
+            ttl = check_ttl(ttl)
+        try:
+            entry = self._bget(full)
+        except Exception as exc:
+            self._degraded("get", exc)
+            entry = None
+        if entry is not None and self._clock() < entry.refresh_at:
+            counters = self._counters
+            counters.hits += 1
+            if entry.negative:
+                counters.negative_hits += 1
+            value: T = entry.value
+            return value
+        return self._read_slow(full, loader, ttl, entry)
+
+    def _read_slow(
+        self, full: str, loader: Callable[[], T], ttl: float | None, entry: Entry | None
+    ) -> T:
+        counters = self._counters
+        action = decide_read(entry, self._clock(), 1.0 - self._rng.random(), self._policy)
+        if action is Read.LOAD or action is Read.LOAD_OR_STALE:
+            self._check_open()
+            counters.misses += 1
+            stale = entry if action is Read.LOAD_OR_STALE else None
+            result: T = self._load(full, loader, ttl, stale)
+            return result
+        assert entry is not None  # decide_read only loads on a missing entry
+        if action is Read.HIT:
+            counters.hits += 1
+            if entry.negative:
+                counters.negative_hits += 1
+        elif action is Read.HIT_REFRESH:
+            counters.hits += 1
+            if self._refresh_in_background(full, loader, ttl):
+                counters.early_refreshes += 1
+        else:  # Read.STALE_REFRESH
+            counters.stale_served += 1
+            self._refresh_in_background(full, loader, ttl)
+        value: T = entry.value
+        return value
+
+    # -- writes -------------------------------------------------------------------
+
+    def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
+        """Store ``value`` under ``key``. A load in flight for ``key`` will not
+        overwrite it. Prefer ``delete`` on write (cache-aside); ``set`` is for values
+        you computed yourself."""
+        full = self._full_key(key)
+        ttl = check_ttl(ttl)
+        self._check_open()
+        entry = self._new_entry(value, self._clock(), ttl, 0.0, False)
+        self._revoke([full])
+        try:
+            if entry is None:
+                self._backend.delete(full)
+            else:
+                self._backend.set(full, entry)
+        except Exception as exc:
+            self._degraded("set", exc)
+
+    def set_many(self, items: Mapping[str, Any], *, ttl: float | None = None) -> None:
+        """``set`` for several keys with one TTL."""
+        ttl = check_ttl(ttl)
+        self._check_open()
+        now = self._clock()
+        pairs: list[tuple[str, Entry]] = []
+        dropped: list[str] = []
+        for key, value in items.items():
+            full = self._full_key(key)
+            entry = self._new_entry(value, now, ttl, 0.0, False)
+            if entry is None:
+                dropped.append(full)
+            else:
+                pairs.append((full, entry))
+        self._revoke([full for full, _ in pairs] + dropped)
+        try:
+            if pairs:
+                self._backend.set_many(pairs)
+            if dropped:
+                self._backend.delete_many(dropped)
+        except Exception as exc:
+            self._degraded("set_many", exc)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; whether it was cached. A load in flight for it will not
+        write its (possibly old) result, and later readers start a fresh load."""
+        full = self._full_key(key)
+        self._revoke([full])
+        try:
+            return self._backend.delete(full)
+        except Exception as exc:
+            self._degraded("delete", exc)
+            return False
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        """``delete`` for several keys; how many were cached."""
+        full = [self._full_key(key) for key in keys]
+        if not full:
+            return 0
+        self._revoke(full)
+        try:
+            return self._backend.delete_many(full)
+        except Exception as exc:
+            self._degraded("delete_many", exc)
+            return 0
+
+    def clear(self) -> int:
+        """Remove every entry of this cache's namespace (O(n) on memory); how many."""
+        with self._lock:
+            flights = self._flights.invalidate_all()
+        for flight in flights:
+            with flight.handle.guard:
+                pass
+        try:
+            return self._backend.clear(self._prefix)
+        except Exception as exc:
+            self._degraded("clear", exc)
+            return 0
+
+    def _revoke(self, keys: list[str]) -> None:
+        # Invalidate before touching the backend: once revoked, no load in flight
+        # can write; then our delete/set removes anything written before.
+        with self._lock:
+            flights = [f for f in map(self._flights.invalidate, keys) if f is not None]
+        for flight in flights:
+            # A load may be past its validity check and mid-write. Wait for it, so
+            # that our backend call lands after its write, not before.
+            with flight.handle.guard:
+                pass
+
+    # -- loading ------------------------------------------------------------------
+
+    def _load(
+        self, full: str, loader: Callable[[], T], ttl: float | None, stale: Entry | None
+    ) -> T:
+        counters = self._counters
+        while True:
+            with self._lock:
+                flight = self._flights.get(full)
+                leader = flight is None
+                if flight is None:
+                    flight = self._flights.start(full, _Call())
+                else:
+                    flight.waiters += 1
+                    counters.coalesced += 1
+            call = flight.handle
+            if leader:
+                self._run(flight, loader, ttl)
+            else:
+                call.done.wait()
+            if call.abandoned:
+                continue  # the leader was interrupted; try again (maybe as leader)
+            if call.error is None:
+                value: T = call.value
+                return value
+            if stale_servable(stale, self._clock()):
+                assert stale is not None
+                counters.stale_served += 1
+                stale_value: T = stale.value
+                return stale_value
+            raise call.error
+
+    def _run(self, flight: Flight[_Call], loader: Callable[[], Any], ttl: float | None) -> None:
+        """Run one load to completion and publish its outcome to every waiter.
+
+        Never raises an ``Exception`` (it goes to ``call.error``); a
+        ``BaseException`` is re-raised after waking the waiters.
+        """
+        call = flight.handle
+        counters = self._counters
+        clock = self._clock
+        counters.loads += 1
+        try:
+            start = clock()
+            value = loader()
+            if inspect.isawaitable(value):
+                if inspect.iscoroutine(value):
+                    value.close()  # never awaited by anyone: close it quietly
+                raise TypeError(
+                    f"the loader returned {type(value).__name__}, an awaitable; Cache needs "
+                    "a sync loader (use AsyncCache for async loaders)"
+                )
+            negative = bool(self._policy.is_negative(value))
+            end = clock()
+        except Exception as exc:
+            counters.load_errors += 1
+            call.error = exc
+            self._finish(flight)
+            return
+        except BaseException:
+            call.abandoned = True
+            self._finish(flight)
+            raise
+        entry = self._new_entry(value, end, ttl, max(end - start, 0.0), negative)
+        with call.guard:
+            if flight.valid:
+                try:
+                    if entry is None:
+                        # Not storable (ttl=0, or a negative result with negative_ttl=0):
+                        # drop whatever older value is there rather than keep serving it.
+                        self._backend.delete(flight.key)
+                    else:
+                        self._backend.set(flight.key, entry)
+                except Exception as exc:
+                    self._degraded("set", exc)
+        call.value = value
+        self._finish(flight)
+
+    def _finish(self, flight: Flight[_Call]) -> None:
+        # Leave the table before waking waiters, so a woken caller that comes
+        # straight back starts a new flight instead of joining this finished one.
+        with self._lock:
+            self._flights.finish(flight)
+        flight.handle.done.set()
+
+    def _refresh_in_background(
+        self, full: str, loader: Callable[[], Any], ttl: float | None
+    ) -> bool:
+        """Start one background refresh of ``full`` unless one is in flight; whether
+        one started."""
+        with self._lock:
+            if self._closed or full in self._flights:
+                return False
+            if len(self._futures) >= self._max_pending:
+                self._counters.refreshes_dropped += 1
+                return False
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self._refresh_workers, thread_name_prefix="cachewise-refresh"
+                )
+            executor = self._executor
+            flight = self._flights.start(full, _Call())
+            # Submit under the lock: close() takes it before shutting the pool
+            # down, so submit never races with shutdown.
+            future = executor.submit(self._run_background, flight, loader, ttl)
+            self._futures.add(future)
+        future.add_done_callback(self._forget_future)
+        return True
+
+    def _run_background(
+        self, flight: Flight[_Call], loader: Callable[[], Any], ttl: float | None
+    ) -> None:
+        self._run(flight, loader, ttl)
+        if flight.handle.error is not None:
+            self._refresh_failed(flight.key, flight.handle.error)
+
+    def _forget_future(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def wait_background(self, timeout: float | None = None) -> bool:
+        """Wait for the background refreshes started so far; whether all finished."""
+        with self._lock:
+            pending = list(self._futures)
+        _, not_done = wait_futures(pending, timeout=timeout)
+        return not not_done
+
+    # -- decorator ----------------------------------------------------------------
+
+    @overload
+    def cached(self, key: Callable[P, R], /) -> CachedFunction[P, R]: ...
+    @overload
+    def cached(
+        self, key: str | None = None, ttl: float | None = None
+    ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
+
+    def cached(self, key: Any = None, ttl: float | None = None) -> Any:
+        """Decorate a function so calls read through this cache.
+
+        ``key`` is a template filled from the call's bound arguments, defaults
+        applied (``"user:{user_id}:profile"``); without one, a stable key from the
+        function's qualified name and arguments. The decorated function gains
+        ``.invalidate(*args, **kwargs)`` and ``.key_for(*args, **kwargs)``.
+        """
+        if callable(key):  # used bare: @cache.cached
+            return self.cached()(key)
+        ttl = check_ttl(ttl)
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"key must be a template str, not {type(key).__name__}")
+
+        def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
+            if not callable(func):
+                raise TypeError(f"cached() decorates callables, not {type(func).__name__}")
+            if is_async_callable(func):
+                raise TypeError(
+                    f"{getattr(func, '__qualname__', func)!s} is a coroutine function; "
+                    "decorate it with an AsyncCache, not a Cache"
+                )
+            return CachedFunction(self, func, key, ttl)
+
+        return decorate
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Drain background refreshes, then close the backend if the cache owns it.
+        Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            executor = self._executor
+        if executor is not None:
+            executor.shutdown(wait=True)
+        if self._owns_backend:
+            self._backend.close()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Cache(backend={self._backend!r}, namespace={self._namespace!r})"
+
+
+def _looks_async(backend: object) -> bool:
+    return inspect.iscoroutinefunction(getattr(backend, "get", None))
