@@ -131,6 +131,21 @@ class CacheBase:
             negative=negative,
         )
 
+    def _init_discard(self, backend: object) -> None:
+        # Optional capability: compare-and-delete of an entry seen past its grace window.
+        discard = getattr(backend, "discard", None)
+        self._discard: Callable[[str, Entry], bool] | None = (
+            discard if getattr(backend, "nonblocking", False) and callable(discard) else None
+        )
+
+    def _drop_expired(self, full: str, entry: Entry | None, now: float) -> None:
+        """Lazy expiry: remove an entry found past its grace window (memory only)."""
+        if self._discard is not None and entry is not None and now >= entry.stale_until:
+            try:
+                self._discard(full, entry)
+            except Exception as exc:
+                self._degraded("discard", exc)
+
     def _check_open(self) -> None:
         if self._closed:
             raise CacheClosedError(f"{type(self).__name__} is closed")

@@ -96,6 +96,7 @@ class AsyncCache(CacheBase):
             )
         self._backend: AsyncBackend | Backend = backend
         self._stats_source = backend
+        self._init_discard(backend)
         self._lget = self._local.get if self._local is not None else None
         self._flights: FlightTable[_Task] = FlightTable()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -145,14 +146,17 @@ class AsyncCache(CacheBase):
 
     async def get(self, key: str, default: Any = MISSING) -> Any:
         """The fresh value under ``key``, or ``default`` (``MISSING``)."""
-        entry = await self._bget(self._full_key(key))
+        full = self._full_key(key)
+        entry = await self._bget(full)
         counters = self._counters
-        if entry is not None and is_fresh(entry, self._clock()):
+        now = self._clock()
+        if entry is not None and is_fresh(entry, now):
             counters.hits += 1
             if entry.negative:
                 counters.negative_hits += 1
             return entry.value
         counters.misses += 1
+        self._drop_expired(full, entry, now)
         return default
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -213,10 +217,12 @@ class AsyncCache(CacheBase):
         entry: Entry | None,
     ) -> T:
         counters = self._counters
-        action = decide_read(entry, self._clock(), 1.0 - self._rng.random(), self._policy)
+        now = self._clock()
+        action = decide_read(entry, now, 1.0 - self._rng.random(), self._policy)
         if action is Read.LOAD or action is Read.LOAD_OR_STALE:
             self._check_open()
             counters.misses += 1
+            self._drop_expired(full, entry, now)
             stale = entry if action is Read.LOAD_OR_STALE else None
             result: T = await self._load(full, loader, ttl, stale)
             return result
@@ -430,10 +436,18 @@ class AsyncCache(CacheBase):
         if not task.cancelled() and task.exception() is not None:
             self._refresh_failed(task.get_name(), task.exception())  # type: ignore[arg-type]
 
-    async def wait_background(self) -> None:
-        """Wait for every load and refresh task started so far."""
+    async def wait_background(self, timeout: float | None = None) -> bool:
+        """Wait for the load and refresh tasks (including any they start); whether
+        all finished within ``timeout`` seconds (``None``: no limit)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            # asyncio.wait never raises the tasks' exceptions; _task_done retrieves them.
+            await asyncio.wait(list(self._tasks), timeout=remaining)
+        return True
 
     # -- decorator ----------------------------------------------------------------
 

@@ -109,6 +109,7 @@ class Cache(CacheBase):
             )
         self._backend: Backend = backend
         self._stats_source = backend
+        self._init_discard(backend)
         self._bget = backend.get  # bound once: the hit path is one call into the backend
         self._refresh_workers = refresh_workers
         # Guards the flight table, the executor and the pending-refresh bookkeeping.
@@ -153,12 +154,14 @@ class Cache(CacheBase):
             self._degraded("get", exc)
             entry = None
         counters = self._counters
-        if entry is not None and is_fresh(entry, self._clock()):
+        now = self._clock()
+        if entry is not None and is_fresh(entry, now):
             counters.hits += 1
             if entry.negative:
                 counters.negative_hits += 1
             return entry.value
         counters.misses += 1
+        self._drop_expired(full, entry, now)
         return default
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -215,10 +218,12 @@ class Cache(CacheBase):
         self, full: str, loader: Callable[[], T], ttl: float | None, entry: Entry | None
     ) -> T:
         counters = self._counters
-        action = decide_read(entry, self._clock(), 1.0 - self._rng.random(), self._policy)
+        now = self._clock()
+        action = decide_read(entry, now, 1.0 - self._rng.random(), self._policy)
         if action is Read.LOAD or action is Read.LOAD_OR_STALE:
             self._check_open()
             counters.misses += 1
+            self._drop_expired(full, entry, now)
             stale = entry if action is Read.LOAD_OR_STALE else None
             result: T = self._load(full, loader, ttl, stale)
             return result

@@ -162,6 +162,17 @@ class MemoryBackend:
         with self._lock:
             return self._remove(key)
 
+    def discard(self, key: str, entry: Entry) -> bool:
+        """Remove ``key`` only if it still holds this very ``entry`` (compare-and-delete).
+
+        The front ends call it for entries they found past their grace window, so an
+        expired entry leaves at once without racing a writer that just replaced it.
+        """
+        with self._lock:
+            if self._data.get(key) is not entry:
+                return False
+            return self._remove(key)
+
     def delete_many(self, keys: Sequence[str]) -> int:
         """Remove several keys; how many were there."""
         with self._lock:
