@@ -504,3 +504,12 @@ def test_a_bad_per_call_ttl_is_a_value_error(make_cache: Any, ttl: float) -> Non
         cache.set("k", 1, ttl=ttl)
     with pytest.raises(ValueError, match="ttl"):
         cache.get_or_load("k", Counter(), ttl=ttl)
+
+
+def test_stats_snapshots_subtract(make_cache: Any) -> None:
+    cache = make_cache()
+    before = cache.stats()
+    cache.get_or_load("k", Counter())
+    cache.get("k")
+    delta = cache.stats() - before
+    assert (delta.hits, delta.misses, delta.loads) == (1, 1, 1)

@@ -43,6 +43,14 @@ class CacheStats:
         total = served + self.misses
         return served / total if total else 0.0
 
+    def __sub__(self, other: CacheStats) -> CacheStats:
+        """The counts between two snapshots: ``after - before``."""
+        if not isinstance(other, CacheStats):
+            return NotImplemented
+        return CacheStats(
+            **{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)}
+        )
+
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict (for logs and metrics exporters)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -146,11 +146,19 @@ class AsyncCache(CacheBase):
 
     async def get(self, key: str, default: Any = MISSING) -> Any:
         """The fresh value under ``key``, or ``default`` (``MISSING``)."""
-        full = self._full_key(key)
-        entry = await self._bget(full)
+        full = self._prefix + key if key.__class__ is str else self._full_key(key)
+        lget = self._lget
+        if lget is not None:
+            try:
+                entry = lget(full)
+            except Exception as exc:
+                self._degraded("get", exc)
+                entry = None
+        else:
+            entry = await self._bget(full)
         counters = self._counters
         now = self._clock()
-        if entry is not None and is_fresh(entry, now):
+        if entry is not None and now < entry.expires_at:  # policy.is_fresh, inlined
             counters.hits += 1
             if entry.negative:
                 counters.negative_hits += 1

@@ -147,7 +147,7 @@ class Cache(CacheBase):
 
         Never returns a stale value: with no loader there is nothing to revalidate.
         """
-        full = self._full_key(key)
+        full = self._prefix + key if key.__class__ is str else self._full_key(key)
         try:
             entry = self._bget(full)
         except Exception as exc:
@@ -155,7 +155,7 @@ class Cache(CacheBase):
             entry = None
         counters = self._counters
         now = self._clock()
-        if entry is not None and is_fresh(entry, now):
+        if entry is not None and now < entry.expires_at:  # policy.is_fresh, inlined
             counters.hits += 1
             if entry.negative:
                 counters.negative_hits += 1
