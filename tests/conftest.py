@@ -18,6 +18,16 @@ import pytest
 
 from cachewise import AsyncCache, Cache, MemoryBackend
 from cachewise.testing import FakeClock
+from tests.support.redis_servers import (
+    fresh_redis_server,
+    redis_cluster,
+    redis_cluster_url,
+    redis_server,
+    redis_url,
+)
+
+# Fixtures shared with every test module (pytest finds them by name here).
+__all__ = ["fresh_redis_server", "redis_cluster", "redis_cluster_url", "redis_server", "redis_url"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -87,6 +97,9 @@ class SyncFacade(Facade):
     def wait_background(self) -> None:
         assert self.cache.wait_background(timeout=10)
 
+    def raw_entry(self, full_key: str) -> Any:
+        return self.cache.backend.get(full_key)
+
     def close(self) -> None:
         self.cache.close()
 
@@ -148,18 +161,36 @@ class AsyncFacade(Facade):
         return self._run(result) if asyncio.iscoroutine(result) else result
 
     def wait_background(self) -> None:
-        self._run(self.cache.wait_background())
+        assert self._run(self.cache.wait_background(timeout=10))
+
+    def raw_entry(self, full_key: str) -> Any:
+        result = self.cache.backend.get(full_key)
+        return self._run(result) if asyncio.iscoroutine(result) else result
 
     def close(self) -> None:
         self._run(self.cache.aclose())
 
 
-def _memory_backend(**backend_options: Any) -> Any:
-    return MemoryBackend(**backend_options)
+def _memory_backend(request: pytest.FixtureRequest, flavour: str, **options: Any) -> Any:
+    return MemoryBackend(**options)
 
 
-#: backend name -> factory(**backend_options). Later backends register here.
-BACKENDS: dict[str, Callable[..., Any]] = {"memory": _memory_backend}
+def _redis_backend(url_fixture: str) -> Callable[..., Any]:
+    def make(request: pytest.FixtureRequest, flavour: str, **options: Any) -> Any:
+        from cachewise._url import backend_from_url
+
+        url = request.getfixturevalue(url_fixture)
+        return backend_from_url(url, "sync" if flavour == "sync" else "async", **options)
+
+    return make
+
+
+#: backend name -> factory(request, flavour, **backend_options).
+BACKENDS: dict[str, Callable[..., Any]] = {
+    "memory": _memory_backend,
+    "redis": _redis_backend("redis_url"),
+    "redis-cluster": _redis_backend("redis_cluster_url"),
+}
 
 
 @pytest.fixture
@@ -179,13 +210,14 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_cache(
-    flavour: str, backend_name: str, clock: FakeClock
+    request: pytest.FixtureRequest, flavour: str, backend_name: str, clock: FakeClock
 ) -> Iterator[Callable[..., Facade]]:
     """``make_cache(**cache_options)``: a facade over a fresh cache of the current
     flavour and backend, on the fake clock, with a seeded RNG and (unless given)
     no jitter, so expiry instants are exact."""
     made: list[Facade] = []
-    loops: list[asyncio.AbstractEventLoop] = []
+    backends: list[Any] = []
+    loop = asyncio.new_event_loop() if flavour == "async" else None
 
     def factory(
         backend_options: dict[str, Any] | None = None,
@@ -199,13 +231,12 @@ def make_cache(
         if share_backend_of is not None:
             backend = share_backend_of.cache.backend
         else:
-            backend = BACKENDS[backend_name](**(backend_options or {}))
+            backend = BACKENDS[backend_name](request, flavour, **(backend_options or {}))
+            backends.append(backend)
         facade: Facade
-        if flavour == "sync":
+        if loop is None:
             facade = SyncFacade(Cache(backend, **options))
         else:
-            loop = asyncio.new_event_loop()
-            loops.append(loop)
             facade = AsyncFacade(AsyncCache(backend, **options), loop)
         made.append(facade)
         return facade
@@ -213,8 +244,10 @@ def make_cache(
     yield factory
     for facade in made:
         facade.close()
-        backend = facade.cache.backend
-        if hasattr(backend, "close") and not asyncio.iscoroutinefunction(backend.close):
+    for backend in backends:
+        if loop is not None and hasattr(backend, "aclose"):
+            loop.run_until_complete(backend.aclose())
+        else:
             backend.close()
-    for loop in loops:
+    if loop is not None:
         loop.close()

@@ -201,3 +201,12 @@ def test_discard_only_removes_the_same_entry() -> None:
     backend.set("k", entry(2))
     assert backend.discard("k", old) is False
     assert backend.get("k").value == 2  # type: ignore[union-attr]
+
+
+def test_evictions_are_counted_in_cache_stats() -> None:
+    with Cache(MemoryBackend(max_entries=3)) as cache:
+        for i in range(5):
+            cache.set(f"k{i}", i)
+        assert cache.stats().evictions == 2
+        assert cache.get("k0") is MISSING
+        assert cache.get("k4") == 4

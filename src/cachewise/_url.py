@@ -1,20 +1,55 @@
 """``from_url``: turn a URL into a backend. Each scheme lists the query options it
-takes; anything else is a ``ValueError`` naming it."""
+takes; anything else is a ``ValueError`` naming it.
+
+- ``memory://?max_entries=N&max_bytes=N``
+- ``redis://[user:password@]host[:port][/db]`` and ``rediss://`` (TLS)
+- ``redis+cluster://host:port`` and ``rediss+cluster://`` (Redis Cluster; any node)
+
+Redis query options: ``serializer`` (json, msgpack), ``compress`` (zlib, zstd,
+none), ``compress_threshold``, ``max_value_bytes``, ``lock_timeout``,
+``wait_timeout``, ``socket_timeout``, ``connect_timeout``. Signed pickle needs a
+secret, which does not belong in a URL: pass ``serializer=PickleSerializer(secret)``.
+"""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlsplit
+import importlib
+import math
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from cachewise.backends._memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryBackend
+from cachewise.serialization import (
+    DEFAULT_COMPRESS_THRESHOLD,
+    DEFAULT_MAX_VALUE_BYTES,
+    Codec,
+    Serializer,
+    make_serializer,
+)
 
-SCHEMES = ("memory",)
+SCHEMES = ("memory", "redis", "rediss", "redis+cluster", "rediss+cluster")
+Flavour = Literal["sync", "async"]
+
+#: Default per-operation and connect timeouts for clients cachewise creates.
+DEFAULT_SOCKET_TIMEOUT = 0.25
+DEFAULT_CONNECT_TIMEOUT = 0.25
+
+_REDIS_OPTIONS = (
+    "serializer",
+    "compress",
+    "compress_threshold",
+    "max_value_bytes",
+    "lock_timeout",
+    "wait_timeout",
+    "socket_timeout",
+    "connect_timeout",
+)
 
 
-def _parse(url: str) -> tuple[str, str, dict[str, str]]:
+def _parse(url: str) -> tuple[str, dict[str, str]]:
     if not isinstance(url, str):
         raise TypeError(f"url must be a str, not {type(url).__name__}")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
+    scheme = urlsplit(url).scheme.lower()
     if not scheme or "://" not in url:
         raise ValueError(f"invalid cache URL {url!r}: expected scheme://..., e.g. memory://")
     if scheme not in SCHEMES:
@@ -22,8 +57,9 @@ def _parse(url: str) -> tuple[str, str, dict[str, str]]:
             f"unknown cache URL scheme {scheme!r} in {url!r}; supported: "
             + ", ".join(f"{s}://" for s in SCHEMES)
         )
+    query_text = urlsplit(url).query
     try:
-        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+        pairs = parse_qsl(query_text, keep_blank_values=True, strict_parsing=bool(query_text))
     except ValueError:
         raise ValueError(f"invalid query string in cache URL {url!r}") from None
     query: dict[str, str] = {}
@@ -31,7 +67,7 @@ def _parse(url: str) -> tuple[str, str, dict[str, str]]:
         if name in query:
             raise ValueError(f"query option {name!r} given twice in {url!r}")
         query[name] = value
-    return scheme, parts.netloc + parts.path, query
+    return scheme, query
 
 
 def _int_option(name: str, raw: str) -> int:
@@ -41,10 +77,19 @@ def _int_option(name: str, raw: str) -> int:
         raise ValueError(f"query option {name} must be an integer, got {raw!r}") from None
 
 
-def memory_backend_from_url(url: str) -> MemoryBackend:
-    """``memory://`` with optional ``max_entries`` and ``max_bytes``."""
-    _, location, query = _parse(url)
-    if location not in ("", "/"):
+def _seconds_option(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"query option {name} must be a number of seconds, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"query option {name} must be > 0, got {raw!r}")
+    return value
+
+
+def _memory(url: str, query: dict[str, str]) -> MemoryBackend:
+    parts = urlsplit(url)
+    if parts.netloc or parts.path not in ("", "/"):
         raise ValueError(f"memory:// URLs take no host or path, got {url!r}")
     for name in query:
         if name not in ("max_entries", "max_bytes"):
@@ -57,9 +102,98 @@ def memory_backend_from_url(url: str) -> MemoryBackend:
     )
 
 
-def backend_from_url(url: str) -> MemoryBackend:
-    """The backend a URL names (only ``memory://`` so far)."""
-    scheme, _, _ = _parse(url)
+def _redis_module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ImportError("Redis URLs need redis-py: pip install 'cachewise[redis]'") from None
+
+
+def _redis(
+    url: str,
+    scheme: str,
+    query: dict[str, str],
+    flavour: Flavour,
+    serializer: Serializer | None,
+) -> Any:
+    from cachewise.backends._redis import AsyncRedisBackend, RedisBackend
+
+    for name in query:
+        if name not in _REDIS_OPTIONS:
+            raise ValueError(
+                f"unknown query option {name!r} for {scheme}://; supported: "
+                + ", ".join(_REDIS_OPTIONS)
+            )
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError(f"{scheme}:// URLs need a host, got {url!r}")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise ValueError(f"invalid port in {url!r}") from None
+    cluster = scheme.endswith("+cluster")
+    if cluster and parts.path not in ("", "/", "/0"):
+        raise ValueError(f"Redis Cluster has no databases; drop the path in {url!r}")
+    if serializer is None:
+        name = query.get("serializer", "json")
+        if name == "pickle":
+            raise ValueError(
+                "serializer=pickle needs a secret, which does not belong in a URL: "
+                "pass serializer=PickleSerializer(secret) to from_url"
+            )
+        serializer = make_serializer(name)
+    compress = query.get("compress", "none")
+    codec = Codec(
+        serializer,
+        compress=None if compress == "none" else compress,
+        compress_threshold=_int_option(
+            "compress_threshold", query.get("compress_threshold", str(DEFAULT_COMPRESS_THRESHOLD))
+        ),
+        max_value_bytes=_int_option(
+            "max_value_bytes", query.get("max_value_bytes", str(DEFAULT_MAX_VALUE_BYTES))
+        ),
+    )
+    timeouts = {
+        "socket_timeout": _seconds_option(
+            "socket_timeout", query.get("socket_timeout", str(DEFAULT_SOCKET_TIMEOUT))
+        ),
+        "socket_connect_timeout": _seconds_option(
+            "connect_timeout", query.get("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT))
+        ),
+    }
+    lease_options: dict[str, float] = {}
+    for name in ("lock_timeout", "wait_timeout"):
+        if name in query:
+            lease_options[name] = _seconds_option(name, query[name])
+    base_scheme = "rediss" if scheme.startswith("rediss") else "redis"
+    client_url = urlunsplit((base_scheme, parts.netloc, "" if cluster else parts.path, "", ""))
+    if flavour == "sync":
+        module = _redis_module("redis.cluster" if cluster else "redis")
+        factory = module.RedisCluster if cluster else module.Redis
+        client = factory.from_url(client_url, **timeouts)
+        return RedisBackend(client, codec=codec, owns_client=True, **lease_options)
+    module = _redis_module("redis.asyncio.cluster" if cluster else "redis.asyncio")
+    factory = module.RedisCluster if cluster else module.Redis
+    client = factory.from_url(client_url, **timeouts)
+    return AsyncRedisBackend(client, codec=codec, owns_client=True, **lease_options)
+
+
+def backend_from_url(
+    url: str, flavour: Flavour = "sync", *, serializer: Serializer | None = None
+) -> Any:
+    """The backend a URL names, for a ``Cache`` (``"sync"``) or an ``AsyncCache``."""
+    scheme, query = _parse(url)
     if scheme == "memory":
-        return memory_backend_from_url(url)
-    raise AssertionError(scheme)  # pragma: no cover - _parse rejects other schemes
+        if serializer is not None:
+            raise ValueError("memory:// stores values by reference; it takes no serializer")
+        return _memory(url, query)
+    return _redis(url, scheme, query, flavour, serializer)
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced, for logs and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(parse_qsl(parts.query)), ""))

@@ -18,9 +18,19 @@ class Entry:
       the wire.
     - ``delta``: how long the load that produced the value took (XFetch's Δ).
     - ``negative``: the value is a cached "not found".
+    - ``written_at``: when it was written; shared backends derive the server-side
+      TTL from it (``stale_until - written_at`` plus a margin).
     """
 
-    __slots__ = ("delta", "expires_at", "negative", "refresh_at", "stale_until", "value")
+    __slots__ = (
+        "delta",
+        "expires_at",
+        "negative",
+        "refresh_at",
+        "stale_until",
+        "value",
+        "written_at",
+    )
 
     def __init__(  # noqa: PLR0917 - positional on purpose: built on every write
         self,
@@ -30,6 +40,7 @@ class Entry:
         refresh_at: float,
         delta: float = 0.0,
         negative: bool = False,
+        written_at: float = 0.0,
     ) -> None:
         self.value = value
         self.expires_at = expires_at
@@ -37,6 +48,7 @@ class Entry:
         self.refresh_at = refresh_at
         self.delta = delta
         self.negative = negative
+        self.written_at = written_at
 
     def __repr__(self) -> str:
         return (

@@ -107,7 +107,7 @@ def make_entry(
         return None
     expires_at = now + jittered(base, policy.jitter, u)
     if negative:
-        return Entry(value, expires_at, expires_at, expires_at, delta, True)
+        return Entry(value, expires_at, expires_at, expires_at, delta, True, now)
     return Entry(
         value,
         expires_at,
@@ -115,6 +115,7 @@ def make_entry(
         refresh_horizon(expires_at, delta, policy.early_refresh),
         delta,
         False,
+        now,
     )
 
 

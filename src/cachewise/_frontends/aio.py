@@ -5,34 +5,72 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable
 from cachewise._core.policy import Read, decide_read, is_fresh, stale_servable
+from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
+from cachewise._errors import CacheClosedError
 from cachewise._frontends._base import CacheBase, Clock, check_key, check_loader, check_ttl
 from cachewise._frontends._decorator import AsyncCachedFunction, P, R, is_async_callable
 from cachewise._sentinel import MISSING
 from cachewise._url import backend_from_url
 from cachewise.backends._memory import MemoryBackend
-from cachewise.backends._protocol import AsyncBackend, Backend, NonBlockingBackend
+from cachewise.backends._protocol import (
+    AsyncBackend,
+    AsyncLeaseBackend,
+    Backend,
+    NonBlockingBackend,
+)
+from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
 
 T = TypeVar("T")
 D = TypeVar("D")
 
 
 class _Task:
-    """The waiting side of one async flight: the task that runs the load."""
+    """The waiting side of one async flight."""
 
-    __slots__ = ("guard", "task")
+    __slots__ = ("future", "guard", "kind", "negative", "stale")
 
     def __init__(self) -> None:
-        self.task: asyncio.Task[Any] | None = None
-        # Remote backends only: held while the finished load checks validity and
-        # writes; invalidation passes through it (see Cache._revoke).
+        # What every caller awaits (shielded): the load task itself, or, for a
+        # lease backend's read, a future the leading caller resolves.
+        self.future: asyncio.Future[Any] | None = None
+        # Lease-less remote backends only: held while the finished load checks
+        # validity and writes; invalidation passes through it (see Cache._revoke).
         self.guard: asyncio.Lock | None = None
+        # How the value was obtained, for joiners' counters: "hit", "stale", "load".
+        self.kind = "load"
+        self.negative = False
+        # A stale entry that may stand in for a failed load (stale-if-error).
+        self.stale: Entry | None = None
+
+
+class _Retry(Exception):
+    """A flight ended without an outcome for its waiters: read again."""
+
+
+_REFUSED = (SerializationError, ValueTooLargeError)
+
+
+def _copy_outcome(task: asyncio.Task[Any], future: asyncio.Future[Any]) -> None:
+    if future.done():
+        return
+    if task.cancelled():
+        future.set_exception(_Retry())
+    elif task.exception() is not None:
+        future.set_exception(task.exception())  # type: ignore[arg-type]
+    else:
+        future.set_result(task.result())
+    # The future's exception is seen by the awaiting callers; mark it retrieved for
+    # the case where every caller was cancelled.
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 class AsyncCache(CacheBase):
@@ -98,15 +136,21 @@ class AsyncCache(CacheBase):
         self._stats_source = backend
         self._init_discard(backend)
         self._lget = self._local.get if self._local is not None else None
+        # Shared backends with leases read through the in-process flight first.
+        self._leases: AsyncLeaseBackend | None = (
+            backend if isinstance(backend, AsyncLeaseBackend) and self._remote is not None else None
+        )
         self._flights: FlightTable[_Task] = FlightTable()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background = 0
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> AsyncCache:
+    def from_url(
+        cls, url: str, *, serializer: Serializer | None = None, **options: Any
+    ) -> AsyncCache:
         """An async cache on the backend ``url`` names, e.g. ``memory://``. The cache
         owns the backend and closes it."""
-        cache = cls(backend_from_url(url), **options)
+        cache = cls(backend_from_url(url, "async", serializer=serializer), **options)
         cache._owns_backend = True
         return cache
 
@@ -133,6 +177,8 @@ class AsyncCache(CacheBase):
             if self._local is not None:
                 return getattr(self._local, operation)(*args)
             return await getattr(self._remote, operation)(*args)
+        except _REFUSED:
+            raise  # an unserializable value is the caller's error, not a degraded call
         except Exception as exc:
             self._degraded(operation, exc)
             return None
@@ -198,6 +244,9 @@ class AsyncCache(CacheBase):
             check_loader(loader)
         if ttl is not None:
             ttl = check_ttl(ttl)
+        if self._leases is not None:
+            result: T = await self._read_leased(full, loader, ttl)
+            return result
         lget = self._lget
         if lget is not None:
             # Local backend: the same hit path as Cache, with no await at all.
@@ -314,6 +363,7 @@ class AsyncCache(CacheBase):
 
     @staticmethod
     async def _pass_guard(flight: Flight[_Task]) -> None:
+        """Wait for a write already past its validity check (lease-less remotes)."""
         guard = flight.handle.guard
         if guard is not None:
             async with guard:
@@ -328,46 +378,65 @@ class AsyncCache(CacheBase):
         ttl: float | None,
         stale: Entry | None,
     ) -> T:
+        """Single-flight load (memory and lease-less backends)."""
         counters = self._counters
         while True:
             flight = self._flights.get(full)
             if flight is None:
-                flight = self._start(full, loader, ttl)
+                flight = self._start(full, self._run, loader, ttl)
             else:
                 flight.waiters += 1
                 counters.coalesced += 1
-            task = flight.handle.task
-            assert task is not None
             try:
-                # shield: cancelling this waiter must not cancel the shared load.
-                value: T = await asyncio.shield(task)
+                value: T = await self._await_flight(flight, stale)
                 return value
-            except asyncio.CancelledError:
-                if task.cancelled() and not _cancelling():
-                    continue  # the load itself was cancelled, not us: retry
-                raise
-            except Exception:
-                if stale_servable(stale, self._clock()):
-                    assert stale is not None
-                    counters.stale_served += 1
-                    stale_value: T = stale.value
-                    return stale_value
-                raise
+            except _Retry:
+                continue
+
+    async def _await_flight(self, flight: Flight[_Task], stale: Entry | None) -> Any:
+        """The outcome of ``flight`` for this caller; ``_Retry`` if it gave none."""
+        future = flight.handle.future
+        assert future is not None
+        try:
+            # shield: cancelling this waiter must not cancel the shared work.
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.cancelled() and not _cancelling():
+                raise _Retry from None  # the work itself was cancelled, not us
+            raise
+        except _Retry:
+            raise
+        except Exception:
+            stale = stale or flight.handle.stale
+            if stale_servable(stale, self._clock()):
+                assert stale is not None
+                self._counters.stale_served += 1
+                return stale.value
+            raise
 
     def _start(
-        self, full: str, loader: Callable[[], Awaitable[Any]], ttl: float | None
+        self,
+        full: str,
+        body: Callable[..., Coroutine[Any, Any, Any]],
+        loader: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        background: bool = False,
     ) -> Flight[_Task]:
+        """Register a flight whose work runs in its own task."""
         handle = _Task()
-        if self._remote is not None:
+        if self._remote is not None and self._leases is None:
             handle.guard = asyncio.Lock()
-        flight = self._flights.start(full, handle)
-        task = asyncio.get_running_loop().create_task(
-            self._run(flight, loader, ttl), name=f"cachewise-load:{full}"
-        )
-        handle.task = task
+        flight = self._flights.start(full, handle, background)
+        self._spawn(flight, body(flight, loader, ttl))
+        return flight
+
+    def _spawn(self, flight: Flight[_Task], coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"cachewise-load:{flight.key}")
+        if flight.handle.future is None:
+            flight.handle.future = task
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
-        return flight
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -377,30 +446,48 @@ class AsyncCache(CacheBase):
             task.exception()
 
     async def _run(
-        self, flight: Flight[_Task], loader: Callable[[], Awaitable[Any]], ttl: float | None
+        self,
+        flight: Flight[_Task],
+        loader: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        *,
+        token: str | None = None,
+        write: bool = True,
     ) -> Any:
+        """Load, write (guarded by the lease ``token`` if any; nothing when
+        ``write=False``) and return the value; the flight ends either way."""
         counters = self._counters
         clock = self._clock
         counters.loads += 1
         try:
-            start = clock()
-            awaitable = loader()
-            if not inspect.isawaitable(awaitable):
-                raise TypeError(
-                    f"the loader returned {type(awaitable).__name__}, not an awaitable; "
-                    "AsyncCache needs an async loader (use Cache for sync loaders)"
-                )
-            value = await awaitable
-            negative = bool(self._policy.is_negative(value))
-            end = clock()
-        except Exception:
-            counters.load_errors += 1
+            try:
+                start = clock()
+                awaitable = loader()
+                if not inspect.isawaitable(awaitable):
+                    raise TypeError(
+                        f"the loader returned {type(awaitable).__name__}, not an awaitable; "
+                        "AsyncCache needs an async loader (use Cache for sync loaders)"
+                    )
+                value = await awaitable
+                negative = bool(self._policy.is_negative(value))
+                end = clock()
+            except Exception:
+                counters.load_errors += 1
+                await self._release(flight.key, token)
+                raise
+            except BaseException:
+                await self._release(flight.key, token)
+                raise
+            entry = self._new_entry(value, end, ttl, max(end - start, 0.0), negative)
+            if token is not None:
+                await self._write_leased(flight, entry, token)
+            elif write:
+                await self._write_guarded(flight, entry)
+            return value
+        finally:
             self._flights.finish(flight)
-            raise
-        except BaseException:
-            self._flights.finish(flight)
-            raise
-        entry = self._new_entry(value, end, ttl, max(end - start, 0.0), negative)
+
+    async def _write_guarded(self, flight: Flight[_Task], entry: Entry | None) -> None:
         try:
             if self._local is not None:
                 # No await between the validity check and the write: atomic.
@@ -409,21 +496,162 @@ class AsyncCache(CacheBase):
                         self._local.delete(flight.key)
                     else:
                         self._local.set(flight.key, entry)
-            else:
-                guard = flight.handle.guard
-                assert guard is not None
-                assert self._remote is not None
-                async with guard:
-                    if flight.valid:
-                        if entry is None:
-                            await self._remote.delete(flight.key)
-                        else:
-                            await self._remote.set(flight.key, entry)
+                return
+            guard = flight.handle.guard
+            assert guard is not None
+            assert self._remote is not None
+            async with guard:
+                if flight.valid:
+                    if entry is None:
+                        await self._remote.delete(flight.key)
+                    else:
+                        await self._remote.set(flight.key, entry)
+        except _REFUSED:
+            raise
         except Exception as exc:
             self._degraded("set", exc)
-        finally:
+
+    async def _write_leased(self, flight: Flight[_Task], entry: Entry | None, token: str) -> None:
+        # The lease makes the write atomic with respect to deletes in any process.
+        leases = self._leases
+        assert leases is not None
+        if entry is None or not flight.valid:
+            await self._release(flight.key, token)
+            return
+        try:
+            await leases.set_leased(flight.key, entry, token)
+        except _REFUSED:
+            await self._release(flight.key, token)
+            raise
+        except Exception as exc:
+            self._degraded("set", exc)
+
+    async def _release(self, key: str, token: str | None) -> None:
+        if token is None or self._leases is None:
+            return
+        try:
+            await self._leases.release(key, token)
+        except Exception as exc:
+            self._degraded("release", exc)
+
+    # -- read-through on a shared backend with leases ------------------------------
+
+    async def _read_leased(
+        self, full: str, loader: Callable[[], Awaitable[T]], ttl: float | None
+    ) -> T:
+        # Every read goes through the in-process flight first: one request per key
+        # at a time from this process (one lease request on a miss), however many
+        # tasks ask. The leader reads inline; only a load gets its own task.
+        counters = self._counters
+        while True:
+            current = self._flights.get(full)
+            # A background refresh is never joined: hits do not wait for it. Such a
+            # reader leads an unregistered flight of its own.
+            leader = current is None or current.background
+            if current is not None and not current.background:
+                flight = current
+                flight.waiters += 1
+                counters.coalesced += 1
+            else:
+                handle = _Task()
+                handle.future = asyncio.get_running_loop().create_future()
+                flight = (
+                    self._flights.start(full, handle) if current is None else Flight(full, handle)
+                )
+                await self._lead_leased(flight, loader, ttl)
+            try:
+                value: T = await self._await_flight(flight, None)
+            except _Retry:
+                continue
+            if not leader:
+                self._count_kind(flight.handle)
+            return value
+
+    def _count_kind(self, handle: _Task) -> None:
+        counters = self._counters
+        if handle.kind == "hit":
+            counters.hits += 1
+            if handle.negative:
+                counters.negative_hits += 1
+        elif handle.kind == "stale":
+            counters.stale_served += 1
+        else:
+            counters.misses += 1
+
+    async def _lead_leased(
+        self, flight: Flight[_Task], loader: Callable[[], Awaitable[Any]], ttl: float | None
+    ) -> None:
+        """Run the lease flow; publish its outcome on the flight's future. Never
+        raises but for this caller's own cancellation (then waiters retry)."""
+        leases = self._leases
+        assert leases is not None
+        handle = flight.handle
+        future = handle.future
+        assert future is not None
+        full = flight.key
+        token = secrets.token_hex(8)
+        flow = leased_read(self._policy, leases.wait_timeout)
+        outcome: Outcome
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, ReadStep):
+                    try:
+                        reply = await leases.read_or_lease(full, token, step.mode)
+                    except Exception as exc:
+                        self._degraded("read", exc)  # load without a lease or a write
+                        outcome = LoadStep(leased=False, stale=None)
+                        break
+                    step = flow.send(
+                        Observed(reply, self._clock(), time.monotonic(), 1.0 - self._rng.random())
+                    )
+                else:
+                    try:
+                        await leases.wait(full, step.seconds)
+                    except Exception as exc:
+                        self._degraded("wait", exc)
+                    step = flow.send(None)
+        except StopIteration as stop:
+            outcome = stop.value
+        except BaseException:
+            # Cancelled mid-read: the others read again without us.
+            if not future.done():
+                future.set_exception(_Retry())
             self._flights.finish(flight)
-        return value
+            raise
+        if isinstance(outcome, Serve):
+            entry = outcome.entry
+            handle.kind = "stale" if outcome.stale else "hit"
+            handle.negative = entry.negative
+            self._count_kind(handle)
+            future.set_result(entry.value)
+            self._flights.finish(flight)
+            # After finish: the refresh needs the key's flight slot to itself.
+            started = outcome.refresh and self._refresh_in_background(full, loader, ttl)
+            if started and not outcome.stale:
+                self._counters.early_refreshes += 1
+            return
+        handle.kind = "load"
+        handle.stale = outcome.stale
+        self._count_kind(handle)
+        if self._closed:
+            await self._release(full, token if outcome.leased else None)
+            future.set_exception(CacheClosedError("AsyncCache is closed"))
+            self._flights.finish(flight)
+            return
+        task = self._spawn(
+            flight,
+            self._run(
+                flight,
+                loader,
+                ttl,
+                token=token if outcome.leased else None,
+                write=outcome.leased,
+            ),
+        )
+        task.add_done_callback(lambda t: _copy_outcome(t, future))
+
+    # -- background refreshes -----------------------------------------------------
 
     def _refresh_in_background(
         self, full: str, loader: Callable[[], Awaitable[Any]], ttl: float | None
@@ -433,16 +661,38 @@ class AsyncCache(CacheBase):
         if self._background >= self._max_pending:
             self._counters.refreshes_dropped += 1
             return False
-        flight = self._start(full, loader, ttl)
-        assert flight.handle.task is not None
+        flight = self._start(full, self._run_background, loader, ttl, background=True)
+        assert flight.handle.future is not None
         self._background += 1
-        flight.handle.task.add_done_callback(self._background_done)
+        flight.handle.future.add_done_callback(self._background_done)
         return True
 
-    def _background_done(self, task: asyncio.Task[Any]) -> None:
+    async def _run_background(
+        self, flight: Flight[_Task], loader: Callable[[], Awaitable[Any]], ttl: float | None
+    ) -> Any:
+        token = None
+        if self._leases is not None:
+            # Across processes, one refresh per key: only the lease holder runs it.
+            token = secrets.token_hex(8)
+            try:
+                reply = await self._leases.read_or_lease(flight.key, token, "refresh")
+            except Exception as exc:
+                self._degraded("read", exc)
+                reply = None
+            if reply is None or not reply.granted:
+                self._flights.finish(flight)
+                raise _Retry  # joiners (if any) read again
+        return await self._run(flight, loader, ttl, token=token)
+
+    def _background_done(self, future: asyncio.Future[Any]) -> None:
         self._background -= 1
-        if not task.cancelled() and task.exception() is not None:
-            self._refresh_failed(task.get_name(), task.exception())  # type: ignore[arg-type]
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None and not isinstance(exc, _Retry):
+            self._refresh_failed(
+                future.get_name() if isinstance(future, asyncio.Task) else "?", exc
+            )
 
     async def wait_background(self, timeout: float | None = None) -> bool:
         """Wait for the load and refresh tasks (including any they start); whether

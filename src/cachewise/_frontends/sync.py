@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 import random
+import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -14,12 +16,15 @@ from typing import Any, TypeVar, overload
 from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable
 from cachewise._core.policy import Read, decide_read, is_fresh, stale_servable
+from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
+from cachewise._errors import CacheClosedError
 from cachewise._frontends._base import CacheBase, Clock, check_key, check_loader, check_ttl
 from cachewise._frontends._decorator import CachedFunction, P, R, is_async_callable
 from cachewise._sentinel import MISSING
 from cachewise._url import backend_from_url
 from cachewise.backends._memory import MemoryBackend
-from cachewise.backends._protocol import Backend
+from cachewise.backends._protocol import Backend, LeaseBackend
+from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -28,17 +33,36 @@ D = TypeVar("D")
 class _Call:
     """The waiting side of one sync flight."""
 
-    __slots__ = ("abandoned", "done", "error", "guard", "value")
+    __slots__ = ("abandoned", "done", "error", "guard", "kind", "negative", "stale", "value")
 
-    def __init__(self) -> None:
-        self.done = threading.Event()
+    def __init__(self, guarded: bool = True) -> None:
+        # Created by the first caller that joins (most flights have none).
+        self.done: threading.Event | None = None
         # Held while the finished load checks its flight is still valid and writes;
         # invalidation passes through it so its delete lands after such a write.
-        self.guard = threading.Lock()
+        # Lease backends need none: the server checks the lease atomically.
+        self.guard = threading.Lock() if guarded else None
         self.value: Any = None
         self.error: BaseException | None = None
-        # The leader died of a BaseException (KeyboardInterrupt...): waiters retry.
+        # How the value was obtained, for joiners' counters: "hit", "stale", "load".
+        self.kind = "load"
+        self.negative = False
+        # A stale entry that may stand in for a failed load (stale-if-error).
+        self.stale: Entry | None = None
+        # The leader died of a BaseException (KeyboardInterrupt...) or could not
+        # run the refresh it registered: waiters retry.
         self.abandoned = False
+
+
+def _pass_guard(flight: Flight[_Call]) -> None:
+    """Wait for a write already past its validity check, so ours lands after it."""
+    guard = flight.handle.guard
+    if guard is not None:
+        with guard:
+            pass
+
+
+_REFUSED = (SerializationError, ValueTooLargeError)
 
 
 class Cache(CacheBase):
@@ -111,6 +135,8 @@ class Cache(CacheBase):
         self._stats_source = backend
         self._init_discard(backend)
         self._bget = backend.get  # bound once: the hit path is one call into the backend
+        # Shared backends with leases read through the in-process flight first.
+        self._leases: LeaseBackend | None = backend if isinstance(backend, LeaseBackend) else None
         self._refresh_workers = refresh_workers
         # Guards the flight table, the executor and the pending-refresh bookkeeping.
         # Never held across a loader call or backend I/O.
@@ -120,13 +146,13 @@ class Cache(CacheBase):
         self._futures: set[Future[None]] = set()
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> Cache:
+    def from_url(cls, url: str, *, serializer: Serializer | None = None, **options: Any) -> Cache:
         """A cache on the backend ``url`` names, e.g. ``memory://?max_entries=1000``.
 
         Keyword options go to the cache (``ttl=``, ``namespace=``...). The cache owns
         the backend and closes it.
         """
-        cache = cls(backend_from_url(url), **options)
+        cache = cls(backend_from_url(url, "sync", serializer=serializer), **options)
         cache._owns_backend = True
         return cache
 
@@ -200,6 +226,8 @@ class Cache(CacheBase):
             check_loader(loader)
         if ttl is not None:
             ttl = check_ttl(ttl)
+        if self._leases is not None:
+            return self._read_leased(full, loader, ttl)
         try:
             entry = self._bget(full)
         except Exception as exc:
@@ -247,7 +275,8 @@ class Cache(CacheBase):
     def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
         """Store ``value`` under ``key``. A load in flight for ``key`` will not
         overwrite it. Prefer ``delete`` on write (cache-aside); ``set`` is for values
-        you computed yourself."""
+        you computed yourself. A value the backend cannot serialize raises
+        ``SerializationError`` (a ``TypeError``) and nothing is written."""
         full = self._full_key(key)
         ttl = check_ttl(ttl)
         self._check_open()
@@ -258,6 +287,8 @@ class Cache(CacheBase):
                 self._backend.delete(full)
             else:
                 self._backend.set(full, entry)
+        except _REFUSED:
+            raise
         except Exception as exc:
             self._degraded("set", exc)
 
@@ -281,6 +312,8 @@ class Cache(CacheBase):
                 self._backend.set_many(pairs)
             if dropped:
                 self._backend.delete_many(dropped)
+        except _REFUSED:
+            raise
         except Exception as exc:
             self._degraded("set_many", exc)
 
@@ -308,12 +341,11 @@ class Cache(CacheBase):
             return 0
 
     def clear(self) -> int:
-        """Remove every entry of this cache's namespace (O(n) on memory); how many."""
+        """Remove every entry of this cache's namespace (O(n)); how many."""
         with self._lock:
             flights = self._flights.invalidate_all()
         for flight in flights:
-            with flight.handle.guard:
-                pass
+            _pass_guard(flight)
         try:
             return self._backend.clear(self._prefix)
         except Exception as exc:
@@ -326,48 +358,88 @@ class Cache(CacheBase):
         with self._lock:
             flights = [f for f in map(self._flights.invalidate, keys) if f is not None]
         for flight in flights:
-            # A load may be past its validity check and mid-write. Wait for it, so
-            # that our backend call lands after its write, not before.
-            with flight.handle.guard:
-                pass
+            _pass_guard(flight)
 
-    # -- loading ------------------------------------------------------------------
+    # -- single-flight ------------------------------------------------------------
+
+    def _join_or_lead(self, full: str, *, reading: bool = False) -> tuple[Flight[_Call], bool]:
+        """The flight for ``full``, and whether the caller leads it.
+
+        ``reading`` (a lease backend's read-through) never joins a background
+        refresh: the caller reads on its own, in an unregistered flight, so hits
+        never wait for a refresh.
+        """
+        with self._lock:
+            flight = self._flights.get(full)
+            if flight is None:
+                return self._flights.start(full, _Call(guarded=self._leases is None)), True
+            if reading and flight.background:
+                return Flight(full, _Call(guarded=False)), True
+            flight.waiters += 1
+            call = flight.handle
+            if call.done is None:
+                # Created under the lock that _finish takes, so no wake-up is lost.
+                call.done = threading.Event()
+            return flight, False
+
+    def _finish(self, flight: Flight[_Call]) -> None:
+        # Leave the table before waking waiters, so a woken caller that comes
+        # straight back starts a new flight instead of joining this finished one.
+        with self._lock:
+            self._flights.finish(flight)
+            done = flight.handle.done
+        if done is not None:
+            done.set()
+
+    def _await_call(self, call: _Call) -> None:
+        done = call.done
+        assert done is not None
+        done.wait()
 
     def _load(
         self, full: str, loader: Callable[[], T], ttl: float | None, stale: Entry | None
     ) -> T:
+        """Single-flight load (memory and lease-less backends)."""
         counters = self._counters
         while True:
-            with self._lock:
-                flight = self._flights.get(full)
-                leader = flight is None
-                if flight is None:
-                    flight = self._flights.start(full, _Call())
-                else:
-                    flight.waiters += 1
-                    counters.coalesced += 1
+            flight, leader = self._join_or_lead(full)
             call = flight.handle
             if leader:
                 self._run(flight, loader, ttl)
             else:
-                call.done.wait()
+                counters.coalesced += 1
+                self._await_call(call)
             if call.abandoned:
                 continue  # the leader was interrupted; try again (maybe as leader)
-            if call.error is None:
-                value: T = call.value
-                return value
-            if stale_servable(stale, self._clock()):
-                assert stale is not None
-                counters.stale_served += 1
-                stale_value: T = stale.value
-                return stale_value
-            raise call.error
+            value: T = self._outcome(call, stale)
+            return value
 
-    def _run(self, flight: Flight[_Call], loader: Callable[[], Any], ttl: float | None) -> None:
+    def _outcome(self, call: _Call, stale: Entry | None) -> Any:
+        """The value a finished flight gives this caller (stale-if-error included)."""
+        if call.error is None:
+            return call.value
+        stale = stale or call.stale
+        if stale_servable(stale, self._clock()):
+            assert stale is not None
+            self._counters.stale_served += 1
+            return stale.value
+        raise call.error
+
+    def _run(
+        self,
+        flight: Flight[_Call],
+        loader: Callable[[], Any],
+        ttl: float | None,
+        *,
+        token: str | None = None,
+        write: bool = True,
+    ) -> None:
         """Run one load to completion and publish its outcome to every waiter.
 
-        Never raises an ``Exception`` (it goes to ``call.error``); a
-        ``BaseException`` is re-raised after waking the waiters.
+        With ``token`` the write is guarded by that lease; ``write=False`` (a load
+        that gave up waiting for another process's lease) writes nothing. Never
+        raises an ``Exception`` (it goes to ``call.error``); a ``BaseException`` is
+        re-raised after waking the waiters.
         """
         call = flight.handle
         counters = self._counters
@@ -388,33 +460,163 @@ class Cache(CacheBase):
         except Exception as exc:
             counters.load_errors += 1
             call.error = exc
+            self._release(flight.key, token)
             self._finish(flight)
             return
         except BaseException:
             call.abandoned = True
+            self._release(flight.key, token)
             self._finish(flight)
             raise
         entry = self._new_entry(value, end, ttl, max(end - start, 0.0), negative)
-        with call.guard:
-            if flight.valid:
-                try:
-                    if entry is None:
-                        # Not storable (ttl=0, or a negative result with negative_ttl=0):
-                        # drop whatever older value is there rather than keep serving it.
-                        self._backend.delete(flight.key)
-                    else:
-                        self._backend.set(flight.key, entry)
-                except Exception as exc:
-                    self._degraded("set", exc)
+        try:
+            if token is not None:
+                self._write_leased(flight, entry, token)
+            elif write:
+                self._write_guarded(flight, entry)
+        except _REFUSED as exc:
+            call.error = exc  # unserializable: every waiter gets the TypeError
         call.value = value
         self._finish(flight)
 
-    def _finish(self, flight: Flight[_Call]) -> None:
-        # Leave the table before waking waiters, so a woken caller that comes
-        # straight back starts a new flight instead of joining this finished one.
-        with self._lock:
-            self._flights.finish(flight)
-        flight.handle.done.set()
+    def _write_guarded(self, flight: Flight[_Call], entry: Entry | None) -> None:
+        guard = flight.handle.guard
+        assert guard is not None
+        with guard:
+            if not flight.valid:
+                return
+            try:
+                if entry is None:
+                    # Not storable (ttl=0, or a negative result with negative_ttl=0):
+                    # drop whatever older value is there rather than keep serving it.
+                    self._backend.delete(flight.key)
+                else:
+                    self._backend.set(flight.key, entry)
+            except _REFUSED:
+                raise
+            except Exception as exc:
+                self._degraded("set", exc)
+
+    def _write_leased(self, flight: Flight[_Call], entry: Entry | None, token: str) -> None:
+        # The lease makes the write atomic with respect to deletes in any process;
+        # the local validity check only saves a round trip.
+        leases = self._leases
+        assert leases is not None
+        if entry is None or not flight.valid:
+            self._release(flight.key, token)
+            return
+        try:
+            leases.set_leased(flight.key, entry, token)
+        except _REFUSED:
+            self._release(flight.key, token)
+            raise
+        except Exception as exc:
+            self._degraded("set", exc)
+
+    def _release(self, key: str, token: str | None) -> None:
+        if token is None or self._leases is None:
+            return
+        try:
+            self._leases.release(key, token)
+        except Exception as exc:
+            self._degraded("release", exc)
+
+    # -- read-through on a shared backend with leases ------------------------------
+
+    def _read_leased(self, full: str, loader: Callable[[], T], ttl: float | None) -> T:
+        # Every read goes through the in-process flight first, so one process sends
+        # one request per key at a time (one lease request on a miss), however many
+        # threads ask.
+        counters = self._counters
+        while True:
+            flight, leader = self._join_or_lead(full, reading=True)
+            call = flight.handle
+            if leader:
+                self._lead_leased(flight, loader, ttl)
+            else:
+                counters.coalesced += 1
+                self._await_call(call)
+                if not call.abandoned:
+                    self._count_kind(call)
+            if call.abandoned:
+                continue
+            value: T = self._outcome(call, None)
+            return value
+
+    def _count_kind(self, call: _Call) -> None:
+        counters = self._counters
+        if call.kind == "hit":
+            counters.hits += 1
+            if call.negative:
+                counters.negative_hits += 1
+        elif call.kind == "stale":
+            counters.stale_served += 1
+        else:
+            counters.misses += 1
+
+    def _lead_leased(
+        self, flight: Flight[_Call], loader: Callable[[], Any], ttl: float | None
+    ) -> None:
+        leases = self._leases
+        assert leases is not None
+        call = flight.handle
+        full = flight.key
+        token = secrets.token_hex(8)
+        flow = leased_read(self._policy, leases.wait_timeout)
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, ReadStep):
+                    try:
+                        reply = leases.read_or_lease(full, token, step.mode)
+                    except Exception as exc:
+                        # Degraded: load without a lease (and without writing).
+                        self._degraded("read", exc)
+                        outcome: Outcome = LoadStep(leased=False, stale=None)
+                        break
+                    step = flow.send(
+                        Observed(reply, self._clock(), time.monotonic(), 1.0 - self._rng.random())
+                    )
+                else:
+                    try:
+                        leases.wait(full, step.seconds)
+                    except Exception as exc:
+                        self._degraded("wait", exc)
+                    step = flow.send(None)
+        except StopIteration as stop:
+            outcome = stop.value
+        except BaseException:
+            call.abandoned = True
+            self._finish(flight)
+            raise
+        if isinstance(outcome, Serve):
+            entry = outcome.entry
+            call.value = entry.value
+            call.negative = entry.negative
+            call.kind = "stale" if outcome.stale else "hit"
+            self._count_kind(call)
+            self._finish(flight)
+            # After _finish: the refresh needs the key's flight slot to itself.
+            if (
+                outcome.refresh
+                and self._refresh_in_background(full, loader, ttl)
+                and not outcome.stale
+            ):
+                self._counters.early_refreshes += 1
+            return
+        call.kind = "load"
+        call.stale = outcome.stale
+        self._count_kind(call)
+        if self._closed:
+            call.error = CacheClosedError("Cache is closed")
+            self._release(full, token if outcome.leased else None)
+            self._finish(flight)
+            return
+        self._run(
+            flight, loader, ttl, token=token if outcome.leased else None, write=outcome.leased
+        )
+
+    # -- background refreshes -----------------------------------------------------
 
     def _refresh_in_background(
         self, full: str, loader: Callable[[], Any], ttl: float | None
@@ -432,7 +634,7 @@ class Cache(CacheBase):
                     self._refresh_workers, thread_name_prefix="cachewise-refresh"
                 )
             executor = self._executor
-            flight = self._flights.start(full, _Call())
+            flight = self._flights.start(full, _Call(guarded=self._leases is None), background=True)
             # Submit under the lock: close() takes it before shutting the pool
             # down, so submit never races with shutdown.
             future = executor.submit(self._run_background, flight, loader, ttl)
@@ -443,7 +645,20 @@ class Cache(CacheBase):
     def _run_background(
         self, flight: Flight[_Call], loader: Callable[[], Any], ttl: float | None
     ) -> None:
-        self._run(flight, loader, ttl)
+        token = None
+        if self._leases is not None:
+            # Across processes, one refresh per key: only the lease holder runs it.
+            token = secrets.token_hex(8)
+            try:
+                granted = self._leases.read_or_lease(flight.key, token, "refresh").granted
+            except Exception as exc:
+                self._degraded("read", exc)
+                granted = False
+            if not granted:
+                flight.handle.abandoned = True  # joiners (if any) read again
+                self._finish(flight)
+                return
+        self._run(flight, loader, ttl, token=token)
         if flight.handle.error is not None:
             self._refresh_failed(flight.key, flight.handle.error)
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from cachewise._core.entry import Entry
+from cachewise._core.readflow import LeaseReply
 
 
 @runtime_checkable
@@ -92,3 +93,50 @@ class BackendStats(Protocol):
     @property
     def evictions(self) -> int:
         """Entries removed to stay inside the budget."""
+
+
+@runtime_checkable
+class LeaseBackend(Backend, Protocol):
+    """A shared sync backend with leases: one load per key across processes.
+
+    ``read_or_lease`` modes: ``"lease"`` (read; on a miss take the lease or register
+    as a waiter), ``"take"`` (take the lease whatever the value, or register),
+    ``"refresh"`` (take the lease whatever the value; never register).
+    """
+
+    @property
+    def wait_timeout(self) -> float:
+        """Seconds a waiter waits for another holder before loading on its own."""
+
+    def read_or_lease(self, key: str, token: str, mode: str = "lease") -> LeaseReply:
+        """Read ``key`` and maybe take its lease for ``token``, in one round trip."""
+
+    def set_leased(self, key: str, entry: Entry, token: str) -> bool:
+        """Write only while ``token`` still holds the lease; whether it did."""
+
+    def release(self, key: str, token: str) -> None:
+        """Give up ``token``'s lease and wake the waiters."""
+
+    def wait(self, key: str, timeout: float) -> bool:
+        """Block until the lease holder signals, or ``timeout``; whether it did."""
+
+
+@runtime_checkable
+class AsyncLeaseBackend(AsyncBackend, Protocol):
+    """``LeaseBackend`` for ``AsyncCache``."""
+
+    @property
+    def wait_timeout(self) -> float:
+        """Seconds a waiter waits for another holder before loading on its own."""
+
+    async def read_or_lease(self, key: str, token: str, mode: str = "lease") -> LeaseReply:
+        """Read ``key`` and maybe take its lease for ``token``, in one round trip."""
+
+    async def set_leased(self, key: str, entry: Entry, token: str) -> bool:
+        """Write only while ``token`` still holds the lease; whether it did."""
+
+    async def release(self, key: str, token: str) -> None:
+        """Give up ``token``'s lease and wake the waiters."""
+
+    async def wait(self, key: str, timeout: float) -> bool:
+        """Block until the lease holder signals, or ``timeout``; whether it did."""

@@ -1,0 +1,175 @@
+"""The wire envelope: one versioned binary layout for every shared backend.
+
+Layout, version 1 (big-endian)::
+
+    0  u8   magic 0xC5
+    1  u8   format version (1)
+    2  u8   flags: 0x01 negative, 0x02 compressed
+    3  u8   serializer id (1 json, 2 msgpack, 3 signed pickle)
+    4  u8   compressor id (0 none, 1 zlib, 2 zstd)
+    5  3x   reserved, zero
+    8  f64  written_at      (seconds, writer's clock)
+    16 f64  expires_at
+    24 f64  stale_until
+    32 f64  refresh_at      (XFetch skip horizon, see policy.refresh_horizon)
+    40 f64  delta           (load duration)
+    48 [32  HMAC-SHA256 of everything else, for signed serializers]
+    .. payload (serialized value, maybe compressed)
+
+Sync and async caches, in any process, read each other's entries: the layout is
+the only contract. Decoding is strict and total: any malformed input raises
+``DecodeError`` (a miss for the caller), never anything else, and a signed payload
+is deserialized only after its MAC checks out.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Protocol
+
+from cachewise._core.entry import Entry
+
+MAGIC = 0xC5
+VERSION = 1
+FLAG_NEGATIVE = 0x01
+FLAG_COMPRESSED = 0x02
+_KNOWN_FLAGS = FLAG_NEGATIVE | FLAG_COMPRESSED
+
+_HEADER = struct.Struct(">BBBBB3xddddd")
+HEADER_SIZE = _HEADER.size  # 48
+MAC_SIZE = 32
+
+
+class DecodeError(Exception):
+    """The bytes are not an entry this codec may read. Callers treat it as a miss."""
+
+
+class WireSerializer(Protocol):
+    """What the envelope needs from a serializer."""
+
+    @property
+    def wire_id(self) -> int: ...
+    @property
+    def signed(self) -> bool: ...
+    def dumps(self, value: object) -> bytes: ...
+    def loads(self, data: bytes) -> object: ...
+    def mac(self, data: bytes) -> bytes: ...
+    def verify(self, data: bytes, mac: bytes) -> bool: ...
+
+
+class WireCompressor(Protocol):
+    """What the envelope needs from a compressor."""
+
+    @property
+    def wire_id(self) -> int: ...
+    def compress(self, data: bytes) -> bytes: ...
+    def decompress(self, data: bytes, max_size: int) -> bytes: ...
+
+
+def pack(
+    entry: Entry,
+    payload: bytes,
+    *,
+    serializer: WireSerializer,
+    compressor: WireCompressor | None,
+) -> bytes:
+    """Assemble an envelope around an already serialized (and compressed) payload.
+    ``compressor`` is the one that compressed ``payload``, or ``None``."""
+    flags = (FLAG_NEGATIVE if entry.negative else 0) | (FLAG_COMPRESSED if compressor else 0)
+    header = _HEADER.pack(
+        MAGIC,
+        VERSION,
+        flags,
+        serializer.wire_id,
+        compressor.wire_id if compressor else 0,
+        entry.written_at,
+        entry.expires_at,
+        entry.stale_until,
+        entry.refresh_at,
+        entry.delta,
+    )
+    if serializer.signed:
+        return header + serializer.mac(header + payload) + payload
+    return header + payload
+
+
+def unpack(
+    data: bytes,
+    *,
+    serializer: WireSerializer,
+    compressors: dict[int, WireCompressor],
+    max_size: int,
+) -> Entry:
+    """Parse and check an envelope; the ``Entry`` it holds, or ``DecodeError``.
+
+    The serializer is the reader's configured one: an envelope written with any
+    other is refused, so a payload can never pick its own decoder.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < HEADER_SIZE:
+        raise DecodeError("truncated header")
+    (
+        magic,
+        version,
+        flags,
+        serializer_id,
+        compressor_id,
+        written_at,
+        expires_at,
+        stale_until,
+        refresh_at,
+        delta,
+    ) = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise DecodeError("not a cachewise entry")
+    if version != VERSION:
+        raise DecodeError(f"unknown format version {version}")
+    if data[5:8] != b"\0\0\0" or flags & ~_KNOWN_FLAGS:
+        raise DecodeError("unknown flags")
+    if serializer_id != serializer.wire_id:
+        raise DecodeError(
+            f"written with serializer {serializer_id}, reader uses {serializer.wire_id}"
+        )
+    if not all(map(math.isfinite, (written_at, expires_at, stale_until, refresh_at, delta))):
+        raise DecodeError("non-finite times")
+    if not (refresh_at <= expires_at <= stale_until and delta >= 0.0 and written_at <= expires_at):
+        raise DecodeError("inconsistent times")
+    body = memoryview(data)[HEADER_SIZE:]
+    if serializer.signed:
+        if len(body) < MAC_SIZE:
+            raise DecodeError("truncated signature")
+        mac, payload = bytes(body[:MAC_SIZE]), bytes(body[MAC_SIZE:])
+        if not serializer.verify(data[:HEADER_SIZE] + payload, mac):
+            raise DecodeError("bad signature")
+    else:
+        payload = bytes(body)
+    if flags & FLAG_COMPRESSED:
+        compressor = compressors.get(compressor_id)
+        if compressor is None:
+            raise DecodeError(f"compressor {compressor_id} is not available")
+        try:
+            payload = compressor.decompress(payload, max_size)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"corrupt compressed payload: {exc!r}") from None
+    elif compressor_id != 0:
+        raise DecodeError("compressor set without the compressed flag")
+    if len(payload) > max_size:
+        raise DecodeError("payload over the size limit")
+    try:
+        value = serializer.loads(payload)
+    except Exception as exc:
+        raise DecodeError(f"undecodable payload: {exc!r}") from None
+    return Entry(
+        value,
+        expires_at,
+        stale_until,
+        refresh_at,
+        delta,
+        bool(flags & FLAG_NEGATIVE),
+        written_at,
+    )

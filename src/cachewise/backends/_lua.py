@@ -1,0 +1,108 @@
+"""The Lua scripts behind the Redis backend. Each runs atomically on the server.
+
+Keys of one logical key ``K`` share a hash tag, so on Redis Cluster they live in one
+slot and one script can touch them all:
+
+- ``{K}``          the value (an envelope)
+- ``{K}:lease``    the lease: the owner's token, ``PX lock_timeout``
+- ``{K}:waiters``  how many processes wait for this key's lease holder
+- ``{K}:notify``   a list the holder pushes one token per waiter onto; waiters BLPOP it
+
+Every key a script writes gets a TTL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+# Push one token per registered waiter, so each BLPOP-ing process wakes at once.
+# KEYS[w] is the waiters counter, KEYS[n] the notify list, ARGV[ms] its TTL.
+_NOTIFY = """
+local function notify(waiters_key, notify_key, ttl_ms)
+  local n = tonumber(redis.call('GET', waiters_key) or '0')
+  if n and n > 0 then
+    redis.call('DEL', waiters_key)
+    if n > 1000 then n = 1000 end
+    for _ = 1, n do redis.call('RPUSH', notify_key, '1') end
+    redis.call('PEXPIRE', notify_key, ttl_ms)
+  end
+end
+"""
+
+#: Read a key, and on a miss take the lease in the same round trip.
+#: KEYS: value, lease, waiters. ARGV: token, lease_ms, mode.
+#: mode "get":     read only.
+#: mode "lease":   read; if absent, take the lease, or register as a waiter.
+#: mode "take":    take the lease whatever the value (a reload of an expired value);
+#:                 register as a waiter if it is held.
+#: mode "refresh": take the lease whatever the value; never wait.
+#: Returns {value or nil, granted 0/1, lease pttl in ms (when held)}.
+READ = """
+local mode = ARGV[3]
+if mode == 'get' or mode == 'lease' then
+  local v = redis.call('GET', KEYS[1])
+  if v or mode == 'get' then return {v, 0, 0} end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {false, 1, 0}
+end
+local pttl = redis.call('PTTL', KEYS[2])
+if mode ~= 'refresh' then
+  redis.call('INCR', KEYS[3])
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+end
+return {false, 0, pttl}
+"""
+
+#: The lease holder's write: only while its lease is still the current one.
+#: KEYS: value, lease, waiters, notify. ARGV: token, payload, px, notify_ms.
+#: Returns 1 if written, 0 if the lease was lost (deleted, or expired).
+SET_LEASED = (
+    _NOTIFY
+    + """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+notify(KEYS[3], KEYS[4], ARGV[4])
+return 1
+"""
+)
+
+#: The lease holder gives up (its load failed): drop the lease, wake the waiters.
+#: KEYS: lease, waiters, notify. ARGV: token, notify_ms.
+RELEASE = (
+    _NOTIFY
+    + """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  notify(KEYS[2], KEYS[3], ARGV[2])
+  return 1
+end
+return 0
+"""
+)
+
+#: An explicit write or delete. Either way any lease dies with it, so a load in
+#: flight anywhere can no longer write what it read before (no stale sets).
+#: KEYS: value, lease, waiters, notify. ARGV: mode ('set' | 'del'), payload, px, notify_ms.
+#: Returns 1 if the value existed (del) or was written (set).
+WRITE = (
+    _NOTIFY
+    + """
+local result
+if ARGV[1] == 'set' then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  result = 1
+else
+  result = redis.call('DEL', KEYS[1])
+end
+redis.call('DEL', KEYS[2])
+notify(KEYS[3], KEYS[4], ARGV[4])
+return result
+"""
+)
+
+
+def sha1(script: str) -> str:
+    """The SHA1 digest Redis knows a script by (for EVALSHA)."""
+    return hashlib.sha1(script.encode()).hexdigest()

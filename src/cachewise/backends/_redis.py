@@ -1,0 +1,416 @@
+"""Redis backends: ``RedisBackend`` (redis-py) and ``AsyncRedisBackend`` (redis.asyncio).
+
+Both speak one wire format (``_core.envelope``) and one key layout (``_lua``), so a
+sync and an async cache on one namespace read each other's entries. Everything that
+is not the I/O call itself lives in ``_RedisCommon``; the two classes only differ
+in whether they ``await``.
+
+Leases (Facebook's memcache paper, NSDI 2013): on a miss, exactly one caller across
+all processes is granted a lease on the key (``SET NX PX`` with an owner token, in
+the same script as the read, so a miss costs one round trip). Others wait on a list
+the holder pushes to when it is done (``BLPOP``, a few commands per second at most)
+and re-read. The holder writes only while its lease is current; ``delete`` and
+``set`` drop the lease, so a load that read old data can never write it back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from cachewise._core import envelope
+from cachewise._core.entry import Entry
+from cachewise._core.readflow import LeaseReply
+from cachewise.backends import _lua
+from cachewise.serialization import Codec
+
+DEFAULT_LOCK_TIMEOUT = 5.0
+#: How long one BLPOP blocks before the waiter re-reads; two commands per cycle
+#: keeps a waiter near 13 commands per second, and inside a 250 ms socket timeout.
+DEFAULT_POLL_INTERVAL = 0.15
+#: Server TTL = (stale_until - written_at) + this margin, so Redis keeps an entry
+#: a little past the point the front end stops serving it, never less.
+DEFAULT_MARGIN = 1.0
+
+
+def value_key(key: str) -> str:
+    """The Redis key of a logical key: its hash tag is the whole logical key."""
+    if not key:
+        raise ValueError("Redis backends need non-empty keys")
+    return "{" + key + "}"
+
+
+def _keys(key: str) -> tuple[str, str, str, str]:
+    base = value_key(key)
+    return base, base + ":lease", base + ":waiters", base + ":notify"
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+def _check_seconds(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return float(value)
+
+
+class _RedisCommon:
+    """Options, key layout, encoding and reply parsing shared by both flavours."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        codec: Codec | None,
+        lock_timeout: float,
+        wait_timeout: float | None,
+        poll_interval: float,
+        margin: float,
+        owns_client: bool,
+    ) -> None:
+        if codec is not None and not isinstance(codec, Codec):
+            raise TypeError("codec must be a cachewise.serialization.Codec")
+        self._client = client
+        self.codec = codec or Codec()
+        self.lock_timeout = _check_seconds("lock_timeout", lock_timeout)
+        # Waiters outlast the lease, so a dead holder is replaced before anyone
+        # gives up and loads on its own.
+        self.wait_timeout = (
+            2.0 * self.lock_timeout
+            if wait_timeout is None
+            else _check_seconds("wait_timeout", wait_timeout)
+        )
+        self.poll_interval = _check_seconds("poll_interval", poll_interval)
+        self.margin = _check_seconds("margin", margin)
+        self._owns_client = owns_client
+        self._lease_ms = max(1, int(self.lock_timeout * 1000))
+        self._notify_ms = self._lease_ms + int(self.wait_timeout * 1000)
+        self._read_sha = _lua.sha1(_lua.READ)
+        self._set_leased_sha = _lua.sha1(_lua.SET_LEASED)
+        self._release_sha = _lua.sha1(_lua.RELEASE)
+        self._write_sha = _lua.sha1(_lua.WRITE)
+        self._decode_errors = 0
+
+    @property
+    def client(self) -> Any:
+        """The redis-py client in use."""
+        return self._client
+
+    @property
+    def decode_errors(self) -> int:
+        """Entries that failed to decode (garbage, unknown version, bad signature),
+        each served as a miss."""
+        return self._decode_errors
+
+    @property
+    def evictions(self) -> int:
+        """Redis evicts on its own; nothing is counted here."""
+        return 0
+
+    def _decode(self, raw: object) -> Entry | None:
+        if raw is None:
+            return None
+        try:
+            return self.codec.decode(raw)  # type: ignore[arg-type]
+        except envelope.DecodeError:
+            self._decode_errors += 1
+            return None
+
+    def _px(self, entry: Entry) -> int:
+        lifetime = max(entry.stale_until - entry.written_at, 0.0) + self.margin
+        return max(1, math.ceil(lifetime * 1000))
+
+    def _read_args(self, key: str, token: str, mode: str) -> list[Any]:
+        value, lease, waiters, _ = _keys(key)
+        return [3, value, lease, waiters, token, self._lease_ms, mode]
+
+    def _parse_read(self, reply: Any) -> LeaseReply:
+        raw, granted, pttl = reply
+        return LeaseReply(self._decode(raw), bool(granted), max(int(pttl), 0) / 1000.0)
+
+    def _write_args(self, key: str, entry: Entry | None) -> list[Any]:
+        value, lease, waiters, notify = _keys(key)
+        if entry is None:
+            return [4, value, lease, waiters, notify, "del", "", 0, self._notify_ms]
+        payload = self.codec.encode(entry)  # raises before any I/O: nothing half-written
+        return [4, value, lease, waiters, notify, "set", payload, self._px(entry), self._notify_ms]
+
+    def _set_leased_args(self, key: str, entry: Entry, token: str) -> list[Any]:
+        value, lease, waiters, notify = _keys(key)
+        payload = self.codec.encode(entry)
+        return [4, value, lease, waiters, notify, token, payload, self._px(entry), self._notify_ms]
+
+    def _release_args(self, key: str, token: str) -> list[Any]:
+        _, lease, waiters, notify = _keys(key)
+        return [3, lease, waiters, notify, token, self._notify_ms]
+
+    def _block_for(self, timeout: float) -> float:
+        # BLPOP takes seconds with millisecond resolution; 0 would block forever.
+        return max(0.01, min(timeout, self.poll_interval))
+
+    def _is_cluster(self) -> bool:
+        return type(self._client).__name__ == "RedisCluster"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._client!r})"
+
+
+def _is_noscript(exc: BaseException) -> bool:
+    return type(exc).__name__ == "NoScriptError"
+
+
+class RedisBackend(_RedisCommon):
+    """A Redis (or Redis Cluster) backend for ``Cache``, on a redis-py client.
+
+    Pass a ``redis.Redis`` or ``redis.cluster.RedisCluster``, or use
+    ``Cache.from_url("redis://...")``. ``lock_timeout`` bounds how long a lease
+    holder may take before others take over (make it longer than your slowest
+    load: a load that outlives its lease is not written); ``wait_timeout`` is how
+    long waiters wait before loading on their own (default twice ``lock_timeout``).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        codec: Codec | None = None,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        wait_timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        margin: float = DEFAULT_MARGIN,
+        owns_client: bool = False,
+    ) -> None:
+        if _looks_async_client(client):
+            raise TypeError("RedisBackend needs a sync redis-py client; use AsyncRedisBackend")
+        super().__init__(
+            client,
+            codec=codec,
+            lock_timeout=lock_timeout,
+            wait_timeout=wait_timeout,
+            poll_interval=poll_interval,
+            margin=margin,
+            owns_client=owns_client,
+        )
+
+    def _script(self, script: str, sha: str, args: list[Any]) -> Any:
+        try:
+            return self._client.execute_command("EVALSHA", sha, *args)
+        except Exception as exc:
+            if not _is_noscript(exc):
+                raise
+            # Not cached on this node yet (or after a restart): EVAL caches it.
+            return self._client.execute_command("EVAL", script, *args)
+
+    def _pipeline_scripts(self, script: str, calls: list[list[Any]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for args in calls:
+            pipe.execute_command("EVAL", script, *args)
+        result: list[Any] = pipe.execute()
+        return result
+
+    # -- Backend ------------------------------------------------------------------
+
+    def get(self, key: str) -> Entry | None:
+        """One ``GET``; an undecodable entry is a miss (counted)."""
+        return self._decode(self._client.get(value_key(key)))
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """``MGET`` (grouped by slot on a cluster)."""
+        if not keys:
+            return []
+        names = [value_key(key) for key in keys]
+        raws = (
+            self._client.mget_nonatomic(names) if self._is_cluster() else self._client.mget(names)
+        )
+        return [self._decode(raw) for raw in raws]
+
+    def set(self, key: str, entry: Entry) -> None:
+        """Write the entry and drop any lease on the key."""
+        self._script(_lua.WRITE, self._write_sha, self._write_args(key, entry))
+
+    def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
+        """``set`` for several keys, pipelined."""
+        if items:
+            self._pipeline_scripts(_lua.WRITE, [self._write_args(k, e) for k, e in items])
+
+    def delete(self, key: str) -> bool:
+        """Delete the value and its lease; whether the value existed."""
+        return bool(self._script(_lua.WRITE, self._write_sha, self._write_args(key, None)))
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """``delete`` for several keys, pipelined; how many existed."""
+        if not keys:
+            return 0
+        replies = self._pipeline_scripts(_lua.WRITE, [self._write_args(k, None) for k in keys])
+        return sum(int(r) for r in replies)
+
+    def clear(self, prefix: str = "") -> int:
+        """Delete every key of ``prefix`` (and their leases) with ``SCAN``; how many
+        values."""
+        pattern = "{" + _glob_escape(prefix) + "*"
+        count = 0
+        batch: list[bytes] = []
+        for name in self._client.scan_iter(match=pattern, count=1000):
+            batch.append(name)
+            if len(batch) >= 500:
+                count += self._delete_batch(batch)
+                batch = []
+        if batch:
+            count += self._delete_batch(batch)
+        return count
+
+    def _delete_batch(self, names: list[bytes]) -> int:
+        values = sum(1 for n in names if n.endswith(b"}"))
+        self._client.delete(*names)
+        return values
+
+    def close(self) -> None:
+        """Close the client if this backend created it."""
+        if self._owns_client:
+            self._client.close()
+
+    # -- leases -------------------------------------------------------------------
+
+    def read_or_lease(self, key: str, token: str, mode: str = "lease") -> LeaseReply:
+        """Read ``key`` and, per ``mode`` (see ``_lua.READ``), take its lease."""
+        return self._parse_read(
+            self._script(_lua.READ, self._read_sha, self._read_args(key, token, mode))
+        )
+
+    def set_leased(self, key: str, entry: Entry, token: str) -> bool:
+        """Write only while ``token`` holds the lease; whether it did."""
+        args = self._set_leased_args(key, entry, token)
+        return bool(self._script(_lua.SET_LEASED, self._set_leased_sha, args))
+
+    def release(self, key: str, token: str) -> None:
+        """Give the lease up (the load failed) and wake the waiters."""
+        self._script(_lua.RELEASE, self._release_sha, self._release_args(key, token))
+
+    def wait(self, key: str, timeout: float) -> bool:
+        """Block until the lease holder signals, or up to ``timeout`` (capped by the
+        poll interval); whether a signal came."""
+        _, _, _, notify = _keys(key)
+        return self._client.blpop([notify], timeout=self._block_for(timeout)) is not None
+
+
+class AsyncRedisBackend(_RedisCommon):
+    """``RedisBackend`` for ``AsyncCache``, on a ``redis.asyncio`` client."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        codec: Codec | None = None,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        wait_timeout: float | None = None,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        margin: float = DEFAULT_MARGIN,
+        owns_client: bool = False,
+    ) -> None:
+        if not _looks_async_client(client):
+            raise TypeError("AsyncRedisBackend needs a redis.asyncio client; use RedisBackend")
+        super().__init__(
+            client,
+            codec=codec,
+            lock_timeout=lock_timeout,
+            wait_timeout=wait_timeout,
+            poll_interval=poll_interval,
+            margin=margin,
+            owns_client=owns_client,
+        )
+
+    async def _script(self, script: str, sha: str, args: list[Any]) -> Any:
+        try:
+            return await self._client.execute_command("EVALSHA", sha, *args)
+        except Exception as exc:
+            if not _is_noscript(exc):
+                raise
+            return await self._client.execute_command("EVAL", script, *args)
+
+    async def _pipeline_scripts(self, script: str, calls: list[list[Any]]) -> list[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for args in calls:
+            pipe.execute_command("EVAL", script, *args)
+        result: list[Any] = await pipe.execute()
+        return result
+
+    async def get(self, key: str) -> Entry | None:
+        """One ``GET``; an undecodable entry is a miss (counted)."""
+        return self._decode(await self._client.get(value_key(key)))
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """``MGET`` (grouped by slot on a cluster)."""
+        if not keys:
+            return []
+        names = [value_key(key) for key in keys]
+        if self._is_cluster():
+            raws = await self._client.mget_nonatomic(names)
+        else:
+            raws = await self._client.mget(names)
+        return [self._decode(raw) for raw in raws]
+
+    async def set(self, key: str, entry: Entry) -> None:
+        """Write the entry and drop any lease on the key."""
+        await self._script(_lua.WRITE, self._write_sha, self._write_args(key, entry))
+
+    async def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
+        """``set`` for several keys, pipelined."""
+        if items:
+            await self._pipeline_scripts(_lua.WRITE, [self._write_args(k, e) for k, e in items])
+
+    async def delete(self, key: str) -> bool:
+        """Delete the value and its lease; whether the value existed."""
+        return bool(await self._script(_lua.WRITE, self._write_sha, self._write_args(key, None)))
+
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        """``delete`` for several keys, pipelined; how many existed."""
+        if not keys:
+            return 0
+        replies = await self._pipeline_scripts(
+            _lua.WRITE, [self._write_args(k, None) for k in keys]
+        )
+        return sum(int(r) for r in replies)
+
+    async def clear(self, prefix: str = "") -> int:
+        """Delete every key of ``prefix`` (and their leases) with ``SCAN``."""
+        pattern = "{" + _glob_escape(prefix) + "*"
+        names = [name async for name in self._client.scan_iter(match=pattern, count=1000)]
+        count = 0
+        for start in range(0, len(names), 500):
+            batch = names[start : start + 500]
+            count += sum(1 for n in batch if n.endswith(b"}"))
+            await self._client.delete(*batch)
+        return count
+
+    async def aclose(self) -> None:
+        """Close the client if this backend created it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def read_or_lease(self, key: str, token: str, mode: str = "lease") -> LeaseReply:
+        """Read ``key`` and, per ``mode``, take its lease."""
+        reply = await self._script(_lua.READ, self._read_sha, self._read_args(key, token, mode))
+        return self._parse_read(reply)
+
+    async def set_leased(self, key: str, entry: Entry, token: str) -> bool:
+        """Write only while ``token`` holds the lease; whether it did."""
+        args = self._set_leased_args(key, entry, token)
+        return bool(await self._script(_lua.SET_LEASED, self._set_leased_sha, args))
+
+    async def release(self, key: str, token: str) -> None:
+        """Give the lease up and wake the waiters."""
+        await self._script(_lua.RELEASE, self._release_sha, self._release_args(key, token))
+
+    async def wait(self, key: str, timeout: float) -> bool:
+        """Block until the holder signals, or up to ``timeout`` (capped)."""
+        _, _, _, notify = _keys(key)
+        reply = await self._client.blpop([notify], timeout=self._block_for(timeout))
+        return reply is not None
+
+
+def _looks_async_client(client: Any) -> bool:
+    return type(client).__module__.startswith("redis.asyncio")
