@@ -18,6 +18,7 @@ def test_all_is_pinned() -> None:
             "MISSING",
             "AsyncBackend",
             "AsyncCache",
+            "AsyncRedisBackend",
             "AsyncCachedFunction",
             "Backend",
             "BackendError",
@@ -30,6 +31,9 @@ def test_all_is_pinned() -> None:
             "MemoryBackend",
             "MissingType",
             "Policy",
+            "RedisBackend",
+            "SerializationError",
+            "ValueTooLargeError",
             "__version__",
         ]
     )

@@ -19,7 +19,8 @@ from cachewise._frontends.aio import AsyncCache
 from cachewise._frontends.sync import Cache
 from cachewise._sentinel import MISSING, MissingType
 from cachewise._stats import CacheStats
-from cachewise.backends import AsyncBackend, Backend, MemoryBackend
+from cachewise.backends import AsyncBackend, AsyncRedisBackend, Backend, MemoryBackend, RedisBackend
+from cachewise.serialization import SerializationError, ValueTooLargeError
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,7 @@ __all__ = [
     "AsyncBackend",
     "AsyncCache",
     "AsyncCachedFunction",
+    "AsyncRedisBackend",
     "Backend",
     "BackendError",
     "Cache",
@@ -39,5 +41,8 @@ __all__ = [
     "MemoryBackend",
     "MissingType",
     "Policy",
+    "RedisBackend",
+    "SerializationError",
+    "ValueTooLargeError",
     "__version__",
 ]

@@ -22,6 +22,8 @@ class CacheStats:
     - ``backend_errors``: backend calls that failed and were degraded around.
     - ``refreshes_dropped``: background refreshes not started because too many were
       pending (the value was still served).
+    - ``decode_errors``: entries a shared backend could not decode (garbage, an
+      unknown format version, a bad signature), each served as a miss.
     """
 
     hits: int = 0
@@ -35,6 +37,7 @@ class CacheStats:
     evictions: int = 0
     backend_errors: int = 0
     refreshes_dropped: int = 0
+    decode_errors: int = 0
 
     @property
     def hit_ratio(self) -> float:
@@ -89,8 +92,8 @@ class Counters:
         self.backend_errors = 0
         self.refreshes_dropped = 0
 
-    def snapshot(self, evictions: int) -> CacheStats:
-        """Freeze the counters, adding the backend's eviction count."""
+    def snapshot(self, evictions: int, decode_errors: int = 0) -> CacheStats:
+        """Freeze the counters, adding the backend's own counts."""
         return CacheStats(
             hits=self.hits,
             misses=self.misses,
@@ -103,4 +106,5 @@ class Counters:
             evictions=evictions,
             backend_errors=self.backend_errors,
             refreshes_dropped=self.refreshes_dropped,
+            decode_errors=decode_errors,
         )

@@ -36,6 +36,8 @@ class LeaseReply(NamedTuple):
     entry: Entry | None
     granted: bool
     held_for: float  # seconds the other holder's lease still runs
+    #: A value was there but could not be decoded (a corrupt entry: a miss).
+    unreadable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,9 @@ def leased_read(policy: Policy, wait_timeout: float) -> Generator[Step, Observed
             if action is Read.LOAD_OR_STALE:
                 stale = reply.entry
             mode = "take"  # unusable: ask for the lease whatever the value
+            continue
+        if reply.unreadable:
+            mode = "take"  # a corrupt value is a miss: reload over it
             continue
         if reply.granted:
             return LoadStep(leased=True, stale=stale)

@@ -111,7 +111,10 @@ class CacheBase:
         """A snapshot of every counter (see ``CacheStats``)."""
         source = self._stats_source
         evictions = source.evictions if isinstance(source, BackendStats) else 0
-        return self._counters.snapshot(evictions)
+        decode_errors = getattr(source, "decode_errors", 0)
+        return self._counters.snapshot(
+            evictions, decode_errors if isinstance(decode_errors, int) else 0
+        )
 
     # -- helpers for the shells ---------------------------------------------------
 

@@ -130,7 +130,10 @@ class _RedisCommon:
 
     def _parse_read(self, reply: Any) -> LeaseReply:
         raw, granted, pttl = reply
-        return LeaseReply(self._decode(raw), bool(granted), max(int(pttl), 0) / 1000.0)
+        entry = self._decode(raw)
+        return LeaseReply(
+            entry, bool(granted), max(int(pttl), 0) / 1000.0, raw is not None and entry is None
+        )
 
     def _write_args(self, key: str, entry: Entry | None) -> list[Any]:
         value, lease, waiters, notify = _keys(key)

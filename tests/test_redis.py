@@ -1,0 +1,502 @@
+"""What only a shared backend has: the wire format, server TTLs, URLs, leases across
+processes, dead holders, Redis Cluster. Real servers, started by the test suite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio
+from redis.cluster import RedisCluster
+
+from cachewise import MISSING, AsyncCache, Cache
+from cachewise.backends import AsyncRedisBackend, RedisBackend
+from cachewise.serialization import Codec, PickleSerializer
+from tests.support.redis_servers import RedisClusterProcess, RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Any:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+def all_keys_have_ttls(client: Any) -> list[bytes]:
+    """The keys without a TTL (should be none)."""
+    return [k for k in client.keys("*") if client.pttl(k) < 0]
+
+
+# -- wire format and server TTLs ---------------------------------------------------
+
+
+def test_sync_and_async_caches_read_each_others_entries(redis_url: str) -> None:
+    sync = Cache.from_url(redis_url, namespace="shared")
+    sync.set("from-sync", {"n": 1, "items": [1, "two", None]})
+
+    async def main() -> Any:
+        cache = AsyncCache.from_url(redis_url, namespace="shared")
+        seen = await cache.get("from-sync")
+        await cache.set("from-async", ["x"])
+        await cache.aclose()
+        return seen
+
+    assert asyncio.run(main()) == {"n": 1, "items": [1, "two", None]}
+    assert sync.get("from-async") == ["x"]
+    sync.close()
+
+
+def test_server_ttl_is_the_ttl_plus_the_stale_window_plus_a_margin(
+    redis_url: str, raw: Any
+) -> None:
+    with Cache.from_url(redis_url, ttl=10, stale_ttl=5, jitter=0) as cache:
+        cache.set("k", 1)
+        cache.get_or_load("loaded", lambda: 2)
+        for name in (b"{k}", b"{loaded}"):
+            pttl = raw.pttl(name)
+            assert 15_000 < pttl <= 16_000, (name, pttl)  # 10 + 5 + 1 s margin
+
+
+def test_no_key_cachewise_writes_lacks_a_ttl(redis_url: str, raw: Any) -> None:
+    """Values, leases, waiter counters and notify lists all expire."""
+    holder = Cache.from_url(redis_url)
+    waiter = Cache.from_url(redis_url)
+    loading = threading.Event()
+    release = threading.Event()
+    checked: list[list[bytes]] = []
+
+    def slow() -> str:
+        loading.set()
+        assert release.wait(10)
+        return "v"
+
+    t = threading.Thread(target=lambda: holder.get_or_load("k", slow))
+    t.start()
+    assert loading.wait(10)
+    w = threading.Thread(target=lambda: waiter.get_or_load("k", lambda: "other"))
+    w.start()
+    deadline = time.time() + 5
+    while not raw.exists(b"{k}:waiters") and time.time() < deadline:
+        time.sleep(0.01)
+    assert raw.exists(b"{k}:lease")
+    assert raw.exists(b"{k}:waiters")
+    checked.append(all_keys_have_ttls(raw))
+    release.set()
+    t.join(10)
+    w.join(10)
+    checked.append(all_keys_have_ttls(raw))
+    holder.set("explicit", 1)
+    holder.delete("k")
+    checked.append(all_keys_have_ttls(raw))
+    assert checked == [[], [], []]
+    holder.close()
+    waiter.close()
+
+
+def test_corrupt_entries_are_misses_and_counted(redis_url: str, raw: Any) -> None:
+    with Cache.from_url(redis_url) as cache:
+        raw.set("{k}", b"\xc5\x09garbage")
+        assert cache.get("k") is MISSING
+        assert cache.get_or_load("k", lambda: "fresh") == "fresh"
+        assert cache.stats().decode_errors == 2
+
+
+def test_signed_pickle_round_trips_and_needs_the_same_secret(redis_url: str) -> None:
+    secret = "0123456789abcdef-secret"
+    with Cache.from_url(redis_url, serializer=PickleSerializer(secret)) as cache:
+        cache.set("k", {1, 2, 3})  # a set: pickle only
+        assert cache.get("k") == {1, 2, 3}
+    other = Cache.from_url(redis_url, serializer=PickleSerializer("another-secret-0123456"))
+    assert other.get("k") is MISSING
+    assert other.stats().decode_errors == 1
+    other.close()
+    with Cache.from_url(redis_url) as json_reader:
+        assert json_reader.get("k") is MISSING  # a JSON reader never unpickles
+
+
+# -- URLs and clients --------------------------------------------------------------
+
+
+def test_url_with_username_password_and_database() -> None:
+    with RedisServer(username="app", password="s3cr3t pw") as server:
+        url = server.url.rsplit("/", 1)[0] + "/3"
+        with Cache.from_url(url) as cache:
+            cache.set("k", 1)
+            assert cache.get("k") == 1
+        client = redis.Redis(
+            host=server.host, port=server.port, username="app", password="s3cr3t pw", db=3
+        )
+        assert client.exists("{k}") == 1
+        client.close()
+        bad = url.replace("s3cr3t%20pw", "wrong")
+        with Cache.from_url(bad) as cache:  # auth fails: degraded to misses, counted
+            assert cache.get_or_load("k", lambda: "from source") == "from source"
+            assert cache.stats().backend_errors >= 1
+
+
+def test_rediss_builds_a_tls_client_and_options_parse() -> None:
+    cache = Cache.from_url(
+        "rediss://user:pw@127.0.0.1:1/2?lock_timeout=3&wait_timeout=4"
+        "&socket_timeout=0.5&serializer=msgpack&compress=zlib"
+    )
+    backend = cache.backend
+    assert isinstance(backend, RedisBackend)
+    pool = backend.client.connection_pool
+    assert pool.connection_class.__name__ == "SSLConnection"
+    assert pool.connection_kwargs["username"] == "user"
+    assert pool.connection_kwargs["db"] == 2
+    assert pool.connection_kwargs["socket_timeout"] == 0.5
+    assert (backend.lock_timeout, backend.wait_timeout) == (3.0, 4.0)
+    assert backend.codec.serializer.name == "msgpack"
+    cache.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis://127.0.0.1:6399/0?serializer=pickle", "secret"),
+        ("redis://127.0.0.1:6399/0?serializer=yaml", "yaml"),
+        ("redis://127.0.0.1:6399/0?pool=3", "pool"),
+        ("redis://127.0.0.1:6399/0?lock_timeout=-1", "lock_timeout"),
+        ("redis://127.0.0.1:6399/0?compress=lz4", "lz4"),
+        ("redis:///0", "host"),
+        ("redis://127.0.0.1:99999/0", "port"),
+        ("redis+cluster://127.0.0.1:6399/2", "databases"),
+    ],
+)
+def test_bad_redis_urls_are_value_errors(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Cache.from_url(url)
+
+
+def test_existing_clients_can_be_passed_in(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    with Cache(RedisBackend(client)) as cache:
+        cache.set("k", 1)
+    assert client.ping()  # not ours to close
+    client.close()
+
+    async def main() -> None:
+        aclient = redis.asyncio.Redis.from_url(redis_url)
+        async with AsyncCache(AsyncRedisBackend(aclient)) as cache:
+            assert await cache.get("k") == 1
+        assert await aclient.ping()
+        await aclient.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_client_of_the_wrong_flavour_is_a_type_error(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    with pytest.raises(TypeError, match="AsyncRedisBackend"):
+        AsyncRedisBackend(client)
+    aclient = redis.asyncio.Redis.from_url(redis_url)
+    with pytest.raises(TypeError, match="RedisBackend"):
+        RedisBackend(aclient)
+    with pytest.raises(TypeError):
+        Cache(AsyncRedisBackend(aclient))  # type: ignore[arg-type]
+    client.close()
+    asyncio.run(aclient.aclose())
+
+
+# -- leases ------------------------------------------------------------------------
+
+
+class Gate:
+    """A sync loader that blocks until released."""
+
+    def __init__(self, value: Any = "v") -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+        self.value = value
+
+    def __call__(self) -> Any:
+        self.calls += 1
+        self.started.set()
+        assert self.release.wait(10)
+        return self.value
+
+
+def test_a_delete_from_another_process_beats_an_in_flight_load(redis_url: str, raw: Any) -> None:
+    """Two caches stand for two processes: their only shared state is Redis."""
+    loader_cache = Cache.from_url(redis_url)
+    writer_cache = Cache.from_url(redis_url)
+    old = Gate("old")
+    t = threading.Thread(target=lambda: loader_cache.get_or_load("k", old))
+    t.start()
+    assert old.started.wait(10)
+    writer_cache.delete("k")  # the write committed; invalidate
+    old.release.set()
+    t.join(10)
+    assert raw.exists("{k}") == 0  # the slow load's old value was not written
+    assert writer_cache.get_or_load("k", lambda: "new") == "new"
+    loader_cache.close()
+    writer_cache.close()
+
+
+def test_an_explicit_set_from_another_process_is_not_overwritten(redis_url: str) -> None:
+    a = Cache.from_url(redis_url)
+    b = Cache.from_url(redis_url)
+    old = Gate("old")
+    t = threading.Thread(target=lambda: a.get_or_load("k", old))
+    t.start()
+    assert old.started.wait(10)
+    b.set("k", "explicit")
+    old.release.set()
+    t.join(10)
+    assert b.get("k") == "explicit"
+    a.close()
+    b.close()
+
+
+def test_waiters_in_another_process_get_the_holders_value_cheaply(redis_url: str, raw: Any) -> None:
+    holder = Cache.from_url(redis_url)
+    waiter = Cache.from_url(redis_url)
+    gate = Gate("from holder")
+    t = threading.Thread(target=lambda: holder.get_or_load("k", gate))
+    t.start()
+    assert gate.started.wait(10)
+    raw.config_resetstat()
+    got: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda: got.append(waiter.get_or_load("k", lambda: "mine")))
+        for _ in range(10)
+    ]
+    for w in threads:
+        w.start()
+    time.sleep(1.0)  # real time is the thing under test: how chatty is waiting?
+    commands = _command_count(raw)
+    gate.release.set()
+    t.join(10)
+    for w in threads:
+        w.join(10)
+    assert got == ["from holder"] * 10
+    # Ten threads, one waiting process: one request per cycle of ~150 ms, not ten.
+    assert commands <= 20, commands
+    holder.close()
+    waiter.close()
+
+
+def _command_count(raw: Any) -> int:
+    """Commands the waiting path sends: scripts and BLPOP (commandstats also counts
+    the GET/SET calls scripts make inside, so those are left out)."""
+    stats = raw.info("commandstats")
+    sent = ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_blpop")
+    return sum(stats.get(name, {}).get("calls", 0) for name in sent)
+
+
+def test_a_dead_holders_lease_expires_and_another_loads(redis_url: str, raw: Any) -> None:
+    cache = Cache.from_url(redis_url + "?lock_timeout=5")
+    raw.set("{k}:lease", "someone-dead", px=600)  # a holder that died 0 s ago
+    started = time.monotonic()
+    assert cache.get_or_load("k", lambda: "taken over") == "taken over"
+    elapsed = time.monotonic() - started
+    assert 0.45 < elapsed < 1.5, elapsed
+    assert cache.get("k") == "taken over"  # the new holder wrote it
+    cache.close()
+
+
+def test_waiters_fail_open_after_wait_timeout_without_writing(redis_url: str, raw: Any) -> None:
+    cache = Cache.from_url(redis_url + "?lock_timeout=30&wait_timeout=0.3")
+    raw.set("{k}:lease", "a-slow-holder", px=30_000)
+    started = time.monotonic()
+    assert cache.get_or_load("k", lambda: "own load") == "own load"
+    assert 0.25 < time.monotonic() - started < 1.5
+    assert raw.exists("{k}") == 0  # no lease, no write
+    cache.close()
+
+
+def test_a_loader_failure_releases_the_lease_for_the_next_caller(redis_url: str, raw: Any) -> None:
+    cache = Cache.from_url(redis_url)
+
+    def boom() -> str:
+        raise ConnectionError("db down")
+
+    with pytest.raises(ConnectionError):
+        cache.get_or_load("k", boom)
+    assert raw.exists("{k}:lease") == 0
+    started = time.monotonic()
+    assert cache.get_or_load("k", lambda: "ok") == "ok"
+    assert time.monotonic() - started < 0.5  # nobody waited for a dead lease
+    cache.close()
+
+
+def test_one_lease_request_per_process_for_many_threads(redis_url: str, raw: Any) -> None:
+    cache = Cache.from_url(redis_url)
+    gate = Gate()
+    barrier = threading.Barrier(20)
+    raw.config_resetstat()
+
+    def body() -> None:
+        barrier.wait()
+        cache.get_or_load("k", gate)
+
+    threads = [threading.Thread(target=body) for _ in range(20)]
+    for t in threads:
+        t.start()
+    assert gate.started.wait(10)
+    time.sleep(0.1)  # let every thread arrive and join the in-process flight
+    gate.release.set()
+    for t in threads:
+        t.join(10)
+    stats = raw.info("commandstats")
+    scripts = sum(
+        stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval")
+    )
+    assert scripts == 2  # one read-with-lease, one guarded write
+    assert gate.calls == 1
+    cache.close()
+
+
+def test_async_waiters_in_another_process_share_the_holders_load(redis_url: str) -> None:
+    async def main() -> None:
+        holder = AsyncCache.from_url(redis_url)
+        waiter = AsyncCache.from_url(redis_url)
+        started = asyncio.Event()
+        release = asyncio.Event()
+        calls = 0
+
+        async def slow() -> str:
+            nonlocal calls
+            calls += 1
+            started.set()
+            await release.wait()
+            return "from holder"
+
+        first = asyncio.create_task(holder.get_or_load("k", slow))
+        await started.wait()
+        others = [asyncio.create_task(waiter.get_or_load("k", slow)) for _ in range(50)]
+        await asyncio.sleep(0.2)
+        release.set()
+        assert await first == "from holder"
+        assert await asyncio.gather(*others) == ["from holder"] * 50
+        assert calls == 1
+        await holder.aclose()
+        await waiter.aclose()
+
+    asyncio.run(main())
+
+
+# -- real processes ----------------------------------------------------------------
+
+
+def _worker(  # noqa: PLR0917 - mirrors the worker command line
+    url: str,
+    key: str,
+    threads: int,
+    start_at: float,
+    load: float,
+    options: dict[str, Any] | None = None,
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.herd_worker",
+            url,
+            key,
+            str(threads),
+            repr(start_at),
+            repr(load),
+            json.dumps(options or {}),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+@pytest.mark.slow
+def test_a_herd_across_processes_and_threads_makes_exactly_one_load(
+    redis_url: str, raw: Any
+) -> None:
+    start_at = time.time() + 3.0  # time for four interpreters to start
+    procs = [_worker(redis_url, "hot", 10, start_at, 0.3) for _ in range(4)]
+    outputs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert raw.get("loads:hot") == b"1"
+    values = {r["value"] for out in outputs for r in out["results"]}
+    assert len(values) == 1  # everybody got the one holder's value
+    assert sum(len(out["results"]) for out in outputs) == 40
+
+
+@pytest.mark.slow
+def test_a_sigkilled_holder_delays_others_by_at_most_lock_timeout(redis_url: str, raw: Any) -> None:
+    lock_timeout = 1.0
+    holder = _worker(f"{redis_url}?lock_timeout={lock_timeout}", "k", 1, 0, 0, {"hold": True})
+    deadline = time.time() + 20
+    while raw.get("holding:k") is None:
+        assert holder.poll() is None, "the holder process died early"
+        assert time.time() < deadline, "the holder never took the lease"
+        time.sleep(0.02)
+    acquired = time.time()  # the lease was taken just before this
+    cache = Cache.from_url(f"{redis_url}?lock_timeout=30")  # our side's option is moot
+    got: list[Any] = []
+    t = threading.Thread(target=lambda: got.append(cache.get_or_load("k", lambda: "taken over")))
+    t.start()
+    time.sleep(0.2)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.communicate(timeout=10)
+    t.join(30)
+    finished = time.time()
+    assert got == ["taken over"]
+    # The lease expires lock_timeout after the dead holder took it; then one
+    # waiter takes it over and loads (instantly here). Allow for process noise.
+    assert finished - acquired < lock_timeout + 0.5, finished - acquired
+    cache.close()
+
+
+# -- Redis Cluster -----------------------------------------------------------------
+
+
+def test_a_key_and_its_helper_keys_share_one_slot(
+    redis_cluster_url: str, redis_cluster: RedisClusterProcess
+) -> None:
+    client: RedisCluster = redis_cluster.client()
+    for key in ("user:1", "a{b}c", "ns:x" * 10):
+        base = "{" + key + "}"
+        slots = {client.keyslot(base + suffix) for suffix in ("", ":lease", ":waiters", ":notify")}
+        assert len(slots) == 1, key
+    client.close()
+
+
+def test_cluster_many_key_operations_span_slots(
+    redis_cluster_url: str, redis_cluster: RedisClusterProcess
+) -> None:
+    keys = [f"user:{i}" for i in range(50)]
+    client: RedisCluster = redis_cluster.client()
+    assert len({client.keyslot("{" + k + "}") for k in keys}) > 10
+    with Cache.from_url(redis_cluster_url) as cache:
+        cache.set_many({k: i for i, k in enumerate(keys)})
+        assert cache.get_many(keys) == {k: i for i, k in enumerate(keys)}
+        nodes = {client.get_node_from_key("{" + k + "}").name for k in keys}
+        assert len(nodes) == 3
+        assert cache.delete_many(keys) == 50
+        assert cache.get_many(keys) == {}
+        assert cache.get_or_load("user:1", lambda: "loaded") == "loaded"
+    client.close()
+
+
+def test_codec_options_reach_the_backend(redis_url: str) -> None:
+    backend = RedisBackend(
+        redis.Redis.from_url(redis_url), codec=Codec(compress="zlib"), owns_client=True
+    )
+    with Cache(backend) as cache:
+        cache.set("big", "x" * 10_000)
+        assert cache.get("big") == "x" * 10_000
+        assert backend.client.strlen("{big}") < 1_000
+    backend.close()
