@@ -20,8 +20,10 @@ import hashlib
 import hmac
 import importlib
 import json
+import math
 import pickle
 import zlib
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from cachewise._core import envelope
@@ -105,20 +107,66 @@ class JsonSerializer(Serializer):
             self._orjson: Any = importlib.import_module("orjson")
         except ImportError:
             self._orjson = None
+        else:
+            # Dates and dataclasses go to `default` (there is none, so they are
+            # refused) as with stdlib json: what is accepted must not depend on
+            # whether orjson is installed.
+            self._options = (
+                self._orjson.OPT_NON_STR_KEYS
+                | self._orjson.OPT_PASSTHROUGH_DATETIME
+                | self._orjson.OPT_PASSTHROUGH_DATACLASS
+            )
 
     def dumps(self, value: object) -> bytes:
         try:
             if self._orjson is not None:
-                result: bytes = self._orjson.dumps(value, option=self._orjson.OPT_NON_STR_KEYS)
+                result: bytes = self._orjson.dumps(value, option=self._options)
+                # orjson writes NaN and infinities as null: a silently different value.
+                if b"null" in result and _has_non_finite(value):
+                    raise ValueError("NaN and infinities are not JSON")
                 return result
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            # Refuse what an orjson reader would misread, so the bytes mean the same
+            # thing to every process: non-finite floats, ints beyond 64 bits.
+            _check_json_numbers(value)
+            return json.dumps(
+                value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
+        except Exception as exc:
             raise _unserializable("json", value, exc) from None
 
     def loads(self, data: bytes) -> object:
         if self._orjson is not None:
             return self._orjson.loads(data)
         return json.loads(data)
+
+
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+
+
+def _walk_numbers(value: object, depth: int = 0) -> Iterator[object]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+    elif depth < 500:
+        if isinstance(value, dict):
+            for item in value.values():
+                yield from _walk_numbers(item, depth + 1)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                yield from _walk_numbers(item, depth + 1)
+
+
+def _has_non_finite(value: object) -> bool:
+    return any(isinstance(n, float) and not math.isfinite(n) for n in _walk_numbers(value))
+
+
+def _check_json_numbers(value: object) -> None:
+    for number in _walk_numbers(value):
+        if isinstance(number, float):
+            if not math.isfinite(number):
+                raise ValueError("NaN and infinities are not JSON")
+        elif not _INT_MIN <= number <= _INT_MAX:  # type: ignore[operator]
+            raise ValueError(f"int {number} does not fit 64 bits; JSON readers would round it")
 
 
 class MsgpackSerializer(Serializer):
@@ -139,7 +187,7 @@ class MsgpackSerializer(Serializer):
         try:
             result: bytes = self._msgpack.packb(value, use_bin_type=True)
             return result
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        except Exception as exc:
             raise _unserializable("msgpack", value, exc) from None
 
     def loads(self, data: bytes) -> object:
@@ -169,7 +217,7 @@ class PickleSerializer(Serializer):
     def dumps(self, value: object) -> bytes:
         try:
             return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as exc:
+        except Exception as exc:  # __reduce__ may raise anything at all
             raise _unserializable("pickle", value, exc) from None
 
     def loads(self, data: bytes) -> object:
@@ -205,6 +253,8 @@ class ZlibCompressor:
             raise envelope.DecodeError("decompressed payload over the size limit")
         if not inflater.eof:
             raise envelope.DecodeError("truncated compressed payload")
+        if inflater.unused_data:
+            raise envelope.DecodeError("bytes after the compressed payload")
         return out
 
 
@@ -226,8 +276,15 @@ class ZstdCompressor:
         return result
 
     def decompress(self, data: bytes, max_size: int) -> bytes:
-        reader = self._zstd.ZstdDecompressor().decompressobj()
-        out: bytes = reader.decompress(data)
+        # A frame may declare its size: refuse a big one before allocating it. A
+        # frame that does not is inflated into a buffer of at most max_size. Either
+        # way a truncated frame or trailing bytes are errors.
+        declared = self._zstd.frame_content_size(data)
+        if declared > max_size:
+            raise envelope.DecodeError("decompressed payload over the size limit")
+        out: bytes = self._zstd.ZstdDecompressor().decompress(
+            data, max_output_size=max_size, allow_extra_data=False
+        )
         if len(out) > max_size:
             raise envelope.DecodeError("decompressed payload over the size limit")
         return out

@@ -14,8 +14,7 @@ class Entry:
     - ``stale_until``: end of the grace window (``expires_at + stale_ttl``); past it
       the entry is garbage.
     - ``refresh_at``: before this instant a hit is certainly fresh and needs no random
-      draw for early refresh (see ``policy.refresh_horizon``). Derived, not stored on
-      the wire.
+      draw for early refresh (see ``policy.refresh_horizon``), computed by the writer.
     - ``delta``: how long the load that produced the value took (XFetch's Δ).
     - ``negative``: the value is a cached "not found".
     - ``written_at``: when it was written; shared backends derive the server-side

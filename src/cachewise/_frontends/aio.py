@@ -525,6 +525,7 @@ class AsyncCache(CacheBase):
             raise
         except Exception as exc:
             self._degraded("set", exc)
+            await self._release(flight.key, token)  # best effort: do not leave waiters hanging
 
     async def _release(self, key: str, token: str | None) -> None:
         if token is None or self._leases is None:

@@ -512,6 +512,7 @@ class Cache(CacheBase):
             raise
         except Exception as exc:
             self._degraded("set", exc)
+            self._release(flight.key, token)  # best effort: do not leave waiters hanging
 
     def _release(self, key: str, token: str | None) -> None:
         if token is None or self._leases is None:
