@@ -500,3 +500,22 @@ def test_codec_options_reach_the_backend(redis_url: str) -> None:
         assert cache.get("big") == "x" * 10_000
         assert backend.client.strlen("{big}") < 1_000
     backend.close()
+
+
+def test_a_hit_is_one_round_trip(redis_url: str, raw: Any) -> None:
+    with Cache.from_url(redis_url) as cache:
+        cache.set("k", {"a": 1})
+        cache.get_or_load("warm-up", lambda: 0)  # the first EVALSHA of a script may be EVAL
+        raw.config_resetstat()
+        assert cache.get_or_load("k", lambda: "unused") == {"a": 1}
+        assert _command_count(raw) == 1  # one EVALSHA: read, and lease on a miss
+        raw.config_resetstat()
+        assert cache.get("k") == {"a": 1}
+        stats = raw.info("commandstats")
+        assert stats["cmdstat_get"]["calls"] == 1
+        sent = {
+            k: v["calls"]
+            for k, v in stats.items()
+            if not k.startswith(("cmdstat_info", "cmdstat_config"))
+        }
+        assert sent == {"cmdstat_get": 1}
