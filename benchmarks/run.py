@@ -37,10 +37,22 @@ DEFAULT_OUTPUT = ROOT / ".bench" / "results.json"
 BENCHMARKS: list[str] = [
     "bench_hits",
     "bench_herd",
+    "bench_redis_hits",
+    "bench_redis_herd",
 ]
 
 # Reported with the results so figures can be compared across runs.
-PACKAGES = ("cachewise", "cachetools", "theine", "cashews", "aiocache", "dogpile.cache")
+PACKAGES = (
+    "cachewise",
+    "cachetools",
+    "theine",
+    "cashews",
+    "aiocache",
+    "dogpile.cache",
+    "redis",
+    "hiredis",
+    "orjson",
+)
 
 
 def _prepare_path() -> None:

@@ -24,13 +24,11 @@ H = TypeVar("H")
 class Flight(Generic[H]):
     """One in-flight load of one key."""
 
-    __slots__ = ("background", "handle", "key", "valid", "waiters")
+    __slots__ = ("handle", "key", "valid", "waiters")
 
-    def __init__(self, key: str, handle: H, background: bool = False) -> None:
+    def __init__(self, key: str, handle: H) -> None:
         self.key = key
         self.handle = handle
-        # A background refresh: readers of a shared backend do not wait for it.
-        self.background = background
         # Cleared by invalidate(); once False, the load's result must not be written.
         self.valid = True
         # Callers that joined instead of loading (for stats and tests).
@@ -55,9 +53,9 @@ class FlightTable(Generic[H]):
         """The current flight for ``key``, to join."""
         return self._flights.get(key)
 
-    def start(self, key: str, handle: H, background: bool = False) -> Flight[H]:
+    def start(self, key: str, handle: H) -> Flight[H]:
         """Register a new flight; the caller must have checked there is none."""
-        flight = Flight(key, handle, background)
+        flight = Flight(key, handle)
         self._flights[key] = flight
         return flight
 

@@ -90,11 +90,17 @@ Step = ReadStep | WaitStep
 Outcome = Serve | LoadStep
 
 
-def leased_read(policy: Policy, wait_timeout: float) -> Generator[Step, Observed | None, Outcome]:
+def leased_read(
+    policy: Policy, wait_timeout: float, found: Entry | None = None, stale: Entry | None = None
+) -> Generator[Step, Observed | None, Outcome]:
     """The flow described in the module docstring. Send an ``Observed`` after each
-    ``ReadStep`` and ``None`` after each ``WaitStep``."""
-    mode = "lease"
-    stale: Entry | None = None
+    ``ReadStep`` and ``None`` after each ``WaitStep``.
+
+    ``found`` is an unusable entry the caller's own read already saw (expired, or
+    stale with ``serve_stale=False``): the flow then asks for the lease at once
+    ("take") instead of reading it again. ``stale`` may stand in for a failed load.
+    """
+    mode = "lease" if found is None else "take"
     deadline: float | None = None
     while True:
         observed = yield ReadStep(mode)

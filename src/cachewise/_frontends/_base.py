@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -21,6 +23,27 @@ Clock = Callable[[], float]
 # At most one warning per this many seconds per cache for degraded backend calls;
 # every failure is still counted.
 _WARN_EVERY = 10.0
+
+
+# Lease tokens: unique per process (random prefix) and per lease (a counter), with
+# no system call per lease. next() on itertools.count is atomic under the GIL.
+_token_prefix = os.urandom(8).hex()
+_token_counter = itertools.count()
+
+
+def _new_token_prefix() -> None:
+    # A forked child must not reuse its parent's tokens: it would own its leases.
+    global _token_prefix
+    _token_prefix = os.urandom(8).hex()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_token_prefix)
+
+
+def new_token() -> str:
+    """A lease owner token no other process or lease will use."""
+    return f"{_token_prefix}:{next(_token_counter)}"
 
 
 def check_key(key: object) -> str:

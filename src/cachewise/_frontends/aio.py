@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
@@ -16,7 +15,14 @@ from cachewise._core.flights import Flight, FlightTable
 from cachewise._core.policy import Read, decide_read, is_fresh, stale_servable
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
 from cachewise._errors import CacheClosedError
-from cachewise._frontends._base import CacheBase, Clock, check_key, check_loader, check_ttl
+from cachewise._frontends._base import (
+    CacheBase,
+    Clock,
+    check_key,
+    check_loader,
+    check_ttl,
+    new_token,
+)
 from cachewise._frontends._decorator import AsyncCachedFunction, P, R, is_async_callable
 from cachewise._sentinel import MISSING
 from cachewise._url import backend_from_url
@@ -244,9 +250,6 @@ class AsyncCache(CacheBase):
             check_loader(loader)
         if ttl is not None:
             ttl = check_ttl(ttl)
-        if self._leases is not None:
-            result: T = await self._read_leased(full, loader, ttl)
-            return result
         lget = self._lget
         if lget is not None:
             # Local backend: the same hit path as Cache, with no await at all.
@@ -278,9 +281,13 @@ class AsyncCache(CacheBase):
         action = decide_read(entry, now, 1.0 - self._rng.random(), self._policy)
         if action is Read.LOAD or action is Read.LOAD_OR_STALE:
             self._check_open()
+            stale = entry if action is Read.LOAD_OR_STALE else None
+            if self._leases is not None:
+                # See Cache._read_slow: a miss goes through one lease read per process.
+                leased: T = await self._read_leased(full, loader, ttl, entry, stale)
+                return leased
             counters.misses += 1
             self._drop_expired(full, entry, now)
-            stale = entry if action is Read.LOAD_OR_STALE else None
             result: T = await self._load(full, loader, ttl, stale)
             return result
         assert entry is not None
@@ -420,13 +427,12 @@ class AsyncCache(CacheBase):
         body: Callable[..., Coroutine[Any, Any, Any]],
         loader: Callable[[], Awaitable[Any]],
         ttl: float | None,
-        background: bool = False,
     ) -> Flight[_Task]:
         """Register a flight whose work runs in its own task."""
         handle = _Task()
         if self._remote is not None and self._leases is None:
             handle.guard = asyncio.Lock()
-        flight = self._flights.start(full, handle, background)
+        flight = self._flights.start(full, handle)
         self._spawn(flight, body(flight, loader, ttl))
         return flight
 
@@ -538,30 +544,30 @@ class AsyncCache(CacheBase):
     # -- read-through on a shared backend with leases ------------------------------
 
     async def _read_leased(
-        self, full: str, loader: Callable[[], Awaitable[T]], ttl: float | None
+        self,
+        full: str,
+        loader: Callable[[], Awaitable[T]],
+        ttl: float | None,
+        found: Entry | None,
+        stale: Entry | None,
     ) -> T:
-        # Every read goes through the in-process flight first: one request per key
-        # at a time from this process (one lease request on a miss), however many
-        # tasks ask. The leader reads inline; only a load gets its own task.
+        # Misses go through the in-process flight first: one lease request per key
+        # from this process, however many tasks miss at once. The leader reads
+        # inline; only a load gets its own task.
         counters = self._counters
         while True:
-            current = self._flights.get(full)
-            # A background refresh is never joined: hits do not wait for it. Such a
-            # reader leads an unregistered flight of its own.
-            leader = current is None or current.background
-            if current is not None and not current.background:
-                flight = current
-                flight.waiters += 1
-                counters.coalesced += 1
-            else:
+            flight = self._flights.get(full)
+            leader = flight is None
+            if flight is None:
                 handle = _Task()
                 handle.future = asyncio.get_running_loop().create_future()
-                flight = (
-                    self._flights.start(full, handle) if current is None else Flight(full, handle)
-                )
-                await self._lead_leased(flight, loader, ttl)
+                flight = self._flights.start(full, handle)
+                await self._lead_leased(flight, loader, ttl, found, stale)
+            else:
+                flight.waiters += 1
+                counters.coalesced += 1
             try:
-                value: T = await self._await_flight(flight, None)
+                value: T = await self._await_flight(flight, stale)
             except _Retry:
                 continue
             if not leader:
@@ -580,7 +586,12 @@ class AsyncCache(CacheBase):
             counters.misses += 1
 
     async def _lead_leased(
-        self, flight: Flight[_Task], loader: Callable[[], Awaitable[Any]], ttl: float | None
+        self,
+        flight: Flight[_Task],
+        loader: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        found: Entry | None,
+        stale: Entry | None,
     ) -> None:
         """Run the lease flow; publish its outcome on the flight's future. Never
         raises but for this caller's own cancellation (then waiters retry)."""
@@ -590,8 +601,8 @@ class AsyncCache(CacheBase):
         future = handle.future
         assert future is not None
         full = flight.key
-        token = secrets.token_hex(8)
-        flow = leased_read(self._policy, leases.wait_timeout)
+        token = new_token()
+        flow = leased_read(self._policy, leases.wait_timeout, found, stale)
         outcome: Outcome
         try:
             step = next(flow)
@@ -662,7 +673,7 @@ class AsyncCache(CacheBase):
         if self._background >= self._max_pending:
             self._counters.refreshes_dropped += 1
             return False
-        flight = self._start(full, self._run_background, loader, ttl, background=True)
+        flight = self._start(full, self._run_background, loader, ttl)
         assert flight.handle.future is not None
         self._background += 1
         flight.handle.future.add_done_callback(self._background_done)
@@ -674,7 +685,7 @@ class AsyncCache(CacheBase):
         token = None
         if self._leases is not None:
             # Across processes, one refresh per key: only the lease holder runs it.
-            token = secrets.token_hex(8)
+            token = new_token()
             try:
                 reply = await self._leases.read_or_lease(flight.key, token, "refresh")
             except Exception as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import random
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -18,7 +17,14 @@ from cachewise._core.flights import Flight, FlightTable
 from cachewise._core.policy import Read, decide_read, is_fresh, stale_servable
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
 from cachewise._errors import CacheClosedError
-from cachewise._frontends._base import CacheBase, Clock, check_key, check_loader, check_ttl
+from cachewise._frontends._base import (
+    CacheBase,
+    Clock,
+    check_key,
+    check_loader,
+    check_ttl,
+    new_token,
+)
 from cachewise._frontends._decorator import CachedFunction, P, R, is_async_callable
 from cachewise._sentinel import MISSING
 from cachewise._url import backend_from_url
@@ -226,8 +232,6 @@ class Cache(CacheBase):
             check_loader(loader)
         if ttl is not None:
             ttl = check_ttl(ttl)
-        if self._leases is not None:
-            return self._read_leased(full, loader, ttl)
         try:
             entry = self._bget(full)
         except Exception as exc:
@@ -250,9 +254,14 @@ class Cache(CacheBase):
         action = decide_read(entry, now, 1.0 - self._rng.random(), self._policy)
         if action is Read.LOAD or action is Read.LOAD_OR_STALE:
             self._check_open()
+            stale = entry if action is Read.LOAD_OR_STALE else None
+            if self._leases is not None:
+                # A hit was one GET; a miss goes through the in-process flight to
+                # one read-with-lease per process. It counts its own outcome.
+                leased: T = self._read_leased(full, loader, ttl, entry, stale)
+                return leased
             counters.misses += 1
             self._drop_expired(full, entry, now)
-            stale = entry if action is Read.LOAD_OR_STALE else None
             result: T = self._load(full, loader, ttl, stale)
             return result
         assert entry is not None  # decide_read only loads on a missing entry
@@ -362,19 +371,12 @@ class Cache(CacheBase):
 
     # -- single-flight ------------------------------------------------------------
 
-    def _join_or_lead(self, full: str, *, reading: bool = False) -> tuple[Flight[_Call], bool]:
-        """The flight for ``full``, and whether the caller leads it.
-
-        ``reading`` (a lease backend's read-through) never joins a background
-        refresh: the caller reads on its own, in an unregistered flight, so hits
-        never wait for a refresh.
-        """
+    def _join_or_lead(self, full: str) -> tuple[Flight[_Call], bool]:
+        """The flight for ``full``, and whether the caller leads it."""
         with self._lock:
             flight = self._flights.get(full)
             if flight is None:
                 return self._flights.start(full, _Call(guarded=self._leases is None)), True
-            if reading and flight.background:
-                return Flight(full, _Call(guarded=False)), True
             flight.waiters += 1
             call = flight.handle
             if call.done is None:
@@ -524,16 +526,22 @@ class Cache(CacheBase):
 
     # -- read-through on a shared backend with leases ------------------------------
 
-    def _read_leased(self, full: str, loader: Callable[[], T], ttl: float | None) -> T:
-        # Every read goes through the in-process flight first, so one process sends
-        # one request per key at a time (one lease request on a miss), however many
-        # threads ask.
+    def _read_leased(
+        self,
+        full: str,
+        loader: Callable[[], T],
+        ttl: float | None,
+        found: Entry | None,
+        stale: Entry | None,
+    ) -> T:
+        # Misses go through the in-process flight first, so one process sends one
+        # lease request per key, however many threads miss at once.
         counters = self._counters
         while True:
-            flight, leader = self._join_or_lead(full, reading=True)
+            flight, leader = self._join_or_lead(full)
             call = flight.handle
             if leader:
-                self._lead_leased(flight, loader, ttl)
+                self._lead_leased(flight, loader, ttl, found, stale)
             else:
                 counters.coalesced += 1
                 self._await_call(call)
@@ -556,14 +564,19 @@ class Cache(CacheBase):
             counters.misses += 1
 
     def _lead_leased(
-        self, flight: Flight[_Call], loader: Callable[[], Any], ttl: float | None
+        self,
+        flight: Flight[_Call],
+        loader: Callable[[], Any],
+        ttl: float | None,
+        found: Entry | None,
+        stale: Entry | None,
     ) -> None:
         leases = self._leases
         assert leases is not None
         call = flight.handle
         full = flight.key
-        token = secrets.token_hex(8)
-        flow = leased_read(self._policy, leases.wait_timeout)
+        token = new_token()
+        flow = leased_read(self._policy, leases.wait_timeout, found, stale)
         try:
             step = next(flow)
             while True:
@@ -635,7 +648,7 @@ class Cache(CacheBase):
                     self._refresh_workers, thread_name_prefix="cachewise-refresh"
                 )
             executor = self._executor
-            flight = self._flights.start(full, _Call(guarded=self._leases is None), background=True)
+            flight = self._flights.start(full, _Call(guarded=self._leases is None))
             # Submit under the lock: close() takes it before shutting the pool
             # down, so submit never races with shutdown.
             future = executor.submit(self._run_background, flight, loader, ttl)
@@ -649,7 +662,7 @@ class Cache(CacheBase):
         token = None
         if self._leases is not None:
             # Across processes, one refresh per key: only the lease holder runs it.
-            token = secrets.token_hex(8)
+            token = new_token()
             try:
                 granted = self._leases.read_or_lease(flight.key, token, "refresh").granted
             except Exception as exc:
