@@ -7,11 +7,11 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cachewise._core.entry import Entry
-from cachewise._core.policy import Policy, check_seconds, make_entry
+from cachewise._core.policy import Policy, check_seconds, is_fresh, make_entry
 from cachewise._errors import CacheClosedError
 from cachewise._stats import CacheStats, Counters
 from cachewise.backends._protocol import BackendStats
@@ -171,6 +171,52 @@ class CacheBase:
                 self._discard(full, entry)
             except Exception as exc:
                 self._degraded("discard", exc)
+
+    def _count_served(self, kind: str, negative: bool) -> None:
+        """Count one read-through by how its value came: "hit", "stale" or "load"."""
+        counters = self._counters
+        if kind == "hit":
+            counters.hits += 1
+            if negative:
+                counters.negative_hits += 1
+        elif kind == "stale":
+            counters.stale_served += 1
+        else:
+            counters.misses += 1
+
+    def _collect_fresh(
+        self, keys: list[str], entries: Sequence[Entry | None] | None
+    ) -> dict[str, Any]:
+        """``get_many``'s answer: the fresh values among ``entries`` (read for
+        ``keys``; ``None`` if the read failed), counted."""
+        if entries is None:
+            entries = [None] * len(keys)
+        now = self._clock()
+        found: dict[str, Any] = {}
+        for key, entry in zip(keys, entries, strict=True):
+            if entry is not None and is_fresh(entry, now):
+                self._count_served("hit", entry.negative)
+                found[key] = entry.value
+            else:
+                self._counters.misses += 1
+        return found
+
+    def _entries_for(
+        self, items: Mapping[str, Any], ttl: float | None
+    ) -> tuple[list[tuple[str, Entry]], list[str]]:
+        """``set_many``'s writes: (full key, entry) pairs, and the full keys whose
+        lifetime is zero (to delete instead)."""
+        now = self._clock()
+        pairs: list[tuple[str, Entry]] = []
+        dropped: list[str] = []
+        for key, value in items.items():
+            full = self._full_key(key)
+            entry = self._new_entry(value, now, ttl, 0.0, False)
+            if entry is None:
+                dropped.append(full)
+            else:
+                pairs.append((full, entry))
+        return pairs, dropped
 
     def _check_open(self) -> None:
         if self._closed:

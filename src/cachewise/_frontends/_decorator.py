@@ -39,21 +39,36 @@ class KeyBuilder:
         return function_key(self._name, bound)
 
 
-class CachedFunction(Generic[P, R]):
+class _Cached(Generic[P, R]):
+    """What both decorated flavours share: the key builder and method binding."""
+
+    def __init__(self, func: Callable[P, Any], key: str | None, ttl: float | None) -> None:
+        self.ttl = ttl
+        self._keys = KeyBuilder(func, key)
+        # Name, docstring, module and __wrapped__ of the decorated function.
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    def key_for(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        """The cache key (without namespace) a call with these arguments uses."""
+        return self._keys(args, kwargs)
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        # Decorating a method: bind like a function would, so that
+        # obj.method(x) and obj.method.invalidate(x) both pass obj as self.
+        if instance is None:
+            return self
+        return _BoundCached(self, instance)
+
+
+class CachedFunction(_Cached[P, R]):
     """A function decorated with ``Cache.cached``: calls go through ``get_or_load``."""
 
     def __init__(
         self, cache: Cache, func: Callable[P, R], key: str | None, ttl: float | None
     ) -> None:
+        super().__init__(func, key, ttl)
         self.cache = cache
-        self.ttl = ttl
         self.__wrapped__ = func
-        self._keys = KeyBuilder(func, key)
-        functools.update_wrapper(self, func)
-
-    def key_for(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """The cache key (without namespace) a call with these arguments uses."""
-        return self._keys(args, kwargs)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         func = self.__wrapped__
@@ -66,15 +81,8 @@ class CachedFunction(Generic[P, R]):
         """Delete the entry a call with these arguments would use."""
         return self.cache.delete(self._keys(args, kwargs))
 
-    def __get__(self, instance: object, owner: type | None = None) -> Any:
-        # Decorating a method: bind like a function would, so that
-        # obj.method(x) and obj.method.invalidate(x) both pass obj as self.
-        if instance is None:
-            return self
-        return _BoundCached(self, instance)
 
-
-class AsyncCachedFunction(Generic[P, R]):
+class AsyncCachedFunction(_Cached[P, R]):
     """A coroutine function decorated with ``AsyncCache.cached``."""
 
     def __init__(
@@ -84,15 +92,9 @@ class AsyncCachedFunction(Generic[P, R]):
         key: str | None,
         ttl: float | None,
     ) -> None:
+        super().__init__(func, key, ttl)
         self.cache = cache
-        self.ttl = ttl
         self.__wrapped__ = func
-        self._keys = KeyBuilder(func, key)
-        functools.update_wrapper(self, func)
-
-    def key_for(self, *args: P.args, **kwargs: P.kwargs) -> str:
-        """The cache key (without namespace) a call with these arguments uses."""
-        return self._keys(args, kwargs)
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         func = self.__wrapped__
@@ -105,29 +107,22 @@ class AsyncCachedFunction(Generic[P, R]):
         """Delete the entry a call with these arguments would use."""
         return await self.cache.delete(self._keys(args, kwargs))
 
-    def __get__(self, instance: object, owner: type | None = None) -> Any:
-        if instance is None:
-            return self
-        return _BoundCached(self, instance)
-
 
 class _BoundCached:
     """A cached function bound to an instance (the method form)."""
 
     __slots__ = ("_func", "_instance")
 
-    def __init__(
-        self, func: CachedFunction[Any, Any] | AsyncCachedFunction[Any, Any], instance: object
-    ) -> None:
+    def __init__(self, func: _Cached[Any, Any], instance: object) -> None:
         self._func = func
         self._instance = instance
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._func(self._instance, *args, **kwargs)
+        return self._func(self._instance, *args, **kwargs)  # type: ignore[operator]
 
     def invalidate(self, *args: Any, **kwargs: Any) -> Any:
         """Delete the entry this bound call would use."""
-        return self._func.invalidate(self._instance, *args, **kwargs)
+        return self._func.invalidate(self._instance, *args, **kwargs)  # type: ignore[attr-defined]
 
     def key_for(self, *args: Any, **kwargs: Any) -> str:
         """The key this bound call would use."""

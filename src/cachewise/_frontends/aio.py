@@ -12,7 +12,7 @@ from typing import Any, TypeVar, overload
 
 from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable
-from cachewise._core.policy import Read, decide_read, is_fresh, stale_servable
+from cachewise._core.policy import Read, decide_read, stale_servable
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
 from cachewise._errors import CacheClosedError
 from cachewise._frontends._base import (
@@ -223,20 +223,7 @@ class AsyncCache(CacheBase):
         """The fresh values among ``keys``, as ``{key: value}``; misses are left out."""
         wanted = [check_key(key) for key in keys]
         entries = await self._bcall("get_many", [self._prefix + key for key in wanted])
-        if entries is None:
-            entries = [None] * len(wanted)
-        now = self._clock()
-        found: dict[str, Any] = {}
-        counters = self._counters
-        for key, entry in zip(wanted, entries, strict=True):
-            if entry is not None and is_fresh(entry, now):
-                counters.hits += 1
-                if entry.negative:
-                    counters.negative_hits += 1
-                found[key] = entry.value
-            else:
-                counters.misses += 1
-        return found
+        return self._collect_fresh(wanted, entries)
 
     async def get_or_load(
         self, key: str, loader: Callable[[], Awaitable[T]], *, ttl: float | None = None
@@ -323,16 +310,7 @@ class AsyncCache(CacheBase):
         """``set`` for several keys with one TTL."""
         ttl = check_ttl(ttl)
         self._check_open()
-        now = self._clock()
-        pairs: list[tuple[str, Entry]] = []
-        dropped: list[str] = []
-        for key, value in items.items():
-            full = self._full_key(key)
-            entry = self._new_entry(value, now, ttl, 0.0, False)
-            if entry is None:
-                dropped.append(full)
-            else:
-                pairs.append((full, entry))
+        pairs, dropped = self._entries_for(items, ttl)
         await self._revoke([full for full, _ in pairs] + dropped)
         if pairs:
             await self._bcall("set_many", pairs)
@@ -571,19 +549,8 @@ class AsyncCache(CacheBase):
             except _Retry:
                 continue
             if not leader:
-                self._count_kind(flight.handle)
+                self._count_served(flight.handle.kind, flight.handle.negative)
             return value
-
-    def _count_kind(self, handle: _Task) -> None:
-        counters = self._counters
-        if handle.kind == "hit":
-            counters.hits += 1
-            if handle.negative:
-                counters.negative_hits += 1
-        elif handle.kind == "stale":
-            counters.stale_served += 1
-        else:
-            counters.misses += 1
 
     async def _lead_leased(
         self,
@@ -635,7 +602,7 @@ class AsyncCache(CacheBase):
             entry = outcome.entry
             handle.kind = "stale" if outcome.stale else "hit"
             handle.negative = entry.negative
-            self._count_kind(handle)
+            self._count_served(handle.kind, handle.negative)
             future.set_result(entry.value)
             self._flights.finish(flight)
             # After finish: the refresh needs the key's flight slot to itself.
@@ -645,7 +612,7 @@ class AsyncCache(CacheBase):
             return
         handle.kind = "load"
         handle.stale = outcome.stale
-        self._count_kind(handle)
+        self._count_served(handle.kind, handle.negative)
         if self._closed:
             await self._release(full, token if outcome.leased else None)
             future.set_exception(CacheClosedError("AsyncCache is closed"))

@@ -14,7 +14,7 @@ from typing import Any, TypeVar, overload
 
 from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable
-from cachewise._core.policy import Read, decide_read, is_fresh, stale_servable
+from cachewise._core.policy import Read, decide_read, stale_servable
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
 from cachewise._errors import CacheClosedError
 from cachewise._frontends._base import (
@@ -200,23 +200,13 @@ class Cache(CacheBase):
         """The fresh values among ``keys``, as ``{key: value}``; misses are left out."""
         wanted = [check_key(key) for key in keys]
         full = [self._prefix + key for key in wanted]
+        entries: list[Entry | None] | None
         try:
             entries = self._backend.get_many(full)
         except Exception as exc:
             self._degraded("get_many", exc)
-            entries = [None] * len(full)
-        now = self._clock()
-        found: dict[str, Any] = {}
-        counters = self._counters
-        for key, entry in zip(wanted, entries, strict=True):
-            if entry is not None and is_fresh(entry, now):
-                counters.hits += 1
-                if entry.negative:
-                    counters.negative_hits += 1
-                found[key] = entry.value
-            else:
-                counters.misses += 1
-        return found
+            entries = None
+        return self._collect_fresh(wanted, entries)
 
     def get_or_load(self, key: str, loader: Callable[[], T], *, ttl: float | None = None) -> T:
         """The value under ``key``; on a miss, ``loader()``'s result, cached.
@@ -305,16 +295,7 @@ class Cache(CacheBase):
         """``set`` for several keys with one TTL."""
         ttl = check_ttl(ttl)
         self._check_open()
-        now = self._clock()
-        pairs: list[tuple[str, Entry]] = []
-        dropped: list[str] = []
-        for key, value in items.items():
-            full = self._full_key(key)
-            entry = self._new_entry(value, now, ttl, 0.0, False)
-            if entry is None:
-                dropped.append(full)
-            else:
-                pairs.append((full, entry))
+        pairs, dropped = self._entries_for(items, ttl)
         self._revoke([full for full, _ in pairs] + dropped)
         try:
             if pairs:
@@ -402,19 +383,27 @@ class Cache(CacheBase):
         self, full: str, loader: Callable[[], T], ttl: float | None, stale: Entry | None
     ) -> T:
         """Single-flight load (memory and lease-less backends)."""
-        counters = self._counters
+        value: T = self._single_flight(full, lambda f: self._run(f, loader, ttl), stale)
+        return value
+
+    def _single_flight(
+        self, full: str, lead: Callable[[Flight[_Call]], None], stale: Entry | None
+    ) -> Any:
+        """Lead the flight for ``full`` (``lead(flight)``) or join it; its outcome."""
         while True:
             flight, leader = self._join_or_lead(full)
             call = flight.handle
             if leader:
-                self._run(flight, loader, ttl)
+                lead(flight)
             else:
-                counters.coalesced += 1
+                self._counters.coalesced += 1
                 self._await_call(call)
+                if self._leases is not None and not call.abandoned:
+                    # On a lease backend the outcome decides hit, stale or miss.
+                    self._count_served(call.kind, call.negative)
             if call.abandoned:
                 continue  # the leader was interrupted; try again (maybe as leader)
-            value: T = self._outcome(call, stale)
-            return value
+            return self._outcome(call, stale)
 
     def _outcome(self, call: _Call, stale: Entry | None) -> Any:
         """The value a finished flight gives this caller (stale-if-error included)."""
@@ -536,32 +525,10 @@ class Cache(CacheBase):
     ) -> T:
         # Misses go through the in-process flight first, so one process sends one
         # lease request per key, however many threads miss at once.
-        counters = self._counters
-        while True:
-            flight, leader = self._join_or_lead(full)
-            call = flight.handle
-            if leader:
-                self._lead_leased(flight, loader, ttl, found, stale)
-            else:
-                counters.coalesced += 1
-                self._await_call(call)
-                if not call.abandoned:
-                    self._count_kind(call)
-            if call.abandoned:
-                continue
-            value: T = self._outcome(call, None)
-            return value
-
-    def _count_kind(self, call: _Call) -> None:
-        counters = self._counters
-        if call.kind == "hit":
-            counters.hits += 1
-            if call.negative:
-                counters.negative_hits += 1
-        elif call.kind == "stale":
-            counters.stale_served += 1
-        else:
-            counters.misses += 1
+        value: T = self._single_flight(
+            full, lambda f: self._lead_leased(f, loader, ttl, found, stale), stale
+        )
+        return value
 
     def _lead_leased(
         self,
@@ -608,7 +575,7 @@ class Cache(CacheBase):
             call.value = entry.value
             call.negative = entry.negative
             call.kind = "stale" if outcome.stale else "hit"
-            self._count_kind(call)
+            self._count_served(call.kind, call.negative)
             self._finish(flight)
             # After _finish: the refresh needs the key's flight slot to itself.
             if (
@@ -620,7 +587,7 @@ class Cache(CacheBase):
             return
         call.kind = "load"
         call.stale = outcome.stale
-        self._count_kind(call)
+        self._count_served(call.kind, call.negative)
         if self._closed:
             call.error = CacheClosedError("Cache is closed")
             self._release(full, token if outcome.leased else None)
