@@ -396,7 +396,7 @@ def test_async_waiters_in_another_process_share_the_holders_load(redis_url: str)
 # -- real processes ----------------------------------------------------------------
 
 
-def _worker(  # noqa: PLR0917 - mirrors the worker command line
+def _worker(  # mirrors the worker command line
     url: str,
     key: str,
     threads: int,

@@ -41,6 +41,7 @@ _REDIS_OPTIONS = (
     "max_value_bytes",
     "lock_timeout",
     "wait_timeout",
+    "tag_ttl",
     "socket_timeout",
     "connect_timeout",
 )
@@ -162,7 +163,7 @@ def _redis(
         ),
     }
     lease_options: dict[str, float] = {}
-    for name in ("lock_timeout", "wait_timeout"):
+    for name in ("lock_timeout", "wait_timeout", "tag_ttl"):
         if name in query:
             lease_options[name] = _seconds_option(name, query[name])
     base_scheme = "rediss" if scheme.startswith("rediss") else "redis"

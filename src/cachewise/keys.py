@@ -15,10 +15,55 @@ import string
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-__all__ = ["KeyTemplate", "encode_arg", "function_key"]
+__all__ = [
+    "MAX_KEY_BYTES",
+    "KeyTemplate",
+    "check_key_text",
+    "encode_arg",
+    "function_key",
+    "normalize_key",
+]
 
 #: Default keys whose argument part is longer than this are hashed (blake2b).
 MAX_ARGS_CHARS = 200
+#: The longest full key (namespace included) stored as is. Longer keys keep a
+#: readable prefix and end in a hash; with the Redis hash-tag braces and helper
+#: suffixes, no key name over 250 bytes ever reaches Redis.
+MAX_KEY_BYTES = 200
+#: Keys of at most this many characters are short enough whatever their encoding
+#: (4 bytes per character at most), so the hit path skips the byte count.
+SHORT_KEY_CHARS = MAX_KEY_BYTES // 4
+_HASH_BYTES = 16
+_KEEP_BYTES = MAX_KEY_BYTES - 2 * _HASH_BYTES - 1
+
+
+def check_key_text(key: str) -> str:
+    """Reject keys with whitespace or control characters (``ValueError``).
+
+    They are rejected rather than escaped: an escaped key would no longer read as
+    what the code wrote, and ``"a b"`` and ``"a_b"`` must not meet by accident.
+    """
+    if not key.isprintable() or " " in key:
+        bad = next(ch for ch in key if not ch.isprintable() or ch == " ")
+        raise ValueError(
+            f"cache keys may not contain whitespace or control characters; "
+            f"{key[:60]!r} contains {bad!r}"
+        )
+    return key
+
+
+def normalize_key(key: str) -> str:
+    """``key`` itself when it fits ``MAX_KEY_BYTES``, else a readable prefix of it
+    followed by ``#`` and its blake2b digest (same input, same output, anywhere)."""
+    if len(key) <= SHORT_KEY_CHARS:
+        return key
+    raw = key.encode()
+    if len(raw) <= MAX_KEY_BYTES:
+        return key
+    digest = hashlib.blake2b(raw, digest_size=_HASH_BYTES).hexdigest()
+    prefix = raw[:_KEEP_BYTES].decode(errors="ignore")  # never cut a character in two
+    return f"{prefix}#{digest}"
+
 
 _formatter = string.Formatter()
 

@@ -19,6 +19,10 @@ class Entry:
     - ``negative``: the value is a cached "not found".
     - ``written_at``: when it was written; shared backends derive the server-side
       TTL from it (``stale_until - written_at`` plus a margin).
+    - ``tags``: full tag names (namespace applied) the entry depends on.
+    - ``stamp``: the backend's record of those tags' versions, taken before the
+      value was loaded; an entry whose tags were invalidated since is a miss. Its
+      form is the backend's business (memory: an int; Redis: one version per tag).
     """
 
     __slots__ = (
@@ -27,11 +31,13 @@ class Entry:
         "negative",
         "refresh_at",
         "stale_until",
+        "stamp",
+        "tags",
         "value",
         "written_at",
     )
 
-    def __init__(  # noqa: PLR0917 - positional on purpose: built on every write
+    def __init__(  # positional on purpose: built on every write
         self,
         value: Any,
         expires_at: float,
@@ -40,6 +46,8 @@ class Entry:
         delta: float = 0.0,
         negative: bool = False,
         written_at: float = 0.0,
+        tags: tuple[str, ...] = (),
+        stamp: Any = None,
     ) -> None:
         self.value = value
         self.expires_at = expires_at
@@ -48,10 +56,12 @@ class Entry:
         self.delta = delta
         self.negative = negative
         self.written_at = written_at
+        self.tags = tags
+        self.stamp = stamp
 
     def __repr__(self) -> str:
         return (
             f"Entry(value={self.value!r}, expires_at={self.expires_at!r}, "
             f"stale_until={self.stale_until!r}, delta={self.delta!r}, "
-            f"negative={self.negative!r})"
+            f"negative={self.negative!r}, tags={self.tags!r})"
         )

@@ -13,7 +13,9 @@ Layout, version 1 (big-endian)::
     24 f64  stale_until
     32 f64  refresh_at      (XFetch skip horizon, see policy.refresh_horizon)
     40 f64  delta           (load duration)
-    48 [32  HMAC-SHA256 of everything else, for signed serializers]
+    48 [tags section, when flag 0x04 is set:
+          u16 count, then per tag: u16 length + UTF-8 name, u8 length + version]
+    .. [32  HMAC-SHA256 of everything else, for signed serializers]
     .. payload (serialized value, maybe compressed)
 
 Sync and async caches, in any process, read each other's entries: the layout is
@@ -34,7 +36,9 @@ MAGIC = 0xC5
 VERSION = 1
 FLAG_NEGATIVE = 0x01
 FLAG_COMPRESSED = 0x02
-_KNOWN_FLAGS = FLAG_NEGATIVE | FLAG_COMPRESSED
+FLAG_TAGS = 0x04
+_KNOWN_FLAGS = FLAG_NEGATIVE | FLAG_COMPRESSED | FLAG_TAGS
+_U16 = struct.Struct(">H")
 
 _HEADER = struct.Struct(">BBBBB3xddddd")
 HEADER_SIZE = _HEADER.size  # 48
@@ -77,6 +81,9 @@ def pack(
     """Assemble an envelope around an already serialized (and compressed) payload.
     ``compressor`` is the one that compressed ``payload``, or ``None``."""
     flags = (FLAG_NEGATIVE if entry.negative else 0) | (FLAG_COMPRESSED if compressor else 0)
+    tags = _pack_tags(entry) if entry.tags else b""
+    if tags:
+        flags |= FLAG_TAGS
     header = _HEADER.pack(
         MAGIC,
         VERSION,
@@ -89,9 +96,49 @@ def pack(
         entry.refresh_at,
         entry.delta,
     )
+    header += tags
     if serializer.signed:
         return header + serializer.mac(header + payload) + payload
     return header + payload
+
+
+def _pack_tags(entry: Entry) -> bytes:
+    """The tags section: each tag with the version the backend stamped it with."""
+    versions = entry.stamp if isinstance(entry.stamp, tuple) else ()
+    if len(versions) != len(entry.tags):
+        raise ValueError("an entry's stamp must hold one version per tag")
+    parts = [_U16.pack(len(entry.tags))]
+    for tag, version in zip(entry.tags, versions, strict=True):
+        name = tag.encode()
+        if len(name) > 0xFFFF or len(version) > 0xFF:
+            raise ValueError("tag name or version too long")
+        parts += [_U16.pack(len(name)), name, bytes((len(version),)), version]
+    return b"".join(parts)
+
+
+def _unpack_tags(data: bytes, offset: int) -> tuple[tuple[str, ...], tuple[bytes, ...], int]:
+    try:
+        (count,) = _U16.unpack_from(data, offset)
+        offset += 2
+        tags: list[str] = []
+        versions: list[bytes] = []
+        for _ in range(count):
+            (length,) = _U16.unpack_from(data, offset)
+            offset += 2
+            name = data[offset : offset + length]
+            if len(name) != length:
+                raise DecodeError("truncated tags section")
+            tags.append(name.decode())
+            offset += length
+            vlength = data[offset]
+            version = data[offset + 1 : offset + 1 + vlength]
+            if len(version) != vlength:
+                raise DecodeError("truncated tags section")
+            versions.append(version)
+            offset += 1 + vlength
+    except (struct.error, IndexError, UnicodeDecodeError):
+        raise DecodeError("malformed tags section") from None
+    return tuple(tags), tuple(versions), offset
 
 
 def unpack(
@@ -137,12 +184,19 @@ def unpack(
         raise DecodeError("non-finite times")
     if not (refresh_at <= expires_at <= stale_until and delta >= 0.0 and written_at <= expires_at):
         raise DecodeError("inconsistent times")
-    body = memoryview(data)[HEADER_SIZE:]
+    tags: tuple[str, ...] = ()
+    versions: tuple[bytes, ...] = ()
+    end = HEADER_SIZE
+    if flags & FLAG_TAGS:
+        tags, versions, end = _unpack_tags(data, HEADER_SIZE)
+        if not tags:
+            raise DecodeError("empty tags section")
+    body = memoryview(data)[end:]
     if serializer.signed:
         if len(body) < MAC_SIZE:
             raise DecodeError("truncated signature")
         mac, payload = bytes(body[:MAC_SIZE]), bytes(body[MAC_SIZE:])
-        if not serializer.verify(data[:HEADER_SIZE] + payload, mac):
+        if not serializer.verify(data[:end] + payload, mac):
             raise DecodeError("bad signature")
     else:
         payload = bytes(body)
@@ -172,4 +226,6 @@ def unpack(
         delta,
         bool(flags & FLAG_NEGATIVE),
         written_at,
+        tags,
+        versions if tags else None,
     )

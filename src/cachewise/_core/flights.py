@@ -24,11 +24,13 @@ H = TypeVar("H")
 class Flight(Generic[H]):
     """One in-flight load of one key."""
 
-    __slots__ = ("handle", "key", "valid", "waiters")
+    __slots__ = ("handle", "key", "tags", "valid", "waiters")
 
-    def __init__(self, key: str, handle: H) -> None:
+    def __init__(self, key: str, handle: H, tags: tuple[str, ...] = ()) -> None:
         self.key = key
         self.handle = handle
+        # The tags the load's entry will carry: invalidating one revokes the flight.
+        self.tags = tags
         # Cleared by invalidate(); once False, the load's result must not be written.
         self.valid = True
         # Callers that joined instead of loading (for stats and tests).
@@ -53,9 +55,9 @@ class FlightTable(Generic[H]):
         """The current flight for ``key``, to join."""
         return self._flights.get(key)
 
-    def start(self, key: str, handle: H) -> Flight[H]:
+    def start(self, key: str, handle: H, tags: tuple[str, ...] = ()) -> Flight[H]:
         """Register a new flight; the caller must have checked there is none."""
-        flight = Flight(key, handle)
+        flight = Flight(key, handle, tags)
         self._flights[key] = flight
         return flight
 
@@ -68,6 +70,14 @@ class FlightTable(Generic[H]):
         if flight is not None:
             flight.valid = False
         return flight
+
+    def invalidate_tagged(self, tags: tuple[str, ...]) -> list[Flight[H]]:
+        """Detach and revoke the flights whose entries would carry any of ``tags``:
+        callers after a tag invalidation must not join a load that started before
+        it (O(flights in progress), a handful)."""
+        wanted = set(tags)
+        doomed = [key for key, flight in self._flights.items() if wanted.intersection(flight.tags)]
+        return [f for f in map(self.invalidate, doomed) if f is not None]
 
     def invalidate_all(self) -> list[Flight[H]]:
         """Detach and revoke every flight (``clear()``)."""

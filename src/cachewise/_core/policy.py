@@ -95,6 +95,8 @@ def make_entry(
     policy: Policy,
     u: float,
     negative: bool = False,
+    tags: tuple[str, ...] = (),
+    stamp: Any = None,
 ) -> Entry | None:
     """Build the entry for a write at ``now``, or ``None`` when it must not be stored
     (a lifetime of zero: ``ttl=0``, or ``negative_ttl=0`` for a negative result).
@@ -107,7 +109,7 @@ def make_entry(
         return None
     expires_at = now + jittered(base, policy.jitter, u)
     if negative:
-        return Entry(value, expires_at, expires_at, expires_at, delta, True, now)
+        return Entry(value, expires_at, expires_at, expires_at, delta, True, now, tags, stamp)
     return Entry(
         value,
         expires_at,
@@ -116,6 +118,8 @@ def make_entry(
         delta,
         False,
         now,
+        tags,
+        stamp,
     )
 
 

@@ -7,7 +7,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from cachewise._core.entry import Entry
@@ -15,6 +15,8 @@ from cachewise._core.policy import Policy, check_seconds, is_fresh, make_entry
 from cachewise._errors import CacheClosedError
 from cachewise._stats import CacheStats, Counters
 from cachewise.backends._protocol import BackendStats
+from cachewise.invalidation import REGISTRY, ReadSpec, WriteSpec
+from cachewise.keys import SHORT_KEY_CHARS, check_key_text, function_name, normalize_key
 
 logger = logging.getLogger("cachewise")
 
@@ -81,9 +83,16 @@ class CacheBase:
         serve_stale: bool = True,
         is_negative: Callable[[Any], bool] | None = None,
         max_pending_refreshes: int = 256,
+        version: int | str | None = None,
     ) -> None:
         if not isinstance(namespace, str):
             raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+        if namespace:
+            check_key_text(namespace)
+        if version is not None:
+            if isinstance(version, bool) or not isinstance(version, (int, str)):
+                raise TypeError("version must be an int or a str")
+            check_key_text(str(version))
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a zero-argument callable returning seconds")
         if rng is not None and not isinstance(rng, random.Random):
@@ -103,7 +112,12 @@ class CacheBase:
             **extra,
         )
         self._namespace = namespace
-        self._prefix = f"{namespace}:" if namespace else ""
+        self._version = version
+        # "ns:" + "v2:" when versioned: bumping the version moves every key (and tag)
+        # of the cache to new names at once, in O(1); old entries age out by TTL.
+        self._prefix = (f"{namespace}:" if namespace else "") + (
+            f"v{version}:" if version is not None else ""
+        )
         self._clock: Clock = clock or time.time
         self._rng = rng or random.Random()
         self._counters = Counters()
@@ -141,11 +155,37 @@ class CacheBase:
 
     # -- helpers for the shells ---------------------------------------------------
 
+    @property
+    def version(self) -> int | str | None:
+        """The key version (``None``: unversioned)."""
+        return self._version
+
     def _full_key(self, key: object) -> str:
-        return self._prefix + check_key(key)
+        """Namespace, validate and (if long) hash a key."""
+        return normalize_key(check_key_text(self._prefix + check_key(key)))
+
+    def _full_tags(self, tags: Iterable[str]) -> tuple[str, ...]:
+        """Namespace and validate tags (de-duplicated, order kept)."""
+        if isinstance(tags, str):
+            raise TypeError("tags must be a list of str, not a str")
+        full: dict[str, None] = {}
+        for tag in tags:
+            if not isinstance(tag, str):
+                raise TypeError(f"tags must be str, not {type(tag).__name__}")
+            if not tag:
+                raise ValueError("tags must be non-empty")
+            full[normalize_key(check_key_text(self._prefix + tag))] = None
+        return tuple(full)
 
     def _new_entry(
-        self, value: Any, now: float, ttl: float | None, delta: float, negative: bool
+        self,
+        value: Any,
+        now: float,
+        ttl: float | None,
+        delta: float,
+        negative: bool,
+        tags: tuple[str, ...] = (),
+        stamp: Any = None,
     ) -> Entry | None:
         return make_entry(
             value,
@@ -155,6 +195,8 @@ class CacheBase:
             policy=self._policy,
             u=self._rng.random(),
             negative=negative,
+            tags=tags,
+            stamp=stamp,
         )
 
     def _init_discard(self, backend: object) -> None:
@@ -202,7 +244,11 @@ class CacheBase:
         return found
 
     def _entries_for(
-        self, items: Mapping[str, Any], ttl: float | None
+        self,
+        items: Mapping[str, Any],
+        ttl: float | None,
+        tags: tuple[str, ...] = (),
+        stamp: Any = None,
     ) -> tuple[list[tuple[str, Entry]], list[str]]:
         """``set_many``'s writes: (full key, entry) pairs, and the full keys whose
         lifetime is zero (to delete instead)."""
@@ -211,12 +257,52 @@ class CacheBase:
         dropped: list[str] = []
         for key, value in items.items():
             full = self._full_key(key)
-            entry = self._new_entry(value, now, ttl, 0.0, False)
+            entry = self._new_entry(value, now, ttl, 0.0, False, tags, stamp)
             if entry is None:
                 dropped.append(full)
             else:
                 pairs.append((full, entry))
         return pairs, dropped
+
+    def _hit_key(self, key: object) -> str:
+        """The full key on the hit path: namespace only, for the common short key.
+        Whitespace and control characters are checked on the miss path (such a key
+        was never written, so it can only miss)."""
+        if key.__class__ is str:
+            full = self._prefix + key
+            if len(full) <= SHORT_KEY_CHARS:
+                return full
+        return normalize_key(self._prefix + check_key(key))
+
+    def _declare_read(self, func: Callable[..., Any], keys: Any, ttl: float | None) -> None:
+        """Record a ``cached`` read in the invalidation map."""
+        policy = self._policy
+        REGISTRY.add_read(
+            ReadSpec(
+                function=function_name(func),
+                namespace=self._prefix.rstrip(":"),
+                key=keys.template,
+                tags=keys.tag_templates,
+                ttl=policy.ttl if ttl is None else ttl,
+                stale_ttl=policy.stale_ttl,
+                negative_ttl=policy.negative_ttl,
+            )
+        )
+
+    def _declare_write(
+        self, func: Callable[..., Any], keys: tuple[str, ...], tags: tuple[str, ...]
+    ) -> None:
+        """Record an ``invalidates`` write in the invalidation map."""
+        doc = (func.__doc__ or "").strip().splitlines()
+        REGISTRY.add_write(
+            WriteSpec(
+                function=function_name(func),
+                namespace=self._prefix.rstrip(":"),
+                keys=keys,
+                tags=tags,
+                summary=doc[0] if doc else "",
+            )
+        )
 
     def _check_open(self) -> None:
         if self._closed:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
+from cachewise._errors import CacheError
 from cachewise.keys import KeyTemplate, function_key, function_name
 
 if TYPE_CHECKING:
@@ -16,35 +19,126 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
+logger = logging.getLogger("cachewise")
+
+
+OnMaxKeys = Literal["warn", "bypass", "raise"]
+
+
+class KeyCardinalityError(CacheError, RuntimeError):
+    """A key template produced more distinct keys than its ``max_keys``."""
+
 
 class KeyBuilder:
-    """Builds the key for one call of a decorated function."""
+    """Builds the key (and tags) for one call of a decorated function.
 
-    __slots__ = ("_name", "_signature", "_template")
+    ``max_keys`` (opt-in) guards the template's cardinality: past that many distinct
+    keys, ``on_max_keys`` decides: ``"warn"`` logs once and keeps caching,
+    ``"bypass"`` calls through without caching new keys, ``"raise"`` raises
+    ``KeyCardinalityError``. Only ``max_keys`` keys are remembered.
+    """
 
-    def __init__(self, func: Callable[..., Any], key: str | None) -> None:
+    __slots__ = (
+        "_lock",
+        "_max_keys",
+        "_name",
+        "_on_max_keys",
+        "_seen",
+        "_signature",
+        "_tags",
+        "_template",
+        "_warned",
+    )
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        key: str | None,
+        tags: Sequence[str] = (),
+        max_keys: int | None = None,
+        on_max_keys: OnMaxKeys = "warn",
+    ) -> None:
         self._signature = inspect.signature(func)
         self._name = function_name(func)
+        params = list(self._signature.parameters)
         self._template = None if key is None else KeyTemplate(key)
         if self._template is not None:
-            self._template.check_names(list(self._signature.parameters), self._name)
+            self._template.check_names(params, self._name)
+        if isinstance(tags, str):
+            raise TypeError("tags must be a list of templates, not a str")
+        self._tags = tuple(KeyTemplate(tag) for tag in tags)
+        for template in self._tags:
+            template.check_names(params, self._name)
+        if max_keys is not None and (isinstance(max_keys, bool) or not isinstance(max_keys, int)):
+            raise TypeError("max_keys must be an int")
+        if max_keys is not None and max_keys < 1:
+            raise ValueError(f"max_keys must be >= 1, got {max_keys}")
+        if on_max_keys not in ("warn", "bypass", "raise"):
+            raise ValueError(f"on_max_keys must be warn, bypass or raise, not {on_max_keys!r}")
+        self._max_keys = max_keys
+        self._on_max_keys = on_max_keys
+        self._seen: set[str] = set()
+        self._warned = False
+        self._lock = threading.Lock()
 
-    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    @property
+    def template(self) -> str:
+        """The key template, or a description of the default key."""
+        return self._template.template if self._template is not None else f"{self._name}(...)"
+
+    @property
+    def tag_templates(self) -> tuple[str, ...]:
+        """The tag templates."""
+        return tuple(t.template for t in self._tags)
+
+    def build(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+        """The key and the tags for a call."""
         # bind() raises the same TypeError the function would for a bad call.
         bound = self._signature.bind(*args, **kwargs)
         # Defaults applied, so f(1) and f(user_id=1) and f() with user_id=1 agree.
         bound.apply_defaults()
+        values = bound.arguments
         if self._template is not None:
-            return self._template.format(bound.arguments)
-        return function_key(self._name, bound)
+            key = self._template.format(values)
+        else:
+            key = function_key(self._name, bound)
+        return key, tuple(t.format(values) for t in self._tags)
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        return self.build(args, kwargs)[0]
+
+    def admit(self, key: str) -> bool:
+        """Whether to cache this key (the cardinality guard; always, without one)."""
+        limit = self._max_keys
+        if limit is None or key in self._seen:
+            return True
+        with self._lock:
+            if len(self._seen) < limit:
+                self._seen.add(key)
+                return True
+            if self._on_max_keys == "raise":
+                raise KeyCardinalityError(
+                    f"key template {self.template!r} of {self._name} produced more than "
+                    f"{limit} distinct keys (max_keys)"
+                )
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "cachewise: key template %r of %s produced more than %d distinct keys; %s",
+                    self.template,
+                    self._name,
+                    limit,
+                    "new keys bypass the cache" if self._on_max_keys == "bypass" else "check it",
+                )
+            return self._on_max_keys == "warn"
 
 
 class _Cached(Generic[P, R]):
     """What both decorated flavours share: the key builder and method binding."""
 
-    def __init__(self, func: Callable[P, Any], key: str | None, ttl: float | None) -> None:
+    def __init__(self, func: Callable[P, Any], keys: KeyBuilder, ttl: float | None) -> None:
         self.ttl = ttl
-        self._keys = KeyBuilder(func, key)
+        self._keys = keys
         # Name, docstring, module and __wrapped__ of the decorated function.
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
 
@@ -64,16 +158,19 @@ class CachedFunction(_Cached[P, R]):
     """A function decorated with ``Cache.cached``: calls go through ``get_or_load``."""
 
     def __init__(
-        self, cache: Cache, func: Callable[P, R], key: str | None, ttl: float | None
+        self, cache: Cache, func: Callable[P, R], keys: KeyBuilder, ttl: float | None
     ) -> None:
-        super().__init__(func, key, ttl)
+        super().__init__(func, keys, ttl)
         self.cache = cache
         self.__wrapped__ = func
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         func = self.__wrapped__
+        key, tags = self._keys.build(args, kwargs)
+        if not self._keys.admit(key):
+            return func(*args, **kwargs)
         result: R = self.cache.get_or_load(
-            self._keys(args, kwargs), lambda: func(*args, **kwargs), ttl=self.ttl
+            key, lambda: func(*args, **kwargs), ttl=self.ttl, tags=tags
         )
         return result
 
@@ -89,23 +186,86 @@ class AsyncCachedFunction(_Cached[P, R]):
         self,
         cache: AsyncCache,
         func: Callable[P, Awaitable[R]],
-        key: str | None,
+        keys: KeyBuilder,
         ttl: float | None,
     ) -> None:
-        super().__init__(func, key, ttl)
+        super().__init__(func, keys, ttl)
         self.cache = cache
         self.__wrapped__ = func
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         func = self.__wrapped__
+        key, tags = self._keys.build(args, kwargs)
+        if not self._keys.admit(key):
+            return await func(*args, **kwargs)
         result: R = await self.cache.get_or_load(
-            self._keys(args, kwargs), lambda: func(*args, **kwargs), ttl=self.ttl
+            key, lambda: func(*args, **kwargs), ttl=self.ttl, tags=tags
         )
         return result
 
     async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
         """Delete the entry a call with these arguments would use."""
         return await self.cache.delete(self._keys(args, kwargs))
+
+
+class Invalidator:
+    """The templates of an ``invalidates`` declaration, filled per call."""
+
+    __slots__ = ("_keys", "_name", "_signature", "_tags")
+
+    def __init__(self, func: Callable[..., Any], keys: Sequence[str], tags: Sequence[str]) -> None:
+        if isinstance(tags, str):
+            raise TypeError("tags must be a list of templates, not a str")
+        if not keys and not tags:
+            raise ValueError("invalidates() needs at least one key or tag template")
+        self._signature = inspect.signature(func)
+        self._name = function_name(func)
+        params = list(self._signature.parameters)
+        self._keys = tuple(KeyTemplate(k) for k in keys)
+        self._tags = tuple(KeyTemplate(t) for t in tags)
+        for template in (*self._keys, *self._tags):
+            template.check_names(params, self._name)
+
+    def fill(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """The keys and tags a call invalidates."""
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = bound.arguments
+        return [k.format(values) for k in self._keys], [t.format(values) for t in self._tags]
+
+
+def invalidating(cache: Cache, func: Callable[P, R], invalidator: Invalidator) -> Callable[P, R]:
+    """``func``, invalidating its declared keys and tags after it returns."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        keys, tags = invalidator.fill(args, kwargs)  # bad arguments fail before the write
+        result = func(*args, **kwargs)
+        if keys:
+            cache.delete_many(keys)
+        if tags:
+            cache.invalidate_tags(*tags)
+        return result
+
+    return wrapper
+
+
+def async_invalidating(
+    cache: AsyncCache, func: Callable[P, Awaitable[R]], invalidator: Invalidator
+) -> Callable[P, Awaitable[R]]:
+    """``func`` (a coroutine function), invalidating after it returns."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        keys, tags = invalidator.fill(args, kwargs)
+        result = await func(*args, **kwargs)
+        if keys:
+            await cache.delete_many(keys)
+        if tags:
+            await cache.invalidate_tags(*tags)
+        return result
+
+    return wrapper
 
 
 class _BoundCached:

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
@@ -23,16 +23,28 @@ from cachewise._frontends._base import (
     check_ttl,
     new_token,
 )
-from cachewise._frontends._decorator import AsyncCachedFunction, P, R, is_async_callable
+from cachewise._frontends._decorator import (
+    AsyncCachedFunction,
+    Invalidator,
+    KeyBuilder,
+    OnMaxKeys,
+    P,
+    R,
+    async_invalidating,
+    is_async_callable,
+)
 from cachewise._sentinel import MISSING
 from cachewise._url import backend_from_url
 from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import (
     AsyncBackend,
     AsyncLeaseBackend,
+    AsyncTagBackend,
     Backend,
     NonBlockingBackend,
+    TagBackend,
 )
+from cachewise.keys import SHORT_KEY_CHARS, check_key_text
 from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
 
 T = TypeVar("T")
@@ -106,6 +118,7 @@ class AsyncCache(CacheBase):
         serve_stale: bool = True,
         is_negative: Callable[[Any], bool] | None = None,
         max_pending_refreshes: int = 256,
+        version: int | str | None = None,
     ) -> None:
         super().__init__(
             namespace=namespace,
@@ -119,6 +132,7 @@ class AsyncCache(CacheBase):
             serve_stale=serve_stale,
             is_negative=is_negative,
             max_pending_refreshes=max_pending_refreshes,
+            version=version,
         )
         if backend is None:
             backend = MemoryBackend()
@@ -142,6 +156,14 @@ class AsyncCache(CacheBase):
         self._stats_source = backend
         self._init_discard(backend)
         self._lget = self._local.get if self._local is not None else None
+        # Tags: a local backend checks them inside get; a remote one may check them
+        # in the same round trip when told which tags the caller expects.
+        self._local_tagger: TagBackend | None = (
+            self._local if isinstance(self._local, TagBackend) else None
+        )
+        self._remote_tagger: AsyncTagBackend | None = (
+            self._remote if isinstance(self._remote, AsyncTagBackend) else None
+        )
         # Shared backends with leases read through the in-process flight first.
         self._leases: AsyncLeaseBackend | None = (
             backend if isinstance(backend, AsyncLeaseBackend) and self._remote is not None else None
@@ -177,6 +199,25 @@ class AsyncCache(CacheBase):
             self._degraded("get", exc)
             return None
 
+    async def _bget_tagged(self, full: str, tags: tuple[str, ...]) -> Entry | None:
+        if self._remote_tagger is None:
+            raise TypeError(f"{type(self._backend).__name__} does not support tags")
+        try:
+            return await self._remote_tagger.get_tagged(full, tags)
+        except Exception as exc:
+            self._degraded("get", exc)
+            return None
+
+    async def _stamp(self, tags: tuple[str, ...]) -> Any:
+        """The backend's versions of ``tags``, taken before a value is loaded."""
+        if not tags:
+            return None
+        if self._local_tagger is not None:
+            return self._local_tagger.tag_stamp(tags)
+        if self._remote_tagger is not None:
+            return await self._remote_tagger.tag_stamp(tags)
+        raise TypeError(f"{type(self._backend).__name__} does not support tags")
+
     async def _bcall(self, operation: str, *args: Any) -> Any:
         """Call a backend method by name; failures are counted and give ``None``."""
         try:
@@ -198,7 +239,9 @@ class AsyncCache(CacheBase):
 
     async def get(self, key: str, default: Any = MISSING) -> Any:
         """The fresh value under ``key``, or ``default`` (``MISSING``)."""
-        full = self._prefix + key if key.__class__ is str else self._full_key(key)
+        full = self._prefix + key if key.__class__ is str else ""
+        if not 0 < len(full) <= SHORT_KEY_CHARS:
+            full = self._hit_key(key)
         lget = self._lget
         if lget is not None:
             try:
@@ -215,6 +258,7 @@ class AsyncCache(CacheBase):
             if entry.negative:
                 counters.negative_hits += 1
             return entry.value
+        check_key_text(full)  # a miss on a key no write could have made is an error
         counters.misses += 1
         self._drop_expired(full, entry, now)
         return default
@@ -222,29 +266,40 @@ class AsyncCache(CacheBase):
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The fresh values among ``keys``, as ``{key: value}``; misses are left out."""
         wanted = [check_key(key) for key in keys]
-        entries = await self._bcall("get_many", [self._prefix + key for key in wanted])
+        entries = await self._bcall("get_many", [self._full_key(key) for key in wanted])
         return self._collect_fresh(wanted, entries)
 
     async def get_or_load(
-        self, key: str, loader: Callable[[], Awaitable[T]], *, ttl: float | None = None
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[T]],
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
     ) -> T:
         """The value under ``key``; on a miss, the awaited result of ``loader()``.
 
         Concurrent tasks on one key share one load; see ``Cache.get_or_load``.
         """
-        full = self._prefix + key if key.__class__ is str else self._full_key(key)
+        full = self._prefix + key if key.__class__ is str else ""
+        if not 0 < len(full) <= SHORT_KEY_CHARS:
+            full = self._hit_key(key)
         if not callable(loader):
             check_loader(loader)
         if ttl is not None:
             ttl = check_ttl(ttl)
+        ftags = self._full_tags(tags) if tags else ()
         lget = self._lget
         if lget is not None:
-            # Local backend: the same hit path as Cache, with no await at all.
+            # Local backend: the same hit path as Cache, with no await at all (a
+            # local backend checks an entry's tags itself).
             try:
                 entry = lget(full)
             except Exception as exc:
                 self._degraded("get", exc)
                 entry = None
+        elif ftags:
+            entry = await self._bget_tagged(full, ftags)
         else:
             entry = await self._bget(full)
         if entry is not None and self._clock() < entry.refresh_at:
@@ -254,28 +309,30 @@ class AsyncCache(CacheBase):
                 counters.negative_hits += 1
             value: T = entry.value
             return value
-        return await self._read_slow(full, loader, ttl, entry)
+        return await self._read_slow(full, loader, ttl, ftags, entry)
 
     async def _read_slow(
         self,
         full: str,
         loader: Callable[[], Awaitable[T]],
         ttl: float | None,
+        tags: tuple[str, ...],
         entry: Entry | None,
     ) -> T:
         counters = self._counters
         now = self._clock()
         action = decide_read(entry, now, 1.0 - self._rng.random(), self._policy)
         if action is Read.LOAD or action is Read.LOAD_OR_STALE:
+            check_key_text(full)
             self._check_open()
             stale = entry if action is Read.LOAD_OR_STALE else None
             if self._leases is not None:
                 # See Cache._read_slow: a miss goes through one lease read per process.
-                leased: T = await self._read_leased(full, loader, ttl, entry, stale)
+                leased: T = await self._read_leased(full, loader, ttl, tags, entry, stale)
                 return leased
             counters.misses += 1
             self._drop_expired(full, entry, now)
-            result: T = await self._load(full, loader, ttl, stale)
+            result: T = await self._load(full, loader, ttl, tags, stale)
             return result
         assert entry is not None
         if action is Read.HIT:
@@ -284,33 +341,40 @@ class AsyncCache(CacheBase):
                 counters.negative_hits += 1
         elif action is Read.HIT_REFRESH:
             counters.hits += 1
-            if self._refresh_in_background(full, loader, ttl):
+            if self._refresh_in_background(full, loader, ttl, tags):
                 counters.early_refreshes += 1
         else:  # Read.STALE_REFRESH
             counters.stale_served += 1
-            self._refresh_in_background(full, loader, ttl)
+            self._refresh_in_background(full, loader, ttl, tags)
         value: T = entry.value
         return value
 
     # -- writes -------------------------------------------------------------------
 
-    async def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
+    async def set(
+        self, key: str, value: Any, *, ttl: float | None = None, tags: Iterable[str] = ()
+    ) -> None:
         """Store ``value`` under ``key``; a load in flight will not overwrite it."""
         full = self._full_key(key)
         ttl = check_ttl(ttl)
+        ftags = self._full_tags(tags)
         self._check_open()
-        entry = self._new_entry(value, self._clock(), ttl, 0.0, False)
+        stamp = await self._stamp(ftags)
+        entry = self._new_entry(value, self._clock(), ttl, 0.0, False, ftags, stamp)
         await self._revoke([full])
         if entry is None:
             await self._bcall("delete", full)
         else:
             await self._bcall("set", full, entry)
 
-    async def set_many(self, items: Mapping[str, Any], *, ttl: float | None = None) -> None:
-        """``set`` for several keys with one TTL."""
+    async def set_many(
+        self, items: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
+    ) -> None:
+        """``set`` for several keys with one TTL (and the same tags)."""
         ttl = check_ttl(ttl)
+        ftags = self._full_tags(tags)
         self._check_open()
-        pairs, dropped = self._entries_for(items, ttl)
+        pairs, dropped = self._entries_for(items, ttl, ftags, await self._stamp(ftags))
         await self._revoke([full for full, _ in pairs] + dropped)
         if pairs:
             await self._bcall("set_many", pairs)
@@ -330,6 +394,24 @@ class AsyncCache(CacheBase):
             return 0
         await self._revoke(full)
         return int(await self._bcall("delete_many", full) or 0)
+
+    async def invalidate_tags(self, *tags: str) -> None:
+        """Invalidate every entry carrying any of ``tags``, in O(number of tags);
+        loads in flight for them are revoked (see ``Cache.invalidate_tags``)."""
+        ftags = self._full_tags(tags)
+        if not ftags:
+            return
+        if self._local_tagger is None and self._remote_tagger is None:
+            raise TypeError(f"{type(self._backend).__name__} does not support tags")
+        for flight in self._flights.invalidate_tagged(ftags):
+            await self._pass_guard(flight)
+        try:
+            if self._local_tagger is not None:
+                self._local_tagger.invalidate_tags(ftags)
+            elif self._remote_tagger is not None:
+                await self._remote_tagger.invalidate_tags(ftags)
+        except Exception as exc:
+            self._degraded("invalidate_tags", exc)
 
     async def clear(self) -> int:
         """Remove every entry of this cache's namespace; how many."""
@@ -361,6 +443,7 @@ class AsyncCache(CacheBase):
         full: str,
         loader: Callable[[], Awaitable[T]],
         ttl: float | None,
+        tags: tuple[str, ...],
         stale: Entry | None,
     ) -> T:
         """Single-flight load (memory and lease-less backends)."""
@@ -368,7 +451,7 @@ class AsyncCache(CacheBase):
         while True:
             flight = self._flights.get(full)
             if flight is None:
-                flight = self._start(full, self._run, loader, ttl)
+                flight = self._start(full, self._run, loader, ttl, tags)
             else:
                 flight.waiters += 1
                 counters.coalesced += 1
@@ -405,12 +488,13 @@ class AsyncCache(CacheBase):
         body: Callable[..., Coroutine[Any, Any, Any]],
         loader: Callable[[], Awaitable[Any]],
         ttl: float | None,
+        tags: tuple[str, ...],
     ) -> Flight[_Task]:
         """Register a flight whose work runs in its own task."""
         handle = _Task()
         if self._remote is not None and self._leases is None:
             handle.guard = asyncio.Lock()
-        flight = self._flights.start(full, handle)
+        flight = self._flights.start(full, handle, tags)
         self._spawn(flight, body(flight, loader, ttl))
         return flight
 
@@ -445,6 +529,8 @@ class AsyncCache(CacheBase):
         counters.loads += 1
         try:
             try:
+                # Stamp first: an invalidation during the load makes its entry a miss.
+                stamp = await self._stamp(flight.tags)
                 start = clock()
                 awaitable = loader()
                 if not inspect.isawaitable(awaitable):
@@ -462,7 +548,9 @@ class AsyncCache(CacheBase):
             except BaseException:
                 await self._release(flight.key, token)
                 raise
-            entry = self._new_entry(value, end, ttl, max(end - start, 0.0), negative)
+            entry = self._new_entry(
+                value, end, ttl, max(end - start, 0.0), negative, flight.tags, stamp
+            )
             if token is not None:
                 await self._write_leased(flight, entry, token)
             elif write:
@@ -526,6 +614,7 @@ class AsyncCache(CacheBase):
         full: str,
         loader: Callable[[], Awaitable[T]],
         ttl: float | None,
+        tags: tuple[str, ...],
         found: Entry | None,
         stale: Entry | None,
     ) -> T:
@@ -539,7 +628,7 @@ class AsyncCache(CacheBase):
             if flight is None:
                 handle = _Task()
                 handle.future = asyncio.get_running_loop().create_future()
-                flight = self._flights.start(full, handle)
+                flight = self._flights.start(full, handle, tags)
                 await self._lead_leased(flight, loader, ttl, found, stale)
             else:
                 flight.waiters += 1
@@ -606,7 +695,9 @@ class AsyncCache(CacheBase):
             future.set_result(entry.value)
             self._flights.finish(flight)
             # After finish: the refresh needs the key's flight slot to itself.
-            started = outcome.refresh and self._refresh_in_background(full, loader, ttl)
+            started = outcome.refresh and self._refresh_in_background(
+                full, loader, ttl, flight.tags
+            )
             if started and not outcome.stale:
                 self._counters.early_refreshes += 1
             return
@@ -633,14 +724,18 @@ class AsyncCache(CacheBase):
     # -- background refreshes -----------------------------------------------------
 
     def _refresh_in_background(
-        self, full: str, loader: Callable[[], Awaitable[Any]], ttl: float | None
+        self,
+        full: str,
+        loader: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        tags: tuple[str, ...],
     ) -> bool:
         if self._closed or full in self._flights:
             return False
         if self._background >= self._max_pending:
             self._counters.refreshes_dropped += 1
             return False
-        flight = self._start(full, self._run_background, loader, ttl)
+        flight = self._start(full, self._run_background, loader, ttl, tags)
         assert flight.handle.future is not None
         self._background += 1
         flight.handle.future.add_done_callback(self._background_done)
@@ -692,10 +787,24 @@ class AsyncCache(CacheBase):
     def cached(self, key: Callable[P, Awaitable[R]], /) -> AsyncCachedFunction[P, R]: ...
     @overload
     def cached(
-        self, key: str | None = None, ttl: float | None = None
+        self,
+        key: str | None = None,
+        ttl: float | None = None,
+        *,
+        tags: Sequence[str] = (),
+        max_keys: int | None = None,
+        on_max_keys: OnMaxKeys = "warn",
     ) -> Callable[[Callable[P, Awaitable[R]]], AsyncCachedFunction[P, R]]: ...
 
-    def cached(self, key: Any = None, ttl: float | None = None) -> Any:
+    def cached(
+        self,
+        key: Any = None,
+        ttl: float | None = None,
+        *,
+        tags: Sequence[str] = (),
+        max_keys: int | None = None,
+        on_max_keys: OnMaxKeys = "warn",
+    ) -> Any:
         """Decorate a coroutine function so calls read through this cache; see
         ``Cache.cached``. ``.invalidate(...)`` is a coroutine."""
         if callable(key):
@@ -705,14 +814,24 @@ class AsyncCache(CacheBase):
             raise TypeError(f"key must be a template str, not {type(key).__name__}")
 
         def decorate(func: Callable[P, Awaitable[R]]) -> AsyncCachedFunction[P, R]:
-            if not callable(func):
-                raise TypeError(f"cached() decorates callables, not {type(func).__name__}")
-            if not is_async_callable(func):
-                raise TypeError(
-                    f"{getattr(func, '__qualname__', func)!s} is not a coroutine function; "
-                    "decorate it with a Cache, not an AsyncCache"
-                )
-            return AsyncCachedFunction(self, func, key, ttl)
+            _check_async_callable(func, "cached")
+            keys = KeyBuilder(func, key, tags, max_keys, on_max_keys)
+            self._declare_read(func, keys, ttl)
+            return AsyncCachedFunction(self, func, keys, ttl)
+
+        return decorate
+
+    def invalidates(
+        self, *keys: str, tags: Sequence[str] = ()
+    ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+        """Declare what an async write invalidates, and invalidate it (awaited) when
+        it returns; see ``Cache.invalidates``."""
+
+        def decorate(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+            _check_async_callable(func, "invalidates")
+            invalidator = Invalidator(func, keys, tags)
+            self._declare_write(func, tuple(keys), tuple(tags))
+            return async_invalidating(self, func, invalidator)
 
         return decorate
 
@@ -748,6 +867,16 @@ class AsyncCache(CacheBase):
 
     def __repr__(self) -> str:
         return f"AsyncCache(backend={self._backend!r}, namespace={self._namespace!r})"
+
+
+def _check_async_callable(func: object, decorator: str) -> None:
+    if not callable(func):
+        raise TypeError(f"{decorator}() decorates callables, not {type(func).__name__}")
+    if not is_async_callable(func):
+        raise TypeError(
+            f"{getattr(func, '__qualname__', func)!s} is not a coroutine function; "
+            f"use a Cache's {decorator}(), not an AsyncCache's"
+        )
 
 
 def _cancelling() -> bool:

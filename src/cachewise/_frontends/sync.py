@@ -6,7 +6,7 @@ import inspect
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from types import TracebackType
@@ -25,11 +25,21 @@ from cachewise._frontends._base import (
     check_ttl,
     new_token,
 )
-from cachewise._frontends._decorator import CachedFunction, P, R, is_async_callable
+from cachewise._frontends._decorator import (
+    CachedFunction,
+    Invalidator,
+    KeyBuilder,
+    OnMaxKeys,
+    P,
+    R,
+    invalidating,
+    is_async_callable,
+)
 from cachewise._sentinel import MISSING
 from cachewise._url import backend_from_url
 from cachewise.backends._memory import MemoryBackend
-from cachewise.backends._protocol import Backend, LeaseBackend
+from cachewise.backends._protocol import Backend, LeaseBackend, TagBackend
+from cachewise.keys import SHORT_KEY_CHARS, check_key_text
 from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
 
 T = TypeVar("T")
@@ -111,6 +121,7 @@ class Cache(CacheBase):
         is_negative: Callable[[Any], bool] | None = None,
         refresh_workers: int = 4,
         max_pending_refreshes: int = 256,
+        version: int | str | None = None,
     ) -> None:
         super().__init__(
             namespace=namespace,
@@ -124,6 +135,7 @@ class Cache(CacheBase):
             serve_stale=serve_stale,
             is_negative=is_negative,
             max_pending_refreshes=max_pending_refreshes,
+            version=version,
         )
         if isinstance(refresh_workers, bool) or not isinstance(refresh_workers, int):
             raise TypeError("refresh_workers must be an int")
@@ -141,6 +153,11 @@ class Cache(CacheBase):
         self._stats_source = backend
         self._init_discard(backend)
         self._bget = backend.get  # bound once: the hit path is one call into the backend
+        self._tagger: TagBackend | None = backend if isinstance(backend, TagBackend) else None
+        # With tags, a backend that knows them checks them while reading.
+        self._bget_tagged: Callable[[str, tuple[str, ...]], Entry | None] = (
+            self._tagger.get_tagged if self._tagger is not None else _untagged(backend)
+        )
         # Shared backends with leases read through the in-process flight first.
         self._leases: LeaseBackend | None = backend if isinstance(backend, LeaseBackend) else None
         self._refresh_workers = refresh_workers
@@ -179,7 +196,9 @@ class Cache(CacheBase):
 
         Never returns a stale value: with no loader there is nothing to revalidate.
         """
-        full = self._prefix + key if key.__class__ is str else self._full_key(key)
+        full = self._prefix + key if key.__class__ is str else ""
+        if not 0 < len(full) <= SHORT_KEY_CHARS:
+            full = self._hit_key(key)
         try:
             entry = self._bget(full)
         except Exception as exc:
@@ -192,6 +211,7 @@ class Cache(CacheBase):
             if entry.negative:
                 counters.negative_hits += 1
             return entry.value
+        check_key_text(full)  # a miss on a key no write could have made is an error
         counters.misses += 1
         self._drop_expired(full, entry, now)
         return default
@@ -199,7 +219,7 @@ class Cache(CacheBase):
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The fresh values among ``keys``, as ``{key: value}``; misses are left out."""
         wanted = [check_key(key) for key in keys]
-        full = [self._prefix + key for key in wanted]
+        full = [self._full_key(key) for key in wanted]
         entries: list[Entry | None] | None
         try:
             entries = self._backend.get_many(full)
@@ -208,22 +228,34 @@ class Cache(CacheBase):
             entries = None
         return self._collect_fresh(wanted, entries)
 
-    def get_or_load(self, key: str, loader: Callable[[], T], *, ttl: float | None = None) -> T:
+    def get_or_load(
+        self,
+        key: str,
+        loader: Callable[[], T],
+        *,
+        ttl: float | None = None,
+        tags: Iterable[str] = (),
+    ) -> T:
         """The value under ``key``; on a miss, ``loader()``'s result, cached.
 
         Concurrent callers on one key share one ``loader`` call and get its result or
         its exception. Stale and early-refresh handling follow the cache's options.
+        ``tags``: the entry is invalidated by ``invalidate_tags`` of any of them.
         """
         # The hit path, kept to one backend call, one clock read and one comparison.
         # refresh_at is the instant before which the entry is certainly fresh and
         # needs no XFetch draw; everything else goes to the decision core.
-        full = self._prefix + key if key.__class__ is str else self._full_key(key)
+        full = self._prefix + key if key.__class__ is str else ""
+        if not 0 < len(full) <= SHORT_KEY_CHARS:
+            full = self._hit_key(key)
         if not callable(loader):
             check_loader(loader)
         if ttl is not None:
             ttl = check_ttl(ttl)
+        ftags = self._full_tags(tags) if tags else ()
         try:
-            entry = self._bget(full)
+            # With tags, a shared backend checks their versions in the same round trip.
+            entry = self._bget_tagged(full, ftags) if ftags else self._bget(full)
         except Exception as exc:
             self._degraded("get", exc)
             entry = None
@@ -234,25 +266,31 @@ class Cache(CacheBase):
                 counters.negative_hits += 1
             value: T = entry.value
             return value
-        return self._read_slow(full, loader, ttl, entry)
+        return self._read_slow(full, loader, ttl, ftags, entry)
 
     def _read_slow(
-        self, full: str, loader: Callable[[], T], ttl: float | None, entry: Entry | None
+        self,
+        full: str,
+        loader: Callable[[], T],
+        ttl: float | None,
+        tags: tuple[str, ...],
+        entry: Entry | None,
     ) -> T:
         counters = self._counters
         now = self._clock()
         action = decide_read(entry, now, 1.0 - self._rng.random(), self._policy)
         if action is Read.LOAD or action is Read.LOAD_OR_STALE:
+            check_key_text(full)
             self._check_open()
             stale = entry if action is Read.LOAD_OR_STALE else None
             if self._leases is not None:
                 # A hit was one GET; a miss goes through the in-process flight to
                 # one read-with-lease per process. It counts its own outcome.
-                leased: T = self._read_leased(full, loader, ttl, entry, stale)
+                leased: T = self._read_leased(full, loader, ttl, tags, entry, stale)
                 return leased
             counters.misses += 1
             self._drop_expired(full, entry, now)
-            result: T = self._load(full, loader, ttl, stale)
+            result: T = self._load(full, loader, ttl, tags, stale)
             return result
         assert entry is not None  # decide_read only loads on a missing entry
         if action is Read.HIT:
@@ -261,25 +299,29 @@ class Cache(CacheBase):
                 counters.negative_hits += 1
         elif action is Read.HIT_REFRESH:
             counters.hits += 1
-            if self._refresh_in_background(full, loader, ttl):
+            if self._refresh_in_background(full, loader, ttl, tags):
                 counters.early_refreshes += 1
         else:  # Read.STALE_REFRESH
             counters.stale_served += 1
-            self._refresh_in_background(full, loader, ttl)
+            self._refresh_in_background(full, loader, ttl, tags)
         value: T = entry.value
         return value
 
     # -- writes -------------------------------------------------------------------
 
-    def set(self, key: str, value: Any, *, ttl: float | None = None) -> None:
+    def set(
+        self, key: str, value: Any, *, ttl: float | None = None, tags: Iterable[str] = ()
+    ) -> None:
         """Store ``value`` under ``key``. A load in flight for ``key`` will not
         overwrite it. Prefer ``delete`` on write (cache-aside); ``set`` is for values
         you computed yourself. A value the backend cannot serialize raises
         ``SerializationError`` (a ``TypeError``) and nothing is written."""
         full = self._full_key(key)
         ttl = check_ttl(ttl)
+        ftags = self._full_tags(tags)
         self._check_open()
-        entry = self._new_entry(value, self._clock(), ttl, 0.0, False)
+        stamp = self._stamp(ftags)
+        entry = self._new_entry(value, self._clock(), ttl, 0.0, False, ftags, stamp)
         self._revoke([full])
         try:
             if entry is None:
@@ -291,11 +333,14 @@ class Cache(CacheBase):
         except Exception as exc:
             self._degraded("set", exc)
 
-    def set_many(self, items: Mapping[str, Any], *, ttl: float | None = None) -> None:
-        """``set`` for several keys with one TTL."""
+    def set_many(
+        self, items: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
+    ) -> None:
+        """``set`` for several keys with one TTL (and the same tags)."""
         ttl = check_ttl(ttl)
+        ftags = self._full_tags(tags)
         self._check_open()
-        pairs, dropped = self._entries_for(items, ttl)
+        pairs, dropped = self._entries_for(items, ttl, ftags, self._stamp(ftags))
         self._revoke([full for full, _ in pairs] + dropped)
         try:
             if pairs:
@@ -330,6 +375,35 @@ class Cache(CacheBase):
             self._degraded("delete_many", exc)
             return 0
 
+    def invalidate_tags(self, *tags: str) -> None:
+        """Invalidate every entry carrying any of ``tags``, in O(number of tags).
+
+        Loads in flight for such entries are revoked too: a caller after this
+        never joins a load that started before it.
+        """
+        ftags = self._full_tags(tags)
+        if not ftags:
+            return
+        if self._tagger is None:
+            raise TypeError(f"{type(self._backend).__name__} does not support tags")
+        with self._lock:
+            flights = self._flights.invalidate_tagged(ftags)
+        for flight in flights:
+            _pass_guard(flight)
+        try:
+            self._tagger.invalidate_tags(ftags)
+        except Exception as exc:
+            # Stale data would follow: loud, and counted.
+            self._degraded("invalidate_tags", exc)
+
+    def _stamp(self, tags: tuple[str, ...]) -> Any:
+        """The backend's versions of ``tags``, taken before a value is loaded."""
+        if not tags:
+            return None
+        if self._tagger is None:
+            raise TypeError(f"{type(self._backend).__name__} does not support tags")
+        return self._tagger.tag_stamp(tags)
+
     def clear(self) -> int:
         """Remove every entry of this cache's namespace (O(n)); how many."""
         with self._lock:
@@ -352,12 +426,13 @@ class Cache(CacheBase):
 
     # -- single-flight ------------------------------------------------------------
 
-    def _join_or_lead(self, full: str) -> tuple[Flight[_Call], bool]:
+    def _join_or_lead(self, full: str, tags: tuple[str, ...]) -> tuple[Flight[_Call], bool]:
         """The flight for ``full``, and whether the caller leads it."""
         with self._lock:
             flight = self._flights.get(full)
             if flight is None:
-                return self._flights.start(full, _Call(guarded=self._leases is None)), True
+                call = _Call(guarded=self._leases is None)
+                return self._flights.start(full, call, tags), True
             flight.waiters += 1
             call = flight.handle
             if call.done is None:
@@ -380,18 +455,27 @@ class Cache(CacheBase):
         done.wait()
 
     def _load(
-        self, full: str, loader: Callable[[], T], ttl: float | None, stale: Entry | None
+        self,
+        full: str,
+        loader: Callable[[], T],
+        ttl: float | None,
+        tags: tuple[str, ...],
+        stale: Entry | None,
     ) -> T:
         """Single-flight load (memory and lease-less backends)."""
-        value: T = self._single_flight(full, lambda f: self._run(f, loader, ttl), stale)
+        value: T = self._single_flight(full, tags, lambda f: self._run(f, loader, ttl), stale)
         return value
 
     def _single_flight(
-        self, full: str, lead: Callable[[Flight[_Call]], None], stale: Entry | None
+        self,
+        full: str,
+        tags: tuple[str, ...],
+        lead: Callable[[Flight[_Call]], None],
+        stale: Entry | None,
     ) -> Any:
         """Lead the flight for ``full`` (``lead(flight)``) or join it; its outcome."""
         while True:
-            flight, leader = self._join_or_lead(full)
+            flight, leader = self._join_or_lead(full, tags)
             call = flight.handle
             if leader:
                 lead(flight)
@@ -437,6 +521,8 @@ class Cache(CacheBase):
         clock = self._clock
         counters.loads += 1
         try:
+            # Stamp first: an invalidation during the load makes its entry a miss.
+            stamp = self._stamp(flight.tags)
             start = clock()
             value = loader()
             if inspect.isawaitable(value):
@@ -459,7 +545,9 @@ class Cache(CacheBase):
             self._release(flight.key, token)
             self._finish(flight)
             raise
-        entry = self._new_entry(value, end, ttl, max(end - start, 0.0), negative)
+        entry = self._new_entry(
+            value, end, ttl, max(end - start, 0.0), negative, flight.tags, stamp
+        )
         try:
             if token is not None:
                 self._write_leased(flight, entry, token)
@@ -520,13 +608,14 @@ class Cache(CacheBase):
         full: str,
         loader: Callable[[], T],
         ttl: float | None,
+        tags: tuple[str, ...],
         found: Entry | None,
         stale: Entry | None,
     ) -> T:
         # Misses go through the in-process flight first, so one process sends one
         # lease request per key, however many threads miss at once.
         value: T = self._single_flight(
-            full, lambda f: self._lead_leased(f, loader, ttl, found, stale), stale
+            full, tags, lambda f: self._lead_leased(f, loader, ttl, found, stale), stale
         )
         return value
 
@@ -580,7 +669,7 @@ class Cache(CacheBase):
             # After _finish: the refresh needs the key's flight slot to itself.
             if (
                 outcome.refresh
-                and self._refresh_in_background(full, loader, ttl)
+                and self._refresh_in_background(full, loader, ttl, flight.tags)
                 and not outcome.stale
             ):
                 self._counters.early_refreshes += 1
@@ -600,7 +689,7 @@ class Cache(CacheBase):
     # -- background refreshes -----------------------------------------------------
 
     def _refresh_in_background(
-        self, full: str, loader: Callable[[], Any], ttl: float | None
+        self, full: str, loader: Callable[[], Any], ttl: float | None, tags: tuple[str, ...]
     ) -> bool:
         """Start one background refresh of ``full`` unless one is in flight; whether
         one started."""
@@ -615,7 +704,7 @@ class Cache(CacheBase):
                     self._refresh_workers, thread_name_prefix="cachewise-refresh"
                 )
             executor = self._executor
-            flight = self._flights.start(full, _Call(guarded=self._leases is None))
+            flight = self._flights.start(full, _Call(guarded=self._leases is None), tags)
             # Submit under the lock: close() takes it before shutting the pool
             # down, so submit never races with shutdown.
             future = executor.submit(self._run_background, flight, loader, ttl)
@@ -660,16 +749,32 @@ class Cache(CacheBase):
     def cached(self, key: Callable[P, R], /) -> CachedFunction[P, R]: ...
     @overload
     def cached(
-        self, key: str | None = None, ttl: float | None = None
+        self,
+        key: str | None = None,
+        ttl: float | None = None,
+        *,
+        tags: Sequence[str] = (),
+        max_keys: int | None = None,
+        on_max_keys: OnMaxKeys = "warn",
     ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
 
-    def cached(self, key: Any = None, ttl: float | None = None) -> Any:
+    def cached(
+        self,
+        key: Any = None,
+        ttl: float | None = None,
+        *,
+        tags: Sequence[str] = (),
+        max_keys: int | None = None,
+        on_max_keys: OnMaxKeys = "warn",
+    ) -> Any:
         """Decorate a function so calls read through this cache.
 
         ``key`` is a template filled from the call's bound arguments, defaults
         applied (``"user:{user_id}:profile"``); without one, a stable key from the
-        function's qualified name and arguments. The decorated function gains
-        ``.invalidate(*args, **kwargs)`` and ``.key_for(*args, **kwargs)``.
+        function's qualified name and arguments. ``tags`` are templates too. The
+        decorated function gains ``.invalidate(*args, **kwargs)`` and
+        ``.key_for(*args, **kwargs)``. ``max_keys`` guards the template's
+        cardinality (see ``KeyBuilder``). The read joins the invalidation map.
         """
         if callable(key):  # used bare: @cache.cached
             return self.cached()(key)
@@ -678,14 +783,34 @@ class Cache(CacheBase):
             raise TypeError(f"key must be a template str, not {type(key).__name__}")
 
         def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
-            if not callable(func):
-                raise TypeError(f"cached() decorates callables, not {type(func).__name__}")
-            if is_async_callable(func):
-                raise TypeError(
-                    f"{getattr(func, '__qualname__', func)!s} is a coroutine function; "
-                    "decorate it with an AsyncCache, not a Cache"
-                )
-            return CachedFunction(self, func, key, ttl)
+            _check_sync_callable(func, "cached")
+            keys = KeyBuilder(func, key, tags, max_keys, on_max_keys)
+            self._declare_read(func, keys, ttl)
+            return CachedFunction(self, func, keys, ttl)
+
+        return decorate
+
+    def invalidates(
+        self, *keys: str, tags: Sequence[str] = ()
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+        """Declare what a write invalidates, and invalidate it when it returns.
+
+        ``keys`` and ``tags`` are templates over the write's arguments::
+
+            @cache.invalidates("user:{user_id}:profile", tags=["user:{user_id}"])
+            def rename_user(user_id: int, name: str) -> None:
+                ...  # update and commit
+
+        The write must have committed when it returns (else use the after-commit
+        integrations). If it raises, nothing is invalidated. The declaration joins
+        the invalidation map (``cachewise invalidation-map``).
+        """
+
+        def decorate(func: Callable[P, R]) -> Callable[P, R]:
+            _check_sync_callable(func, "invalidates")
+            invalidator = Invalidator(func, keys, tags)
+            self._declare_write(func, tuple(keys), tuple(tags))
+            return invalidating(self, func, invalidator)
 
         return decorate
 
@@ -717,6 +842,23 @@ class Cache(CacheBase):
 
     def __repr__(self) -> str:
         return f"Cache(backend={self._backend!r}, namespace={self._namespace!r})"
+
+
+def _check_sync_callable(func: object, decorator: str) -> None:
+    if not callable(func):
+        raise TypeError(f"{decorator}() decorates callables, not {type(func).__name__}")
+    if is_async_callable(func):
+        raise TypeError(
+            f"{getattr(func, '__qualname__', func)!s} is a coroutine function; "
+            f"use an AsyncCache's {decorator}(), not a Cache's"
+        )
+
+
+def _untagged(backend: Backend) -> Callable[[str, tuple[str, ...]], Entry | None]:
+    def get(key: str, tags: tuple[str, ...]) -> Entry | None:
+        raise TypeError(f"{type(backend).__name__} does not support tags")
+
+    return get
 
 
 def _looks_async(backend: object) -> bool:

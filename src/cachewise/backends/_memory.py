@@ -12,6 +12,8 @@ from cachewise.backends._weigh import ENTRY_OVERHEAD, Weigher, estimate_size
 
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+#: How many invalidated tags are remembered one by one (see invalidate_tags).
+DEFAULT_MAX_TAGS = 100_000
 
 
 def _check_limit(name: str, value: object) -> int:
@@ -44,8 +46,10 @@ class MemoryBackend:
         max_bytes: int = DEFAULT_MAX_BYTES,
         *,
         weigher: Weigher | None = None,
+        max_tags: int = DEFAULT_MAX_TAGS,
     ) -> None:
         self._max_entries = _check_limit("max_entries", max_entries)
+        self._max_tags = _check_limit("max_tags", max_tags)
         self._max_bytes = _check_limit("max_bytes", max_bytes)
         if weigher is not None and not callable(weigher):
             raise TypeError("weigher must be callable")
@@ -56,6 +60,15 @@ class MemoryBackend:
         self._bytes = 0
         self._evictions = 0
         self._rejected = 0
+        # Tags. Every invalidation takes the next sequence number and records it
+        # for its tags; an entry's stamp is the sequence number when its load
+        # started. The entry is valid while none of its tags was invalidated after
+        # that. Only the last max_tags invalidated tags are remembered; forgetting
+        # one raises the floor, below which every tagged entry counts as invalid:
+        # bounded memory, and never a stale hit (only a few extra misses).
+        self._seq = 0
+        self._tag_seq: OrderedDict[str, int] = OrderedDict()
+        self._tag_floor = 0
         # Serialises writers: a write is several steps (weights, bytes, eviction).
         self._lock = threading.Lock()
 
@@ -104,11 +117,48 @@ class MemoryBackend:
         # and the read is simply ordered before that removal.
         entry = self._data.get(key)
         if entry is not None:
+            if entry.tags and not self._tags_valid(entry):
+                return None  # a tag was invalidated after this value was loaded
             try:
                 self._data.move_to_end(key)
             except KeyError:
                 pass
         return entry
+
+    def get_tagged(self, key: str, tags: Sequence[str]) -> Entry | None:
+        """``get``: entries carry their tags, so the tags the caller expects add
+        nothing here."""
+        return self.get(key)
+
+    # -- tags ---------------------------------------------------------------------
+
+    def tag_stamp(self, tags: Sequence[str]) -> int:
+        """The stamp for a value about to be loaded (take it before loading)."""
+        return self._seq
+
+    def invalidate_tags(self, tags: Sequence[str]) -> None:
+        """Invalidate every entry stamped before now with any of ``tags``: O(tags)."""
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+            recorded = self._tag_seq
+            for tag in tags:
+                recorded[tag] = seq
+                recorded.move_to_end(tag)
+            while len(recorded) > self._max_tags:
+                _, forgotten = recorded.popitem(last=False)
+                self._tag_floor = max(self._tag_floor, forgotten)
+
+    def _tags_valid(self, entry: Entry) -> bool:
+        stamp = entry.stamp
+        if not isinstance(stamp, int) or stamp < self._tag_floor:
+            return False
+        seen = self._tag_seq.get
+        for tag in entry.tags:
+            invalidated = seen(tag)
+            if invalidated is not None and invalidated > stamp:
+                return False
+        return True
 
     def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         """``get`` for several keys, in order."""

@@ -9,7 +9,7 @@ protocols added by later backends.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from cachewise._core.entry import Entry
 from cachewise._core.readflow import LeaseReply
@@ -84,6 +84,40 @@ class NonBlockingBackend(Backend, Protocol):
     @property
     def nonblocking(self) -> bool:
         """Always ``True``: calls finish without I/O."""
+
+
+@runtime_checkable
+class TagBackend(Protocol):
+    """A sync backend with tag invalidation in O(number of tags).
+
+    The front end takes ``tag_stamp(tags)`` before it loads a value and stores it
+    on the entry (``Entry.stamp``); ``get`` and ``get_tagged`` treat an entry whose
+    tags were invalidated since its stamp as missing.
+    """
+
+    def tag_stamp(self, tags: Sequence[str]) -> Any:
+        """The current versions of ``tags``, to record on an entry."""
+
+    def invalidate_tags(self, tags: Sequence[str]) -> None:
+        """Invalidate every entry recorded with any of ``tags``."""
+
+    def get_tagged(self, key: str, tags: Sequence[str]) -> Entry | None:
+        """``get``, given the tags the caller expects (lets Redis check them in the
+        same round trip)."""
+
+
+@runtime_checkable
+class AsyncTagBackend(Protocol):
+    """``TagBackend`` for ``AsyncCache``."""
+
+    async def tag_stamp(self, tags: Sequence[str]) -> Any:
+        """The current versions of ``tags``, to record on an entry."""
+
+    async def invalidate_tags(self, tags: Sequence[str]) -> None:
+        """Invalidate every entry recorded with any of ``tags``."""
+
+    async def get_tagged(self, key: str, tags: Sequence[str]) -> Entry | None:
+        """``get``, given the tags the caller expects."""
 
 
 @runtime_checkable

@@ -16,6 +16,7 @@ and re-read. The holder writes only while its lease is current; ``delete`` and
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,10 @@ DEFAULT_POLL_INTERVAL = 0.15
 #: Server TTL = (stale_until - written_at) + this margin, so Redis keeps an entry
 #: a little past the point the front end stops serving it, never less.
 DEFAULT_MARGIN = 1.0
+#: Lifetime of a tag's version key, refreshed by every invalidation. A tagged
+#: entry's server TTL is capped at it, so no entry outlives the record of an
+#: invalidation it predates (else, the record gone, the entry would look valid).
+DEFAULT_TAG_TTL = 30 * 24 * 3600.0
 
 
 def value_key(key: str) -> str:
@@ -44,6 +49,13 @@ def value_key(key: str) -> str:
 def _keys(key: str) -> tuple[str, str, str, str]:
     base = value_key(key)
     return base, base + ":lease", base + ":waiters", base + ":notify"
+
+
+def tag_key(tag: str) -> str:
+    """The Redis key holding a tag's current version (its own hash slot)."""
+    if not tag:
+        raise ValueError("tags must be non-empty")
+    return "{" + tag + "}:tag"
 
 
 def _glob_escape(text: str) -> str:
@@ -71,6 +83,7 @@ class _RedisCommon:
         poll_interval: float,
         margin: float,
         owns_client: bool,
+        tag_ttl: float = DEFAULT_TAG_TTL,
     ) -> None:
         if codec is not None and not isinstance(codec, Codec):
             raise TypeError("codec must be a cachewise.serialization.Codec")
@@ -86,6 +99,8 @@ class _RedisCommon:
         )
         self.poll_interval = _check_seconds("poll_interval", poll_interval)
         self.margin = _check_seconds("margin", margin)
+        self.tag_ttl = _check_seconds("tag_ttl", tag_ttl)
+        self._tag_ttl_ms = int(self.tag_ttl * 1000)
         self._owns_client = owns_client
         self._lease_ms = max(1, int(self.lock_timeout * 1000))
         self._notify_ms = self._lease_ms + int(self.wait_timeout * 1000)
@@ -93,6 +108,7 @@ class _RedisCommon:
         self._set_leased_sha = _lua.sha1(_lua.SET_LEASED)
         self._release_sha = _lua.sha1(_lua.RELEASE)
         self._write_sha = _lua.sha1(_lua.WRITE)
+        self._read_tagged_sha = _lua.sha1(_lua.READ_TAGGED)
         self._decode_errors = 0
 
     @property
@@ -122,7 +138,30 @@ class _RedisCommon:
 
     def _px(self, entry: Entry) -> int:
         lifetime = max(entry.stale_until - entry.written_at, 0.0) + self.margin
-        return max(1, math.ceil(lifetime * 1000))
+        px = max(1, math.ceil(lifetime * 1000))
+        return min(px, self._tag_ttl_ms) if entry.tags else px
+
+    # -- tags: pure helpers ---------------------------------------------------------
+
+    @staticmethod
+    def _versions(raw: Sequence[bytes | None]) -> tuple[bytes, ...]:
+        # A tag never invalidated (or whose record expired) has version b"".
+        return tuple(v or b"" for v in raw)
+
+    def _tags_match(self, entry: Entry, tags: Sequence[str], raw: Sequence[bytes | None]) -> bool:
+        current = dict(zip(tags, self._versions(raw), strict=True))
+        stamp = entry.stamp if isinstance(entry.stamp, tuple) else ()
+        if len(stamp) != len(entry.tags):
+            return False
+        return all(current.get(t) == v for t, v in zip(entry.tags, stamp, strict=True))
+
+    def _invalidate_args(self, tags: Sequence[str]) -> list[tuple[str, bytes]]:
+        # A fresh random version per invalidation: versions never repeat, so a
+        # record that expired and came back can never match an old stamp.
+        return [(tag_key(tag), os.urandom(8)) for tag in tags]
+
+    def _covers(self, entry: Entry, tags: Sequence[str]) -> bool:
+        return set(entry.tags) <= set(tags)
 
     def _read_args(self, key: str, token: str, mode: str) -> list[Any]:
         value, lease, waiters, _ = _keys(key)
@@ -186,6 +225,7 @@ class RedisBackend(_RedisCommon):
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         margin: float = DEFAULT_MARGIN,
         owns_client: bool = False,
+        tag_ttl: float = DEFAULT_TAG_TTL,
     ) -> None:
         if _looks_async_client(client):
             raise TypeError("RedisBackend needs a sync redis-py client; use AsyncRedisBackend")
@@ -197,6 +237,7 @@ class RedisBackend(_RedisCommon):
             poll_interval=poll_interval,
             margin=margin,
             owns_client=owns_client,
+            tag_ttl=tag_ttl,
         )
 
     def _script(self, script: str, sha: str, args: list[Any]) -> Any:
@@ -218,18 +259,58 @@ class RedisBackend(_RedisCommon):
     # -- Backend ------------------------------------------------------------------
 
     def get(self, key: str) -> Entry | None:
-        """One ``GET``; an undecodable entry is a miss (counted)."""
-        return self._decode(self._client.get(value_key(key)))
+        """One ``GET`` (plus an ``MGET`` of its tags' versions if it has tags); an
+        undecodable or invalidated entry is a miss."""
+        return self._check_tags(self._decode(self._client.get(value_key(key))))
+
+    def _mget(self, names: list[str]) -> list[Any]:
+        if self._is_cluster():
+            result: list[Any] = self._client.mget_nonatomic(names)
+        else:
+            result = self._client.mget(names)
+        return result
+
+    def _check_tags(self, entry: Entry | None) -> Entry | None:
+        if entry is None or not entry.tags:
+            return entry
+        raw = self._mget([tag_key(t) for t in entry.tags])
+        return entry if self._tags_match(entry, entry.tags, raw) else None
+
+    def get_tagged(self, key: str, tags: Sequence[str]) -> Entry | None:
+        """A read that checks ``tags`` in the same round trip (one script) on
+        standalone Redis. On a cluster, where tags live in other slots, it is a
+        ``GET`` and then an ``MGET`` of the tags, grouped by slot."""
+        if not tags or self._is_cluster():
+            return self.get(key)
+        names = [value_key(key), *map(tag_key, tags)]
+        reply = self._script(_lua.READ_TAGGED, self._read_tagged_sha, [len(names), *names])
+        entry = self._decode(reply[0])
+        if entry is None or not entry.tags:
+            return entry
+        if self._covers(entry, tags):
+            return entry if self._tags_match(entry, tags, reply[1:]) else None
+        return self._check_tags(entry)
+
+    def tag_stamp(self, tags: Sequence[str]) -> tuple[bytes, ...]:
+        """The tags' current versions, to record on an entry before loading it."""
+        return self._versions(self._mget([tag_key(t) for t in tags])) if tags else ()
+
+    def invalidate_tags(self, tags: Sequence[str]) -> None:
+        """Give each tag a new version: O(number of tags), whatever the number of
+        entries carrying them."""
+        if not tags:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for name, version in self._invalidate_args(tags):
+            pipe.set(name, version, px=self._tag_ttl_ms)
+        pipe.execute()
 
     def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         """``MGET`` (grouped by slot on a cluster)."""
         if not keys:
             return []
-        names = [value_key(key) for key in keys]
-        raws = (
-            self._client.mget_nonatomic(names) if self._is_cluster() else self._client.mget(names)
-        )
-        return [self._decode(raw) for raw in raws]
+        raws = self._mget([value_key(key) for key in keys])
+        return [self._check_tags(self._decode(raw)) for raw in raws]
 
     def set(self, key: str, entry: Entry) -> None:
         """Write the entry and drop any lease on the key."""
@@ -280,9 +361,14 @@ class RedisBackend(_RedisCommon):
 
     def read_or_lease(self, key: str, token: str, mode: str = "lease") -> LeaseReply:
         """Read ``key`` and, per ``mode`` (see ``_lua.READ``), take its lease."""
-        return self._parse_read(
+        reply = self._parse_read(
             self._script(_lua.READ, self._read_sha, self._read_args(key, token, mode))
         )
+        if reply.entry is not None and reply.entry.tags:
+            checked = self._check_tags(reply.entry)
+            if checked is None:  # invalidated: a miss, to be reloaded over
+                return reply._replace(entry=None, unreadable=True)
+        return reply
 
     def set_leased(self, key: str, entry: Entry, token: str) -> bool:
         """Write only while ``token`` holds the lease; whether it did."""
@@ -313,6 +399,7 @@ class AsyncRedisBackend(_RedisCommon):
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         margin: float = DEFAULT_MARGIN,
         owns_client: bool = False,
+        tag_ttl: float = DEFAULT_TAG_TTL,
     ) -> None:
         if not _looks_async_client(client):
             raise TypeError("AsyncRedisBackend needs a redis.asyncio client; use RedisBackend")
@@ -324,6 +411,7 @@ class AsyncRedisBackend(_RedisCommon):
             poll_interval=poll_interval,
             margin=margin,
             owns_client=owns_client,
+            tag_ttl=tag_ttl,
         )
 
     async def _script(self, script: str, sha: str, args: list[Any]) -> Any:
@@ -342,19 +430,57 @@ class AsyncRedisBackend(_RedisCommon):
         return result
 
     async def get(self, key: str) -> Entry | None:
-        """One ``GET``; an undecodable entry is a miss (counted)."""
-        return self._decode(await self._client.get(value_key(key)))
+        """One ``GET`` (plus an ``MGET`` of its tags' versions if it has tags); an
+        undecodable or invalidated entry is a miss."""
+        return await self._check_tags(self._decode(await self._client.get(value_key(key))))
+
+    async def _mget(self, names: list[str]) -> list[Any]:
+        if self._is_cluster():
+            result: list[Any] = await self._client.mget_nonatomic(names)
+        else:
+            result = await self._client.mget(names)
+        return result
+
+    async def _check_tags(self, entry: Entry | None) -> Entry | None:
+        if entry is None or not entry.tags:
+            return entry
+        raw = await self._mget([tag_key(t) for t in entry.tags])
+        return entry if self._tags_match(entry, entry.tags, raw) else None
+
+    async def get_tagged(self, key: str, tags: Sequence[str]) -> Entry | None:
+        """See ``RedisBackend.get_tagged``."""
+        if not tags or self._is_cluster():
+            return await self.get(key)
+        names = [value_key(key), *map(tag_key, tags)]
+        reply = await self._script(_lua.READ_TAGGED, self._read_tagged_sha, [len(names), *names])
+        entry = self._decode(reply[0])
+        if entry is None or not entry.tags:
+            return entry
+        if self._covers(entry, tags):
+            return entry if self._tags_match(entry, tags, reply[1:]) else None
+        return await self._check_tags(entry)
+
+    async def tag_stamp(self, tags: Sequence[str]) -> tuple[bytes, ...]:
+        """The tags' current versions, to record on an entry before loading it."""
+        if not tags:
+            return ()
+        return self._versions(await self._mget([tag_key(t) for t in tags]))
+
+    async def invalidate_tags(self, tags: Sequence[str]) -> None:
+        """Give each tag a new version: O(number of tags)."""
+        if not tags:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for name, version in self._invalidate_args(tags):
+            pipe.set(name, version, px=self._tag_ttl_ms)
+        await pipe.execute()
 
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         """``MGET`` (grouped by slot on a cluster)."""
         if not keys:
             return []
-        names = [value_key(key) for key in keys]
-        if self._is_cluster():
-            raws = await self._client.mget_nonatomic(names)
-        else:
-            raws = await self._client.mget(names)
-        return [self._decode(raw) for raw in raws]
+        raws = await self._mget([value_key(key) for key in keys])
+        return [await self._check_tags(self._decode(raw)) for raw in raws]
 
     async def set(self, key: str, entry: Entry) -> None:
         """Write the entry and drop any lease on the key."""
@@ -396,8 +522,14 @@ class AsyncRedisBackend(_RedisCommon):
 
     async def read_or_lease(self, key: str, token: str, mode: str = "lease") -> LeaseReply:
         """Read ``key`` and, per ``mode``, take its lease."""
-        reply = await self._script(_lua.READ, self._read_sha, self._read_args(key, token, mode))
-        return self._parse_read(reply)
+        reply = self._parse_read(
+            await self._script(_lua.READ, self._read_sha, self._read_args(key, token, mode))
+        )
+        if reply.entry is not None and reply.entry.tags:
+            checked = await self._check_tags(reply.entry)
+            if checked is None:  # invalidated: a miss, to be reloaded over
+                return reply._replace(entry=None, unreadable=True)
+        return reply
 
     async def set_leased(self, key: str, entry: Entry, token: str) -> bool:
         """Write only while ``token`` holds the lease; whether it did."""
