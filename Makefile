@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint fmt clean
+.PHONY: demo test bench lint fmt docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
+
+docs: $(STAMP)
+	$(PY) -m cachewise invalidation-map cachewise.cli._demo:invalidation_map_app \
+		-o docs/cache-invalidation.md
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format src tests benchmarks examples

@@ -91,6 +91,14 @@ class SyncFacade(Facade):
 
         return wrap
 
+    def invalidates(self, *args: Any, **kw: Any) -> Callable[[Callable[..., Any]], Any]:
+        deco = self.cache.invalidates(*args, **kw)
+
+        def wrap(func: Callable[..., Any]) -> Any:
+            return deco(func)
+
+        return wrap
+
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
 
@@ -146,6 +154,20 @@ class AsyncFacade(Facade):
 
         def wrap(func: Callable[..., Any]) -> Any:
             # Same signature as func, so key templates still see its parameters.
+            async def afunc(*a: Any, **k: Any) -> Any:
+                return func(*a, **k)
+
+            afunc.__signature__ = __import__("inspect").signature(func)  # type: ignore[attr-defined]
+            afunc.__qualname__ = func.__qualname__
+            afunc.__module__ = func.__module__
+            return deco(afunc)
+
+        return wrap
+
+    def invalidates(self, *args: Any, **kw: Any) -> Callable[[Callable[..., Any]], Any]:
+        deco = self.cache.invalidates(*args, **kw)
+
+        def wrap(func: Callable[..., Any]) -> Any:
             async def afunc(*a: Any, **k: Any) -> Any:
                 return func(*a, **k)
 

@@ -232,3 +232,22 @@ def test_async_cached_method_binds_self_for_calls_and_invalidate() -> None:
             assert Repo.calls == 2
 
     asyncio.run(main())
+
+
+def test_a_tag_invalidation_during_a_load_keeps_its_result_out() -> None:
+    async def main() -> None:
+        async with AsyncCache() as cache:
+            old = Gate()
+            first = asyncio.create_task(cache.get_or_load("k", old, tags=["t"]))
+            await old.started.wait()
+            await cache.invalidate_tags("t")
+
+            async def fresh() -> str:
+                return "new"
+
+            assert await cache.get_or_load("k", fresh, tags=["t"]) == "new"
+            old.release.set()
+            assert await first == "v1"
+            assert await cache.get("k") == "new"
+
+    asyncio.run(main())

@@ -311,3 +311,36 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = JOIN) -> None:
             raise AssertionError("condition never became true")
         done.wait(step)
         deadline -= step
+
+
+def test_a_tag_invalidation_during_a_load_keeps_its_result_out() -> None:
+    """The load read old data before the invalidation: its entry must not be
+    served to anyone reading after the invalidation, and late callers must not
+    join it."""
+    with Cache() as cache:
+        old = BlockingLoader()
+        first: list[Any] = []
+        t = threading.Thread(target=lambda: first.append(cache.get_or_load("k", old, tags=["t"])))
+        t.start()
+        wait_started(old)
+        cache.invalidate_tags("t")
+        assert cache.get_or_load("k", lambda: "new", tags=["t"]) == "new"  # did not join
+        old.release.set()
+        t.join(JOIN)
+        assert first == ["v1"]
+        assert cache.get("k") == "new"
+
+
+def test_an_entry_stamped_before_an_invalidation_is_invalid_even_if_written_after() -> None:
+    """Race without a flight: set() takes its stamp, then the invalidation lands,
+    then the write: the entry is born invalid."""
+    from cachewise import MemoryBackend
+
+    backend = MemoryBackend()
+    with Cache(backend) as cache:
+        stamp = backend.tag_stamp(["t"])
+        cache.invalidate_tags("t")
+        from cachewise import Entry
+
+        backend.set("k", Entry("old", 1e18, 1e18, 1e18, tags=("t",), stamp=stamp))
+        assert cache.get("k") is MISSING

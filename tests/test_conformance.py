@@ -504,3 +504,149 @@ def test_stats_snapshots_subtract(make_cache: Any) -> None:
     cache.get("k")
     delta = cache.stats() - before
     assert (delta.hits, delta.misses, delta.loads) == (1, 1, 1)
+
+
+# -- tags, versions, keys (the explicit-invalidation issue) ----------------------
+
+
+def test_invalidate_tags_invalidates_every_entry_carrying_a_tag(make_cache: Any) -> None:
+    cache = make_cache()
+    cache.set("user:1:profile", "p1", tags=["user:1"])
+    cache.set("user:1:posts", "posts1", tags=["user:1", "feed"])
+    cache.set("user:2:profile", "p2", tags=["user:2"])
+    cache.set("untagged", "u")
+    cache.call(cache.cache.invalidate_tags, "user:1")
+    assert cache.get("user:1:profile") is MISSING
+    assert cache.get("user:1:posts") is MISSING
+    assert cache.get("user:2:profile") == "p2"
+    assert cache.get("untagged") == "u"
+    cache.call(cache.cache.invalidate_tags, "feed", "nothing-carries-this")
+    assert cache.get("user:2:profile") == "p2"
+
+
+def test_get_or_load_with_tags_reloads_after_invalidation(make_cache: Any) -> None:
+    cache = make_cache()
+    loader = Counter()
+    assert cache.get_or_load("k", loader, tags=["t"]) == "v1"
+    assert cache.get_or_load("k", loader, tags=["t"]) == "v1"
+    cache.call(cache.cache.invalidate_tags, "t")
+    assert cache.get_or_load("k", loader, tags=["t"]) == "v2"
+    assert cache.get_or_load("k", loader, tags=["t"]) == "v2"
+    assert loader.calls == 2
+
+
+def test_tag_invalidation_is_right_whatever_the_entries_ttls(
+    make_cache: Any, clock: FakeClock
+) -> None:
+    """A peer keeps a tag as a set expiring with its newest member: once the
+    short-lived members expire, invalidation misses the long-lived ones."""
+    cache = make_cache(ttl=3600)
+    cache.set("long", "L", ttl=3600, tags=["t"])
+    for i in range(5):
+        cache.set(f"short{i}", i, ttl=1, tags=["t"])
+    clock.advance(10)  # the short ones are long gone
+    assert cache.get("long") == "L"
+    cache.call(cache.cache.invalidate_tags, "t")
+    assert cache.get("long") is MISSING
+    cache.set("long", "L2", ttl=3600, tags=["t"])  # written after: valid
+    assert cache.get("long") == "L2"
+
+
+def test_tags_are_namespaced(make_cache: Any) -> None:
+    one = make_cache(namespace="one")
+    two = make_cache(namespace="two", share_backend_of=one)
+    one.set("k", 1, tags=["t"])
+    two.set("k", 2, tags=["t"])
+    one.call(one.cache.invalidate_tags, "t")
+    assert one.get("k") is MISSING
+    assert two.get("k") == 2
+
+
+def test_cached_fills_tag_templates(make_cache: Any) -> None:
+    cache = make_cache()
+    calls: list[int] = []
+
+    @cache.cached("user:{user_id}:profile", tags=["user:{user_id}", "profiles"])
+    def profile(user_id: int) -> dict[str, int]:
+        calls.append(user_id)
+        return {"id": user_id}
+
+    cache.call(profile, 1)
+    cache.call(profile, 2)
+    cache.call(cache.cache.invalidate_tags, "user:1")
+    cache.call(profile, 1)
+    cache.call(profile, 2)
+    assert calls == [1, 2, 1]
+    cache.call(cache.cache.invalidate_tags, "profiles")
+    cache.call(profile, 2)
+    assert calls == [1, 2, 1, 2]
+
+
+def test_invalidates_decorator_invalidates_after_the_write_returns(make_cache: Any) -> None:
+    cache = make_cache()
+    cache.set("user:7:profile", "old", tags=["user:7"])
+    cache.set("user:7:posts", "old posts", tags=["user:7"])
+    cache.set("user:8:profile", "other")
+    seen_during: list[Any] = []
+
+    @cache.invalidates("user:{user_id}:profile", tags=["user:{user_id}"])
+    def rename(user_id: int, name: str) -> str:
+        if cache.flavour == "sync":  # (the async facade cannot read from inside)
+            seen_during.append(cache.get(f"user:{user_id}:profile"))  # not yet invalidated
+        return name
+
+    assert cache.call(rename, 7, "Ada") == "Ada"
+    assert seen_during == (["old"] if cache.flavour == "sync" else [])
+    assert cache.get("user:7:profile") is MISSING
+    assert cache.get("user:7:posts") is MISSING  # via the tag
+    assert cache.get("user:8:profile") == "other"
+
+
+def test_invalidates_does_nothing_when_the_write_fails(make_cache: Any) -> None:
+    cache = make_cache()
+    cache.set("user:7:profile", "kept")
+
+    @cache.invalidates("user:{user_id}:profile")
+    def failing(user_id: int) -> None:
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        cache.call(failing, 7)
+    assert cache.get("user:7:profile") == "kept"
+
+
+def test_bumping_the_version_moves_every_key(make_cache: Any) -> None:
+    v1 = make_cache(namespace="app", version=1)
+    v2 = make_cache(namespace="app", version=2, share_backend_of=v1)
+    v1.set("k", "old")
+    assert v2.get("k") is MISSING
+    v2.set("k", "new")
+    assert v1.get("k") == "old"
+    assert v2.get("k") == "new"
+
+
+def test_long_keys_are_hashed_behind_a_readable_prefix(make_cache: Any) -> None:
+    cache = make_cache()
+    long_a = "report:" + "a" * 500
+    long_b = "report:" + "a" * 499 + "b"
+    cache.set(long_a, 1)
+    cache.set(long_b, 2)
+    assert cache.get(long_a) == 1
+    assert cache.get(long_b) == 2
+    loader = Counter()
+    cache.get_or_load("é" * 300, loader)
+    cache.get_or_load("é" * 300, loader)
+    assert loader.calls == 1
+
+
+@pytest.mark.parametrize("key", ["has space", "tab\there", "new\nline", "nul\x00", "nbsp\xa0"])
+def test_keys_with_whitespace_or_control_characters_are_rejected(make_cache: Any, key: str) -> None:
+    cache = make_cache()
+    with pytest.raises(ValueError, match="whitespace or control"):
+        cache.set(key, 1)
+    with pytest.raises(ValueError, match="whitespace or control"):
+        cache.get(key)
+    with pytest.raises(ValueError, match="whitespace or control"):
+        cache.get_or_load(key, Counter())
+    with pytest.raises(ValueError, match="whitespace or control"):
+        cache.delete(key)

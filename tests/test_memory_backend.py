@@ -210,3 +210,60 @@ def test_evictions_are_counted_in_cache_stats() -> None:
         assert cache.stats().evictions == 2
         assert cache.get("k0") is MISSING
         assert cache.get("k4") == 4
+
+
+def test_forgetting_old_tag_records_only_ever_adds_misses() -> None:
+    backend = MemoryBackend(max_tags=2)
+    with Cache(backend) as cache:
+        cache.set("a", 1, tags=["a"])
+        cache.invalidate_tags("x")
+        cache.set("b", 2, tags=["b"])  # stamped after x's invalidation
+        cache.invalidate_tags("y")
+        cache.invalidate_tags("z")  # x is forgotten: the floor rises to x's sequence
+        assert cache.get("a") is MISSING  # stamped before the floor: counted invalid
+        assert cache.get("b") == 2  # stamped at or after it: still valid
+        assert len(backend._tag_seq) == 2  # memory stays bounded
+        cache.set("c", 3, tags=["x"])
+        assert cache.get("c") == 3
+
+
+def test_tags_on_a_backend_without_tags_are_a_type_error() -> None:
+    class Plain:
+        def __init__(self) -> None:
+            self.inner = MemoryBackend()
+
+        def __getattr__(self, name: str) -> object:
+            if name in ("tag_stamp", "invalidate_tags", "get_tagged"):
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+        def get(self, key: str) -> object:
+            return self.inner.get(key)
+
+        def get_many(self, keys: object) -> object:
+            return self.inner.get_many(keys)  # type: ignore[arg-type]
+
+        def set(self, key: str, entry: Entry) -> None:
+            self.inner.set(key, entry)
+
+        def set_many(self, items: object) -> None:
+            self.inner.set_many(items)  # type: ignore[arg-type]
+
+        def delete(self, key: str) -> bool:
+            return self.inner.delete(key)
+
+        def delete_many(self, keys: object) -> int:
+            return self.inner.delete_many(keys)  # type: ignore[arg-type]
+
+        def clear(self, prefix: str = "") -> int:
+            return self.inner.clear(prefix)
+
+        def close(self) -> None:
+            self.inner.close()
+
+    with Cache(Plain()) as cache:  # type: ignore[arg-type]
+        cache.set("k", 1)
+        with pytest.raises(TypeError, match="tags"):
+            cache.set("k", 1, tags=["t"])
+        with pytest.raises(TypeError, match="tags"):
+            cache.invalidate_tags("t")

@@ -527,3 +527,71 @@ def test_a_hit_is_one_round_trip(redis_url: str, raw: Any) -> None:
             if not k.startswith(("cmdstat_info", "cmdstat_config"))
         }
         assert sent == {"cmdstat_get": 1}
+
+
+# -- tags and keys on Redis ----------------------------------------------------------
+
+
+def test_a_tagged_hit_is_one_round_trip_on_standalone_redis(redis_url: str, raw: Any) -> None:
+    with Cache.from_url(redis_url) as cache:
+        cache.get_or_load("k", lambda: "v", tags=["user:1", "feed"])
+        cache.get_or_load("warm-up", lambda: 0, tags=["x"])  # script cache warm
+        raw.config_resetstat()
+        assert cache.get_or_load("k", lambda: "unused", tags=["user:1", "feed"]) == "v"
+        assert _command_count(raw) == 1  # one EVALSHA: the value and both tag versions
+        cache.invalidate_tags("feed")
+        assert cache.get_or_load("k", lambda: "reloaded", tags=["user:1", "feed"]) == "reloaded"
+
+
+def test_tag_versions_expire_and_cap_tagged_entries(redis_url: str, raw: Any) -> None:
+    cache = Cache.from_url(redis_url + "?tag_ttl=60", ttl=3600, jitter=0)
+    cache.set("tagged", 1, tags=["t"])
+    cache.set("plain", 2)
+    cache.invalidate_tags("t")
+    assert 0 < raw.pttl("{t}:tag") <= 60_000
+    assert 0 < raw.pttl("{tagged}") <= 60_000  # capped: never outlives the tag record
+    assert raw.pttl("{plain}") > 3_600_000
+    cache.close()
+
+
+def test_no_key_name_over_250_bytes_reaches_redis(redis_url: str, raw: Any) -> None:
+    with Cache.from_url(redis_url, namespace="ns" * 20) as cache:
+        cache.set("x" * 1000, 1, tags=["t" * 600])
+        cache.get_or_load("é" * 400, lambda: 2)
+        cache.invalidate_tags("t" * 600)
+        names = raw.keys("*")
+        assert names
+        assert max(len(n) for n in names) <= 250
+
+
+def test_a_tag_invalidation_from_another_process_beats_an_in_flight_load(
+    redis_url: str, raw: Any
+) -> None:
+    loader_cache = Cache.from_url(redis_url)
+    writer_cache = Cache.from_url(redis_url)
+    old = Gate("old")
+    t = threading.Thread(target=lambda: loader_cache.get_or_load("k", old, tags=["t"]))
+    t.start()
+    assert old.started.wait(10)
+    writer_cache.invalidate_tags("t")
+    old.release.set()
+    t.join(10)
+    # The slow load wrote its entry, stamped before the invalidation: a miss.
+    assert writer_cache.get("k") is MISSING
+    assert writer_cache.get_or_load("k", lambda: "new", tags=["t"]) == "new"
+    loader_cache.close()
+    writer_cache.close()
+
+
+def test_cluster_tags_work_across_slots(redis_cluster_url: str) -> None:
+    with Cache.from_url(redis_cluster_url) as cache:
+        for i in range(20):
+            cache.set(f"user:{i}", i, tags=[f"group:{i % 3}", "all"])
+        cache.invalidate_tags("group:1")
+        got = cache.get_many([f"user:{i}" for i in range(20)])
+        assert sorted(got) == sorted(f"user:{i}" for i in range(20) if i % 3 != 1)
+        loads: list[int] = []
+        cache.get_or_load("user:1", lambda: loads.append(1) or 1, tags=["group:1", "all"])
+        assert cache.get_or_load("user:1", lambda: 99, tags=["group:1", "all"]) == 1
+        cache.invalidate_tags("all")
+        assert cache.get_many([f"user:{i}" for i in range(20)]) == {}

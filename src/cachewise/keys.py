@@ -168,7 +168,8 @@ def function_name(func: Callable[..., Any]) -> str:
     """``module.qualname`` of a function, the prefix of its default keys."""
     module = getattr(func, "__module__", None) or "?"
     qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", "?")
-    return f"{module}.{qualname}"
+    # Functions built in a factory read as factory.name, not factory.<locals>.name.
+    return f"{module}.{qualname}".replace(".<locals>.", ".")
 
 
 def function_key(name: str, bound: inspect.BoundArguments) -> str:

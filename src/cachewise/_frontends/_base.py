@@ -293,14 +293,15 @@ class CacheBase:
         self, func: Callable[..., Any], keys: tuple[str, ...], tags: tuple[str, ...]
     ) -> None:
         """Record an ``invalidates`` write in the invalidation map."""
-        doc = (func.__doc__ or "").strip().splitlines()
+        # The docstring's first paragraph, on one line.
+        summary = " ".join((func.__doc__ or "").strip().split("\n\n")[0].split())
         REGISTRY.add_write(
             WriteSpec(
                 function=function_name(func),
                 namespace=self._prefix.rstrip(":"),
                 keys=keys,
                 tags=tags,
-                summary=doc[0] if doc else "",
+                summary=summary,
             )
         )
 

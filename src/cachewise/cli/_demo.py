@@ -303,23 +303,42 @@ class _NaiveCacheAside:
         self._entries.clear()
 
 
+def user_store(
+    db: Database | None, ttl: float = TTL
+) -> tuple[Cache, Callable[[int], User], Callable[[int], None]]:
+    """The demo application's data access with cachewise: a cached read and a
+    declared invalidation, both part of the invalidation map."""
+    cache = Cache(namespace="demo", ttl=ttl, jitter=0.1)
+
+    @cache.cached("user:{user_id}", tags=["user:{user_id}"])
+    def get_user(user_id: int) -> User:
+        """One user row. Concurrent misses on one key share one load."""
+        assert db is not None
+        return db.read_user(user_id)
+
+    @cache.invalidates("user:{user_id}", tags=["user:{user_id}"])
+    def user_changed(user_id: int) -> None:
+        """Called after a user's row was updated and committed. Also revokes a load
+        in flight for the key: the old row it read reaches its own callers (they
+        started before the write) but is never cached."""
+
+    return cache, get_user, user_changed
+
+
+def invalidation_map_app() -> None:
+    """Declare the demo's reads and writes (for ``cachewise invalidation-map``)."""
+    cache, _, _ = user_store(None)
+    cache.close()
+
+
 class _Cachewise:
-    """The same pattern with ``cachewise.Cache``: ``get_or_load``, ``delete`` on write."""
+    """The same pattern with ``cachewise.Cache``: read through, invalidate on write."""
 
     label = "cachewise"
 
     def __init__(self, db: Database, ttl: float) -> None:
         self._db = db
-        self._cache = Cache(ttl=ttl, jitter=0.1)
-
-    def read(self, user_id: int) -> User:
-        # Concurrent misses on one key share one load (single-flight).
-        return self._cache.get_or_load(f"user:{user_id}", partial(self._db.read_user, user_id))
-
-    def invalidate(self, user_id: int) -> None:
-        # Also revokes a load in flight for the key: whatever old row it read is
-        # returned to its callers (they started before the write) but never cached.
-        self._cache.delete(f"user:{user_id}")
+        self._cache, self.read, self.invalidate = user_store(db, ttl)
 
     def counts(self) -> tuple[int, int] | None:
         stats = self._cache.stats()
