@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
 from cachewise._frontends.aio import AsyncCache
@@ -86,7 +86,7 @@ def _names(values: Iterable[str], what: str) -> tuple[str, ...]:
     return checked
 
 
-def _check_cache(cache: object, *, allow_async: bool, context: str) -> None:
+def _check_cache(cache: object, *, allow_async: bool, context: str, hint: str = "") -> None:
     """Raise ``TypeError`` unless ``cache`` is a ``Cache`` (or, where the commit
     happens in async code, an ``AsyncCache``)."""
     if isinstance(cache, Cache):
@@ -94,7 +94,7 @@ def _check_cache(cache: object, *, allow_async: bool, context: str) -> None:
     if isinstance(cache, AsyncCache):
         if allow_async:
             return
-        raise TypeError(f"{context} invalidates a sync Cache, not an AsyncCache")
+        raise TypeError(f"{context} needs a sync Cache, not an AsyncCache{hint}")
     kinds = "a Cache or an AsyncCache" if allow_async else "a Cache"
     raise TypeError(f"{context} needs {kinds}, not {type(cache).__name__}")
 
@@ -145,6 +145,11 @@ class _Batch:
             return (), ()
         return tuple(work.keys), tuple(work.tags)
 
+    def items(self) -> Iterator[tuple[Cache | AsyncCache, tuple[str, ...], tuple[str, ...]]]:
+        """(cache, keys, tags) for each cache in the batch."""
+        for work in self._works.values():
+            yield work.cache, tuple(work.keys), tuple(work.tags)
+
     def __bool__(self) -> bool:
         return any(work.keys or work.tags for work in self._works.values())
 
@@ -193,15 +198,15 @@ class _Batch:
                     _failed("invalidate_tags", cache, len(work.tags), exc)
 
 
-async def _run_to_completion(coro: Coroutine[Any, Any, T]) -> T:
-    """Await ``coro`` to its end even if the awaiting task is cancelled meanwhile,
+async def _run_to_completion(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Await ``make()`` to its end even if the awaiting task is cancelled meanwhile,
     then re-raise the cancellation.
 
     The invalidation follows a commit that already happened: stopping it halfway
     would leave stale values behind. The task is awaited here, never left to run
     on its own.
     """
-    task = asyncio.ensure_future(coro)
+    task = asyncio.ensure_future(make())
     cancelled = False
     while not task.done():
         try:

@@ -1,0 +1,191 @@
+"""After-commit invalidation around a plain DB-API connection (sqlite3, psycopg, ...).
+
+::
+
+    from cachewise.integrations.dbapi import transaction
+
+    with transaction(conn, cache, keys=["user:7"]) as after_commit:
+        conn.execute("UPDATE users SET name = ? WHERE id = ?", ("Ann", 7))
+        after_commit.invalidate(tags=["users"])
+    # committed, then "user:7" and the "users" tag were invalidated
+
+    async with async_transaction(aconn, async_cache, keys=["user:7"]):
+        await aconn.execute("UPDATE users SET name = %s WHERE id = %s", ("Ann", 7))
+
+The block is the rest of the connection's current transaction: at its end the
+connection is committed, then the cache invalidated. If the block raises, the
+connection is rolled back, nothing is invalidated, and the exception propagates.
+If the commit raises, the connection is rolled back (best effort) and nothing is
+invalidated. The connection must not be in autocommit mode (each statement would
+commit on its own, and a rollback could not undo it): ``ValueError``. Blocks do not
+nest on one connection (``RuntimeError``): the inner one would commit the outer
+one's half-done work.
+
+A cache failing during the invalidation does not raise out of the block: it is
+logged at ERROR on the ``cachewise`` logger and counted in
+``cachewise.integrations.invalidation_errors()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator
+from typing import Any, Protocol
+
+from cachewise._frontends.aio import AsyncCache
+from cachewise._frontends.sync import Cache
+from cachewise.integrations import _Batch, _check_cache, _names, _run_to_completion
+
+__all__ = ["AfterCommit", "async_transaction", "transaction"]
+
+
+class Connection(Protocol):
+    """What ``transaction()`` needs of a DB-API connection."""
+
+    def commit(self) -> Any: ...
+    def rollback(self) -> Any: ...
+
+
+class AsyncConnection(Protocol):
+    """What ``async_transaction()`` needs: psycopg's ``AsyncConnection``,
+    aiosqlite's ``Connection``..."""
+
+    def commit(self) -> Awaitable[Any]: ...
+    def rollback(self) -> Awaitable[Any]: ...
+
+
+class AfterCommit:
+    """What a ``transaction()`` block invalidates once it commits.
+
+    ``invalidate(keys=(), tags=())`` adds to it, from anywhere inside the block.
+    Registrations are de-duplicated and invalidated in one batch.
+    """
+
+    __slots__ = ("_batch", "_cache", "_open")
+
+    def __init__(self, cache: Cache | AsyncCache) -> None:
+        self._cache = cache
+        self._batch = _Batch()
+        self._open = True
+
+    def invalidate(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> None:
+        """Invalidate ``keys`` and ``tags`` after the block's commit (not now)."""
+        if not self._open:
+            raise RuntimeError("this transaction block has ended; nothing more can be added")
+        self._batch.add(self._cache, _names(keys, "keys"), _names(tags, "tags"))
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The keys registered so far."""
+        return self._batch.pending(self._cache)[0]
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The tags registered so far."""
+        return self._batch.pending(self._cache)[1]
+
+    def __repr__(self) -> str:
+        return f"AfterCommit(keys={self.keys!r}, tags={self.tags!r})"
+
+
+# Connections inside a block right now, by identity (a block keeps its connection
+# alive, so an id is not reused while it is here).
+_active: set[int] = set()
+
+
+def _enter(connection: object) -> None:
+    if _autocommit(connection):
+        raise ValueError(
+            "the connection is in autocommit mode: every statement commits on its own "
+            "and an error could not roll the block back; turn autocommit off"
+        )
+    if id(connection) in _active:
+        raise RuntimeError(
+            "a cachewise transaction block is already open on this connection; "
+            "register more keys on that block instead of nesting a second one"
+        )
+    _active.add(id(connection))
+
+
+def _autocommit(connection: object) -> bool:
+    """Whether ``connection`` commits each statement by itself, as far as can be told."""
+    autocommit = getattr(connection, "autocommit", None)
+    if isinstance(autocommit, bool):  # psycopg, psycopg2, sqlite3 (3.12+ mode)
+        return autocommit
+    # sqlite3 / aiosqlite legacy transaction control: isolation_level None is
+    # autocommit. Only read it where autocommit told us nothing (psycopg also has
+    # an isolation_level, with None meaning the server default).
+    return getattr(connection, "isolation_level", "") is None
+
+
+@contextlib.contextmanager
+def transaction(
+    connection: Connection,
+    cache: Cache,
+    keys: Iterable[str] = (),
+    tags: Iterable[str] = (),
+) -> Iterator[AfterCommit]:
+    """Run the block as one transaction on ``connection``; after it commits,
+    invalidate ``keys``, ``tags`` and whatever the yielded ``AfterCommit`` got.
+
+    On an exception the connection is rolled back, nothing is invalidated, and the
+    exception propagates. See the module documentation for the rules.
+    """
+    _check_cache(cache, allow_async=False, context="transaction()")
+    after = AfterCommit(cache)
+    after.invalidate(keys, tags)
+    _enter(connection)
+    try:
+        try:
+            yield after
+        except BaseException:
+            connection.rollback()
+            raise
+        try:
+            connection.commit()
+        except BaseException:
+            # A commit that raised is treated as a rollback: nothing to invalidate.
+            with contextlib.suppress(Exception):
+                connection.rollback()
+            raise
+    finally:
+        after._open = False
+        _active.discard(id(connection))
+    after._batch.run()
+
+
+@contextlib.asynccontextmanager
+async def async_transaction(
+    connection: AsyncConnection,
+    cache: AsyncCache | Cache,
+    keys: Iterable[str] = (),
+    tags: Iterable[str] = (),
+) -> AsyncIterator[AfterCommit]:
+    """``transaction()`` for an async connection whose ``commit()`` and
+    ``rollback()`` are coroutines (psycopg's ``AsyncConnection``, aiosqlite).
+
+    ``cache`` is an ``AsyncCache`` (or a ``Cache``, called directly). The block
+    exits only once the invalidation is done; a cancellation arriving during the
+    invalidation waits for it to finish, then propagates.
+    """
+    _check_cache(cache, allow_async=True, context="async_transaction()")
+    after = AfterCommit(cache)
+    after.invalidate(keys, tags)
+    _enter(connection)
+    try:
+        try:
+            yield after
+        except BaseException:
+            await connection.rollback()
+            raise
+        try:
+            await connection.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.rollback()
+            raise
+    finally:
+        after._open = False
+        _active.discard(id(connection))
+    if after._batch:
+        await _run_to_completion(after._batch.arun)

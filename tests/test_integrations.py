@@ -1,0 +1,1008 @@
+"""After-commit invalidation: SQLAlchemy (sync and async), Django, plain DB-API.
+
+Every database test runs on SQLite and on PostgreSQL (a database the suite creates
+and drops, see ``tests/support/postgres.py``). The caches are spies: at the moment
+they are told to invalidate, they read the row through an independent connection,
+which sees committed data only. Finding the new value there proves that the
+invalidation ran after the commit, never before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import sqlite3
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, String, create_engine, event, text
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from cachewise import MISSING, AsyncCache, Cache
+from cachewise.integrations import invalidation_errors
+from cachewise.integrations.dbapi import async_transaction, transaction
+from cachewise.integrations.sqlalchemy import invalidate_after_commit
+from tests.support.postgres import sqlalchemy_url, temporary_database
+
+# -- databases ---------------------------------------------------------------------
+
+SCHEMA = [
+    "DROP TABLE IF EXISTS members",
+    "DROP TABLE IF EXISTS teams",
+    "DROP TABLE IF EXISTS users",
+    "CREATE TABLE users (id INTEGER PRIMARY KEY, name VARCHAR(50) NOT NULL)",
+    "CREATE TABLE teams (id INTEGER PRIMARY KEY)",
+    # Checked at COMMIT: lets a test make a real commit fail.
+    "CREATE TABLE members (id INTEGER PRIMARY KEY, "
+    "team_id INTEGER NOT NULL REFERENCES teams (id) DEFERRABLE INITIALLY DEFERRED)",
+    "INSERT INTO users (id, name) VALUES (1, 'ann'), (2, 'bob')",
+]
+
+
+class Database:
+    """One test database: URLs for SQLAlchemy, DB-API connections, and a reader
+    of committed data."""
+
+    def __init__(self, kind: str, *, path: Path | None = None, conninfo: str = "") -> None:
+        self.kind = kind
+        self.path = path
+        self.conninfo = conninfo
+        self.ph = "?" if kind == "sqlite" else "%s"  # DB-API parameter style
+
+    def connect(self) -> Any:
+        """A DB-API connection, not in autocommit mode."""
+        if self.kind == "sqlite":
+            conn = sqlite3.connect(self.path or ":memory:")
+            conn.execute("PRAGMA foreign_keys = ON")
+            return conn
+        import psycopg
+
+        return psycopg.connect(self.conninfo)
+
+    async def aconnect(self) -> Any:
+        """An async DB-API connection, not in autocommit mode."""
+        if self.kind == "sqlite":
+            import aiosqlite
+
+            conn = await aiosqlite.connect(self.path or ":memory:")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            return conn
+        import psycopg
+
+        return await psycopg.AsyncConnection.connect(self.conninfo)
+
+    def committed_name(self, user_id: int = 1) -> str | None:
+        """The name of ``user_id`` as a brand-new connection sees it: committed data."""
+        conn = self.connect()
+        try:
+            row = conn.execute(
+                f"SELECT name FROM users WHERE id = {self.ph}", (user_id,)
+            ).fetchone()
+            conn.rollback()
+        finally:
+            conn.close()
+        return None if row is None else str(row[0])
+
+    def reset(self) -> None:
+        conn = self.connect()
+        try:
+            for statement in SCHEMA:
+                conn.execute(statement)
+            conn.commit()
+        finally:
+            conn.close()
+
+    def engine(self) -> Engine:
+        if self.kind == "sqlite":
+            engine = create_engine(f"sqlite:///{self.path}")
+            _sqlite_transactions(engine)
+            return engine
+        return create_engine(sqlalchemy_url(self.conninfo))
+
+    def async_engine(self) -> AsyncEngine:
+        if self.kind == "sqlite":
+            engine = create_async_engine(f"sqlite+aiosqlite:///{self.path}")
+            _sqlite_transactions(engine.sync_engine)
+            return engine
+        return create_async_engine(sqlalchemy_url(self.conninfo))
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    """SQLAlchemy's recipe for real SAVEPOINTs on pysqlite/aiosqlite: let SQLAlchemy
+    emit BEGIN itself instead of the driver's implicit one; and enforce FKs."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute("PRAGMA foreign_keys = ON")
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+@pytest.fixture(scope="session")
+def pg_conninfo() -> Iterator[str]:
+    """A PostgreSQL database of our own for the whole session, dropped at the end."""
+    with temporary_database() as conninfo:
+        yield conninfo
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    if request.param == "sqlite":
+        database = Database("sqlite", path=tmp_path / "app.db")
+    else:
+        database = Database("postgres", conninfo=request.getfixturevalue("pg_conninfo"))
+    database.reset()
+    return database
+
+
+@pytest.fixture
+def engine(db: Database) -> Iterator[Engine]:
+    engine = db.engine()
+    yield engine
+    engine.dispose()
+
+
+# -- spy caches --------------------------------------------------------------------
+
+
+class SpyCache(Cache):
+    """A ``Cache`` that records each invalidation and what the database had committed
+    for user 1 at that moment, then does the real invalidation."""
+
+    def __init__(self, probe: Callable[[], str | None] = lambda: None) -> None:
+        super().__init__(jitter=0.0)
+        self.probe = probe
+        self.calls: list[tuple[str, tuple[str, ...], str | None]] = []
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        keys = tuple(keys)
+        self.calls.append(("delete_many", keys, self.probe()))
+        return super().delete_many(keys)
+
+    def invalidate_tags(self, *tags: str) -> None:
+        self.calls.append(("invalidate_tags", tags, self.probe()))
+        super().invalidate_tags(*tags)
+
+
+class AsyncSpyCache(AsyncCache):
+    """``SpyCache`` for asyncio; ``gate`` (if set) holds ``delete_many`` open."""
+
+    def __init__(self, probe: Callable[[], str | None] = lambda: None) -> None:
+        super().__init__(jitter=0.0)
+        self.probe = probe
+        self.calls: list[tuple[str, tuple[str, ...], str | None]] = []
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        keys = tuple(keys)
+        self.calls.append(("delete_many", keys, self.probe()))
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        return await super().delete_many(keys)
+
+    async def invalidate_tags(self, *tags: str) -> None:
+        self.calls.append(("invalidate_tags", tags, self.probe()))
+        await super().invalidate_tags(*tags)
+
+
+class BrokenCache(Cache):
+    """A ``Cache`` whose ``delete_many`` raises instead of degrading."""
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        raise ConnectionError("cache cluster on fire")
+
+
+class AsyncBrokenCache(AsyncCache):
+    async def delete_many(self, keys: Iterable[str]) -> int:
+        raise ConnectionError("cache cluster on fire")
+
+
+@pytest.fixture
+def cache(db: Database) -> Iterator[SpyCache]:
+    spy = SpyCache(db.committed_name)
+    spy.set("user:1", "ann")
+    spy.set("user:2", "bob")
+    yield spy
+    spy.close()
+
+
+@asynccontextmanager
+async def async_cache(db: Database) -> AsyncIterator[AsyncSpyCache]:
+    spy = AsyncSpyCache(db.committed_name)
+    await spy.set("user:1", "ann")
+    await spy.set("user:2", "bob")
+    try:
+        yield spy
+    finally:
+        await spy.aclose()
+
+
+def rename(session: Session, user_id: int, name: str) -> None:
+    session.execute(text("UPDATE users SET name = :n WHERE id = :i"), {"n": name, "i": user_id})
+
+
+async def arename(session: AsyncSession, user_id: int, name: str) -> None:
+    await session.execute(
+        text("UPDATE users SET name = :n WHERE id = :i"), {"n": name, "i": user_id}
+    )
+
+
+def read_in_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()`` run by another thread: a concurrent reader."""
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(fn()))
+    thread.start()
+    thread.join(10)
+    assert result, "the reader thread did not finish"
+    return result[0]
+
+
+# -- SQLAlchemy, sync --------------------------------------------------------------
+
+
+def test_sqlalchemy_invalidates_after_the_commit_and_not_before(
+    db: Database, engine: Engine, cache: SpyCache
+) -> None:
+    loads: list[str | None] = []
+
+    def load() -> str | None:
+        loads.append(db.committed_name(1))
+        return loads[-1]
+
+    with Session(engine) as session:
+        rename(session, 1, "zed")
+        invalidate_after_commit(session, cache, keys=["user:1"])
+        # Inside the transaction: nothing invalidated, readers still hit the cache.
+        assert cache.calls == []
+        assert cache.get("user:1") == "ann"
+        assert read_in_thread(lambda: cache.get_or_load("user:1", load)) == "ann"
+        assert loads == []
+        assert db.committed_name(1) == "ann"
+        session.commit()
+        # By the time commit() returned, the cache was invalidated, after the
+        # database had committed (the spy read "zed" through another connection).
+        assert cache.calls == [("delete_many", ("user:1",), "zed")]
+        assert cache.get("user:1") is MISSING
+    assert cache.get_or_load("user:1", load) == "zed"
+    assert cache.get("user:2") == "bob"
+
+
+@pytest.mark.parametrize("how", ["rollback", "exception", "close", "savepoint-then-rollback"])
+def test_sqlalchemy_rollback_invalidates_nothing(
+    db: Database, engine: Engine, cache: SpyCache, how: str
+) -> None:
+    with Session(engine) as session:
+        if how == "rollback":
+            rename(session, 1, "zed")
+            invalidate_after_commit(session, cache, keys=["user:1"], tags=["users"])
+            session.rollback()
+        elif how == "exception":
+
+            def fail() -> None:
+                with session.begin():
+                    rename(session, 1, "zed")
+                    invalidate_after_commit(session, cache, keys=["user:1"], tags=["users"])
+                    raise RuntimeError("boom")
+
+            with pytest.raises(RuntimeError):
+                fail()
+        elif how == "close":
+            rename(session, 1, "zed")
+            invalidate_after_commit(session, cache, keys=["user:1"], tags=["users"])
+            session.close()
+        else:
+            session.begin()
+            with session.begin_nested():  # released: joins the root transaction
+                rename(session, 1, "zed")
+                invalidate_after_commit(session, cache, keys=["user:1"], tags=["users"])
+            session.rollback()
+        # The session is reusable and a later commit does not resurrect the keys.
+        rename(session, 2, "bea")
+        session.commit()
+    assert cache.calls == []
+    assert db.committed_name(1) == "ann"
+    assert db.committed_name(2) == "bea"
+    assert cache.get("user:1") == "ann"
+    assert cache.get("user:2") == "bob"
+
+
+@pytest.mark.parametrize("savepoint", [False, True])
+def test_sqlalchemy_dropped_registrations_are_not_retained(
+    db: Database, engine: Engine, savepoint: bool
+) -> None:
+    cache = Cache()
+    ref = weakref.ref(cache)
+    with Session(engine) as session:
+        session.begin()
+        nested = session.begin_nested() if savepoint else None
+        invalidate_after_commit(session, cache, keys=["user:1"])
+        if nested is not None:
+            nested.rollback()
+        else:
+            session.rollback()
+        cache.close()
+        del cache
+        gc.collect()
+        # The session no longer holds the rolled-back batch (nor its cache).
+        assert ref() is None
+        session.commit()
+
+
+def test_sqlalchemy_batches_deduplicates_and_invalidates_once(
+    db: Database, engine: Engine, cache: SpyCache
+) -> None:
+    cache.set("user:2", "bob", tags=["users"])  # needs Cache tags
+    with Session(engine) as session:
+        rename(session, 1, "zed")
+        invalidate_after_commit(session, cache, keys=["user:1", "user:9"])
+        invalidate_after_commit(session, cache, keys=["user:9", "user:1", "user:3"])
+        invalidate_after_commit(session, cache, tags=["users"])
+        invalidate_after_commit(session, cache, keys=("user:3",), tags=["users", "teams"])
+        session.commit()
+        expected = [
+            ("delete_many", ("user:1", "user:9", "user:3"), "zed"),
+            ("invalidate_tags", ("users", "teams"), "zed"),
+        ]
+        assert cache.calls == expected
+        # Tag invalidation reached the entry registered only by tag.
+        assert cache.get("user:2") is MISSING
+        cache.set("user:1", "zed")
+        rename(session, 2, "bea")
+        session.commit()  # a second transaction with nothing registered
+    assert cache.calls == expected
+    assert cache.get("user:1") == "zed"
+
+
+def test_sqlalchemy_several_caches_in_one_transaction(db: Database, engine: Engine) -> None:
+    first, second = SpyCache(db.committed_name), SpyCache(db.committed_name)
+    try:
+        first.set("user:1", "ann")
+        second.set("profile:1", "ann's profile")
+        with Session(engine) as session, session.begin():
+            rename(session, 1, "zed")
+            invalidate_after_commit(session, first, keys=["user:1"])
+            invalidate_after_commit(session, second, keys=["profile:1"])
+        assert first.calls == [("delete_many", ("user:1",), "zed")]
+        assert second.calls == [("delete_many", ("profile:1",), "zed")]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_sqlalchemy_savepoints(db: Database, engine: Engine, cache: SpyCache) -> None:
+    cache.set("user:3", "cid")
+    with Session(engine) as session, session.begin():
+        rename(session, 1, "zed")
+        invalidate_after_commit(session, cache, keys=["user:1"])
+        rolled_back = session.begin_nested()
+        rename(session, 2, "bea")
+        invalidate_after_commit(session, cache, keys=["user:2"], tags=["users"])
+        rolled_back.rollback()
+        with session.begin_nested():
+            with session.begin_nested():  # two levels deep, both released
+                invalidate_after_commit(session, cache, keys=["user:3"])
+            invalidate_after_commit(session, cache, keys=["user:1"])
+        # Releasing savepoints commits nothing: nothing invalidated yet.
+        assert cache.calls == []
+        assert cache.get("user:3") == "cid"
+    assert cache.calls == [("delete_many", ("user:1", "user:3"), "zed")]
+    assert db.committed_name(2) == "bob"
+    assert cache.get("user:2") == "bob"  # registered in the rolled-back savepoint
+    assert cache.get("user:1") is MISSING
+    assert cache.get("user:3") is MISSING
+
+
+def test_sqlalchemy_registering_first_begins_the_transaction(
+    db: Database, engine: Engine, cache: SpyCache
+) -> None:
+    with Session(engine) as session:
+        invalidate_after_commit(session, cache)  # nothing to register: no transaction
+        assert not session.in_transaction()
+        invalidate_after_commit(session, cache, keys=["user:1"])
+        assert session.in_transaction()
+        rename(session, 1, "zed")
+        session.commit()
+    assert cache.calls == [("delete_many", ("user:1",), "zed")]
+    with Session(engine, autobegin=False) as session:
+        with pytest.raises(InvalidRequestError, match=r"session\.begin"):
+            invalidate_after_commit(session, cache, keys=["user:2"])
+        with session.begin():
+            invalidate_after_commit(session, cache, keys=["user:2"])
+    assert cache.calls[1:] == [("delete_many", ("user:2",), "zed")]
+
+
+def test_sqlalchemy_failed_commit_invalidates_nothing(
+    db: Database, engine: Engine, cache: SpyCache
+) -> None:
+    with Session(engine) as session:
+        rename(session, 1, "zed")
+        session.execute(text("INSERT INTO members (id, team_id) VALUES (1, 404)"))
+        invalidate_after_commit(session, cache, keys=["user:1"])
+        with pytest.raises(IntegrityError):
+            session.commit()  # the deferred foreign key fails at COMMIT
+        session.rollback()
+        assert cache.calls == []
+        rename(session, 2, "bea")
+        session.commit()
+    assert cache.calls == []
+    assert db.committed_name(1) == "ann"
+    assert cache.get("user:1") == "ann"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+
+def test_sqlalchemy_orm_changes_flushed_by_commit(
+    db: Database, engine: Engine, cache: SpyCache
+) -> None:
+    with Session(engine) as session:
+        user = session.get(User, 1)
+        assert user is not None
+        user.name = "zed"  # flushed by commit(), inside the transaction
+        invalidate_after_commit(session, cache, keys=[f"user:{user.id}"])
+        session.commit()
+    assert cache.calls == [("delete_many", ("user:1",), "zed")]
+
+
+def test_sqlalchemy_cache_failure_is_logged_and_counted_not_raised(
+    db: Database, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    errors = invalidation_errors()
+    with BrokenCache() as broken, caplog.at_level(logging.ERROR, logger="cachewise"):
+        broken.set("user:1", "ann", tags=["users"])  # needs Cache tags
+        with Session(engine) as session:
+            rename(session, 1, "zed")
+            invalidate_after_commit(session, broken, keys=["user:1"], tags=["users"])
+            session.commit()  # committed: must not raise
+        # The tag invalidation still ran after the failed delete_many.
+        assert broken.get("user:1") is MISSING
+    assert db.committed_name(1) == "zed"
+    assert invalidation_errors() == errors + 1
+    [record] = [r for r in caplog.records if r.name == "cachewise"]
+    assert record.levelno == logging.ERROR
+    assert "delete_many" in record.getMessage()
+    assert "stale" in record.getMessage()
+    assert "cache cluster on fire" in record.getMessage()
+
+
+def test_sqlalchemy_bad_arguments_fail_at_registration(db: Database, engine: Engine) -> None:
+    with Session(engine) as session, Cache() as cache:
+        with pytest.raises(TypeError, match="not a str"):
+            invalidate_after_commit(session, cache, keys="user:1")
+        with pytest.raises(TypeError, match="not a str"):
+            invalidate_after_commit(session, cache, tags="users")
+        with pytest.raises(TypeError, match="int"):
+            invalidate_after_commit(session, cache, keys=[1])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="non-empty"):
+            invalidate_after_commit(session, cache, tags=[""])
+        with pytest.raises(TypeError, match="Session"):
+            invalidate_after_commit(object(), cache, keys=["k"])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="AsyncCache"):
+            invalidate_after_commit(session, AsyncCache(), keys=["k"])
+        with pytest.raises(TypeError, match="dict"):
+            invalidate_after_commit(session, {}, keys=["k"])  # type: ignore[arg-type]
+        assert not session.in_transaction()
+
+
+# -- SQLAlchemy, asyncio -----------------------------------------------------------
+
+
+def test_async_sqlalchemy_invalidated_when_commit_returns(db: Database) -> None:
+    async def main() -> None:
+        engine = db.async_engine()
+        try:
+            async with async_cache(db) as cache, AsyncSession(engine) as session:
+                await cache.set("user:2", "bob", tags=["users"])  # needs AsyncCache tags
+                await arename(session, 1, "zed")
+                invalidate_after_commit(session, cache, keys=["user:1"])
+                invalidate_after_commit(session, cache, keys=["user:1"], tags=["users"])
+                # A concurrent reader during the transaction still gets the cached value.
+                assert await asyncio.create_task(cache.get("user:1")) == "ann"
+                assert cache.calls == []
+                await session.commit()
+                # No await in between: commit() returned after the invalidation.
+                assert cache.calls == [
+                    ("delete_many", ("user:1",), "zed"),
+                    ("invalidate_tags", ("users",), "zed"),
+                ]
+                assert await cache.get("user:1") is MISSING
+                assert await cache.get("user:2") is MISSING  # by tag
+                await cache.set("user:1", "zed")
+                await arename(session, 2, "bea")
+                await session.commit()  # nothing registered: nothing invalidated again
+                assert len(cache.calls) == 2
+                assert await cache.get("user:1") == "zed"
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["rollback", "exception", "close", "savepoint"])
+def test_async_sqlalchemy_rollback_invalidates_nothing(db: Database, how: str) -> None:
+    async def main() -> None:
+        engine = db.async_engine()
+        try:
+            async with async_cache(db) as cache:
+                async with AsyncSession(engine) as session:
+                    if how == "rollback":
+                        await arename(session, 1, "zed")
+                        invalidate_after_commit(session, cache, keys=["user:1"])
+                        await session.rollback()
+                    elif how == "exception":
+
+                        async def fail() -> None:
+                            async with session.begin():
+                                await arename(session, 1, "zed")
+                                invalidate_after_commit(session, cache, keys=["user:1"])
+                                raise RuntimeError("boom")
+
+                        with pytest.raises(RuntimeError):
+                            await fail()
+                    elif how == "close":
+                        await arename(session, 1, "zed")
+                        invalidate_after_commit(session, cache, keys=["user:1"])
+                        await session.close()
+                    else:
+                        await arename(session, 2, "bea")
+                        invalidate_after_commit(session, cache, keys=["user:2"])
+                        savepoint = await session.begin_nested()
+                        await arename(session, 1, "zed")
+                        invalidate_after_commit(session, cache, keys=["user:1"])
+                        await savepoint.rollback()
+                        await session.commit()
+                assert await cache.get("user:1") == "ann"
+                assert [call[:2] for call in cache.calls] == (
+                    [("delete_many", ("user:2",))] if how == "savepoint" else []
+                )
+        finally:
+            await engine.dispose()
+        assert db.committed_name(1) == "ann"
+
+    asyncio.run(main())
+
+
+def test_async_sqlalchemy_with_sync_cache_and_run_sync(db: Database) -> None:
+    async def main() -> None:
+        engine = db.async_engine()
+        try:
+            async with async_cache(db) as acache, AsyncSession(engine) as session:
+                cache = SpyCache(db.committed_name)
+                try:
+                    cache.set("user:1", "ann")
+                    await arename(session, 1, "zed")
+                    invalidate_after_commit(session, cache, keys=["user:1"])
+                    # The AsyncSession's own sync Session accepts an AsyncCache too.
+                    await session.run_sync(
+                        lambda sync: invalidate_after_commit(sync, acache, keys=["user:1"])
+                    )
+                    await session.commit()
+                    assert cache.calls == [("delete_many", ("user:1",), "zed")]
+                    assert acache.calls == [("delete_many", ("user:1",), "zed")]
+                    assert cache.get("user:1") is MISSING
+                    assert await acache.get("user:1") is MISSING
+                finally:
+                    cache.close()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
+def test_async_sqlalchemy_cancelled_during_invalidation_still_finishes_it(
+    db: Database,
+) -> None:
+    async def main() -> None:
+        engine = db.async_engine()
+        try:
+            async with async_cache(db) as cache, AsyncSession(engine) as session:
+                cache.gate = asyncio.Event()
+                await arename(session, 1, "zed")
+                invalidate_after_commit(session, cache, keys=["user:1"])
+                committing = asyncio.create_task(session.commit())
+                await cache.entered.wait()
+                committing.cancel()
+                await asyncio.sleep(0)
+                assert not committing.done()  # waits for the invalidation
+                cache.gate.set()
+                with pytest.raises(asyncio.CancelledError):
+                    await committing
+                assert await cache.get("user:1") is MISSING
+                assert cache.calls == [("delete_many", ("user:1",), "zed")]
+                # As after any cancelled commit, the session is closed, then reusable.
+                await session.close()
+                await arename(session, 2, "bea")
+                await session.commit()
+                assert len(cache.calls) == 1
+        finally:
+            await engine.dispose()
+        assert db.committed_name(1) == "zed"
+
+    asyncio.run(main())
+
+
+def test_async_sqlalchemy_cache_failure_is_logged_not_raised(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main() -> None:
+        engine = db.async_engine()
+        try:
+            async with AsyncBrokenCache() as broken, AsyncSession(engine) as session:
+                await arename(session, 1, "zed")
+                invalidate_after_commit(session, broken, keys=["user:1"])
+                await session.commit()
+        finally:
+            await engine.dispose()
+
+    errors = invalidation_errors()
+    with caplog.at_level(logging.ERROR, logger="cachewise"):
+        asyncio.run(main())
+    assert invalidation_errors() == errors + 1
+    assert any("stale" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert db.committed_name(1) == "zed"
+
+
+def test_async_cache_committed_outside_the_event_loop_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def main() -> None:
+        engine = create_async_engine("sqlite+aiosqlite://")
+        session = AsyncSession(engine)
+        async with AsyncCache() as cache:
+            await cache.set("k", 1)
+            invalidate_after_commit(session, cache, keys=["k"])
+            # Committing the underlying sync Session by hand bypasses the greenlet
+            # the AsyncCache needs: no exception, no coroutine left unawaited.
+            errors = invalidation_errors()
+            with caplog.at_level(logging.ERROR, logger="cachewise"):
+                session.sync_session.commit()
+            assert invalidation_errors() == errors + 1
+            assert "MissingGreenlet" in caplog.text
+            assert await cache.get("k") == 1
+        await session.close()
+        await engine.dispose()
+
+    asyncio.run(main())
+
+
+# -- Django ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def django_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Django on a SQLite file, configured once per process."""
+    pytest.importorskip("django")
+    import django  # type: ignore[import-untyped]
+    from django.conf import settings  # type: ignore[import-untyped]
+    from django.db import connections  # type: ignore[import-untyped]
+
+    if not settings.configured:
+        settings.configure(
+            DATABASES={
+                "default": {
+                    "ENGINE": "django.db.backends.sqlite3",
+                    "NAME": str(tmp_path_factory.mktemp("django") / "app.db"),
+                }
+            },
+            INSTALLED_APPS=[],
+            USE_TZ=True,
+        )
+        django.setup()
+    connection = connections["default"]
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS users")
+        cursor.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+    yield connection
+    connections.close_all()
+
+
+@pytest.fixture
+def django_cache(django_db: Any) -> Iterator[SpyCache]:
+    with django_db.cursor() as cursor:
+        cursor.execute("DELETE FROM users")
+        cursor.execute("INSERT INTO users (id, name) VALUES (1, 'ann'), (2, 'bob')")
+    spy = SpyCache(lambda: _django_committed_name(django_db))
+    spy.set("user:1", "ann")
+    spy.set("user:2", "bob")
+    yield spy
+    spy.close()
+
+
+def _django_committed_name(connection: Any) -> str | None:
+    # A separate sqlite3 connection to the same file: committed data only.
+    conn = sqlite3.connect(connection.settings_dict["NAME"])
+    try:
+        row = conn.execute("SELECT name FROM users WHERE id = 1").fetchone()
+    finally:
+        conn.close()
+    return None if row is None else str(row[0])
+
+
+def _django_rename(connection: Any, user_id: int, name: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE users SET name = %s WHERE id = %s", [name, user_id])
+
+
+def test_django_invalidates_after_the_atomic_block_commits(
+    django_db: Any, django_cache: SpyCache
+) -> None:
+    from django.db import transaction
+
+    from cachewise.integrations.django import invalidate_on_commit
+
+    django_cache.set("user:2", "bob", tags=["users"])  # needs Cache tags
+    with transaction.atomic():
+        _django_rename(django_db, 1, "zed")
+        invalidate_on_commit(django_cache, keys=["user:1"])
+        invalidate_on_commit(django_cache, keys=["user:1", "user:3"], tags=["users"])
+        assert django_cache.calls == []
+        assert read_in_thread(lambda: django_cache.get("user:1")) == "ann"
+        assert _django_committed_name(django_db) == "ann"
+    assert django_cache.calls == [
+        ("delete_many", ("user:1", "user:3"), "zed"),
+        ("invalidate_tags", ("users",), "zed"),
+    ]
+    assert django_cache.get("user:1") is MISSING
+    assert django_cache.get("user:2") is MISSING
+
+
+def test_django_rollback_invalidates_nothing(django_db: Any, django_cache: SpyCache) -> None:
+    from django.db import transaction
+
+    from cachewise.integrations.django import invalidate_on_commit
+
+    def fail() -> None:
+        with transaction.atomic():
+            _django_rename(django_db, 1, "zed")
+            invalidate_on_commit(django_cache, keys=["user:1"], tags=["users"])
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        fail()
+    with transaction.atomic():  # the next transaction does not inherit them
+        _django_rename(django_db, 2, "bea")
+    assert django_cache.calls == []
+    assert _django_committed_name(django_db) == "ann"
+    assert django_cache.get("user:1") == "ann"
+
+
+def test_django_outside_atomic_invalidates_immediately(
+    django_db: Any, django_cache: SpyCache
+) -> None:
+    from cachewise.integrations.django import invalidate_on_commit
+
+    _django_rename(django_db, 1, "zed")  # autocommit: already committed
+    invalidate_on_commit(django_cache, keys=["user:1"], using="default")
+    assert django_cache.calls == [("delete_many", ("user:1",), "zed")]
+    assert django_cache.get("user:1") is MISSING
+
+
+def test_django_savepoints(django_db: Any, django_cache: SpyCache) -> None:
+    from django.db import transaction
+
+    from cachewise.integrations.django import invalidate_on_commit
+
+    def fail_in_savepoint() -> None:
+        with transaction.atomic():
+            _django_rename(django_db, 2, "bea")
+            invalidate_on_commit(django_cache, keys=["user:2"], tags=["users"])
+            raise RuntimeError("savepoint rolled back")
+
+    django_cache.set("user:3", "cid")
+    with transaction.atomic():
+        invalidate_on_commit(django_cache, keys=["user:1"])
+        with pytest.raises(RuntimeError):
+            fail_in_savepoint()
+        with transaction.atomic():
+            invalidate_on_commit(django_cache, keys=["user:3"])
+            invalidate_on_commit(django_cache, keys=["user:3"])
+        with transaction.atomic(savepoint=False):
+            invalidate_on_commit(django_cache, keys=["user:1", "user:4"])
+        _django_rename(django_db, 1, "zed")
+    # One batch per savepoint level: the outer block's (the savepoint=False block
+    # joins it), then the released savepoint's. The rolled-back one is gone.
+    assert django_cache.calls == [
+        ("delete_many", ("user:1", "user:4"), "zed"),
+        ("delete_many", ("user:3",), "zed"),
+    ]
+    assert django_cache.get("user:2") == "bob"
+
+
+def test_django_rejects_async_caches_and_logs_failures(
+    django_db: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from django.db import transaction
+
+    from cachewise.integrations.django import invalidate_on_commit
+
+    with pytest.raises(TypeError, match="AsyncCache"):
+        invalidate_on_commit(AsyncCache(), keys=["k"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not a str"):
+        invalidate_on_commit(Cache(), keys="k")
+    errors = invalidation_errors()
+    with BrokenCache() as broken, caplog.at_level(logging.ERROR, logger="cachewise"):
+        with transaction.atomic():
+            _django_rename(django_db, 1, "zed")
+            invalidate_on_commit(broken, keys=["user:1"])
+    assert invalidation_errors() == errors + 1
+    assert "stale" in caplog.text
+    assert _django_committed_name(django_db) == "zed"
+
+
+# -- plain DB-API ------------------------------------------------------------------
+
+
+def test_dbapi_commits_then_invalidates(db: Database, cache: SpyCache) -> None:
+    cache.set("user:2", "bob", tags=["users"])  # needs Cache tags
+    conn = db.connect()
+    try:
+        with transaction(conn, cache, keys=["user:1"]) as after_commit:
+            conn.execute(f"UPDATE users SET name = 'zed' WHERE id = {db.ph}", (1,))
+            after_commit.invalidate(keys=["user:1", "user:9"], tags=["users"])
+            after_commit.invalidate(tags=["users"])
+            assert after_commit.keys == ("user:1", "user:9")
+            assert after_commit.tags == ("users",)
+            assert cache.calls == []
+            assert read_in_thread(lambda: cache.get("user:1")) == "ann"
+            assert db.committed_name(1) == "ann"
+        assert cache.calls == [
+            ("delete_many", ("user:1", "user:9"), "zed"),
+            ("invalidate_tags", ("users",), "zed"),
+        ]
+        assert cache.get("user:1") is MISSING
+        assert cache.get("user:2") is MISSING
+        with pytest.raises(RuntimeError, match="ended"):
+            after_commit.invalidate(keys=["late"])
+    finally:
+        conn.close()
+
+
+def test_dbapi_exception_rolls_back_and_invalidates_nothing(db: Database, cache: SpyCache) -> None:
+    conn = db.connect()
+
+    def fail() -> None:
+        with transaction(conn, cache, keys=["user:1"]):
+            conn.execute(f"UPDATE users SET name = 'zed' WHERE id = {db.ph}", (1,))
+            raise KeyError("boom")
+
+    def fail_at_commit() -> None:
+        with transaction(conn, cache, keys=["user:1"]):
+            conn.execute(f"UPDATE users SET name = 'zed' WHERE id = {db.ph}", (1,))
+            conn.execute("INSERT INTO members (id, team_id) VALUES (1, 404)")
+
+    try:
+        with pytest.raises(KeyError):
+            fail()
+        assert db.committed_name(1) == "ann"
+        # The connection was rolled back, not left in a half-done transaction.
+        assert conn.execute("SELECT name FROM users WHERE id = 1").fetchone()[0] == "ann"
+        conn.rollback()
+        # A failing COMMIT (deferred foreign key) is a rollback too.
+        with pytest.raises(Exception, match=r"(?i)foreign key"):
+            fail_at_commit()
+        assert db.committed_name(1) == "ann"
+        assert cache.calls == []
+        assert cache.get("user:1") == "ann"
+        with transaction(conn, cache):  # the connection is usable again
+            conn.execute(f"UPDATE users SET name = 'bea' WHERE id = {db.ph}", (2,))
+        assert db.committed_name(2) == "bea"
+    finally:
+        conn.close()
+
+
+def test_dbapi_refuses_autocommit_and_nesting(db: Database, cache: SpyCache) -> None:
+    conn = db.connect()
+    try:
+        if db.kind == "sqlite":
+            conn.isolation_level = None
+        else:
+            conn.autocommit = True
+        with pytest.raises(ValueError, match="autocommit"), transaction(conn, cache):
+            pass
+        if db.kind == "sqlite":
+            conn.isolation_level = ""
+        else:
+            conn.autocommit = False
+
+        def nest() -> None:
+            with transaction(conn, cache, keys=["user:1"]):
+                conn.execute(f"UPDATE users SET name = 'zed' WHERE id = {db.ph}", (1,))
+                with transaction(conn, cache, keys=["user:2"]):
+                    pass
+
+        with pytest.raises(RuntimeError, match="already open"):
+            nest()
+        assert db.committed_name(1) == "ann"
+        assert cache.calls == []
+        with pytest.raises(TypeError, match="AsyncCache"):
+            with transaction(conn, AsyncCache()):  # type: ignore[arg-type]
+                pass
+    finally:
+        conn.close()
+
+
+def test_async_dbapi_commits_then_invalidates(db: Database) -> None:
+    async def main() -> None:
+        async with async_cache(db) as cache:
+            await cache.set("user:2", "bob", tags=["users"])  # needs AsyncCache tags
+            conn = await db.aconnect()
+            try:
+                async with async_transaction(conn, cache, keys=["user:1"]) as after_commit:
+                    await conn.execute(f"UPDATE users SET name = 'zed' WHERE id = {db.ph}", (1,))
+                    after_commit.invalidate(tags=["users"])
+                    assert cache.calls == []
+                    assert await cache.get("user:1") == "ann"
+                assert cache.calls == [
+                    ("delete_many", ("user:1",), "zed"),
+                    ("invalidate_tags", ("users",), "zed"),
+                ]
+                assert await cache.get("user:1") is MISSING
+                assert await cache.get("user:2") is MISSING
+
+                async def fail() -> None:
+                    async with async_transaction(conn, cache, keys=["user:1"]):
+                        await conn.execute(
+                            f"UPDATE users SET name = 'xavier' WHERE id = {db.ph}", (1,)
+                        )
+                        raise KeyError("boom")
+
+                await cache.set("user:1", "zed")
+                with pytest.raises(KeyError):
+                    await fail()
+                assert db.committed_name(1) == "zed"
+                assert len(cache.calls) == 2
+                assert await cache.get("user:1") == "zed"
+            finally:
+                await conn.close()
+
+    asyncio.run(main())
+
+
+# -- packaging ---------------------------------------------------------------------
+
+
+def test_the_package_imports_no_framework() -> None:
+    code = (
+        "import sys, cachewise.integrations, cachewise.integrations.dbapi\n"
+        "assert 'sqlalchemy' not in sys.modules, 'sqlalchemy imported'\n"
+        "assert 'django' not in sys.modules, 'django imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_missing_framework_names_the_extra() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['sqlalchemy'] = None\n"
+        "sys.modules['django'] = None\n"
+        "for name, extra in [('sqlalchemy', 'sqlalchemy'), ('django', 'django')]:\n"
+        "    try:\n"
+        "        __import__('cachewise.integrations.' + name)\n"
+        "    except ImportError as exc:\n"
+        '        assert f"cachewise[{extra}]" in str(exc), exc\n'
+        "    else:\n"
+        "        raise AssertionError(name + ' imported')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
