@@ -39,6 +39,7 @@ BENCHMARKS: list[str] = [
     "bench_herd",
     "bench_redis_hits",
     "bench_redis_herd",
+    "bench_tags",
 ]
 
 # Reported with the results so figures can be compared across runs.

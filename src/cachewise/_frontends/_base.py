@@ -22,6 +22,9 @@ logger = logging.getLogger("cachewise")
 
 Clock = Callable[[], float]
 
+# How many distinct tag tuples _full_tags remembers.
+_TAG_MEMO = 4096
+
 # At most one warning per this many seconds per cache for degraded backend calls;
 # every failure is still counted.
 _WARN_EVERY = 10.0
@@ -126,6 +129,7 @@ class CacheBase:
         self._owns_backend = False
         self._stats_source: object = None
         self._last_warning = float("-inf")
+        self._tag_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     # -- public, read-only --------------------------------------------------------
 
@@ -165,7 +169,28 @@ class CacheBase:
         return normalize_key(check_key_text(self._prefix + check_key(key)))
 
     def _full_tags(self, tags: Iterable[str]) -> tuple[str, ...]:
-        """Namespace and validate tags (de-duplicated, order kept)."""
+        """Namespace and validate tags (de-duplicated, order kept).
+
+        Lists and tuples are remembered, so a hot tagged read does not redo the work
+        on every hit.
+        """
+        # Lists and tuples of str are remembered by value (str elements hash).
+        key = tags if tags.__class__ is tuple else tuple(tags) if tags.__class__ is list else None
+        if key is not None:
+            try:
+                known = self._tag_memo.get(key)
+            except TypeError:  # an unhashable element: not a tag; _build_tags says so
+                key = known = None
+            if known is not None:
+                return known
+        full = self._build_tags(tags)
+        if key is not None:
+            if len(self._tag_memo) >= _TAG_MEMO:
+                self._tag_memo.clear()  # bounded; a hit rate that low is not worth more
+            self._tag_memo[key] = full
+        return full
+
+    def _build_tags(self, tags: Iterable[str]) -> tuple[str, ...]:
         if isinstance(tags, str):
             raise TypeError("tags must be a list of str, not a str")
         full: dict[str, None] = {}

@@ -103,15 +103,6 @@ return result
 )
 
 
-#: A tagged read in one round trip (standalone Redis): the value, then the current
-#: version of each tag. KEYS: value, tag keys. Returns {value, version...}.
-READ_TAGGED = """
-local out = {redis.call('GET', KEYS[1])}
-for i = 2, #KEYS do out[i] = redis.call('GET', KEYS[i]) end
-return out
-"""
-
-
 def sha1(script: str) -> str:
     """The SHA1 digest Redis knows a script by (for EVALSHA)."""
     return hashlib.sha1(script.encode()).hexdigest()

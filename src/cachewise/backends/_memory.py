@@ -118,7 +118,10 @@ class MemoryBackend:
         entry = self._data.get(key)
         if entry is not None:
             if entry.tags and not self._tags_valid(entry):
-                return None  # a tag was invalidated after this value was loaded
+                # A tag was invalidated after this value was loaded: a miss, and the
+                # entry goes now rather than hold budget until LRU reaches it.
+                self.discard(key, entry)
+                return None
             try:
                 self._data.move_to_end(key)
             except KeyError:
