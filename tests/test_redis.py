@@ -154,7 +154,7 @@ def test_rediss_builds_a_tls_client_and_options_parse() -> None:
         "rediss://user:pw@127.0.0.1:1/2?lock_timeout=3&wait_timeout=4"
         "&socket_timeout=0.5&serializer=msgpack&compress=zlib"
     )
-    backend = cache.backend
+    backend = cache.backend.inner  # from_url wraps it in a circuit breaker
     assert isinstance(backend, RedisBackend)
     pool = backend.client.connection_pool
     assert pool.connection_class.__name__ == "SSLConnection"

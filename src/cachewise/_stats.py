@@ -24,6 +24,12 @@ class CacheStats:
       pending (the value was still served).
     - ``decode_errors``: entries a shared backend could not decode (garbage, an
       unknown format version, a bad signature), each served as a miss.
+    - ``breaker_state``: ``"closed"``, ``"open"``, ``"half_open"`` (``"none"``
+      without a circuit breaker); ``breaker_opens``: how often it opened;
+      ``breaker_rejections``: calls it refused (they went to the loader).
+    - ``invalidations_pending``: keys and tags whose invalidation did not reach the
+      backend yet (read from the source meanwhile); -1 means "too many to list:
+      the namespace is cleared on recovery".
     """
 
     hits: int = 0
@@ -38,6 +44,10 @@ class CacheStats:
     backend_errors: int = 0
     refreshes_dropped: int = 0
     decode_errors: int = 0
+    breaker_state: str = "none"
+    breaker_opens: int = 0
+    breaker_rejections: int = 0
+    invalidations_pending: int = 0
 
     @property
     def hit_ratio(self) -> float:
@@ -50,11 +60,18 @@ class CacheStats:
         """The counts between two snapshots: ``after - before``."""
         if not isinstance(other, CacheStats):
             return NotImplemented
+        # Counters subtract; the state and the pending gauge are the newer ones.
+        gauges = ("breaker_state", "invalidations_pending")
         return CacheStats(
-            **{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)}
+            **{
+                f.name: getattr(self, f.name)
+                if f.name in gauges
+                else getattr(self, f.name) - getattr(other, f.name)
+                for f in fields(self)
+            }
         )
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | str]:
         """The counters as a plain dict (for logs and metrics exporters)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
@@ -72,6 +89,7 @@ class Counters:
         "coalesced",
         "early_refreshes",
         "hits",
+        "invalidations_pending",
         "load_errors",
         "loads",
         "misses",
@@ -91,8 +109,17 @@ class Counters:
         self.negative_hits = 0
         self.backend_errors = 0
         self.refreshes_dropped = 0
+        self.invalidations_pending = 0
 
-    def snapshot(self, evictions: int, decode_errors: int = 0) -> CacheStats:
+    def snapshot(
+        self,
+        evictions: int,
+        decode_errors: int = 0,
+        *,
+        breaker_state: str = "none",
+        breaker_opens: int = 0,
+        breaker_rejections: int = 0,
+    ) -> CacheStats:
         """Freeze the counters, adding the backend's own counts."""
         return CacheStats(
             hits=self.hits,
@@ -107,4 +134,8 @@ class Counters:
             backend_errors=self.backend_errors,
             refreshes_dropped=self.refreshes_dropped,
             decode_errors=decode_errors,
+            breaker_state=breaker_state,
+            breaker_opens=breaker_opens,
+            breaker_rejections=breaker_rejections,
+            invalidations_pending=self.invalidations_pending,
         )

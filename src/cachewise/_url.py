@@ -7,8 +7,11 @@ takes; anything else is a ``ValueError`` naming it.
 
 Redis query options: ``serializer`` (json, msgpack), ``compress`` (zlib, zstd,
 none), ``compress_threshold``, ``max_value_bytes``, ``lock_timeout``,
-``wait_timeout``, ``socket_timeout``, ``connect_timeout``. Signed pickle needs a
-secret, which does not belong in a URL: pass ``serializer=PickleSerializer(secret)``.
+``wait_timeout``, ``tag_ttl``, ``breaker`` (on, off; default on: a circuit
+breaker wraps the backend), ``socket_timeout``, ``connect_timeout`` (0.25 s by
+default, and redis-py's own retries are off, so a dead server costs one timeout).
+Signed pickle needs a secret, which does not belong in a URL: pass
+``serializer=PickleSerializer(secret)``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import math
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from cachewise.backends._breaker import AsyncCircuitBreaker, CircuitBreaker
 from cachewise.backends._memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryBackend
 from cachewise.serialization import (
     DEFAULT_COMPRESS_THRESHOLD,
@@ -42,6 +46,7 @@ _REDIS_OPTIONS = (
     "lock_timeout",
     "wait_timeout",
     "tag_ttl",
+    "breaker",
     "socket_timeout",
     "connect_timeout",
 )
@@ -166,17 +171,29 @@ def _redis(
     for name in ("lock_timeout", "wait_timeout", "tag_ttl"):
         if name in query:
             lease_options[name] = _seconds_option(name, query[name])
+    breaker = query.get("breaker", "on")
+    if breaker not in ("on", "off"):
+        raise ValueError(f"query option breaker must be on or off, got {breaker!r}")
     base_scheme = "rediss" if scheme.startswith("rediss") else "redis"
     client_url = urlunsplit((base_scheme, parts.netloc, "" if cluster else parts.path, "", ""))
+    name = redact(urlunsplit((scheme, parts.netloc, parts.path, "", "")))
+    # No client-side retries: a failed call fails once, fast, and the front end
+    # degrades around it; the breaker stops calling a backend that keeps failing.
     if flavour == "sync":
         module = _redis_module("redis.cluster" if cluster else "redis")
+        retry = _redis_module("redis.retry").Retry(_redis_module("redis.backoff").NoBackoff(), 0)
         factory = module.RedisCluster if cluster else module.Redis
-        client = factory.from_url(client_url, **timeouts)
-        return RedisBackend(client, codec=codec, owns_client=True, **lease_options)
+        client = factory.from_url(client_url, retry=retry, **timeouts)
+        backend: Any = RedisBackend(client, codec=codec, owns_client=True, **lease_options)
+        return CircuitBreaker(backend, name=name) if breaker == "on" else backend
     module = _redis_module("redis.asyncio.cluster" if cluster else "redis.asyncio")
+    retry = _redis_module("redis.asyncio.retry").Retry(
+        _redis_module("redis.backoff").NoBackoff(), 0
+    )
     factory = module.RedisCluster if cluster else module.Redis
-    client = factory.from_url(client_url, **timeouts)
-    return AsyncRedisBackend(client, codec=codec, owns_client=True, **lease_options)
+    client = factory.from_url(client_url, retry=retry, **timeouts)
+    backend = AsyncRedisBackend(client, codec=codec, owns_client=True, **lease_options)
+    return AsyncCircuitBreaker(backend, name=name) if breaker == "on" else backend
 
 
 def backend_from_url(

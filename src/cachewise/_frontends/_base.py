@@ -14,6 +14,7 @@ from cachewise._core.entry import Entry
 from cachewise._core.policy import Policy, check_seconds, is_fresh, make_entry
 from cachewise._errors import CacheClosedError
 from cachewise._stats import CacheStats, Counters
+from cachewise.backends._breaker import CircuitOpenError
 from cachewise.backends._protocol import BackendStats
 from cachewise.invalidation import REGISTRY, ReadSpec, WriteSpec
 from cachewise.keys import SHORT_KEY_CHARS, check_key_text, function_name, normalize_key
@@ -21,6 +22,10 @@ from cachewise.keys import SHORT_KEY_CHARS, check_key_text, function_name, norma
 logger = logging.getLogger("cachewise")
 
 Clock = Callable[[], float]
+
+# Pending invalidations: how many are listed one by one, and how often they are retried.
+_MAX_UNSETTLED = 10_000
+_SETTLE_EVERY = 0.2
 
 # How many distinct tag tuples _full_tags remembers.
 _TAG_MEMO = 4096
@@ -130,6 +135,11 @@ class CacheBase:
         self._stats_source: object = None
         self._last_warning = float("-inf")
         self._tag_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._unsettled = False  # the fast check on the hit path
+        self._unsettled_keys: set[str] = set()
+        self._unsettled_tags: set[str] = set()
+        self._unsettled_all = False
+        self._last_settle = float("-inf")
 
     # -- public, read-only --------------------------------------------------------
 
@@ -154,7 +164,11 @@ class CacheBase:
         evictions = source.evictions if isinstance(source, BackendStats) else 0
         decode_errors = getattr(source, "decode_errors", 0)
         return self._counters.snapshot(
-            evictions, decode_errors if isinstance(decode_errors, int) else 0
+            evictions,
+            decode_errors if isinstance(decode_errors, int) else 0,
+            breaker_state=str(getattr(source, "breaker_state", "none")),
+            breaker_opens=int(getattr(source, "breaker_opens", 0)),
+            breaker_rejections=int(getattr(source, "breaker_rejections", 0)),
         )
 
     # -- helpers for the shells ---------------------------------------------------
@@ -261,7 +275,8 @@ class CacheBase:
         now = self._clock()
         found: dict[str, Any] = {}
         for key, entry in zip(keys, entries, strict=True):
-            if entry is not None and is_fresh(entry, now):
+            pending = self._unsettled and self._is_unsettled(self._full_key(key), entry)
+            if entry is not None and not pending and is_fresh(entry, now):
                 self._count_served("hit", entry.negative)
                 found[key] = entry.value
             else:
@@ -335,7 +350,10 @@ class CacheBase:
             raise CacheClosedError(f"{type(self).__name__} is closed")
 
     def _degraded(self, operation: str, exc: BaseException) -> None:
-        """Count a backend failure we are degrading around, and log it (rate-limited)."""
+        """Count a backend failure we are degrading around, and log it (rate-limited).
+        Calls an open circuit breaker refused are its own count, not errors."""
+        if isinstance(exc, CircuitOpenError):
+            return
         self._counters.backend_errors += 1
         now = time.monotonic()
         if now - self._last_warning >= _WARN_EVERY:
@@ -346,6 +364,59 @@ class CacheBase:
                 type(exc).__name__,
                 exc,
             )
+
+    # -- invalidations that did not reach the backend --------------------------------
+    #
+    # A delete (or set, or tag invalidation) that failed leaves the old value in a
+    # shared backend. Until it is applied, this cache treats what it covers as a
+    # miss and loads from the source, and it retries the invalidation (at most every
+    # _SETTLE_EVERY seconds) before misses and writes. Past _MAX_UNSETTLED keys it
+    # stops listing them and clears its whole namespace on recovery instead.
+
+    def _unsettle(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> None:
+        self._unsettled_keys.update(keys)
+        self._unsettled_tags.update(tags)
+        if len(self._unsettled_keys) + len(self._unsettled_tags) > _MAX_UNSETTLED:
+            self._unsettled_all = True
+            self._unsettled_keys.clear()
+            self._unsettled_tags.clear()
+        self._unsettled = True
+        self._counters.invalidations_pending = self._pending_count()
+        logger.error(
+            "cachewise: an invalidation did not reach the backend; the keys it covers "
+            "are read from the source until it is applied (stats().invalidations_pending)"
+        )
+
+    def _pending_count(self) -> int:
+        if self._unsettled_all:
+            return -1
+        return len(self._unsettled_keys) + len(self._unsettled_tags)
+
+    def _is_unsettled(self, full: str, entry: Entry | None) -> bool:
+        """Whether a pending invalidation covers this key or entry."""
+        if self._unsettled_all or full in self._unsettled_keys:
+            return True
+        return bool(
+            entry is not None and entry.tags and not self._unsettled_tags.isdisjoint(entry.tags)
+        )
+
+    def _settle_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_settle < _SETTLE_EVERY:
+            return False
+        self._last_settle = now
+        return True
+
+    def _settled(self, keys: list[str], tags: list[str], everything: bool) -> None:
+        """Forget what was just applied (anything added since stays pending)."""
+        if everything:
+            self._unsettled_all = False
+        self._unsettled_keys.difference_update(keys)
+        self._unsettled_tags.difference_update(tags)
+        self._unsettled = bool(self._unsettled_all or self._unsettled_keys or self._unsettled_tags)
+        self._counters.invalidations_pending = self._pending_count() if self._unsettled else 0
+        if not self._unsettled:
+            logger.warning("cachewise: pending invalidations applied; reading from the cache again")
 
     def _refresh_failed(self, key: str, exc: BaseException) -> None:
         logger.debug("cachewise: background refresh of %r failed: %r", key, exc)

@@ -70,6 +70,10 @@ class _Task:
         self.stale: Entry | None = None
 
 
+# What _bcall returns when the backend call failed (and was counted).
+_FAILED: Any = object()
+
+
 class _Retry(Exception):
     """A flight ended without an outcome for its waiters: read again."""
 
@@ -189,24 +193,17 @@ class AsyncCache(CacheBase):
 
     # -- backend calls, local or remote ------------------------------------------
 
-    async def _bget(self, full: str) -> Entry | None:
-        try:
-            if self._lget is not None:
-                return self._lget(full)
-            assert self._remote is not None
-            return await self._remote.get(full)
-        except Exception as exc:
-            self._degraded("get", exc)
-            return None
-
-    async def _bget_tagged(self, full: str, tags: tuple[str, ...]) -> Entry | None:
-        if self._remote_tagger is None:
-            raise TypeError(f"{type(self._backend).__name__} does not support tags")
-        try:
+    async def _bread(self, full: str, tags: tuple[str, ...] = ()) -> Entry | None:
+        """Read one entry (raising what the backend raises). A local backend checks
+        an entry's tags itself; a remote one checks ``tags`` in the same round trip."""
+        if self._lget is not None:
+            return self._lget(full)
+        if tags:
+            if self._remote_tagger is None:
+                raise TypeError(f"{type(self._backend).__name__} does not support tags")
             return await self._remote_tagger.get_tagged(full, tags)
-        except Exception as exc:
-            self._degraded("get", exc)
-            return None
+        assert self._remote is not None
+        return await self._remote.get(full)
 
     async def _stamp(self, tags: tuple[str, ...]) -> Any:
         """The backend's versions of ``tags``, taken before a value is loaded."""
@@ -228,7 +225,7 @@ class AsyncCache(CacheBase):
             raise  # an unserializable value is the caller's error, not a degraded call
         except Exception as exc:
             self._degraded(operation, exc)
-            return None
+            return _FAILED
 
     # -- reads --------------------------------------------------------------------
 
@@ -242,17 +239,15 @@ class AsyncCache(CacheBase):
         full = self._prefix + key if key.__class__ is str else ""
         if not 0 < len(full) <= SHORT_KEY_CHARS:
             full = self._hit_key(key)
-        lget = self._lget
-        if lget is not None:
-            try:
-                entry = lget(full)
-            except Exception as exc:
-                self._degraded("get", exc)
-                entry = None
-        else:
-            entry = await self._bget(full)
+        try:
+            entry = self._lget(full) if self._lget is not None else await self._bread(full)
+        except Exception as exc:
+            self._degraded("get", exc)
+            entry = None
         counters = self._counters
         now = self._clock()
+        if self._unsettled and self._is_unsettled(full, entry):
+            entry = None  # an invalidation of it has not reached the backend yet
         if entry is not None and now < entry.expires_at:  # policy.is_fresh, inlined
             counters.hits += 1
             if entry.negative:
@@ -267,7 +262,7 @@ class AsyncCache(CacheBase):
         """The fresh values among ``keys``, as ``{key: value}``; misses are left out."""
         wanted = [check_key(key) for key in keys]
         entries = await self._bcall("get_many", [self._full_key(key) for key in wanted])
-        return self._collect_fresh(wanted, entries)
+        return self._collect_fresh(wanted, None if entries is _FAILED else entries)
 
     async def get_or_load(
         self,
@@ -290,19 +285,16 @@ class AsyncCache(CacheBase):
             ttl = check_ttl(ttl)
         ftags = self._full_tags(tags) if tags else ()
         lget = self._lget
-        if lget is not None:
+        try:
             # Local backend: the same hit path as Cache, with no await at all (a
             # local backend checks an entry's tags itself).
-            try:
-                entry = lget(full)
-            except Exception as exc:
-                self._degraded("get", exc)
-                entry = None
-        elif ftags:
-            entry = await self._bget_tagged(full, ftags)
-        else:
-            entry = await self._bget(full)
-        if entry is not None and self._clock() < entry.refresh_at:
+            entry = lget(full) if lget is not None else await self._bread(full, ftags)
+        except Exception as exc:
+            # Not answering: straight to the loader; no lease, no write (see Cache).
+            self._degraded("get", exc)
+            unreached: T = await self._load_unreached(full, loader, ttl, ftags)
+            return unreached
+        if entry is not None and self._clock() < entry.refresh_at and not self._unsettled:
             counters = self._counters
             counters.hits += 1
             if entry.negative:
@@ -320,6 +312,11 @@ class AsyncCache(CacheBase):
         entry: Entry | None,
     ) -> T:
         counters = self._counters
+        if self._unsettled:
+            await self._settle()
+            if self._unsettled and self._is_unsettled(full, entry):
+                pending: T = await self._load_unreached(full, loader, ttl, tags)
+                return pending
         now = self._clock()
         action = decide_read(entry, now, 1.0 - self._rng.random(), self._policy)
         if action is Read.LOAD or action is Read.LOAD_OR_STALE:
@@ -359,13 +356,23 @@ class AsyncCache(CacheBase):
         ttl = check_ttl(ttl)
         ftags = self._full_tags(tags)
         self._check_open()
-        stamp = await self._stamp(ftags)
-        entry = self._new_entry(value, self._clock(), ttl, 0.0, False, ftags, stamp)
+        self._need_tags(ftags)
+        if self._unsettled:
+            await self._settle()
         await self._revoke([full])
+        try:
+            stamp = await self._stamp(ftags)
+        except Exception as exc:
+            self._degraded("tag_stamp", exc)
+            self._unsettle(keys=[full])
+            return
+        entry = self._new_entry(value, self._clock(), ttl, 0.0, False, ftags, stamp)
         if entry is None:
-            await self._bcall("delete", full)
+            result = await self._bcall("delete", full)
         else:
-            await self._bcall("set", full, entry)
+            result = await self._bcall("set", full, entry)
+        if result is _FAILED:
+            self._unsettle(keys=[full])  # the old value may still be there
 
     async def set_many(
         self, items: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
@@ -374,26 +381,49 @@ class AsyncCache(CacheBase):
         ttl = check_ttl(ttl)
         ftags = self._full_tags(tags)
         self._check_open()
-        pairs, dropped = self._entries_for(items, ttl, ftags, await self._stamp(ftags))
-        await self._revoke([full for full, _ in pairs] + dropped)
-        if pairs:
-            await self._bcall("set_many", pairs)
-        if dropped:
-            await self._bcall("delete_many", dropped)
+        self._need_tags(ftags)
+        if self._unsettled:
+            await self._settle()
+        full_keys = [self._full_key(key) for key in items]
+        await self._revoke(full_keys)
+        try:
+            stamp = await self._stamp(ftags)
+        except Exception as exc:
+            self._degraded("tag_stamp", exc)
+            self._unsettle(keys=full_keys)
+            return
+        pairs, dropped = self._entries_for(items, ttl, ftags, stamp)
+        failed = pairs and await self._bcall("set_many", pairs) is _FAILED
+        if dropped and await self._bcall("delete_many", dropped) is _FAILED:
+            failed = True
+        if failed:
+            self._unsettle(keys=full_keys)
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; whether it was cached. A load in flight will not write."""
         full = self._full_key(key)
+        if self._unsettled:
+            await self._settle()
         await self._revoke([full])
-        return bool(await self._bcall("delete", full))
+        result = await self._bcall("delete", full)
+        if result is _FAILED:
+            self._unsettle(keys=[full])
+            return False
+        return bool(result)
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """``delete`` for several keys; how many were cached."""
         full = [self._full_key(key) for key in keys]
         if not full:
             return 0
+        if self._unsettled:
+            await self._settle()
         await self._revoke(full)
-        return int(await self._bcall("delete_many", full) or 0)
+        result = await self._bcall("delete_many", full)
+        if result is _FAILED:
+            self._unsettle(keys=full)
+            return 0
+        return int(result or 0)
 
     async def invalidate_tags(self, *tags: str) -> None:
         """Invalidate every entry carrying any of ``tags``, in O(number of tags);
@@ -405,19 +435,62 @@ class AsyncCache(CacheBase):
             raise TypeError(f"{type(self._backend).__name__} does not support tags")
         for flight in self._flights.invalidate_tagged(ftags):
             await self._pass_guard(flight)
+        if self._unsettled:
+            await self._settle()
         try:
-            if self._local_tagger is not None:
-                self._local_tagger.invalidate_tags(ftags)
-            elif self._remote_tagger is not None:
-                await self._remote_tagger.invalidate_tags(ftags)
+            await self._invalidate(ftags)
         except Exception as exc:
             self._degraded("invalidate_tags", exc)
+            self._unsettle(tags=ftags)
+
+    async def _invalidate(self, tags: Sequence[str]) -> None:
+        if self._local_tagger is not None:
+            self._local_tagger.invalidate_tags(tags)
+        elif self._remote_tagger is not None:
+            await self._remote_tagger.invalidate_tags(tags)
+
+    def _need_tags(self, tags: tuple[str, ...]) -> None:
+        if tags and self._local_tagger is None and self._remote_tagger is None:
+            raise TypeError(f"{type(self._backend).__name__} does not support tags")
+
+    async def _settle(self) -> None:
+        """Retry the invalidations that did not reach the backend (rate-limited)."""
+        if not self._settle_due():
+            return
+        keys = list(self._unsettled_keys)
+        tags = list(self._unsettled_tags)
+        everything = self._unsettled_all
+        try:
+            if everything:
+                if self._local is not None:
+                    self._local.clear(self._prefix)
+                else:
+                    assert self._remote is not None
+                    await self._remote.clear(self._prefix)
+            else:
+                if keys:
+                    if self._local is not None:
+                        self._local.delete_many(keys)
+                    else:
+                        assert self._remote is not None
+                        await self._remote.delete_many(keys)
+                if tags:
+                    await self._invalidate(tags)
+        except Exception as exc:
+            self._degraded("settle", exc)
+            return
+        self._settled(keys, tags, everything)
 
     async def clear(self) -> int:
         """Remove every entry of this cache's namespace; how many."""
         for flight in self._flights.invalidate_all():
             await self._pass_guard(flight)
-        return int(await self._bcall("clear", self._prefix) or 0)
+        result = await self._bcall("clear", self._prefix)
+        if result is _FAILED:
+            self._unsettled_all = True
+            self._unsettle()
+            return 0
+        return int(result or 0)
 
     async def _revoke(self, keys: list[str]) -> None:
         # Same order as Cache._revoke: revoke first, then touch the backend. No
@@ -482,6 +555,36 @@ class AsyncCache(CacheBase):
                 return stale.value
             raise
 
+    async def _load_unreached(
+        self,
+        full: str,
+        loader: Callable[[], Awaitable[T]],
+        ttl: float | None,
+        tags: tuple[str, ...],
+    ) -> T:
+        """A miss while the backend is unreachable (or covered by a pending
+        invalidation): single-flight the loader, write nothing."""
+        check_key_text(full)
+        self._check_open()
+        self._counters.misses += 1
+        while True:
+            flight = self._flights.get(full)
+            if flight is None:
+                flight = self._start(full, self._run_unwritten, loader, ttl, tags)
+            else:
+                flight.waiters += 1
+                self._counters.coalesced += 1
+            try:
+                value: T = await self._await_flight(flight, None)
+                return value
+            except _Retry:
+                continue
+
+    async def _run_unwritten(
+        self, flight: Flight[_Task], loader: Callable[[], Awaitable[Any]], ttl: float | None
+    ) -> Any:
+        return await self._run(flight, loader, ttl, write=False)
+
     def _start(
         self,
         full: str,
@@ -527,10 +630,21 @@ class AsyncCache(CacheBase):
         counters = self._counters
         clock = self._clock
         counters.loads += 1
+        stamp = None
+        if flight.tags and (write or token is not None):
+            # Stamp first: an invalidation during the load makes its entry a miss.
+            try:
+                stamp = await self._stamp(flight.tags)
+            except Exception as exc:
+                if isinstance(exc, TypeError):
+                    self._flights.finish(flight)
+                    raise
+                self._degraded("tag_stamp", exc)
+                write = False  # an unstamped entry must not be written
+                await self._release(flight.key, token)
+                token = None
         try:
             try:
-                # Stamp first: an invalidation during the load makes its entry a miss.
-                stamp = await self._stamp(flight.tags)
                 start = clock()
                 awaitable = loader()
                 if not inspect.isawaitable(awaitable):

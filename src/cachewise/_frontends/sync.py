@@ -206,6 +206,8 @@ class Cache(CacheBase):
             entry = None
         counters = self._counters
         now = self._clock()
+        if self._unsettled and self._is_unsettled(full, entry):
+            entry = None  # an invalidation of it has not reached the backend yet
         if entry is not None and now < entry.expires_at:  # policy.is_fresh, inlined
             counters.hits += 1
             if entry.negative:
@@ -257,9 +259,11 @@ class Cache(CacheBase):
             # With tags, a shared backend checks their versions in the same round trip.
             entry = self._bget_tagged(full, ftags) if ftags else self._bget(full)
         except Exception as exc:
+            # The backend is not answering: straight to the loader, no more waiting
+            # on it in this call (no lease, no write).
             self._degraded("get", exc)
-            entry = None
-        if entry is not None and self._clock() < entry.refresh_at:
+            return self._load_unreached(full, loader, ttl, ftags)
+        if entry is not None and self._clock() < entry.refresh_at and not self._unsettled:
             counters = self._counters
             counters.hits += 1
             if entry.negative:
@@ -277,6 +281,10 @@ class Cache(CacheBase):
         entry: Entry | None,
     ) -> T:
         counters = self._counters
+        if self._unsettled:
+            self._settle()
+            if self._unsettled and self._is_unsettled(full, entry):
+                return self._load_unreached(full, loader, ttl, tags)
         now = self._clock()
         action = decide_read(entry, now, 1.0 - self._rng.random(), self._policy)
         if action is Read.LOAD or action is Read.LOAD_OR_STALE:
@@ -320,10 +328,14 @@ class Cache(CacheBase):
         ttl = check_ttl(ttl)
         ftags = self._full_tags(tags)
         self._check_open()
-        stamp = self._stamp(ftags)
-        entry = self._new_entry(value, self._clock(), ttl, 0.0, False, ftags, stamp)
+        self._need_tags(ftags)
+        if self._unsettled:
+            self._settle()
         self._revoke([full])
         try:
+            entry = self._new_entry(
+                value, self._clock(), ttl, 0.0, False, ftags, self._stamp(ftags)
+            )
             if entry is None:
                 self._backend.delete(full)
             else:
@@ -332,6 +344,7 @@ class Cache(CacheBase):
             raise
         except Exception as exc:
             self._degraded("set", exc)
+            self._unsettle(keys=[full])  # the old value may still be there
 
     def set_many(
         self, items: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
@@ -340,9 +353,13 @@ class Cache(CacheBase):
         ttl = check_ttl(ttl)
         ftags = self._full_tags(tags)
         self._check_open()
-        pairs, dropped = self._entries_for(items, ttl, ftags, self._stamp(ftags))
-        self._revoke([full for full, _ in pairs] + dropped)
+        self._need_tags(ftags)
+        if self._unsettled:
+            self._settle()
+        full_keys = [self._full_key(key) for key in items]
+        self._revoke(full_keys)
         try:
+            pairs, dropped = self._entries_for(items, ttl, ftags, self._stamp(ftags))
             if pairs:
                 self._backend.set_many(pairs)
             if dropped:
@@ -351,16 +368,20 @@ class Cache(CacheBase):
             raise
         except Exception as exc:
             self._degraded("set_many", exc)
+            self._unsettle(keys=full_keys)
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; whether it was cached. A load in flight for it will not
         write its (possibly old) result, and later readers start a fresh load."""
         full = self._full_key(key)
+        if self._unsettled:
+            self._settle()
         self._revoke([full])
         try:
             return self._backend.delete(full)
         except Exception as exc:
             self._degraded("delete", exc)
+            self._unsettle(keys=[full])
             return False
 
     def delete_many(self, keys: Iterable[str]) -> int:
@@ -368,11 +389,14 @@ class Cache(CacheBase):
         full = [self._full_key(key) for key in keys]
         if not full:
             return 0
+        if self._unsettled:
+            self._settle()
         self._revoke(full)
         try:
             return self._backend.delete_many(full)
         except Exception as exc:
             self._degraded("delete_many", exc)
+            self._unsettle(keys=full)
             return 0
 
     def invalidate_tags(self, *tags: str) -> None:
@@ -390,19 +414,45 @@ class Cache(CacheBase):
             flights = self._flights.invalidate_tagged(ftags)
         for flight in flights:
             _pass_guard(flight)
+        if self._unsettled:
+            self._settle()
         try:
             self._tagger.invalidate_tags(ftags)
         except Exception as exc:
-            # Stale data would follow: loud, and counted.
             self._degraded("invalidate_tags", exc)
+            self._unsettle(tags=ftags)
+
+    def _need_tags(self, tags: tuple[str, ...]) -> None:
+        if tags and self._tagger is None:
+            raise TypeError(f"{type(self._backend).__name__} does not support tags")
 
     def _stamp(self, tags: tuple[str, ...]) -> Any:
         """The backend's versions of ``tags``, taken before a value is loaded."""
         if not tags:
             return None
-        if self._tagger is None:
-            raise TypeError(f"{type(self._backend).__name__} does not support tags")
+        self._need_tags(tags)
+        assert self._tagger is not None
         return self._tagger.tag_stamp(tags)
+
+    def _settle(self) -> None:
+        """Retry the invalidations that did not reach the backend (rate-limited)."""
+        if not self._settle_due():
+            return
+        keys = list(self._unsettled_keys)
+        tags = list(self._unsettled_tags)
+        everything = self._unsettled_all
+        try:
+            if everything:
+                self._backend.clear(self._prefix)
+            else:
+                if keys:
+                    self._backend.delete_many(keys)
+                if tags and self._tagger is not None:
+                    self._tagger.invalidate_tags(tags)
+        except Exception as exc:
+            self._degraded("settle", exc)
+            return
+        self._settled(keys, tags, everything)
 
     def clear(self) -> int:
         """Remove every entry of this cache's namespace (O(n)); how many."""
@@ -414,6 +464,8 @@ class Cache(CacheBase):
             return self._backend.clear(self._prefix)
         except Exception as exc:
             self._degraded("clear", exc)
+            self._unsettled_all = True
+            self._unsettle()
             return 0
 
     def _revoke(self, keys: list[str]) -> None:
@@ -464,6 +516,19 @@ class Cache(CacheBase):
     ) -> T:
         """Single-flight load (memory and lease-less backends)."""
         value: T = self._single_flight(full, tags, lambda f: self._run(f, loader, ttl), stale)
+        return value
+
+    def _load_unreached(
+        self, full: str, loader: Callable[[], T], ttl: float | None, tags: tuple[str, ...]
+    ) -> T:
+        """A miss while the backend is unreachable (or covered by a pending
+        invalidation): single-flight the loader, write nothing."""
+        check_key_text(full)
+        self._check_open()
+        self._counters.misses += 1
+        value: T = self._single_flight(
+            full, tags, lambda f: self._run(f, loader, ttl, write=False), None
+        )
         return value
 
     def _single_flight(
@@ -520,9 +585,19 @@ class Cache(CacheBase):
         counters = self._counters
         clock = self._clock
         counters.loads += 1
-        try:
+        stamp = None
+        if flight.tags and (write or token is not None):
             # Stamp first: an invalidation during the load makes its entry a miss.
-            stamp = self._stamp(flight.tags)
+            try:
+                stamp = self._stamp(flight.tags)
+            except Exception as exc:
+                if isinstance(exc, TypeError):
+                    raise
+                self._degraded("tag_stamp", exc)
+                write = False  # an unstamped entry must not be written
+                self._release(flight.key, token)
+                token = None
+        try:
             start = clock()
             value = loader()
             if inspect.isawaitable(value):

@@ -1,0 +1,278 @@
+"""Circuit breakers as wrapper backends: ``CircuitBreaker`` (sync) and
+``AsyncCircuitBreaker``.
+
+A breaker wraps any backend and forwards every call while the backend is healthy.
+When calls keep failing it opens: calls then fail at once with
+``CircuitOpenError``, which the front ends treat like any backend failure (a read
+is a miss, a write is skipped), so requests go straight to the loader with no
+network wait. After ``open_seconds`` one probe call is let through; its success
+closes the breaker. State and transitions show in ``Cache.stats()`` and go to the
+``cachewise`` logger.
+
+Capabilities of the wrapped backend (leases, tags) stay visible through the
+wrapper, each call guarded the same way. Serialization errors are the caller's,
+not the backend's, and never count as failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from cachewise._core.breaker import Breaker, BreakerPolicy, State
+from cachewise._core.entry import Entry
+from cachewise._errors import BackendError
+from cachewise.serialization import SerializationError, ValueTooLargeError
+
+logger = logging.getLogger("cachewise")
+
+# Errors that say nothing about the backend's health.
+_NOT_FAILURES = (SerializationError, ValueTooLargeError)
+# Optional capability methods guarded like the rest, when the wrapped backend has them.
+_GUARDED = frozenset(
+    {"read_or_lease", "set_leased", "release", "wait", "tag_stamp", "invalidate_tags", "get_tagged"}
+)
+
+
+class CircuitOpenError(BackendError):
+    """The circuit breaker is open: the call was not sent to the backend."""
+
+
+class _BreakerBase:
+    """The state, the lock and the bookkeeping both flavours share."""
+
+    def __init__(
+        self,
+        backend: Any,
+        policy: BreakerPolicy | None,
+        clock: Callable[[], float],
+        name: str | None,
+    ) -> None:
+        self._inner = backend
+        self._breaker = Breaker(policy)
+        self._clock = clock
+        self._name = name or type(backend).__name__
+        self._lock = threading.Lock()
+        self._rejected = 0
+
+    @property
+    def inner(self) -> Any:
+        """The wrapped backend."""
+        return self._inner
+
+    @property
+    def breaker_state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half_open"``."""
+        return self._breaker.state.value
+
+    @property
+    def breaker_opens(self) -> int:
+        """How many times the breaker opened."""
+        return self._breaker.opens
+
+    @property
+    def breaker_rejections(self) -> int:
+        """Calls refused while open (they went to the loader instead)."""
+        return self._rejected
+
+    @property
+    def policy(self) -> BreakerPolicy:
+        """When the breaker opens and for how long."""
+        return self._breaker.policy
+
+    def _admit(self, operation: str) -> None:
+        with self._lock:
+            allowed = self._breaker.allow(self._clock())
+            if not allowed:
+                self._rejected += 1
+        if not allowed:
+            raise CircuitOpenError(
+                f"circuit breaker for {self._name} is open ({operation} skipped)"
+            )
+
+    def _succeeded(self) -> None:
+        with self._lock:
+            change = self._breaker.success(self._clock())
+        if change is State.CLOSED:
+            logger.warning("cachewise: circuit breaker for %s closed: backend is back", self._name)
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        with self._lock:
+            change = self._breaker.failure(self._clock())
+        if change is State.OPEN:
+            logger.warning(
+                "cachewise: circuit breaker for %s opened (%s failed: %s: %s); calls go "
+                "straight to the loader for %.1f s",
+                self._name,
+                operation,
+                type(exc).__name__,
+                exc,
+                self._breaker.policy.open_seconds,
+            )
+
+    def _not_judged(self) -> None:
+        # The call never reached the backend's health (bad input): if it was the
+        # half-open probe, let the next call probe instead.
+        with self._lock:
+            self._breaker.cancel_probe()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names the class lacks: capabilities and plain attributes
+        # of the wrapped backend.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(self._inner, name)
+        if name in _GUARDED and callable(value):
+            return self._guard(name, value)
+        return value
+
+    def _guard(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        raise NotImplementedError
+
+
+class CircuitBreaker(_BreakerBase):
+    """A circuit breaker around a sync backend (for ``Cache``)."""
+
+    def __init__(
+        self,
+        backend: Any,
+        policy: BreakerPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(backend, policy, clock, name)
+
+    def _call(self, operation: str, method: Callable[..., Any], *args: Any) -> Any:
+        self._admit(operation)
+        try:
+            result = method(*args)
+        except _NOT_FAILURES:
+            self._not_judged()
+            raise
+        except Exception as exc:
+            self._failed(operation, exc)
+            raise
+        self._succeeded()
+        return result
+
+    def _guard(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def guarded(*args: Any) -> Any:
+            return self._call(name, method, *args)
+
+        return guarded
+
+    @property
+    def nonblocking(self) -> bool:
+        """As the wrapped backend."""
+        return bool(getattr(self._inner, "nonblocking", False))
+
+    def get(self, key: str) -> Entry | None:
+        """Guarded ``get``."""
+        result: Entry | None = self._call("get", self._inner.get, key)
+        return result
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """Guarded ``get_many``."""
+        result: list[Entry | None] = self._call("get_many", self._inner.get_many, keys)
+        return result
+
+    def set(self, key: str, entry: Entry) -> None:
+        """Guarded ``set``."""
+        self._call("set", self._inner.set, key, entry)
+
+    def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
+        """Guarded ``set_many``."""
+        self._call("set_many", self._inner.set_many, items)
+
+    def delete(self, key: str) -> bool:
+        """Guarded ``delete``."""
+        return bool(self._call("delete", self._inner.delete, key))
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """Guarded ``delete_many``."""
+        return int(self._call("delete_many", self._inner.delete_many, keys))
+
+    def clear(self, prefix: str = "") -> int:
+        """Guarded ``clear``."""
+        return int(self._call("clear", self._inner.clear, prefix))
+
+    def close(self) -> None:
+        """Close the wrapped backend (never refused)."""
+        self._inner.close()
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker({self._inner!r}, state={self.breaker_state})"
+
+
+class AsyncCircuitBreaker(_BreakerBase):
+    """A circuit breaker around an async backend (for ``AsyncCache``)."""
+
+    def __init__(
+        self,
+        backend: Any,
+        policy: BreakerPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(backend, policy, clock, name)
+
+    async def _call(self, operation: str, method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        self._admit(operation)
+        try:
+            result = await method(*args)
+        except _NOT_FAILURES:
+            self._not_judged()
+            raise
+        except Exception as exc:
+            self._failed(operation, exc)
+            raise
+        self._succeeded()
+        return result
+
+    def _guard(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        async def guarded(*args: Any) -> Any:
+            return await self._call(name, method, *args)
+
+        return guarded
+
+    async def get(self, key: str) -> Entry | None:
+        """Guarded ``get``."""
+        result: Entry | None = await self._call("get", self._inner.get, key)
+        return result
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """Guarded ``get_many``."""
+        result: list[Entry | None] = await self._call("get_many", self._inner.get_many, keys)
+        return result
+
+    async def set(self, key: str, entry: Entry) -> None:
+        """Guarded ``set``."""
+        await self._call("set", self._inner.set, key, entry)
+
+    async def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
+        """Guarded ``set_many``."""
+        await self._call("set_many", self._inner.set_many, items)
+
+    async def delete(self, key: str) -> bool:
+        """Guarded ``delete``."""
+        return bool(await self._call("delete", self._inner.delete, key))
+
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        """Guarded ``delete_many``."""
+        return int(await self._call("delete_many", self._inner.delete_many, keys))
+
+    async def clear(self, prefix: str = "") -> int:
+        """Guarded ``clear``."""
+        return int(await self._call("clear", self._inner.clear, prefix))
+
+    async def aclose(self) -> None:
+        """Close the wrapped backend (never refused)."""
+        await self._inner.aclose()
+
+    def __repr__(self) -> str:
+        return f"AsyncCircuitBreaker({self._inner!r}, state={self.breaker_state})"
