@@ -11,6 +11,7 @@
 Nothing happens at import time: no default cache, no connection, no thread.
 """
 
+from cachewise._core.breaker import BreakerPolicy
 from cachewise._core.entry import Entry
 from cachewise._core.policy import Policy
 from cachewise._errors import BackendError, CacheClosedError, CacheError
@@ -19,7 +20,16 @@ from cachewise._frontends.aio import AsyncCache
 from cachewise._frontends.sync import Cache
 from cachewise._sentinel import MISSING, MissingType
 from cachewise._stats import CacheStats
-from cachewise.backends import AsyncBackend, AsyncRedisBackend, Backend, MemoryBackend, RedisBackend
+from cachewise.backends import (
+    AsyncBackend,
+    AsyncCircuitBreaker,
+    AsyncRedisBackend,
+    Backend,
+    CircuitBreaker,
+    CircuitOpenError,
+    MemoryBackend,
+    RedisBackend,
+)
 from cachewise.serialization import SerializationError, ValueTooLargeError
 
 __version__ = "0.1.0"
@@ -29,14 +39,18 @@ __all__ = [
     "AsyncBackend",
     "AsyncCache",
     "AsyncCachedFunction",
+    "AsyncCircuitBreaker",
     "AsyncRedisBackend",
     "Backend",
     "BackendError",
+    "BreakerPolicy",
     "Cache",
     "CacheClosedError",
     "CacheError",
     "CacheStats",
     "CachedFunction",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "Entry",
     "MemoryBackend",
     "MissingType",

@@ -281,10 +281,11 @@ class Cache(CacheBase):
         entry: Entry | None,
     ) -> T:
         counters = self._counters
-        if self._unsettled:
+        if self._unsettled and self._is_unsettled(full, entry):
             self._settle()
             if self._unsettled and self._is_unsettled(full, entry):
                 return self._load_unreached(full, loader, ttl, tags)
+            entry = None  # read before the invalidation just applied: not to be served
         now = self._clock()
         action = decide_read(entry, now, 1.0 - self._rng.random(), self._policy)
         if action is Read.LOAD or action is Read.LOAD_OR_STALE:

@@ -1,13 +1,16 @@
 """Backends: where entries live. The front ends (``Cache``, ``AsyncCache``) decide."""
 
+from cachewise.backends._breaker import AsyncCircuitBreaker, CircuitBreaker, CircuitOpenError
 from cachewise.backends._memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryBackend
 from cachewise.backends._protocol import (
     AsyncBackend,
     AsyncLeaseBackend,
+    AsyncTagBackend,
     Backend,
     BackendStats,
     LeaseBackend,
     NonBlockingBackend,
+    TagBackend,
 )
 from cachewise.backends._redis import AsyncRedisBackend, RedisBackend
 from cachewise.backends._weigh import Weigher, estimate_size
@@ -16,14 +19,19 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_ENTRIES",
     "AsyncBackend",
+    "AsyncCircuitBreaker",
     "AsyncLeaseBackend",
     "AsyncRedisBackend",
+    "AsyncTagBackend",
     "Backend",
     "BackendStats",
+    "CircuitBreaker",
+    "CircuitOpenError",
     "LeaseBackend",
     "MemoryBackend",
     "NonBlockingBackend",
     "RedisBackend",
+    "TagBackend",
     "Weigher",
     "estimate_size",
 ]

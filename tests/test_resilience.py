@@ -1,0 +1,322 @@
+"""The circuit breaker (pure state machine and wrapper backends) and the degraded
+modes, with an in-process flaky backend. Real-process faults: test_faults.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from cachewise import MISSING, AsyncCache, Cache, Entry, MemoryBackend
+from cachewise._core.breaker import Breaker, BreakerPolicy, State
+from cachewise.backends._breaker import AsyncCircuitBreaker, CircuitBreaker, CircuitOpenError
+from cachewise.serialization import SerializationError
+from cachewise.testing import FakeClock
+
+# -- the state machine ---------------------------------------------------------------
+
+
+def test_opens_after_consecutive_failures_and_refuses_until_open_seconds_pass() -> None:
+    breaker = Breaker(BreakerPolicy(failure_threshold=3, open_seconds=1.0))
+    for _ in range(2):
+        assert breaker.allow(0.0)
+        assert breaker.failure(0.0) is None
+    assert breaker.allow(0.0)
+    assert breaker.failure(0.0) is State.OPEN
+    assert not breaker.allow(0.5)
+    assert breaker.allow(1.0)  # the half-open probe
+    assert breaker.state is State.HALF_OPEN
+    assert not breaker.allow(1.0)  # one probe at a time
+    assert breaker.success(1.1) is State.CLOSED
+    assert breaker.allow(1.1)
+    assert breaker.opens == 1
+
+
+def test_a_failed_probe_opens_again() -> None:
+    breaker = Breaker(BreakerPolicy(failure_threshold=1, open_seconds=1.0))
+    breaker.allow(0.0)
+    breaker.failure(0.0)
+    assert breaker.allow(1.0)
+    assert breaker.failure(1.0) is State.OPEN
+    assert not breaker.allow(1.5)
+    assert breaker.allow(2.0)
+    assert breaker.opens == 2
+
+
+def test_opens_on_a_failure_ratio_within_the_window() -> None:
+    policy = BreakerPolicy(failure_threshold=100, failure_ratio=0.5, min_calls=10, window=5.0)
+    breaker = Breaker(policy)
+    changes = []
+    for i in range(12):  # alternate: never 100 in a row, but half of all calls fail
+        breaker.allow(float(i) * 0.1)
+        changes.append(breaker.failure(i * 0.1) if i % 2 else breaker.success(i * 0.1))
+    # The first failure with at least min_calls in the window opens it: call 10 (i=9).
+    assert changes.index(State.OPEN) == 9
+
+
+def test_old_calls_leave_the_window() -> None:
+    policy = BreakerPolicy(failure_threshold=100, failure_ratio=0.5, min_calls=4, window=1.0)
+    breaker = Breaker(policy)
+    for t in (0.0, 0.1, 0.2):
+        breaker.failure(t)
+    for t in (5.0, 5.1, 5.2):  # the old failures are out of the window by now
+        breaker.success(t)
+    assert breaker.failure(5.3) is None
+    assert breaker.state is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("failure_threshold", 0),
+        ("failure_ratio", 1.5),
+        ("min_calls", 0),
+        ("window", 0),
+        ("open_seconds", -1),
+    ],
+)
+def test_bad_breaker_policies_are_value_errors(option: str, value: float) -> None:
+    with pytest.raises(ValueError, match=option):
+        BreakerPolicy(**{option: value})  # type: ignore[arg-type]
+
+
+# -- a backend that can go down -------------------------------------------------------
+
+
+class Flaky:
+    """A shared-style backend (it keeps what it had while "down")."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBackend()
+        self.down = False
+        self.calls = 0
+
+    def _check(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise ConnectionError("backend down")
+
+    def get(self, key: str) -> Entry | None:
+        self._check()
+        return self.inner.get(key)
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        self._check()
+        return self.inner.get_many(keys)
+
+    def set(self, key: str, entry: Entry) -> None:
+        self._check()
+        if isinstance(entry.value, set):
+            raise SerializationError("cannot serialize a value of type set")
+        self.inner.set(key, entry)
+
+    def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
+        self._check()
+        self.inner.set_many(items)
+
+    def delete(self, key: str) -> bool:
+        self._check()
+        return self.inner.delete(key)
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        self._check()
+        return self.inner.delete_many(keys)
+
+    def clear(self, prefix: str = "") -> int:
+        self._check()
+        return self.inner.clear(prefix)
+
+    def tag_stamp(self, tags: Sequence[str]) -> Any:
+        self._check()
+        return self.inner.tag_stamp(tags)
+
+    def invalidate_tags(self, tags: Sequence[str]) -> None:
+        self._check()
+        self.inner.invalidate_tags(tags)
+
+    def get_tagged(self, key: str, tags: Sequence[str]) -> Entry | None:
+        self._check()
+        return self.inner.get_tagged(key, tags)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_the_breaker_opens_skips_the_backend_and_closes_when_it_is_back(caplog: Any) -> None:
+    clock = FakeClock()
+    flaky = Flaky()
+    breaker = CircuitBreaker(
+        flaky, BreakerPolicy(failure_threshold=3, open_seconds=1.0), clock=clock
+    )
+    loads = []
+    with Cache(breaker) as cache, caplog.at_level(logging.WARNING, logger="cachewise"):
+        cache.set("k", "cached")
+        flaky.down = True
+        for _ in range(10):
+            assert cache.get_or_load("k", lambda: loads.append(1) or "from source") == "from source"
+        stats = cache.stats()
+        assert stats.breaker_state == "open"
+        assert stats.breaker_opens == 1
+        assert stats.backend_errors == 3  # the three that opened it
+        assert stats.breaker_rejections >= 7  # the rest never reached the backend
+        calls_while_open = flaky.calls
+        cache.get_or_load("k", lambda: "from source")
+        assert flaky.calls == calls_while_open  # no network wait: not even called
+        flaky.down = False
+        clock.advance(1.0)
+        assert cache.get_or_load("k", lambda: "unused") == "cached"  # the probe succeeds
+        assert cache.stats().breaker_state == "closed"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("opened" in m for m in messages)
+    assert any("closed" in m for m in messages)
+
+
+def test_serialization_errors_are_not_backend_failures() -> None:
+    flaky = Flaky()
+    breaker = CircuitBreaker(flaky, BreakerPolicy(failure_threshold=1))
+    with Cache(breaker) as cache:
+        for _ in range(3):
+            with pytest.raises(SerializationError):
+                cache.set("k", {1, 2})
+        assert cache.stats().breaker_state == "closed"
+
+
+def test_the_wrapper_keeps_the_backends_capabilities() -> None:
+    from cachewise.backends import TagBackend
+
+    breaker = CircuitBreaker(Flaky())
+    assert isinstance(breaker, TagBackend)
+    with Cache(breaker) as cache:
+        cache.set("k", 1, tags=["t"])
+        cache.invalidate_tags("t")
+        assert cache.get("k") is MISSING
+
+
+def test_a_write_error_returns_the_value_uncached() -> None:
+    flaky = Flaky()
+    with Cache(flaky) as cache:  # type: ignore[arg-type]
+        original_set = flaky.set
+
+        def failing_set(key: str, entry: Entry) -> None:
+            raise TimeoutError("write timed out")
+
+        flaky.set = failing_set  # type: ignore[method-assign]
+        assert cache.get_or_load("k", lambda: "v") == "v"
+        assert cache.stats().backend_errors == 1
+        flaky.set = original_set  # type: ignore[method-assign]
+        assert flaky.inner.get("k") is None
+
+
+def test_a_read_error_goes_straight_to_the_loader_without_more_backend_calls() -> None:
+    flaky = Flaky()
+    with Cache(flaky) as cache:  # type: ignore[arg-type]
+        flaky.down = True
+        before = flaky.calls
+        assert cache.get_or_load("k", lambda: "v", tags=["t"]) == "v"
+        assert flaky.calls - before == 1  # the failed read only: no stamp, no write
+
+
+# -- invalidations that do not reach the backend --------------------------------------
+
+
+def test_a_failed_delete_is_held_read_around_and_applied_later() -> None:
+    flaky = Flaky()
+    source = {"k": "v1"}
+    with Cache(flaky) as cache:  # type: ignore[arg-type]
+        assert cache.get_or_load("k", lambda: source["k"]) == "v1"
+        source["k"] = "v2"  # the write committed...
+        real_delete = flaky.delete
+
+        def failing_delete(key: str) -> bool:
+            raise ConnectionError("partition")
+
+        flaky.delete = failing_delete  # type: ignore[method-assign]
+        real_delete_many = flaky.delete_many
+        flaky.delete_many = lambda keys: failing_delete("")  # type: ignore[method-assign,assignment,misc]
+        assert cache.delete("k") is False  # ...but the invalidation did not land
+        assert flaky.inner.get("k") is not None  # the old value is still in the backend
+        assert cache.stats().invalidations_pending == 1
+        # Reads of that key do not trust the backend: they load from the source.
+        assert cache.get_or_load("k", lambda: source["k"]) == "v2"
+        assert cache.get("k") is MISSING
+        flaky.delete = real_delete  # type: ignore[method-assign]
+        flaky.delete_many = real_delete_many  # type: ignore[method-assign]
+        import time
+
+        time.sleep(0.25)  # real time: the retry is rate-limited (0.2 s)
+        assert cache.get_or_load("k", lambda: source["k"]) == "v2"
+        assert cache.stats().invalidations_pending == 0
+        assert cache.get("k") == "v2"  # cached again, from the source
+
+
+def test_a_failed_tag_invalidation_is_held_too() -> None:
+    flaky = Flaky()
+    with Cache(flaky) as cache:  # type: ignore[arg-type]
+        cache.set("a", "old", tags=["t"])
+        real = flaky.invalidate_tags
+
+        def failing(tags: Sequence[str]) -> None:
+            raise ConnectionError("partition")
+
+        flaky.invalidate_tags = failing  # type: ignore[method-assign]
+        cache.invalidate_tags("t")
+        assert cache.get("a") is MISSING  # held: the tagged entry is not trusted
+        flaky.invalidate_tags = real  # type: ignore[method-assign]
+        import time
+
+        time.sleep(0.25)
+        cache.set("b", 1)  # writes retry what is held
+        assert cache.stats().invalidations_pending == 0
+        assert cache.get("a") is MISSING  # invalidated for real now
+
+
+def test_async_breaker_and_held_invalidations() -> None:
+    class AsyncFlaky:
+        def __init__(self) -> None:
+            self.sync = Flaky()
+
+        def __getattr__(self, name: str) -> Any:
+            method = getattr(self.sync, name)
+
+            async def call(*args: Any) -> Any:
+                return method(*args)
+
+            return call
+
+        async def get(self, key: str) -> Entry | None:
+            return self.sync.get(key)
+
+        async def aclose(self) -> None:
+            self.sync.close()
+
+    async def main() -> None:
+        clock = FakeClock()
+        flaky = AsyncFlaky()
+        breaker = AsyncCircuitBreaker(flaky, BreakerPolicy(failure_threshold=2), clock=clock)
+        cache = AsyncCache(breaker)
+
+        async def source() -> str:
+            return "fresh"
+
+        await cache.set("k", "old")
+        flaky.sync.down = True
+        assert await cache.get_or_load("k", source) == "fresh"
+        assert await cache.delete("k") is False
+        assert cache.stats().breaker_state == "open"
+        assert cache.stats().invalidations_pending == 1
+        flaky.sync.down = False
+        clock.advance(1.0)
+        import time
+
+        time.sleep(0.25)
+        assert await cache.get_or_load("k", source) == "fresh"
+        assert cache.stats().invalidations_pending == 0
+        assert cache.stats().breaker_state == "closed"
+        await cache.aclose()
+        with pytest.raises(CircuitOpenError):
+            raise CircuitOpenError("type check")
+
+    asyncio.run(main())
