@@ -48,10 +48,21 @@ def test_encode_arg_is_canonical() -> None:
 
 
 @given(JSONISH, JSONISH)
+def _strict_eq(a: object, b: object) -> bool:
+    """Equal, with equal types all the way down (False and 0 are different keys)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_strict_eq, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_strict_eq(a[k], b[k]) for k in a)
+    return a == b
+
+
 def test_equal_arguments_encode_equally_and_different_ones_differently(
     a: object, b: object
 ) -> None:
-    if a == b and type(a) is type(b):
+    if _strict_eq(a, b):
         assert encode_arg(a) == encode_arg(b)
     if encode_arg(a) == encode_arg(b):
         assert a == b

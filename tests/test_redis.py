@@ -600,3 +600,21 @@ def test_cluster_tags_work_across_slots(redis_cluster_url: str) -> None:
         assert cache.get_or_load("user:1", lambda: 99, tags=["group:1", "all"]) == 1
         cache.invalidate_tags("all")
         assert cache.get_many([f"user:{i}" for i in range(20)]) == {}
+
+
+def test_a_caches_own_orphaned_lease_is_taken_over_at_once(redis_url: str, raw: Any) -> None:
+    """A release that failed leaves this cache's lease behind; its next read of
+    the key takes it over instead of waiting lock_timeout for it."""
+    cache = Cache.from_url(redis_url + "?lock_timeout=5")
+    raw.set("{k}:lease", cache._token_prefix + "999", px=5000)
+    started = time.monotonic()
+    assert cache.get_or_load("k", lambda: "v") == "v"
+    assert time.monotonic() - started < 0.5
+    assert cache.get("k") == "v"
+    other = Cache.from_url(redis_url + "?lock_timeout=5&wait_timeout=0.3")
+    raw.set("{j}:lease", cache._token_prefix + "1000", px=5000)  # another cache's lease
+    started = time.monotonic()
+    assert other.get_or_load("j", lambda: "own load") == "own load"
+    assert time.monotonic() - started >= 0.25  # waited, as for any live holder
+    cache.close()
+    other.close()

@@ -8,8 +8,9 @@ takes; anything else is a ``ValueError`` naming it.
 Redis query options: ``serializer`` (json, msgpack), ``compress`` (zlib, zstd,
 none), ``compress_threshold``, ``max_value_bytes``, ``lock_timeout``,
 ``wait_timeout``, ``tag_ttl``, ``breaker`` (on, off; default on: a circuit
-breaker wraps the backend), ``socket_timeout``, ``connect_timeout`` (0.25 s by
-default, and redis-py's own retries are off, so a dead server costs one timeout).
+breaker wraps the backend), ``max_connections`` (async pool, default 50: tasks
+wait for a free connection), ``socket_timeout``, ``connect_timeout`` (0.25 s by
+default; redis-py retries only a dead connection, once, never a timeout).
 Signed pickle needs a secret, which does not belong in a URL: pass
 ``serializer=PickleSerializer(secret)``.
 """
@@ -47,6 +48,7 @@ _REDIS_OPTIONS = (
     "wait_timeout",
     "tag_ttl",
     "breaker",
+    "max_connections",
     "socket_timeout",
     "connect_timeout",
 )
@@ -177,21 +179,34 @@ def _redis(
     base_scheme = "rediss" if scheme.startswith("rediss") else "redis"
     client_url = urlunsplit((base_scheme, parts.netloc, "" if cluster else parts.path, "", ""))
     name = redact(urlunsplit((scheme, parts.netloc, parts.path, "", "")))
-    # No client-side retries: a failed call fails once, fast, and the front end
-    # degrades around it; the breaker stops calling a backend that keeps failing.
+    # One retry, and only for a connection that turned out dead (a pooled
+    # connection after a server restart): never for a timeout, so a dead or hung
+    # server costs one timeout. The breaker stops calling one that keeps failing.
+    no_backoff = _redis_module("redis.backoff").NoBackoff()
+    connection_error = _redis_module("redis.exceptions").ConnectionError
+    max_connections = _int_option("max_connections", query.get("max_connections", "50"))
     if flavour == "sync":
         module = _redis_module("redis.cluster" if cluster else "redis")
-        retry = _redis_module("redis.retry").Retry(_redis_module("redis.backoff").NoBackoff(), 0)
+        retry = _redis_module("redis.retry").Retry(no_backoff, 1, (connection_error,))
         factory = module.RedisCluster if cluster else module.Redis
         client = factory.from_url(client_url, retry=retry, **timeouts)
         backend: Any = RedisBackend(client, codec=codec, owns_client=True, **lease_options)
         return CircuitBreaker(backend, name=name) if breaker == "on" else backend
     module = _redis_module("redis.asyncio.cluster" if cluster else "redis.asyncio")
-    retry = _redis_module("redis.asyncio.retry").Retry(
-        _redis_module("redis.backoff").NoBackoff(), 0
-    )
-    factory = module.RedisCluster if cluster else module.Redis
-    client = factory.from_url(client_url, retry=retry, **timeouts)
+    retry = _redis_module("redis.asyncio.retry").Retry(no_backoff, 1, (connection_error,))
+    if cluster:
+        client = module.RedisCluster.from_url(client_url, retry=retry, **timeouts)
+    else:
+        # redis.asyncio's default pool raises once 100 connections are in use;
+        # with many tasks, wait for a free one instead (for one socket timeout).
+        pool = module.BlockingConnectionPool.from_url(
+            client_url,
+            max_connections=max_connections,
+            timeout=timeouts["socket_timeout"],
+            retry=retry,
+            **timeouts,
+        )
+        client = module.Redis.from_pool(pool)  # the client owns (and closes) the pool
     backend = AsyncRedisBackend(client, codec=codec, owns_client=True, **lease_options)
     return AsyncCircuitBreaker(backend, name=name) if breaker == "on" else backend
 

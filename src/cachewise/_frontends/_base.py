@@ -25,7 +25,7 @@ Clock = Callable[[], float]
 
 # Pending invalidations: how many are listed one by one, and how often they are retried.
 _MAX_UNSETTLED = 10_000
-_SETTLE_EVERY = 0.2
+_SETTLE_EVERY = 0.05
 
 # How many distinct tag tuples _full_tags remembers.
 _TAG_MEMO = 4096
@@ -39,6 +39,7 @@ _WARN_EVERY = 10.0
 # no system call per lease. next() on itertools.count is atomic under the GIL.
 _token_prefix = os.urandom(8).hex()
 _token_counter = itertools.count()
+_cache_ids = itertools.count()
 
 
 def _new_token_prefix() -> None:
@@ -51,9 +52,12 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_token_prefix)
 
 
-def new_token() -> str:
-    """A lease owner token no other process or lease will use."""
-    return f"{_token_prefix}:{next(_token_counter)}"
+def new_token(prefix: str = "") -> str:
+    """A lease owner token no other process or lease will use. With a cache's
+    ``prefix`` (``_token_prefix`` of the cache), the token says which cache owns it:
+    a lease of our own with no load of ours in flight is orphaned (its release
+    failed) and the next read may take it over."""
+    return f"{prefix or _token_prefix + ':'}{next(_token_counter)}"
 
 
 def check_key(key: object) -> str:
@@ -136,10 +140,13 @@ class CacheBase:
         self._last_warning = float("-inf")
         self._tag_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._unsettled = False  # the fast check on the hit path
-        self._unsettled_keys: set[str] = set()
-        self._unsettled_tags: set[str] = set()
+        self._unsettled_keys: dict[str, int] = {}  # held key -> generation
+        self._unsettled_tags: dict[str, int] = {}
         self._unsettled_all = False
+        self._held_gen = itertools.count(1)
         self._last_settle = float("-inf")
+        self._last_unsettle_log = float("-inf")
+        self._cache_id = next(_cache_ids)
 
     # -- public, read-only --------------------------------------------------------
 
@@ -266,7 +273,10 @@ class CacheBase:
             counters.misses += 1
 
     def _collect_fresh(
-        self, keys: list[str], entries: Sequence[Entry | None] | None
+        self,
+        keys: list[str],
+        entries: Sequence[Entry | None] | None,
+        view: tuple[bool, frozenset[str], frozenset[str]] | None = None,
     ) -> dict[str, Any]:
         """``get_many``'s answer: the fresh values among ``entries`` (read for
         ``keys``; ``None`` if the read failed), counted."""
@@ -275,7 +285,7 @@ class CacheBase:
         now = self._clock()
         found: dict[str, Any] = {}
         for key, entry in zip(keys, entries, strict=True):
-            pending = self._unsettled and self._is_unsettled(self._full_key(key), entry)
+            pending = self._covered(view, self._full_key(key), entry)
             if entry is not None and not pending and is_fresh(entry, now):
                 self._count_served("hit", entry.negative)
                 found[key] = entry.value
@@ -369,36 +379,80 @@ class CacheBase:
     #
     # A delete (or set, or tag invalidation) that failed leaves the old value in a
     # shared backend. Until it is applied, this cache treats what it covers as a
-    # miss and loads from the source, and it retries the invalidation (at most every
-    # _SETTLE_EVERY seconds) before misses and writes. Past _MAX_UNSETTLED keys it
-    # stops listing them and clears its whole namespace on recovery instead.
+    # miss and loads from the source; a background settler (owned by the front end)
+    # retries it every _SETTLE_EVERY seconds, and misses and writes retry it too.
+    # Each held key or tag carries a generation, so a settle only forgets what it
+    # applied: an invalidation that failed again meanwhile stays held. Past
+    # _MAX_UNSETTLED it stops listing them and clears its namespace on recovery.
 
     def _unsettle(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> None:
-        self._unsettled_keys.update(keys)
-        self._unsettled_tags.update(tags)
+        gen = next(self._held_gen)
+        for key in keys:
+            self._unsettled_keys[key] = gen
+        for tag in tags:
+            self._unsettled_tags[tag] = gen
         if len(self._unsettled_keys) + len(self._unsettled_tags) > _MAX_UNSETTLED:
             self._unsettled_all = True
             self._unsettled_keys.clear()
             self._unsettled_tags.clear()
         self._unsettled = True
         self._counters.invalidations_pending = self._pending_count()
-        logger.error(
-            "cachewise: an invalidation did not reach the backend; the keys it covers "
-            "are read from the source until it is applied (stats().invalidations_pending)"
-        )
+        now = time.monotonic()
+        if now - self._last_unsettle_log >= _WARN_EVERY:
+            self._last_unsettle_log = now
+            logger.error(
+                "cachewise: an invalidation did not reach the backend; the keys it covers "
+                "are read from the source until it is applied (stats().invalidations_pending)"
+            )
+        self._start_settler()
+
+    @property
+    def _token_prefix(self) -> str:
+        # Lease tokens of this cache: another cache (or process) is someone else.
+        # Read at each use, so a forked child never reuses its parent's prefix.
+        return f"{_token_prefix}.{self._cache_id}:"
+
+    def _start_settler(self) -> None:
+        """Make sure the background settler runs (the shells implement it)."""
 
     def _pending_count(self) -> int:
         if self._unsettled_all:
             return -1
         return len(self._unsettled_keys) + len(self._unsettled_tags)
 
+    def _held_view(self) -> tuple[bool, frozenset[str], frozenset[str]] | None:
+        """What is held now, taken *before* a read: an entry read while its
+        invalidation was held must not be served even if the invalidation is
+        applied before the read returns (it is the old value)."""
+        if not self._unsettled:
+            return None
+        return (
+            self._unsettled_all,
+            frozenset(self._unsettled_keys),
+            frozenset(self._unsettled_tags),
+        )
+
+    def _covered(
+        self,
+        view: tuple[bool, frozenset[str], frozenset[str]] | None,
+        full: str,
+        entry: Entry | None,
+    ) -> bool:
+        """Whether a held invalidation (then or now) covers this key or entry."""
+        if view is not None:
+            everything, keys, tags = view
+            if everything or full in keys:
+                return True
+            if entry is not None and entry.tags and not tags.isdisjoint(entry.tags):
+                return True
+        return self._unsettled and self._is_unsettled(full, entry)
+
     def _is_unsettled(self, full: str, entry: Entry | None) -> bool:
-        """Whether a pending invalidation covers this key or entry."""
+        """Whether a held invalidation covers this key or entry now."""
         if self._unsettled_all or full in self._unsettled_keys:
             return True
-        return bool(
-            entry is not None and entry.tags and not self._unsettled_tags.isdisjoint(entry.tags)
-        )
+        tags = self._unsettled_tags
+        return bool(entry is not None and entry.tags and any(t in tags for t in entry.tags))
 
     def _settle_due(self) -> bool:
         now = time.monotonic()
@@ -407,16 +461,21 @@ class CacheBase:
         self._last_settle = now
         return True
 
-    def _settled(self, keys: list[str], tags: list[str], everything: bool) -> None:
-        """Forget what was just applied (anything added since stays pending)."""
+    def _held_snapshot(self) -> tuple[dict[str, int], dict[str, int], bool]:
+        return dict(self._unsettled_keys), dict(self._unsettled_tags), self._unsettled_all
+
+    def _settled(self, keys: dict[str, int], tags: dict[str, int], everything: bool) -> None:
+        """Forget what was just applied; anything held again since stays held."""
         if everything:
             self._unsettled_all = False
-        self._unsettled_keys.difference_update(keys)
-        self._unsettled_tags.difference_update(tags)
+        for held, applied in ((self._unsettled_keys, keys), (self._unsettled_tags, tags)):
+            for name, gen in applied.items():
+                if held.get(name) == gen:
+                    del held[name]
         self._unsettled = bool(self._unsettled_all or self._unsettled_keys or self._unsettled_tags)
         self._counters.invalidations_pending = self._pending_count() if self._unsettled else 0
         if not self._unsettled:
-            logger.warning("cachewise: pending invalidations applied; reading from the cache again")
+            logger.warning("cachewise: held invalidations applied; reading from the cache again")
 
     def _refresh_failed(self, key: str, exc: BaseException) -> None:
         logger.debug("cachewise: background refresh of %r failed: %r", key, exc)

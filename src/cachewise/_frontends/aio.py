@@ -16,6 +16,7 @@ from cachewise._core.policy import Read, decide_read, stale_servable
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
 from cachewise._errors import CacheClosedError
 from cachewise._frontends._base import (
+    _SETTLE_EVERY,
     CacheBase,
     Clock,
     check_key,
@@ -54,7 +55,7 @@ D = TypeVar("D")
 class _Task:
     """The waiting side of one async flight."""
 
-    __slots__ = ("future", "guard", "kind", "negative", "stale")
+    __slots__ = ("confirmed", "future", "guard", "kind", "negative", "sealed", "stale", "started")
 
     def __init__(self) -> None:
         # What every caller awaits (shielded): the load task itself, or, for a
@@ -68,6 +69,10 @@ class _Task:
         self.negative = False
         # A stale entry that may stand in for a failed load (stale-if-error).
         self.stale: Entry | None = None
+        # See sync._Call: who joins late takes the value only when it is safe.
+        self.started = False
+        self.sealed = False
+        self.confirmed = True
 
 
 # What _bcall returns when the backend call failed (and was counted).
@@ -174,6 +179,7 @@ class AsyncCache(CacheBase):
         )
         self._flights: FlightTable[_Task] = FlightTable()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._settler: asyncio.Task[Any] | None = None
         self._background = 0
 
     @classmethod
@@ -239,6 +245,7 @@ class AsyncCache(CacheBase):
         full = self._prefix + key if key.__class__ is str else ""
         if not 0 < len(full) <= SHORT_KEY_CHARS:
             full = self._hit_key(key)
+        view = self._held_view() if self._unsettled else None
         try:
             entry = self._lget(full) if self._lget is not None else await self._bread(full)
         except Exception as exc:
@@ -246,7 +253,7 @@ class AsyncCache(CacheBase):
             entry = None
         counters = self._counters
         now = self._clock()
-        if self._unsettled and self._is_unsettled(full, entry):
+        if (view is not None or self._unsettled) and self._covered(view, full, entry):
             entry = None  # an invalidation of it has not reached the backend yet
         if entry is not None and now < entry.expires_at:  # policy.is_fresh, inlined
             counters.hits += 1
@@ -261,8 +268,9 @@ class AsyncCache(CacheBase):
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The fresh values among ``keys``, as ``{key: value}``; misses are left out."""
         wanted = [check_key(key) for key in keys]
+        view = self._held_view()
         entries = await self._bcall("get_many", [self._full_key(key) for key in wanted])
-        return self._collect_fresh(wanted, None if entries is _FAILED else entries)
+        return self._collect_fresh(wanted, None if entries is _FAILED else entries, view)
 
     async def get_or_load(
         self,
@@ -285,6 +293,7 @@ class AsyncCache(CacheBase):
             ttl = check_ttl(ttl)
         ftags = self._full_tags(tags) if tags else ()
         lget = self._lget
+        view = self._held_view() if self._unsettled else None
         try:
             # Local backend: the same hit path as Cache, with no await at all (a
             # local backend checks an entry's tags itself).
@@ -294,14 +303,14 @@ class AsyncCache(CacheBase):
             self._degraded("get", exc)
             unreached: T = await self._load_unreached(full, loader, ttl, ftags)
             return unreached
-        if entry is not None and self._clock() < entry.refresh_at and not self._unsettled:
+        if entry is not None and self._clock() < entry.refresh_at and view is None:
             counters = self._counters
             counters.hits += 1
             if entry.negative:
                 counters.negative_hits += 1
             value: T = entry.value
             return value
-        return await self._read_slow(full, loader, ttl, ftags, entry)
+        return await self._read_slow(full, loader, ttl, ftags, entry, view)
 
     async def _read_slow(
         self,
@@ -310,9 +319,10 @@ class AsyncCache(CacheBase):
         ttl: float | None,
         tags: tuple[str, ...],
         entry: Entry | None,
+        view: tuple[bool, frozenset[str], frozenset[str]] | None = None,
     ) -> T:
         counters = self._counters
-        if self._unsettled and self._is_unsettled(full, entry):
+        if (view is not None or self._unsettled) and self._covered(view, full, entry):
             await self._settle()
             if self._unsettled and self._is_unsettled(full, entry):
                 pending: T = await self._load_unreached(full, loader, ttl, tags)
@@ -454,13 +464,11 @@ class AsyncCache(CacheBase):
         if tags and self._local_tagger is None and self._remote_tagger is None:
             raise TypeError(f"{type(self._backend).__name__} does not support tags")
 
-    async def _settle(self) -> None:
+    async def _settle(self, force: bool = False) -> None:
         """Retry the invalidations that did not reach the backend (rate-limited)."""
-        if not self._settle_due():
+        if not force and not self._settle_due():
             return
-        keys = list(self._unsettled_keys)
-        tags = list(self._unsettled_tags)
-        everything = self._unsettled_all
+        keys, tags, everything = self._held_snapshot()
         try:
             if everything:
                 if self._local is not None:
@@ -471,16 +479,36 @@ class AsyncCache(CacheBase):
             else:
                 if keys:
                     if self._local is not None:
-                        self._local.delete_many(keys)
+                        self._local.delete_many(list(keys))
                     else:
                         assert self._remote is not None
-                        await self._remote.delete_many(keys)
+                        await self._remote.delete_many(list(keys))
                 if tags:
-                    await self._invalidate(tags)
+                    await self._invalidate(list(tags))
         except Exception as exc:
             self._degraded("settle", exc)
             return
         self._settled(keys, tags, everything)
+
+    def _start_settler(self) -> None:
+        """Run the background settler as a tracked task (once at a time)."""
+        if self._closed or self._settler is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop running here: misses and writes retry instead
+        self._settler = loop.create_task(self._settle_loop(), name="cachewise-settle")
+        self._tasks.add(self._settler)
+        self._settler.add_done_callback(self._task_done)
+
+    async def _settle_loop(self) -> None:
+        try:
+            while self._unsettled and not self._closed:
+                await self._settle(force=True)
+                await asyncio.sleep(_SETTLE_EVERY)
+        finally:
+            self._settler = None
 
     async def clear(self) -> int:
         """Remove every entry of this cache's namespace; how many."""
@@ -631,6 +659,7 @@ class AsyncCache(CacheBase):
         counters = self._counters
         clock = self._clock
         counters.loads += 1
+        handle = flight.handle
         stamp = None
         if flight.tags and (write or token is not None):
             # Stamp first: an invalidation during the load makes its entry a miss.
@@ -644,6 +673,9 @@ class AsyncCache(CacheBase):
                 write = False  # an unstamped entry must not be written
                 await self._release(flight.key, token)
                 token = None
+        handle.started = True
+        if not write and token is None:
+            handle.confirmed = False  # nothing will be written: nothing confirms it
         try:
             try:
                 start = clock()
@@ -666,6 +698,7 @@ class AsyncCache(CacheBase):
             entry = self._new_entry(
                 value, end, ttl, max(end - start, 0.0), negative, flight.tags, stamp
             )
+            handle.sealed = True  # who joins from now on reads again rather than wait
             if token is not None:
                 await self._write_leased(flight, entry, token)
             elif write:
@@ -702,11 +735,13 @@ class AsyncCache(CacheBase):
         # The lease makes the write atomic with respect to deletes in any process.
         leases = self._leases
         assert leases is not None
+        flight.handle.confirmed = False
         if entry is None or not flight.valid:
             await self._release(flight.key, token)
             return
         try:
-            await leases.set_leased(flight.key, entry, token)
+            # False: the lease was lost (deleted or expired) while loading.
+            flight.handle.confirmed = await leases.set_leased(flight.key, entry, token)
         except _REFUSED:
             await self._release(flight.key, token)
             raise
@@ -745,7 +780,10 @@ class AsyncCache(CacheBase):
                 handle.future = asyncio.get_running_loop().create_future()
                 flight = self._flights.start(full, handle, tags)
                 await self._lead_leased(flight, loader, ttl, found, stale)
+                early = unsealed = True
             else:
+                handle = flight.handle
+                early, unsealed = not handle.started, not handle.sealed
                 flight.waiters += 1
                 counters.coalesced += 1
             try:
@@ -753,7 +791,9 @@ class AsyncCache(CacheBase):
             except _Retry:
                 continue
             if not leader:
-                self._count_served(flight.handle.kind, flight.handle.negative)
+                if not _may_take(handle, early, unsealed):
+                    continue  # read again: the value may predate a delete elsewhere
+                self._count_served(handle.kind, handle.negative)
             return value
 
     async def _lead_leased(
@@ -772,7 +812,7 @@ class AsyncCache(CacheBase):
         future = handle.future
         assert future is not None
         full = flight.key
-        token = new_token()
+        token = new_token(self._token_prefix)
         flow = leased_read(self._policy, leases.wait_timeout, found, stale)
         outcome: Outcome
         try:
@@ -862,7 +902,7 @@ class AsyncCache(CacheBase):
         token = None
         if self._leases is not None:
             # Across processes, one refresh per key: only the lease holder runs it.
-            token = new_token()
+            token = new_token(self._token_prefix)
             try:
                 reply = await self._leases.read_or_lease(flight.key, token, "refresh")
             except Exception as exc:
@@ -888,13 +928,17 @@ class AsyncCache(CacheBase):
         all finished within ``timeout`` seconds (``None``: no limit)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        while self._tasks:
+        while True:
+            # The settler is not "background work started so far": it runs for as
+            # long as invalidations are held (aclose stops it).
+            pending = [t for t in self._tasks if t is not self._settler or self._closed]
+            if not pending:
+                return True
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return False
             # asyncio.wait never raises the tasks' exceptions; _task_done retrieves them.
-            await asyncio.wait(list(self._tasks), timeout=remaining)
-        return True
+            await asyncio.wait(pending, timeout=remaining)
 
     # -- decorator ----------------------------------------------------------------
 
@@ -982,6 +1026,13 @@ class AsyncCache(CacheBase):
 
     def __repr__(self) -> str:
         return f"AsyncCache(backend={self._backend!r}, namespace={self._namespace!r})"
+
+
+def _may_take(handle: _Task, early: bool, unsealed: bool) -> bool:
+    """See sync._may_take (a value, not an error, reached this joiner)."""
+    if handle.kind != "load":
+        return False
+    return unsealed if handle.confirmed else early
 
 
 def _check_async_callable(func: object, decorator: str) -> None:

@@ -18,6 +18,7 @@ from cachewise._core.policy import Read, decide_read, stale_servable
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
 from cachewise._errors import CacheClosedError
 from cachewise._frontends._base import (
+    _SETTLE_EVERY,
     CacheBase,
     Clock,
     check_key,
@@ -49,7 +50,19 @@ D = TypeVar("D")
 class _Call:
     """The waiting side of one sync flight."""
 
-    __slots__ = ("abandoned", "done", "error", "guard", "kind", "negative", "stale", "value")
+    __slots__ = (
+        "abandoned",
+        "confirmed",
+        "done",
+        "error",
+        "guard",
+        "kind",
+        "negative",
+        "sealed",
+        "stale",
+        "started",
+        "value",
+    )
 
     def __init__(self, guarded: bool = True) -> None:
         # Created by the first caller that joins (most flights have none).
@@ -68,6 +81,14 @@ class _Call:
         # The leader died of a BaseException (KeyboardInterrupt...) or could not
         # run the refresh it registered: waiters retry.
         self.abandoned = False
+        # Lease backends (other processes' deletes cannot revoke a local flight):
+        # started: the loader was called; sealed: the write was sent; confirmed:
+        # the write held its lease, so no delete can have happened since the
+        # lease was granted. Who joined late takes the value only when that is
+        # safe (see Cache._may_take).
+        self.started = False
+        self.sealed = False
+        self.confirmed = True
 
 
 def _pass_guard(flight: Flight[_Call]) -> None:
@@ -167,6 +188,8 @@ class Cache(CacheBase):
         self._flights: FlightTable[_Call] = FlightTable()
         self._executor: ThreadPoolExecutor | None = None
         self._futures: set[Future[None]] = set()
+        self._settler: Future[None] | None = None
+        self._settle_wake = threading.Event()  # set by close() to stop the settler
 
     @classmethod
     def from_url(cls, url: str, *, serializer: Serializer | None = None, **options: Any) -> Cache:
@@ -199,6 +222,7 @@ class Cache(CacheBase):
         full = self._prefix + key if key.__class__ is str else ""
         if not 0 < len(full) <= SHORT_KEY_CHARS:
             full = self._hit_key(key)
+        view = self._held_view() if self._unsettled else None
         try:
             entry = self._bget(full)
         except Exception as exc:
@@ -206,7 +230,7 @@ class Cache(CacheBase):
             entry = None
         counters = self._counters
         now = self._clock()
-        if self._unsettled and self._is_unsettled(full, entry):
+        if (view is not None or self._unsettled) and self._covered(view, full, entry):
             entry = None  # an invalidation of it has not reached the backend yet
         if entry is not None and now < entry.expires_at:  # policy.is_fresh, inlined
             counters.hits += 1
@@ -223,12 +247,13 @@ class Cache(CacheBase):
         wanted = [check_key(key) for key in keys]
         full = [self._full_key(key) for key in wanted]
         entries: list[Entry | None] | None
+        view = self._held_view()
         try:
             entries = self._backend.get_many(full)
         except Exception as exc:
             self._degraded("get_many", exc)
             entries = None
-        return self._collect_fresh(wanted, entries)
+        return self._collect_fresh(wanted, entries, view)
 
     def get_or_load(
         self,
@@ -255,6 +280,7 @@ class Cache(CacheBase):
         if ttl is not None:
             ttl = check_ttl(ttl)
         ftags = self._full_tags(tags) if tags else ()
+        view = self._held_view() if self._unsettled else None
         try:
             # With tags, a shared backend checks their versions in the same round trip.
             entry = self._bget_tagged(full, ftags) if ftags else self._bget(full)
@@ -263,14 +289,14 @@ class Cache(CacheBase):
             # on it in this call (no lease, no write).
             self._degraded("get", exc)
             return self._load_unreached(full, loader, ttl, ftags)
-        if entry is not None and self._clock() < entry.refresh_at and not self._unsettled:
+        if entry is not None and self._clock() < entry.refresh_at and view is None:
             counters = self._counters
             counters.hits += 1
             if entry.negative:
                 counters.negative_hits += 1
             value: T = entry.value
             return value
-        return self._read_slow(full, loader, ttl, ftags, entry)
+        return self._read_slow(full, loader, ttl, ftags, entry, view)
 
     def _read_slow(
         self,
@@ -279,9 +305,10 @@ class Cache(CacheBase):
         ttl: float | None,
         tags: tuple[str, ...],
         entry: Entry | None,
+        view: tuple[bool, frozenset[str], frozenset[str]] | None = None,
     ) -> T:
         counters = self._counters
-        if self._unsettled and self._is_unsettled(full, entry):
+        if (view is not None or self._unsettled) and self._covered(view, full, entry):
             self._settle()
             if self._unsettled and self._is_unsettled(full, entry):
                 return self._load_unreached(full, loader, ttl, tags)
@@ -435,25 +462,44 @@ class Cache(CacheBase):
         assert self._tagger is not None
         return self._tagger.tag_stamp(tags)
 
-    def _settle(self) -> None:
+    def _settle(self, force: bool = False) -> None:
         """Retry the invalidations that did not reach the backend (rate-limited)."""
-        if not self._settle_due():
+        if not force and not self._settle_due():
             return
-        keys = list(self._unsettled_keys)
-        tags = list(self._unsettled_tags)
-        everything = self._unsettled_all
+        keys, tags, everything = self._held_snapshot()
         try:
             if everything:
                 self._backend.clear(self._prefix)
             else:
                 if keys:
-                    self._backend.delete_many(keys)
+                    self._backend.delete_many(list(keys))
                 if tags and self._tagger is not None:
-                    self._tagger.invalidate_tags(tags)
+                    self._tagger.invalidate_tags(list(tags))
         except Exception as exc:
             self._degraded("settle", exc)
             return
         self._settled(keys, tags, everything)
+
+    def _start_settler(self) -> None:
+        """Run the background settler on the owned pool (once at a time)."""
+        with self._lock:
+            if self._closed or self._settler is not None:
+                return
+            executor = self._pool()
+            self._settler = executor.submit(self._settle_loop)
+            self._futures.add(self._settler)
+        self._settler.add_done_callback(self._forget_future)
+
+    def _settle_loop(self) -> None:
+        try:
+            while self._unsettled and not self._closed:
+                self._settle(force=True)
+                self._settle_wake.wait(_SETTLE_EVERY)
+        finally:
+            with self._lock:
+                self._settler = None
+            if self._unsettled and not self._closed:
+                self._start_settler()  # held again as we left: keep going
 
     def clear(self) -> int:
         """Remove every entry of this cache's namespace (O(n)); how many."""
@@ -479,19 +525,22 @@ class Cache(CacheBase):
 
     # -- single-flight ------------------------------------------------------------
 
-    def _join_or_lead(self, full: str, tags: tuple[str, ...]) -> tuple[Flight[_Call], bool]:
-        """The flight for ``full``, and whether the caller leads it."""
+    def _join_or_lead(
+        self, full: str, tags: tuple[str, ...]
+    ) -> tuple[Flight[_Call], bool, bool, bool]:
+        """The flight for ``full``; whether the caller leads it; and, for a joiner,
+        whether it joined before the load started and before the write was sent."""
         with self._lock:
             flight = self._flights.get(full)
             if flight is None:
                 call = _Call(guarded=self._leases is None)
-                return self._flights.start(full, call, tags), True
+                return self._flights.start(full, call, tags), True, True, True
             flight.waiters += 1
             call = flight.handle
             if call.done is None:
                 # Created under the lock that _finish takes, so no wake-up is lost.
                 call.done = threading.Event()
-            return flight, False
+            return flight, False, not call.started, not call.sealed
 
     def _finish(self, flight: Flight[_Call]) -> None:
         # Leave the table before waking waiters, so a woken caller that comes
@@ -541,18 +590,22 @@ class Cache(CacheBase):
     ) -> Any:
         """Lead the flight for ``full`` (``lead(flight)``) or join it; its outcome."""
         while True:
-            flight, leader = self._join_or_lead(full, tags)
+            flight, leader, early, unsealed = self._join_or_lead(full, tags)
             call = flight.handle
             if leader:
                 lead(flight)
             else:
                 self._counters.coalesced += 1
                 self._await_call(call)
-                if self._leases is not None and not call.abandoned:
+                if call.abandoned:
+                    continue  # the leader was interrupted; try again (maybe as leader)
+                if self._leases is not None:
+                    if not _may_take(call, early, unsealed):
+                        continue  # read again: the value may predate a delete elsewhere
                     # On a lease backend the outcome decides hit, stale or miss.
                     self._count_served(call.kind, call.negative)
             if call.abandoned:
-                continue  # the leader was interrupted; try again (maybe as leader)
+                continue
             return self._outcome(call, stale)
 
     def _outcome(self, call: _Call, stale: Entry | None) -> Any:
@@ -598,6 +651,9 @@ class Cache(CacheBase):
                 write = False  # an unstamped entry must not be written
                 self._release(flight.key, token)
                 token = None
+        call.started = True
+        if not write and token is None:
+            call.confirmed = False  # nothing will be written: nothing confirms it
         try:
             start = clock()
             value = loader()
@@ -624,6 +680,8 @@ class Cache(CacheBase):
         entry = self._new_entry(
             value, end, ttl, max(end - start, 0.0), negative, flight.tags, stamp
         )
+        with self._lock:
+            call.sealed = True  # who joins from now on reads again rather than wait
         try:
             if token is not None:
                 self._write_leased(flight, entry, token)
@@ -657,11 +715,14 @@ class Cache(CacheBase):
         # the local validity check only saves a round trip.
         leases = self._leases
         assert leases is not None
+        call = flight.handle
+        call.confirmed = False
         if entry is None or not flight.valid:
             self._release(flight.key, token)
             return
         try:
-            leases.set_leased(flight.key, entry, token)
+            # False: the lease was lost (deleted or expired) while loading.
+            call.confirmed = leases.set_leased(flight.key, entry, token)
         except _REFUSED:
             self._release(flight.key, token)
             raise
@@ -707,7 +768,7 @@ class Cache(CacheBase):
         assert leases is not None
         call = flight.handle
         full = flight.key
-        token = new_token()
+        token = new_token(self._token_prefix)
         flow = leased_read(self._policy, leases.wait_timeout, found, stale)
         try:
             step = next(flow)
@@ -775,11 +836,7 @@ class Cache(CacheBase):
             if len(self._futures) >= self._max_pending:
                 self._counters.refreshes_dropped += 1
                 return False
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    self._refresh_workers, thread_name_prefix="cachewise-refresh"
-                )
-            executor = self._executor
+            executor = self._pool()
             flight = self._flights.start(full, _Call(guarded=self._leases is None), tags)
             # Submit under the lock: close() takes it before shutting the pool
             # down, so submit never races with shutdown.
@@ -788,13 +845,21 @@ class Cache(CacheBase):
         future.add_done_callback(self._forget_future)
         return True
 
+    def _pool(self) -> ThreadPoolExecutor:
+        # Caller holds self._lock.
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                self._refresh_workers, thread_name_prefix="cachewise-refresh"
+            )
+        return self._executor
+
     def _run_background(
         self, flight: Flight[_Call], loader: Callable[[], Any], ttl: float | None
     ) -> None:
         token = None
         if self._leases is not None:
             # Across processes, one refresh per key: only the lease holder runs it.
-            token = new_token()
+            token = new_token(self._token_prefix)
             try:
                 granted = self._leases.read_or_lease(flight.key, token, "refresh").granted
             except Exception as exc:
@@ -815,7 +880,8 @@ class Cache(CacheBase):
     def wait_background(self, timeout: float | None = None) -> bool:
         """Wait for the background refreshes started so far; whether all finished."""
         with self._lock:
-            pending = list(self._futures)
+            # The settler runs for as long as invalidations are held: not "started so far".
+            pending = [f for f in self._futures if f is not self._settler]
         _, not_done = wait_futures(pending, timeout=timeout)
         return not not_done
 
@@ -900,6 +966,7 @@ class Cache(CacheBase):
                 return
             self._closed = True
             executor = self._executor
+        self._settle_wake.set()
         if executor is not None:
             executor.shutdown(wait=True)
         if self._owns_backend:
@@ -918,6 +985,22 @@ class Cache(CacheBase):
 
     def __repr__(self) -> str:
         return f"Cache(backend={self._backend!r}, namespace={self._namespace!r})"
+
+
+def _may_take(call: _Call, early: bool, unsealed: bool) -> bool:
+    """Whether a joiner may take a lease-backend flight's outcome.
+
+    Another process's delete cannot revoke our local flight, so a value is only
+    safe for a joiner when no delete that finished before the joiner arrived can
+    be missing from it: the write held its lease and the joiner came before the
+    write was sent; or nothing confirmed it but the joiner came before the load
+    began. Errors are shared; a value the leader read (not loaded) is not.
+    """
+    if call.error is not None:
+        return True
+    if call.kind != "load":
+        return False
+    return unsealed if call.confirmed else early
 
 
 def _check_sync_callable(func: object, decorator: str) -> None:

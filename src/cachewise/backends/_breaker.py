@@ -31,6 +31,9 @@ logger = logging.getLogger("cachewise")
 
 # Errors that say nothing about the backend's health.
 _NOT_FAILURES = (SerializationError, ValueTooLargeError)
+# Invalidations are always sent, even while open: refusing one would leave an old
+# value for every other process to read. They still count towards the breaker.
+_ALWAYS_SENT = frozenset({"delete", "delete_many", "invalidate_tags", "clear", "release"})
 # Optional capability methods guarded like the rest, when the wrapped backend has them.
 _GUARDED = frozenset(
     {"read_or_lease", "set_leased", "release", "wait", "tag_stamp", "invalidate_tags", "get_tagged"}
@@ -147,7 +150,8 @@ class CircuitBreaker(_BreakerBase):
         super().__init__(backend, policy, clock, name)
 
     def _call(self, operation: str, method: Callable[..., Any], *args: Any) -> Any:
-        self._admit(operation)
+        if operation not in _ALWAYS_SENT:
+            self._admit(operation)
         try:
             result = method(*args)
         except _NOT_FAILURES:
@@ -222,7 +226,8 @@ class AsyncCircuitBreaker(_BreakerBase):
         super().__init__(backend, policy, clock, name)
 
     async def _call(self, operation: str, method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        self._admit(operation)
+        if operation not in _ALWAYS_SENT:
+            self._admit(operation)
         try:
             result = await method(*args)
         except _NOT_FAILURES:

@@ -36,6 +36,10 @@ end
 #: mode "take":    take the lease whatever the value (a reload of an expired value);
 #:                 register as a waiter if it is held.
 #: mode "refresh": take the lease whatever the value; never wait.
+#: A token is "<owner>:<n>". A lease held by the same owner (the same cache) is
+#: orphaned: the cache reads through its own single-flight first, so it only asks
+#: when none of its loads is in flight; the lease is left over from a release that
+#: failed. It is taken over at once instead of waited out.
 #: Returns {value or nil, granted 0/1, lease pttl in ms (when held)}.
 READ = """
 local mode = ARGV[3]
@@ -44,6 +48,12 @@ if mode == 'get' or mode == 'lease' then
   if v or mode == 'get' then return {v, 0, 0} end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {false, 1, 0}
+end
+local owner = string.match(ARGV[1], '^(.*:)')
+local holder = redis.call('GET', KEYS[2])
+if owner and holder and string.sub(holder, 1, #owner) == owner then
+  redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
   return {false, 1, 0}
 end
 local pttl = redis.call('PTTL', KEYS[2])
