@@ -598,16 +598,21 @@ class AsyncCache(CacheBase):
         self._counters.misses += 1
         while True:
             flight = self._flights.get(full)
+            joined = flight is not None
             if flight is None:
                 flight = self._start(full, self._run_unwritten, loader, ttl, tags)
             else:
                 flight.waiters += 1
                 self._counters.coalesced += 1
+            handle = flight.handle
+            early, unsealed = not handle.started, not handle.sealed
             try:
                 value: T = await self._await_flight(flight, None)
-                return value
             except _Retry:
                 continue
+            if joined and self._leases is not None and not _may_take(handle, early, unsealed):
+                continue  # read again: the value may predate a delete elsewhere
+            return value
 
     async def _run_unwritten(
         self, flight: Flight[_Task], loader: Callable[[], Awaitable[Any]], ttl: float | None
