@@ -10,7 +10,9 @@ none), ``compress_threshold``, ``max_value_bytes``, ``lock_timeout``,
 ``wait_timeout``, ``tag_ttl``, ``breaker`` (on, off; default on: a circuit
 breaker wraps the backend), ``max_connections`` (async pool, default 50: tasks
 wait for a free connection), ``socket_timeout``, ``connect_timeout`` (0.25 s by
-default; redis-py retries only a dead connection, once, never a timeout).
+default; redis-py retries only a dead connection, once, never a timeout), and
+``invalidation_timeout`` (1 s: deletes and tag invalidations wait longer, since one
+that gives up leaves the old value for every other process).
 Signed pickle needs a secret, which does not belong in a URL: pass
 ``serializer=PickleSerializer(secret)``.
 """
@@ -38,6 +40,8 @@ Flavour = Literal["sync", "async"]
 #: Default per-operation and connect timeouts for clients cachewise creates.
 DEFAULT_SOCKET_TIMEOUT = 0.25
 DEFAULT_CONNECT_TIMEOUT = 0.25
+#: The per-operation timeout of invalidations (deletes, tag invalidations).
+DEFAULT_INVALIDATION_TIMEOUT = 1.0
 
 _REDIS_OPTIONS = (
     "serializer",
@@ -49,6 +53,7 @@ _REDIS_OPTIONS = (
     "tag_ttl",
     "breaker",
     "max_connections",
+    "invalidation_timeout",
     "socket_timeout",
     "connect_timeout",
 )
@@ -185,29 +190,56 @@ def _redis(
     no_backoff = _redis_module("redis.backoff").NoBackoff()
     connection_error = _redis_module("redis.exceptions").ConnectionError
     max_connections = _int_option("max_connections", query.get("max_connections", "50"))
+    # Invalidations get a longer timeout of their own (a second client): one that
+    # gives up leaves the old value for every other process to read, and under
+    # load a short timeout fires on a busy client, not on a dead server.
+    slow = {
+        "socket_timeout": _seconds_option(
+            "invalidation_timeout",
+            query.get("invalidation_timeout", str(DEFAULT_INVALIDATION_TIMEOUT)),
+        ),
+        "socket_connect_timeout": timeouts["socket_connect_timeout"],
+    }
     if flavour == "sync":
         module = _redis_module("redis.cluster" if cluster else "redis")
-        retry = _redis_module("redis.retry").Retry(no_backoff, 1, (connection_error,))
         factory = module.RedisCluster if cluster else module.Redis
-        client = factory.from_url(client_url, retry=retry, **timeouts)
-        backend: Any = RedisBackend(client, codec=codec, owns_client=True, **lease_options)
+
+        def sync_client(options: dict[str, float]) -> Any:
+            retry = _redis_module("redis.retry").Retry(no_backoff, 1, (connection_error,))
+            return factory.from_url(client_url, retry=retry, **options)
+
+        backend: Any = RedisBackend(
+            sync_client(timeouts),
+            codec=codec,
+            owns_client=True,
+            invalidation_client=sync_client(slow),
+            **lease_options,
+        )
         return CircuitBreaker(backend, name=name) if breaker == "on" else backend
     module = _redis_module("redis.asyncio.cluster" if cluster else "redis.asyncio")
-    retry = _redis_module("redis.asyncio.retry").Retry(no_backoff, 1, (connection_error,))
-    if cluster:
-        client = module.RedisCluster.from_url(client_url, retry=retry, **timeouts)
-    else:
+
+    def async_client(options: dict[str, float]) -> Any:
+        retry = _redis_module("redis.asyncio.retry").Retry(no_backoff, 1, (connection_error,))
+        if cluster:
+            return module.RedisCluster.from_url(client_url, retry=retry, **options)
         # redis.asyncio's default pool raises once 100 connections are in use;
         # with many tasks, wait for a free one instead (for one socket timeout).
         pool = module.BlockingConnectionPool.from_url(
             client_url,
             max_connections=max_connections,
-            timeout=timeouts["socket_timeout"],
+            timeout=options["socket_timeout"],
             retry=retry,
-            **timeouts,
+            **options,
         )
-        client = module.Redis.from_pool(pool)  # the client owns (and closes) the pool
-    backend = AsyncRedisBackend(client, codec=codec, owns_client=True, **lease_options)
+        return module.Redis.from_pool(pool)  # the client owns (and closes) the pool
+
+    backend = AsyncRedisBackend(
+        async_client(timeouts),
+        codec=codec,
+        owns_client=True,
+        invalidation_client=async_client(slow),
+        **lease_options,
+    )
     return AsyncCircuitBreaker(backend, name=name) if breaker == "on" else backend
 
 

@@ -416,7 +416,7 @@ class AsyncCache(CacheBase):
         if self._unsettled:
             await self._settle()
         await self._revoke([full])
-        result = await self._bcall("delete", full)
+        result = await self._send_invalidation("delete", full)
         if result is _FAILED:
             self._unsettle(keys=[full])
             return False
@@ -430,7 +430,7 @@ class AsyncCache(CacheBase):
         if self._unsettled:
             await self._settle()
         await self._revoke(full)
-        result = await self._bcall("delete_many", full)
+        result = await self._send_invalidation("delete_many", full)
         if result is _FAILED:
             self._unsettle(keys=full)
             return 0
@@ -448,11 +448,22 @@ class AsyncCache(CacheBase):
             await self._pass_guard(flight)
         if self._unsettled:
             await self._settle()
-        try:
-            await self._invalidate(ftags)
-        except Exception as exc:
-            self._degraded("invalidate_tags", exc)
-            self._unsettle(tags=ftags)
+        for attempt in (1, 2):  # worth a second try: see Cache._send_invalidation
+            try:
+                await self._invalidate(ftags)
+                break
+            except Exception as exc:
+                self._degraded("invalidate_tags", exc)
+                if attempt == 2:
+                    self._unsettle(tags=ftags)
+
+    async def _send_invalidation(self, operation: str, *args: Any) -> Any:
+        """A backend invalidation, tried twice before it is held (see
+        ``Cache._send_invalidation``); ``_FAILED`` if both failed."""
+        result = await self._bcall(operation, *args)
+        if result is _FAILED:
+            result = await self._bcall(operation, *args)
+        return result
 
     async def _invalidate(self, tags: Sequence[str]) -> None:
         if self._local_tagger is not None:

@@ -406,9 +406,8 @@ class Cache(CacheBase):
             self._settle()
         self._revoke([full])
         try:
-            return self._backend.delete(full)
-        except Exception as exc:
-            self._degraded("delete", exc)
+            return bool(self._send_invalidation("delete", self._backend.delete, full))
+        except Exception:
             self._unsettle(keys=[full])
             return False
 
@@ -421,9 +420,8 @@ class Cache(CacheBase):
             self._settle()
         self._revoke(full)
         try:
-            return self._backend.delete_many(full)
-        except Exception as exc:
-            self._degraded("delete_many", exc)
+            return int(self._send_invalidation("delete_many", self._backend.delete_many, full))
+        except Exception:
             self._unsettle(keys=full)
             return 0
 
@@ -445,10 +443,23 @@ class Cache(CacheBase):
         if self._unsettled:
             self._settle()
         try:
-            self._tagger.invalidate_tags(ftags)
-        except Exception as exc:
-            self._degraded("invalidate_tags", exc)
+            self._send_invalidation("invalidate_tags", self._tagger.invalidate_tags, ftags)
+        except Exception:
             self._unsettle(tags=ftags)
+
+    def _send_invalidation(self, operation: str, method: Callable[..., Any], *args: Any) -> Any:
+        """An invalidation is worth a second try before it is held: until it lands,
+        other processes read the old value (a timeout under load is often just
+        that). Each failure is counted; the last one is raised."""
+        try:
+            return method(*args)
+        except Exception as exc:
+            self._degraded(operation, exc)
+        try:
+            return method(*args)
+        except Exception as exc:
+            self._degraded(operation, exc)
+            raise
 
     def _need_tags(self, tags: tuple[str, ...]) -> None:
         if tags and self._tagger is None:

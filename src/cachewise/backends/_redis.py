@@ -84,10 +84,14 @@ class _RedisCommon:
         margin: float,
         owns_client: bool,
         tag_ttl: float = DEFAULT_TAG_TTL,
+        invalidation_client: Any = None,
     ) -> None:
         if codec is not None and not isinstance(codec, Codec):
             raise TypeError("codec must be a cachewise.serialization.Codec")
         self._client = client
+        # Invalidations may go through a client with a longer timeout: a delete
+        # that gives up leaves the old value for every other process to read.
+        self._writer = invalidation_client if invalidation_client is not None else client
         self.codec = codec or Codec()
         self.lock_timeout = _check_seconds("lock_timeout", lock_timeout)
         # Waiters outlast the lease, so a dead holder is replaced before anyone
@@ -240,6 +244,7 @@ class RedisBackend(_RedisCommon):
         margin: float = DEFAULT_MARGIN,
         owns_client: bool = False,
         tag_ttl: float = DEFAULT_TAG_TTL,
+        invalidation_client: Any = None,
     ) -> None:
         if _looks_async_client(client):
             raise TypeError("RedisBackend needs a sync redis-py client; use AsyncRedisBackend")
@@ -252,19 +257,23 @@ class RedisBackend(_RedisCommon):
             margin=margin,
             owns_client=owns_client,
             tag_ttl=tag_ttl,
+            invalidation_client=invalidation_client,
         )
 
-    def _script(self, script: str, sha: str, args: list[Any]) -> Any:
+    def _script(self, script: str, sha: str, args: list[Any], client: Any = None) -> Any:
+        client = client or self._client
         try:
-            return self._client.execute_command("EVALSHA", sha, *args)
+            return client.execute_command("EVALSHA", sha, *args)
         except Exception as exc:
             if not _is_noscript(exc):
                 raise
             # Not cached on this node yet (or after a restart): EVAL caches it.
-            return self._client.execute_command("EVAL", script, *args)
+            return client.execute_command("EVAL", script, *args)
 
-    def _pipeline_scripts(self, script: str, calls: list[list[Any]]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
+    def _pipeline_scripts(
+        self, script: str, calls: list[list[Any]], client: Any = None
+    ) -> list[Any]:
+        pipe = (client or self._client).pipeline(transaction=False)
         for args in calls:
             pipe.execute_command("EVAL", script, *args)
         result: list[Any] = pipe.execute()
@@ -314,7 +323,7 @@ class RedisBackend(_RedisCommon):
         entries carrying them."""
         if not tags:
             return
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self._writer.pipeline(transaction=False)
         for name, version in self._invalidate_args(tags):
             pipe.set(name, version, px=self._tag_ttl_ms)
         pipe.execute()
@@ -338,13 +347,15 @@ class RedisBackend(_RedisCommon):
 
     def delete(self, key: str) -> bool:
         """Delete the value and its lease; whether the value existed."""
-        return bool(self._script(_lua.WRITE, self._write_sha, self._write_args(key, None)))
+        args = self._write_args(key, None)
+        return bool(self._script(_lua.WRITE, self._write_sha, args, self._writer))
 
     def delete_many(self, keys: Sequence[str]) -> int:
         """``delete`` for several keys, pipelined; how many existed."""
         if not keys:
             return 0
-        replies = self._pipeline_scripts(_lua.WRITE, [self._write_args(k, None) for k in keys])
+        calls = [self._write_args(k, None) for k in keys]
+        replies = self._pipeline_scripts(_lua.WRITE, calls, self._writer)
         return sum(int(r) for r in replies)
 
     def clear(self, prefix: str = "") -> int:
@@ -364,13 +375,15 @@ class RedisBackend(_RedisCommon):
 
     def _delete_batch(self, names: list[bytes]) -> int:
         values = sum(1 for n in names if n.endswith(b"}"))
-        self._client.delete(*names)
+        self._writer.delete(*names)
         return values
 
     def close(self) -> None:
-        """Close the client if this backend created it."""
+        """Close the client(s) if this backend created them."""
         if self._owns_client:
             self._client.close()
+            if self._writer is not self._client:
+                self._writer.close()
 
     # -- leases -------------------------------------------------------------------
 
@@ -415,6 +428,7 @@ class AsyncRedisBackend(_RedisCommon):
         margin: float = DEFAULT_MARGIN,
         owns_client: bool = False,
         tag_ttl: float = DEFAULT_TAG_TTL,
+        invalidation_client: Any = None,
     ) -> None:
         if not _looks_async_client(client):
             raise TypeError("AsyncRedisBackend needs a redis.asyncio client; use RedisBackend")
@@ -427,18 +441,22 @@ class AsyncRedisBackend(_RedisCommon):
             margin=margin,
             owns_client=owns_client,
             tag_ttl=tag_ttl,
+            invalidation_client=invalidation_client,
         )
 
-    async def _script(self, script: str, sha: str, args: list[Any]) -> Any:
+    async def _script(self, script: str, sha: str, args: list[Any], client: Any = None) -> Any:
+        client = client or self._client
         try:
-            return await self._client.execute_command("EVALSHA", sha, *args)
+            return await client.execute_command("EVALSHA", sha, *args)
         except Exception as exc:
             if not _is_noscript(exc):
                 raise
-            return await self._client.execute_command("EVAL", script, *args)
+            return await client.execute_command("EVAL", script, *args)
 
-    async def _pipeline_scripts(self, script: str, calls: list[list[Any]]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
+    async def _pipeline_scripts(
+        self, script: str, calls: list[list[Any]], client: Any = None
+    ) -> list[Any]:
+        pipe = (client or self._client).pipeline(transaction=False)
         for args in calls:
             pipe.execute_command("EVAL", script, *args)
         result: list[Any] = await pipe.execute()
@@ -484,7 +502,7 @@ class AsyncRedisBackend(_RedisCommon):
         """Give each tag a new version: O(number of tags)."""
         if not tags:
             return
-        pipe = self._client.pipeline(transaction=False)
+        pipe = self._writer.pipeline(transaction=False)
         for name, version in self._invalidate_args(tags):
             pipe.set(name, version, px=self._tag_ttl_ms)
         await pipe.execute()
@@ -509,15 +527,15 @@ class AsyncRedisBackend(_RedisCommon):
 
     async def delete(self, key: str) -> bool:
         """Delete the value and its lease; whether the value existed."""
-        return bool(await self._script(_lua.WRITE, self._write_sha, self._write_args(key, None)))
+        args = self._write_args(key, None)
+        return bool(await self._script(_lua.WRITE, self._write_sha, args, self._writer))
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         """``delete`` for several keys, pipelined; how many existed."""
         if not keys:
             return 0
-        replies = await self._pipeline_scripts(
-            _lua.WRITE, [self._write_args(k, None) for k in keys]
-        )
+        calls = [self._write_args(k, None) for k in keys]
+        replies = await self._pipeline_scripts(_lua.WRITE, calls, self._writer)
         return sum(int(r) for r in replies)
 
     async def clear(self, prefix: str = "") -> int:
@@ -528,13 +546,15 @@ class AsyncRedisBackend(_RedisCommon):
         for start in range(0, len(names), 500):
             batch = names[start : start + 500]
             count += sum(1 for n in batch if n.endswith(b"}"))
-            await self._client.delete(*batch)
+            await self._writer.delete(*batch)
         return count
 
     async def aclose(self) -> None:
-        """Close the client if this backend created it."""
+        """Close the client(s) if this backend created them."""
         if self._owns_client:
             await self._client.aclose()
+            if self._writer is not self._client:
+                await self._writer.aclose()
 
     async def read_or_lease(self, key: str, token: str, mode: str = "lease") -> LeaseReply:
         """Read ``key`` and, per ``mode``, take its lease."""
