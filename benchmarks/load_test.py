@@ -232,7 +232,7 @@ def pending_check(cache: Cache | AsyncCache) -> Callable[[str], bool]:
 
     def pending(key: str) -> bool:
         keys = getattr(cache, "_unsettled_keys", None)
-        if not isinstance(keys, set):
+        if not isinstance(keys, (set, dict)):
             return False
         return bool(getattr(cache, "_unsettled_all", False)) or prefix + key in keys
 

@@ -193,13 +193,12 @@ def _redis(
     # Invalidations get a longer timeout of their own (a second client): one that
     # gives up leaves the old value for every other process to read, and under
     # load a short timeout fires on a busy client, not on a dead server.
-    slow = {
-        "socket_timeout": _seconds_option(
-            "invalidation_timeout",
-            query.get("invalidation_timeout", str(DEFAULT_INVALIDATION_TIMEOUT)),
-        ),
-        "socket_connect_timeout": timeouts["socket_connect_timeout"],
-    }
+    invalidation_timeout = _seconds_option(
+        "invalidation_timeout",
+        query.get("invalidation_timeout", str(DEFAULT_INVALIDATION_TIMEOUT)),
+    )
+    # Connecting too: a new connection after a restart, on a busy client.
+    slow = {"socket_timeout": invalidation_timeout, "socket_connect_timeout": invalidation_timeout}
     if flavour == "sync":
         module = _redis_module("redis.cluster" if cluster else "redis")
         factory = module.RedisCluster if cluster else module.Redis
