@@ -144,7 +144,6 @@ class CacheBase:
         self._unsettled_tags: dict[str, int] = {}
         self._unsettled_all = False
         self._held_gen = itertools.count(1)
-        self._last_settle = float("-inf")
         self._last_unsettle_log = float("-inf")
         self._cache_id = next(_cache_ids)
 
@@ -380,7 +379,7 @@ class CacheBase:
     # A delete (or set, or tag invalidation) that failed leaves the old value in a
     # shared backend. Until it is applied, this cache treats what it covers as a
     # miss and loads from the source; a background settler (owned by the front end)
-    # retries it every _SETTLE_EVERY seconds, and misses and writes retry it too.
+    # retries it every _SETTLE_EVERY seconds. Nothing else waits on it.
     # Each held key or tag carries a generation, so a settle only forgets what it
     # applied: an invalidation that failed again meanwhile stays held. Past
     # _MAX_UNSETTLED it stops listing them and clears its namespace on recovery.
@@ -453,13 +452,6 @@ class CacheBase:
             return True
         tags = self._unsettled_tags
         return bool(entry is not None and entry.tags and any(t in tags for t in entry.tags))
-
-    def _settle_due(self) -> bool:
-        now = time.monotonic()
-        if now - self._last_settle < _SETTLE_EVERY:
-            return False
-        self._last_settle = now
-        return True
 
     def _held_snapshot(self) -> tuple[dict[str, int], dict[str, int], bool]:
         return dict(self._unsettled_keys), dict(self._unsettled_tags), self._unsettled_all

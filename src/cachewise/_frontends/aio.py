@@ -323,7 +323,8 @@ class AsyncCache(CacheBase):
     ) -> T:
         counters = self._counters
         if (view is not None or self._unsettled) and self._covered(view, full, entry):
-            await self._settle()
+            # Held invalidations are retried by the background settler, not here:
+            # a miss must not wait on a backend that is failing.
             if self._unsettled and self._is_unsettled(full, entry):
                 pending: T = await self._load_unreached(full, loader, ttl, tags)
                 return pending
@@ -368,8 +369,6 @@ class AsyncCache(CacheBase):
         ftags = self._full_tags(tags)
         self._check_open()
         self._need_tags(ftags)
-        if self._unsettled:
-            await self._settle()
         await self._revoke([full])
         try:
             stamp = await self._stamp(ftags)
@@ -393,8 +392,6 @@ class AsyncCache(CacheBase):
         ftags = self._full_tags(tags)
         self._check_open()
         self._need_tags(ftags)
-        if self._unsettled:
-            await self._settle()
         full_keys = [self._full_key(key) for key in items]
         await self._revoke(full_keys)
         try:
@@ -413,8 +410,6 @@ class AsyncCache(CacheBase):
     async def delete(self, key: str) -> bool:
         """Remove ``key``; whether it was cached. A load in flight will not write."""
         full = self._full_key(key)
-        if self._unsettled:
-            await self._settle()
         await self._revoke([full])
         result = await self._send_invalidation("delete", full)
         if result is _FAILED:
@@ -427,8 +422,6 @@ class AsyncCache(CacheBase):
         full = [self._full_key(key) for key in keys]
         if not full:
             return 0
-        if self._unsettled:
-            await self._settle()
         await self._revoke(full)
         result = await self._send_invalidation("delete_many", full)
         if result is _FAILED:
@@ -446,22 +439,23 @@ class AsyncCache(CacheBase):
             raise TypeError(f"{type(self._backend).__name__} does not support tags")
         for flight in self._flights.invalidate_tagged(ftags):
             await self._pass_guard(flight)
-        if self._unsettled:
-            await self._settle()
-        for attempt in (1, 2):  # worth a second try: see Cache._send_invalidation
+        for attempt in (1, 2):  # a second try after a fast failure: see Cache
+            started = time.monotonic()
             try:
                 await self._invalidate(ftags)
                 break
             except Exception as exc:
                 self._degraded("invalidate_tags", exc)
-                if attempt == 2:
+                if attempt == 2 or time.monotonic() - started > _FAST_FAILURE:
                     self._unsettle(tags=ftags)
+                    break
 
     async def _send_invalidation(self, operation: str, *args: Any) -> Any:
-        """A backend invalidation, tried twice before it is held (see
-        ``Cache._send_invalidation``); ``_FAILED`` if both failed."""
+        """A backend invalidation, tried again after a fast failure (see
+        ``Cache._send_invalidation``); ``_FAILED`` if it did not land."""
+        started = time.monotonic()
         result = await self._bcall(operation, *args)
-        if result is _FAILED:
+        if result is _FAILED and time.monotonic() - started <= _FAST_FAILURE:
             result = await self._bcall(operation, *args)
         return result
 
@@ -475,10 +469,8 @@ class AsyncCache(CacheBase):
         if tags and self._local_tagger is None and self._remote_tagger is None:
             raise TypeError(f"{type(self._backend).__name__} does not support tags")
 
-    async def _settle(self, force: bool = False) -> None:
-        """Retry the invalidations that did not reach the backend (rate-limited)."""
-        if not force and not self._settle_due():
-            return
+    async def _settle(self) -> None:
+        """Retry the invalidations that did not reach the backend (the settler)."""
         keys, tags, everything = self._held_snapshot()
         try:
             if everything:
@@ -516,7 +508,7 @@ class AsyncCache(CacheBase):
     async def _settle_loop(self) -> None:
         try:
             while self._unsettled and not self._closed:
-                await self._settle(force=True)
+                await self._settle()
                 await asyncio.sleep(_SETTLE_EVERY)
         finally:
             self._settler = None
@@ -755,6 +747,7 @@ class AsyncCache(CacheBase):
         if entry is None or not flight.valid:
             await self._release(flight.key, token)
             return
+        started = time.monotonic()
         try:
             # False: the lease was lost (deleted or expired) while loading.
             flight.handle.confirmed = await leases.set_leased(flight.key, entry, token)
@@ -763,7 +756,8 @@ class AsyncCache(CacheBase):
             raise
         except Exception as exc:
             self._degraded("set", exc)
-            await self._release(flight.key, token)  # best effort: do not leave waiters hanging
+            if time.monotonic() - started <= _FAST_FAILURE:  # see Cache._write_leased
+                await self._release(flight.key, token)
 
     async def _release(self, key: str, token: str | None) -> None:
         if token is None or self._leases is None:
@@ -1042,6 +1036,10 @@ class AsyncCache(CacheBase):
 
     def __repr__(self) -> str:
         return f"AsyncCache(backend={self._backend!r}, namespace={self._namespace!r})"
+
+
+# A backend failure quicker than this was not a timeout.
+_FAST_FAILURE = 0.05
 
 
 def _may_take(handle: _Task, early: bool, unsealed: bool) -> bool:

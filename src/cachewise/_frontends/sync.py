@@ -309,7 +309,8 @@ class Cache(CacheBase):
     ) -> T:
         counters = self._counters
         if (view is not None or self._unsettled) and self._covered(view, full, entry):
-            self._settle()
+            # Held invalidations are retried by the background settler, not here:
+            # a miss must not wait on a backend that is failing.
             if self._unsettled and self._is_unsettled(full, entry):
                 return self._load_unreached(full, loader, ttl, tags)
             entry = None  # read before the invalidation just applied: not to be served
@@ -357,8 +358,6 @@ class Cache(CacheBase):
         ftags = self._full_tags(tags)
         self._check_open()
         self._need_tags(ftags)
-        if self._unsettled:
-            self._settle()
         self._revoke([full])
         try:
             entry = self._new_entry(
@@ -382,8 +381,6 @@ class Cache(CacheBase):
         ftags = self._full_tags(tags)
         self._check_open()
         self._need_tags(ftags)
-        if self._unsettled:
-            self._settle()
         full_keys = [self._full_key(key) for key in items]
         self._revoke(full_keys)
         try:
@@ -402,8 +399,6 @@ class Cache(CacheBase):
         """Remove ``key``; whether it was cached. A load in flight for it will not
         write its (possibly old) result, and later readers start a fresh load."""
         full = self._full_key(key)
-        if self._unsettled:
-            self._settle()
         self._revoke([full])
         try:
             return bool(self._send_invalidation("delete", self._backend.delete, full))
@@ -416,8 +411,6 @@ class Cache(CacheBase):
         full = [self._full_key(key) for key in keys]
         if not full:
             return 0
-        if self._unsettled:
-            self._settle()
         self._revoke(full)
         try:
             return int(self._send_invalidation("delete_many", self._backend.delete_many, full))
@@ -440,21 +433,22 @@ class Cache(CacheBase):
             flights = self._flights.invalidate_tagged(ftags)
         for flight in flights:
             _pass_guard(flight)
-        if self._unsettled:
-            self._settle()
         try:
             self._send_invalidation("invalidate_tags", self._tagger.invalidate_tags, ftags)
         except Exception:
             self._unsettle(tags=ftags)
 
     def _send_invalidation(self, operation: str, method: Callable[..., Any], *args: Any) -> Any:
-        """An invalidation is worth a second try before it is held: until it lands,
-        other processes read the old value (a timeout under load is often just
-        that). Each failure is counted; the last one is raised."""
+        """Send an invalidation; a failure that came fast (a connection that turned
+        out dead) is worth one more try before the invalidation is held, a timeout
+        is not (it already waited). Each failure is counted; the last one raised."""
+        started = time.monotonic()
         try:
             return method(*args)
         except Exception as exc:
             self._degraded(operation, exc)
+            if time.monotonic() - started > _FAST_FAILURE:
+                raise
         try:
             return method(*args)
         except Exception as exc:
@@ -473,10 +467,8 @@ class Cache(CacheBase):
         assert self._tagger is not None
         return self._tagger.tag_stamp(tags)
 
-    def _settle(self, force: bool = False) -> None:
-        """Retry the invalidations that did not reach the backend (rate-limited)."""
-        if not force and not self._settle_due():
-            return
+    def _settle(self) -> None:
+        """Retry the invalidations that did not reach the backend (the settler)."""
         keys, tags, everything = self._held_snapshot()
         try:
             if everything:
@@ -504,7 +496,7 @@ class Cache(CacheBase):
     def _settle_loop(self) -> None:
         try:
             while self._unsettled and not self._closed:
-                self._settle(force=True)
+                self._settle()
                 self._settle_wake.wait(_SETTLE_EVERY)
         finally:
             with self._lock:
@@ -731,6 +723,7 @@ class Cache(CacheBase):
         if entry is None or not flight.valid:
             self._release(flight.key, token)
             return
+        started = time.monotonic()
         try:
             # False: the lease was lost (deleted or expired) while loading.
             call.confirmed = leases.set_leased(flight.key, entry, token)
@@ -739,7 +732,11 @@ class Cache(CacheBase):
             raise
         except Exception as exc:
             self._degraded("set", exc)
-            self._release(flight.key, token)  # best effort: do not leave waiters hanging
+            # Best effort, unless the backend just timed out: waiting out another
+            # timeout helps nobody. This cache takes its own orphaned lease over
+            # on its next read; other processes' waiters wait it out.
+            if time.monotonic() - started <= _FAST_FAILURE:
+                self._release(flight.key, token)
 
     def _release(self, key: str, token: str | None) -> None:
         if token is None or self._leases is None:
@@ -996,6 +993,10 @@ class Cache(CacheBase):
 
     def __repr__(self) -> str:
         return f"Cache(backend={self._backend!r}, namespace={self._namespace!r})"
+
+
+# A backend failure quicker than this was not a timeout.
+_FAST_FAILURE = 0.05
 
 
 def _may_take(call: _Call, early: bool, unsealed: bool) -> bool:

@@ -33,7 +33,7 @@ logger = logging.getLogger("cachewise")
 _NOT_FAILURES = (SerializationError, ValueTooLargeError)
 # Invalidations are always sent, even while open: refusing one would leave an old
 # value for every other process to read. They still count towards the breaker.
-_ALWAYS_SENT = frozenset({"delete", "delete_many", "invalidate_tags", "clear", "release"})
+_ALWAYS_SENT = frozenset({"delete", "delete_many", "invalidate_tags", "clear"})
 # Optional capability methods guarded like the rest, when the wrapped backend has them.
 _GUARDED = frozenset(
     {"read_or_lease", "set_leased", "release", "wait", "tag_stamp", "invalidate_tags", "get_tagged"}
