@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from cachewise import MISSING, Cache
+from cachewise.backends import MemoryBackend
 from cachewise.testing import FakeClock
 
 JOIN = 10.0  # generous upper bound for a thread join; never reached when correct
@@ -344,3 +345,51 @@ def test_an_entry_stamped_before_an_invalidation_is_invalid_even_if_written_afte
 
         backend.set("k", Entry("old", 1e18, 1e18, 1e18, tags=("t",), stamp=stamp))
         assert cache.get("k") is MISSING
+
+
+def test_a_hit_that_read_the_old_entry_does_not_refresh_again_after_a_refresh_landed() -> None:
+    """A hit reads a stale entry and is preempted; meanwhile another hit's refresh
+    loads and writes the new value. The first hit then asks for a refresh of an
+    entry that is no longer there: it must not load a second time."""
+    paused, resume = threading.Event(), threading.Event()
+    slow_reader: list[threading.Thread] = []
+
+    class PausingBackend(MemoryBackend):
+        def get(self, key: str) -> Any:
+            entry = super().get(key)
+            if slow_reader and threading.current_thread() is slow_reader[0]:
+                paused.set()  # the old entry is in hand; hold here
+                assert resume.wait(JOIN)
+            return entry
+
+    clock = FakeClock()
+    calls = 0
+
+    def loader() -> str:
+        nonlocal calls
+        calls += 1
+        return f"v{calls}"
+
+    cache = Cache(PausingBackend(), ttl=10, jitter=0, stale_ttl=100, clock=clock)
+    try:
+        assert cache.get_or_load("k", loader) == "v1"
+        clock.advance(20)  # expired, inside the stale window: every hit refreshes
+        got: list[Any] = []
+        slow_reader.append(
+            threading.Thread(target=lambda: got.append(cache.get_or_load("k", loader)))
+        )
+        slow_reader[0].start()
+        assert paused.wait(JOIN)
+        assert cache.get_or_load("k", loader) == "v1"  # stale, and one refresh
+        assert cache.wait_background(JOIN)
+        assert calls == 2
+        assert cache.get("k") == "v2"
+        resume.set()
+        slow_reader[0].join(JOIN)
+        assert got == ["v1"]  # what it read, served stale
+        assert cache.wait_background(JOIN)
+        assert calls == 2, "the late hit refreshed an entry already refreshed"
+        assert cache.get("k") == "v2"
+    finally:
+        resume.set()
+        cache.close()

@@ -11,8 +11,9 @@ none), ``compress_threshold``, ``max_value_bytes``, ``lock_timeout``,
 breaker wraps the backend), ``max_connections`` (async pool, default 50: tasks
 wait for a free connection), ``socket_timeout``, ``connect_timeout`` (0.25 s by
 default; redis-py retries only a dead connection, once, never a timeout), and
-``invalidation_timeout`` (1 s: deletes and tag invalidations wait longer, since one
-that gives up leaves the old value for every other process).
+``invalidation_timeout`` (0.25 s: deletes and tag invalidations go through a second
+client with this timeout; raise it when a delete that gives up under load, and is
+held in-process until a retry lands, is worse for you than a longer wait).
 Signed pickle needs a secret, which does not belong in a URL: pass
 ``serializer=PickleSerializer(secret)``.
 """
@@ -41,7 +42,7 @@ Flavour = Literal["sync", "async"]
 DEFAULT_SOCKET_TIMEOUT = 0.25
 DEFAULT_CONNECT_TIMEOUT = 0.25
 #: The per-operation timeout of invalidations (deletes, tag invalidations).
-DEFAULT_INVALIDATION_TIMEOUT = 1.0
+DEFAULT_INVALIDATION_TIMEOUT = 0.25
 
 _REDIS_OPTIONS = (
     "serializer",

@@ -181,3 +181,13 @@ def is_fresh(entry: Entry, now: float) -> bool:
 def stale_servable(entry: Entry | None, now: float) -> bool:
     """Stale-if-error: whether ``entry`` may stand in for a failed load at ``now``."""
     return entry is not None and not entry.negative and now < entry.stale_until
+
+
+def superseded(trigger: Entry, current: Entry | None) -> bool:
+    """Whether ``current`` (read now) is a newer write than ``trigger`` (the entry a
+    hit decided to refresh). A hit may read the old entry just before an earlier
+    refresh lands and then start its own: this check lets that second refresh stand
+    down. A missing entry (deleted, evicted) is not newer: the refresh goes on."""
+    if current is None:
+        return False
+    return (current.written_at, current.expires_at) != (trigger.written_at, trigger.expires_at)

@@ -12,7 +12,7 @@ from typing import Any, TypeVar, overload
 
 from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable
-from cachewise._core.policy import Read, decide_read, stale_servable
+from cachewise._core.policy import Read, decide_read, stale_servable, superseded
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
 from cachewise._errors import CacheClosedError
 from cachewise._frontends._base import (
@@ -350,11 +350,10 @@ class AsyncCache(CacheBase):
                 counters.negative_hits += 1
         elif action is Read.HIT_REFRESH:
             counters.hits += 1
-            if self._refresh_in_background(full, loader, ttl, tags):
-                counters.early_refreshes += 1
+            self._refresh_in_background(full, loader, ttl, tags, entry, early=True)
         else:  # Read.STALE_REFRESH
             counters.stale_served += 1
-            self._refresh_in_background(full, loader, ttl, tags)
+            self._refresh_in_background(full, loader, ttl, tags, entry, early=False)
         value: T = entry.value
         return value
 
@@ -629,13 +628,15 @@ class AsyncCache(CacheBase):
         loader: Callable[[], Awaitable[Any]],
         ttl: float | None,
         tags: tuple[str, ...],
+        *extra: Any,
     ) -> Flight[_Task]:
-        """Register a flight whose work runs in its own task."""
+        """Register a flight whose work runs in its own task (``body(flight, loader,
+        ttl, *extra)``)."""
         handle = _Task()
         if self._remote is not None and self._leases is None:
             handle.guard = asyncio.Lock()
         flight = self._flights.start(full, handle, tags)
-        self._spawn(flight, body(flight, loader, ttl))
+        self._spawn(flight, body(flight, loader, ttl, *extra))
         return flight
 
     def _spawn(self, flight: Flight[_Task], coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -842,7 +843,12 @@ class AsyncCache(CacheBase):
                     try:
                         await leases.wait(full, step.seconds)
                     except Exception as exc:
+                        # The backend went away while we waited: asking for the
+                        # lease again would wait out a second timeout, so load
+                        # now, without a lease and without writing.
                         self._degraded("wait", exc)
+                        outcome = LoadStep(leased=False, stale=None)
+                        break
                     step = flow.send(None)
         except StopIteration as stop:
             outcome = stop.value
@@ -860,11 +866,10 @@ class AsyncCache(CacheBase):
             future.set_result(entry.value)
             self._flights.finish(flight)
             # After finish: the refresh needs the key's flight slot to itself.
-            started = outcome.refresh and self._refresh_in_background(
-                full, loader, ttl, flight.tags
-            )
-            if started and not outcome.stale:
-                self._counters.early_refreshes += 1
+            if outcome.refresh:
+                self._refresh_in_background(
+                    full, loader, ttl, flight.tags, entry, early=not outcome.stale
+                )
             return
         handle.kind = "load"
         handle.stale = outcome.stale
@@ -894,20 +899,30 @@ class AsyncCache(CacheBase):
         loader: Callable[[], Awaitable[Any]],
         ttl: float | None,
         tags: tuple[str, ...],
+        trigger: Entry,
+        *,
+        early: bool,
     ) -> bool:
+        """Start one background refresh of ``full`` (the hit read ``trigger``) unless
+        one is in flight; whether one started."""
         if self._closed or full in self._flights:
             return False
         if self._background >= self._max_pending:
             self._counters.refreshes_dropped += 1
             return False
-        flight = self._start(full, self._run_background, loader, ttl, tags)
+        flight = self._start(full, self._run_background, loader, ttl, tags, trigger, early)
         assert flight.handle.future is not None
         self._background += 1
         flight.handle.future.add_done_callback(self._background_done)
         return True
 
     async def _run_background(
-        self, flight: Flight[_Task], loader: Callable[[], Awaitable[Any]], ttl: float | None
+        self,
+        flight: Flight[_Task],
+        loader: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        trigger: Entry,
+        early: bool,
     ) -> Any:
         token = None
         if self._leases is not None:
@@ -918,9 +933,22 @@ class AsyncCache(CacheBase):
             except Exception as exc:
                 self._degraded("read", exc)
                 reply = None
-            if reply is None or not reply.granted:
-                self._flights.finish(flight)
-                raise _Retry  # joiners (if any) read again
+            granted = reply is not None and reply.granted
+            if granted and reply is not None and superseded(trigger, reply.entry):
+                await self._release(flight.key, token)
+                granted = False
+        else:
+            try:
+                current = await self._bread(flight.key)
+            except Exception as exc:
+                self._degraded("get", exc)
+                current = None
+            granted = not superseded(trigger, current)
+        if not granted:
+            self._flights.finish(flight)
+            raise _Retry  # joiners (if any) read again
+        if early:
+            self._counters.early_refreshes += 1
         return await self._run(flight, loader, ttl, token=token)
 
     def _background_done(self, future: asyncio.Future[Any]) -> None:

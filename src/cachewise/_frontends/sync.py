@@ -14,7 +14,7 @@ from typing import Any, TypeVar, overload
 
 from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable
-from cachewise._core.policy import Read, decide_read, stale_servable
+from cachewise._core.policy import Read, decide_read, stale_servable, superseded
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
 from cachewise._errors import CacheClosedError
 from cachewise._frontends._base import (
@@ -336,11 +336,10 @@ class Cache(CacheBase):
                 counters.negative_hits += 1
         elif action is Read.HIT_REFRESH:
             counters.hits += 1
-            if self._refresh_in_background(full, loader, ttl, tags):
-                counters.early_refreshes += 1
+            self._refresh_in_background(full, loader, ttl, tags, entry, early=True)
         else:  # Read.STALE_REFRESH
             counters.stale_served += 1
-            self._refresh_in_background(full, loader, ttl, tags)
+            self._refresh_in_background(full, loader, ttl, tags, entry, early=False)
         value: T = entry.value
         return value
 
@@ -796,7 +795,12 @@ class Cache(CacheBase):
                     try:
                         leases.wait(full, step.seconds)
                     except Exception as exc:
+                        # The backend went away while we waited: asking for the
+                        # lease again would wait out a second timeout, so load
+                        # now, without a lease and without writing.
                         self._degraded("wait", exc)
+                        outcome = LoadStep(leased=False, stale=None)
+                        break
                     step = flow.send(None)
         except StopIteration as stop:
             outcome = stop.value
@@ -812,12 +816,10 @@ class Cache(CacheBase):
             self._count_served(call.kind, call.negative)
             self._finish(flight)
             # After _finish: the refresh needs the key's flight slot to itself.
-            if (
-                outcome.refresh
-                and self._refresh_in_background(full, loader, ttl, flight.tags)
-                and not outcome.stale
-            ):
-                self._counters.early_refreshes += 1
+            if outcome.refresh:
+                self._refresh_in_background(
+                    full, loader, ttl, flight.tags, entry, early=not outcome.stale
+                )
             return
         call.kind = "load"
         call.stale = outcome.stale
@@ -834,10 +836,17 @@ class Cache(CacheBase):
     # -- background refreshes -----------------------------------------------------
 
     def _refresh_in_background(
-        self, full: str, loader: Callable[[], Any], ttl: float | None, tags: tuple[str, ...]
+        self,
+        full: str,
+        loader: Callable[[], Any],
+        ttl: float | None,
+        tags: tuple[str, ...],
+        trigger: Entry,
+        *,
+        early: bool,
     ) -> bool:
-        """Start one background refresh of ``full`` unless one is in flight; whether
-        one started."""
+        """Start one background refresh of ``full`` (the hit read ``trigger``) unless
+        one is in flight; whether one started."""
         with self._lock:
             if self._closed or full in self._flights:
                 return False
@@ -848,7 +857,7 @@ class Cache(CacheBase):
             flight = self._flights.start(full, _Call(guarded=self._leases is None), tags)
             # Submit under the lock: close() takes it before shutting the pool
             # down, so submit never races with shutdown.
-            future = executor.submit(self._run_background, flight, loader, ttl)
+            future = executor.submit(self._run_background, flight, loader, ttl, trigger, early)
             self._futures.add(future)
         future.add_done_callback(self._forget_future)
         return True
@@ -862,21 +871,39 @@ class Cache(CacheBase):
         return self._executor
 
     def _run_background(
-        self, flight: Flight[_Call], loader: Callable[[], Any], ttl: float | None
+        self,
+        flight: Flight[_Call],
+        loader: Callable[[], Any],
+        ttl: float | None,
+        trigger: Entry,
+        early: bool,
     ) -> None:
         token = None
         if self._leases is not None:
             # Across processes, one refresh per key: only the lease holder runs it.
             token = new_token(self._token_prefix)
             try:
-                granted = self._leases.read_or_lease(flight.key, token, "refresh").granted
+                reply = self._leases.read_or_lease(flight.key, token, "refresh")
+                granted, current = reply.granted, reply.entry
             except Exception as exc:
                 self._degraded("read", exc)
+                granted, current = False, None
+            if granted and superseded(trigger, current):
+                self._release(flight.key, token)
                 granted = False
-            if not granted:
-                flight.handle.abandoned = True  # joiners (if any) read again
-                self._finish(flight)
-                return
+        else:
+            try:
+                current = self._backend.get(flight.key)
+            except Exception as exc:
+                self._degraded("get", exc)
+                current = None
+            granted = not superseded(trigger, current)
+        if not granted:
+            flight.handle.abandoned = True  # joiners (if any) read again
+            self._finish(flight)
+            return
+        if early:
+            self._counters.early_refreshes += 1
         self._run(flight, loader, ttl, token=token)
         if flight.handle.error is not None:
             self._refresh_failed(flight.key, flight.handle.error)
