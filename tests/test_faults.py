@@ -1381,3 +1381,94 @@ def test_an_async_read_waiting_on_a_lease_when_the_backend_goes_away_waits_one_t
             holder.close()
     assert value == "own"
     assert took <= timeout + SLACK, f"the waiter returned {took:.3f} s after the backend went away"
+
+
+def test_a_late_joiner_of_a_load_whose_write_timed_out_waits_one_timeout(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """A thread joins a leased load after it started; the backend goes away before
+    the write, which times out. The joiner may not take that value (a delete from
+    another process could be missing from it), but it must not ask the backend that
+    just failed and wait out a second timeout: it loads from the source."""
+    timeout = 0.5
+    loading, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def load() -> str:
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            loading.set()
+            assert release.wait(10)
+        return f"v{len(calls)}"
+
+    got: dict[str, tuple[object, float]] = {}
+
+    def reader() -> None:
+        value = cache.get_or_load("k", load)
+        got[threading.current_thread().name] = (value, time.monotonic())
+
+    with LatencyProxy(fresh_redis_server.port) as proxy:
+        cache = Cache.from_url(f"{proxy.url}?socket_timeout={timeout}", ttl=60)
+        leader = threading.Thread(target=reader, name="leader")
+        joiner = threading.Thread(target=reader, name="joiner")
+        try:
+            leader.start()
+            assert loading.wait(5)
+            joiner.start()
+            wait_for(lambda: cache.stats().coalesced == 1, "the joiner to join")
+            proxy.blackhole()
+            released = time.monotonic()
+            release.set()
+            leader.join(10)
+            joiner.join(10)
+        finally:
+            release.set()
+            cache.close()
+    assert set(got) == {"leader", "joiner"}, "a reader failed"
+    assert got["leader"][0] == "v1"
+    assert got["joiner"][0] == "v2"  # its own load, from the source
+    took = got["joiner"][1] - released
+    assert took <= timeout + SLACK, f"the joiner returned {took:.3f} s after the load finished"
+
+
+def test_an_async_late_joiner_of_a_load_whose_write_timed_out_waits_one_timeout(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """As above, for ``AsyncCache``."""
+    timeout = 0.5
+
+    async def scenario(proxy: LatencyProxy) -> tuple[object, object, float]:
+        cache = AsyncCache.from_url(f"{proxy.url}?socket_timeout={timeout}", ttl=60)
+        loading, release = asyncio.Event(), asyncio.Event()
+        calls = 0
+
+        async def load() -> str:
+            nonlocal calls
+            calls += 1
+            n = calls
+            if n == 1:
+                loading.set()
+                await release.wait()
+            return f"v{n}"
+
+        try:
+            leader = asyncio.create_task(cache.get_or_load("k", load))
+            await asyncio.wait_for(loading.wait(), 5)
+            joiner = asyncio.create_task(cache.get_or_load("k", load))
+            while cache.stats().coalesced < 1:  # the joiner joins the started load
+                await asyncio.sleep(0)
+            proxy.blackhole()
+            released = time.monotonic()
+            release.set()
+            second = await asyncio.wait_for(joiner, 10)
+            took = time.monotonic() - released
+            first = await asyncio.wait_for(leader, 10)
+            return first, second, took
+        finally:
+            await cache.aclose()
+
+    with LatencyProxy(fresh_redis_server.port) as proxy:
+        first, second, took = asyncio.run(scenario(proxy))
+    assert first == "v1"
+    assert second == "v2"
+    assert took <= timeout + SLACK, f"the joiner returned {took:.3f} s after the load finished"

@@ -55,7 +55,17 @@ D = TypeVar("D")
 class _Task:
     """The waiting side of one async flight."""
 
-    __slots__ = ("confirmed", "future", "guard", "kind", "negative", "sealed", "stale", "started")
+    __slots__ = (
+        "confirmed",
+        "future",
+        "guard",
+        "kind",
+        "negative",
+        "sealed",
+        "stale",
+        "started",
+        "unreached",
+    )
 
     def __init__(self) -> None:
         # What every caller awaits (shielded): the load task itself, or, for a
@@ -73,6 +83,7 @@ class _Task:
         self.started = False
         self.sealed = False
         self.confirmed = True
+        self.unreached = False  # see sync._Call
 
 
 # What _bcall returns when the backend call failed (and was counted).
@@ -757,6 +768,7 @@ class AsyncCache(CacheBase):
             raise
         except Exception as exc:
             self._degraded("set", exc)
+            flight.handle.unreached = True
             if time.monotonic() - started <= _FAST_FAILURE:  # see Cache._write_leased
                 await self._release(flight.key, token)
 
@@ -803,6 +815,9 @@ class AsyncCache(CacheBase):
                 continue
             if not leader:
                 if not _may_take(handle, early, unsealed):
+                    if handle.unreached:
+                        # Not from a backend that just failed (see sync._Call).
+                        return await self._load_unreached(full, loader, ttl, tags)
                     continue  # read again: the value may predate a delete elsewhere
                 self._count_served(handle.kind, handle.negative)
             return value
@@ -834,6 +849,7 @@ class AsyncCache(CacheBase):
                         reply = await leases.read_or_lease(full, token, step.mode)
                     except Exception as exc:
                         self._degraded("read", exc)  # load without a lease or a write
+                        handle.unreached = True
                         outcome = LoadStep(leased=False, stale=None)
                         break
                     step = flow.send(
@@ -847,6 +863,7 @@ class AsyncCache(CacheBase):
                         # lease again would wait out a second timeout, so load
                         # now, without a lease and without writing.
                         self._degraded("wait", exc)
+                        handle.unreached = True
                         outcome = LoadStep(leased=False, stale=None)
                         break
                     step = flow.send(None)

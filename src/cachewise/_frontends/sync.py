@@ -61,6 +61,7 @@ class _Call:
         "sealed",
         "stale",
         "started",
+        "unreached",
         "value",
     )
 
@@ -89,6 +90,10 @@ class _Call:
         self.started = False
         self.sealed = False
         self.confirmed = True
+        # The backend failed this flight (a read, a lease wait or the write): a
+        # joiner that may not take its value loads from the source at once rather
+        # than ask the backend again and wait out a second timeout.
+        self.unreached = False
 
 
 def _pass_guard(flight: Flight[_Call]) -> None:
@@ -589,8 +594,11 @@ class Cache(CacheBase):
         tags: tuple[str, ...],
         lead: Callable[[Flight[_Call]], None],
         stale: Entry | None,
+        unreached: Callable[[Flight[_Call]], None] | None = None,
     ) -> Any:
-        """Lead the flight for ``full`` (``lead(flight)``) or join it; its outcome."""
+        """Lead the flight for ``full`` (``lead(flight)``) or join it; its outcome.
+        A joiner that may not take the outcome of a flight the backend failed leads
+        with ``unreached`` (a load that neither reads nor writes) instead."""
         while True:
             flight, leader, early, unsealed = self._join_or_lead(full, tags)
             call = flight.handle
@@ -603,7 +611,11 @@ class Cache(CacheBase):
                     continue  # the leader was interrupted; try again (maybe as leader)
                 if self._leases is not None:
                     if not _may_take(call, early, unsealed):
-                        continue  # read again: the value may predate a delete elsewhere
+                        # Read again: the value may predate a delete elsewhere;
+                        # but not from a backend that just failed (see _Call).
+                        if call.unreached and unreached is not None:
+                            lead = unreached
+                        continue
                     # On a lease backend the outcome decides hit, stale or miss.
                     self._count_served(call.kind, call.negative)
             if call.abandoned:
@@ -731,6 +743,7 @@ class Cache(CacheBase):
             raise
         except Exception as exc:
             self._degraded("set", exc)
+            call.unreached = True
             # Best effort, unless the backend just timed out: waiting out another
             # timeout helps nobody. This cache takes its own orphaned lease over
             # on its next read; other processes' waiters wait it out.
@@ -759,7 +772,11 @@ class Cache(CacheBase):
         # Misses go through the in-process flight first, so one process sends one
         # lease request per key, however many threads miss at once.
         value: T = self._single_flight(
-            full, tags, lambda f: self._lead_leased(f, loader, ttl, found, stale), stale
+            full,
+            tags,
+            lambda f: self._lead_leased(f, loader, ttl, found, stale),
+            stale,
+            lambda f: self._run(f, loader, ttl, write=False),
         )
         return value
 
@@ -786,6 +803,7 @@ class Cache(CacheBase):
                     except Exception as exc:
                         # Degraded: load without a lease (and without writing).
                         self._degraded("read", exc)
+                        call.unreached = True
                         outcome: Outcome = LoadStep(leased=False, stale=None)
                         break
                     step = flow.send(
@@ -799,6 +817,7 @@ class Cache(CacheBase):
                         # lease again would wait out a second timeout, so load
                         # now, without a lease and without writing.
                         self._degraded("wait", exc)
+                        call.unreached = True
                         outcome = LoadStep(leased=False, stale=None)
                         break
                     step = flow.send(None)
