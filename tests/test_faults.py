@@ -1472,3 +1472,81 @@ def test_an_async_late_joiner_of_a_load_whose_write_timed_out_waits_one_timeout(
     assert first == "v1"
     assert second == "v2"
     assert took <= timeout + SLACK, f"the joiner returned {took:.3f} s after the load finished"
+
+
+def test_a_sync_and_an_async_cache_on_one_url_share_held_invalidations(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """A delete one of them could not send is read around by both."""
+
+    async def pending(cache: AsyncCache) -> int:
+        return cache.stats().invalidations_pending
+
+    with LatencyProxy(fresh_redis_server.port) as proxy:
+        sync_cache = Cache.from_url(proxy.url, ttl=60)
+        async_cache = AsyncCache.from_url(proxy.url, ttl=60)
+        other = AsyncCache.from_url(proxy.url, ttl=60, namespace="elsewhere")
+        try:
+            proxy.blackhole()
+            sync_cache.delete("k")
+            assert sync_cache.stats().invalidations_pending == 1
+            assert asyncio.run(pending(async_cache)) == 1
+            assert asyncio.run(pending(other)) == 0  # another namespace: not covered
+        finally:
+            sync_cache.close()
+            asyncio.run(async_cache.aclose())
+            asyncio.run(other.aclose())
+
+
+def test_an_async_delete_lands_even_when_the_event_loop_is_busy_past_the_timeout(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """On a busy event loop an asyncio timeout fires when the loop comes back, not
+    when the server is late; invalidations are sent from threads, so a delete whose
+    reply came in time is not given up (and held) for the loop's sake."""
+
+    async def scenario() -> tuple[int, int, bytes | None]:
+        cache = AsyncCache.from_url(fresh_redis_server.url, ttl=60)
+        try:
+            await cache.set("k", "old")
+            delete = asyncio.create_task(cache.delete("k"))
+            await asyncio.sleep(0)  # the delete is on its way
+            time.sleep(2 * TIMEOUT)  # the loop is busy for two timeouts
+            await delete
+            stats = cache.stats()
+            with raw_client(fresh_redis_server.port) as raw:
+                left = raw.get("{k}")
+            return stats.backend_errors, stats.invalidations_pending, left
+        finally:
+            await cache.aclose()
+
+    errors, held, left = asyncio.run(scenario())
+    assert (errors, held, left) == (0, 0, None)
+
+
+def test_a_cluster_url_with_no_cluster_running_degrades_instead_of_failing() -> None:
+    """redis-py's sync cluster client connects as it is built: cachewise builds it on
+    first use, so ``from_url`` works with the cluster down, and calls degrade."""
+    url = f"redis+cluster://127.0.0.1:{free_port()}"
+
+    async def load() -> str:
+        return "from source"
+
+    async def async_side() -> tuple[object, int]:
+        cache = AsyncCache.from_url(url, ttl=60)
+        try:
+            value = await cache.get_or_load("k", load)
+            await cache.delete("k")
+            return value, cache.stats().backend_errors
+        finally:
+            await cache.aclose()
+
+    with Cache.from_url(url, ttl=60) as cache:
+        value, took = timed(lambda: cache.get_or_load("k", lambda: "from source"))
+        assert value == "from source"
+        assert took <= BUDGET
+        cache.delete("k")
+        assert cache.stats().backend_errors >= 1
+    value, errors = asyncio.run(async_side())
+    assert value == "from source"
+    assert errors >= 1

@@ -320,3 +320,59 @@ def test_async_breaker_and_held_invalidations() -> None:
             raise CircuitOpenError("type check")
 
     asyncio.run(main())
+
+
+def test_caches_sharing_a_server_read_around_each_others_held_invalidations() -> None:
+    """A sync cache and an async cache of one process on one server and namespace
+    (``from_url`` shares them by URL): a delete held by one is a miss for both."""
+    import time
+
+    flaky = Flaky()
+    source = {"k": "v1"}
+
+    async def load() -> str:
+        return source["k"]
+
+    writer = Cache(flaky)  # type: ignore[arg-type]
+    reader = AsyncCache(flaky.inner)  # the same entries, on a route that works
+    writer._share_held("redis:single://test:6379/0")
+    reader._share_held("redis:single://test:6379/0")
+    try:
+        assert writer.get_or_load("k", lambda: source["k"]) == "v1"
+        source["k"] = "v2"
+        flaky.down = True
+        writer.delete("k")  # held: the old value stays in the backend
+        assert flaky.inner.get("k") is not None
+        assert reader.stats().invalidations_pending == 1
+        assert asyncio.run(reader.get_or_load("k", load)) == "v2"  # not the old "v1"
+        flaky.down = False
+        deadline = time.monotonic() + 5
+        while writer.stats().invalidations_pending:  # the writer's settler applies it
+            assert time.monotonic() < deadline, "the held delete was never applied"
+            time.sleep(0.01)  # real time: the settler's retry period
+        assert reader.stats().invalidations_pending == 0
+        assert flaky.inner.get("k") is None
+        assert asyncio.run(reader.get_or_load("k", load)) == "v2"
+    finally:
+        writer.close()
+        asyncio.run(reader.aclose())
+
+
+def test_caches_on_different_namespaces_or_servers_do_not_share_held_invalidations() -> None:
+    flaky = Flaky()
+    writer = Cache(flaky, namespace="a")  # type: ignore[arg-type]
+    other_namespace = Cache(flaky.inner, namespace="b")
+    other_server = Cache(flaky.inner, namespace="a")
+    writer._share_held("redis:single://test:6379/0")
+    other_namespace._share_held("redis:single://test:6379/0")
+    other_server._share_held("redis:single://elsewhere:6379/0")
+    try:
+        flaky.down = True
+        writer.delete("k")
+        assert writer.stats().invalidations_pending == 1
+        assert other_namespace.stats().invalidations_pending == 0
+        assert other_server.stats().invalidations_pending == 0
+    finally:
+        flaky.down = False
+        for cache in (writer, other_namespace, other_server):
+            cache.close()

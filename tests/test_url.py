@@ -58,3 +58,18 @@ def test_bad_urls_are_value_errors_naming_the_problem(url: str, message: str) ->
 def test_a_non_str_url_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         Cache.from_url(42)  # type: ignore[arg-type]
+
+
+def test_server_identity_names_the_server_not_the_options_or_the_password() -> None:
+    from cachewise._url import server_identity
+
+    assert server_identity("memory://?max_entries=10") is None
+    plain = server_identity("redis://127.0.0.1:6379/0")
+    assert plain is not None
+    assert server_identity("redis://:secret@127.0.0.1:6379/0?socket_timeout=1") == plain
+    assert server_identity("redis://127.0.0.1") == plain  # the default port and database
+    assert "secret" not in str(server_identity("redis://user:secret@127.0.0.1/0"))
+    assert server_identity("redis://127.0.0.1/1") != plain
+    assert server_identity("redis://127.0.0.1:6380/0") != plain
+    assert server_identity("rediss://127.0.0.1:6379/0") != plain
+    assert server_identity("redis+cluster://127.0.0.1:6379") != plain

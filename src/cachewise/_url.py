@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import threading
+from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -206,6 +208,10 @@ def _redis(
 
         def sync_client(options: dict[str, float]) -> Any:
             retry = _redis_module("redis.retry").Retry(no_backoff, 1, (connection_error,))
+            if cluster:  # it connects when built: see _LazyClusterClient
+                return _LazyClusterClient(
+                    lambda: factory.from_url(client_url, retry=retry, **options)
+                )
             return factory.from_url(client_url, retry=retry, **options)
 
         backend: Any = RedisBackend(
@@ -233,11 +239,23 @@ def _redis(
         )
         return module.Redis.from_pool(pool)  # the client owns (and closes) the pool
 
+    # Invalidations go through a sync client on threads of the backend's own:
+    # see AsyncRedisBackend (a busy event loop must not make a delete give up).
+    sync_module = _redis_module("redis.cluster" if cluster else "redis")
+    sync_factory = sync_module.RedisCluster if cluster else sync_module.Redis
+    sync_retry = _redis_module("redis.retry").Retry(no_backoff, 1, (connection_error,))
+    invalidation_client: Any
+    if cluster:  # it connects when built: see _LazyClusterClient
+        invalidation_client = _LazyClusterClient(
+            lambda: sync_factory.from_url(client_url, retry=sync_retry, **slow), slow
+        )
+    else:
+        invalidation_client = sync_factory.from_url(client_url, retry=sync_retry, **slow)
     backend = AsyncRedisBackend(
         async_client(timeouts),
         codec=codec,
         owns_client=True,
-        invalidation_client=async_client(slow),
+        invalidation_client=invalidation_client,
         **lease_options,
     )
     return AsyncCircuitBreaker(backend, name=name) if breaker == "on" else backend
@@ -253,6 +271,62 @@ def backend_from_url(
             raise ValueError("memory:// stores values by reference; it takes no serializer")
         return _memory(url, query)
     return _redis(url, scheme, query, flavour, serializer)
+
+
+class _LazyClusterClient:
+    """A sync client built on first use. ``redis.cluster.RedisCluster`` connects to
+    the cluster as it is built and raises if no node answers: built eagerly, a
+    cluster that is down would make ``from_url`` fail, and the application with it.
+    Built lazily, the first calls fail like any other backend call (a miss, then
+    the breaker) and a later one builds it once the cluster is back."""
+
+    is_cluster = True  # what RedisBackend asks (it cannot see the type)
+
+    def __init__(self, build: Callable[[], Any], options: dict[str, float] | None = None) -> None:
+        self._build = build
+        self._client: Any = None
+        self._lock = threading.Lock()
+        # What the invalidation threads read their queueing limit from.
+        self.connection_pool = _Options(dict(options or {}))
+
+    def _get(self) -> Any:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._build()
+                client = self._client
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+    def close(self) -> None:
+        """Close the client, if it was ever built."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+class _Options:
+    def __init__(self, kwargs: dict[str, float]) -> None:
+        self.connection_kwargs = kwargs
+
+
+def server_identity(url: str) -> str | None:
+    """Which shared server ``url`` names (scheme, host, port, database; no options,
+    no password), or ``None`` for a process-local backend. Caches of one process
+    on one server and namespace share their held invalidations."""
+    scheme, _ = _parse(url)
+    if scheme == "memory":
+        return None
+    parts = urlsplit(url)
+    base = "rediss" if scheme.startswith("rediss") else "redis"
+    kind = "cluster" if scheme.endswith("+cluster") else "single"
+    host = (parts.hostname or "localhost").lower()
+    port = parts.port or 6379
+    return f"{base}:{kind}://{host}:{port}{parts.path or '/0' if kind == 'single' else ''}"
 
 
 def redact(url: str) -> str:

@@ -6,7 +6,9 @@ import itertools
 import logging
 import os
 import random
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -40,6 +42,40 @@ _WARN_EVERY = 10.0
 _token_prefix = os.urandom(8).hex()
 _token_counter = itertools.count()
 _cache_ids = itertools.count()
+
+
+class _Held:
+    """Invalidations that did not reach a shared backend, with one generation per
+    held key or tag (so a settle only forgets what it applied).
+
+    Every cache of this process on one server and namespace shares one (see
+    ``share_held``): a sync ``Cache`` and an ``AsyncCache`` side by side read around
+    each other's held deletes. Each member keeps its own ``_unsettled`` flag (the
+    hit path's fast check); this object sets them all.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.keys: dict[str, int] = {}
+        self.tags: dict[str, int] = {}
+        self.everything = False
+        self.gen = itertools.count(1)
+        self.members: weakref.WeakSet[CacheBase] = weakref.WeakSet()
+
+    @property
+    def active(self) -> bool:
+        return bool(self.everything or self.keys or self.tags)
+
+    def publish(self) -> None:
+        """Set every member's fast flag (caller holds the lock)."""
+        active = self.active
+        for member in list(self.members):
+            member._unsettled = active
+
+
+# Shared held invalidations, by (server, namespace prefix): see _Held.
+_SHARED_HELD: weakref.WeakValueDictionary[tuple[str, str], _Held] = weakref.WeakValueDictionary()
+_SHARED_HELD_LOCK = threading.Lock()
 
 
 def _new_token_prefix() -> None:
@@ -139,11 +175,9 @@ class CacheBase:
         self._stats_source: object = None
         self._last_warning = float("-inf")
         self._tag_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._unsettled = False  # the fast check on the hit path
-        self._unsettled_keys: dict[str, int] = {}  # held key -> generation
-        self._unsettled_tags: dict[str, int] = {}
-        self._unsettled_all = False
-        self._held_gen = itertools.count(1)
+        self._unsettled = False  # the fast check on the hit path (set by _Held)
+        self._held = _Held()
+        self._held.members.add(self)
         self._last_unsettle_log = float("-inf")
         self._cache_id = next(_cache_ids)
 
@@ -169,6 +203,7 @@ class CacheBase:
         source = self._stats_source
         evictions = source.evictions if isinstance(source, BackendStats) else 0
         decode_errors = getattr(source, "decode_errors", 0)
+        self._counters.invalidations_pending = self._pending_count() if self._unsettled else 0
         return self._counters.snapshot(
             evictions,
             decode_errors if isinstance(decode_errors, int) else 0,
@@ -384,18 +419,36 @@ class CacheBase:
     # applied: an invalidation that failed again meanwhile stays held. Past
     # _MAX_UNSETTLED it stops listing them and clears its namespace on recovery.
 
-    def _unsettle(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> None:
-        gen = next(self._held_gen)
-        for key in keys:
-            self._unsettled_keys[key] = gen
-        for tag in tags:
-            self._unsettled_tags[tag] = gen
-        if len(self._unsettled_keys) + len(self._unsettled_tags) > _MAX_UNSETTLED:
-            self._unsettled_all = True
-            self._unsettled_keys.clear()
-            self._unsettled_tags.clear()
-        self._unsettled = True
-        self._counters.invalidations_pending = self._pending_count()
+    def _share_held(self, server: str) -> None:
+        """Share held invalidations with every other cache of this process on
+        ``server`` (an identity of the backend, such as its URL without options) and
+        the same namespace. ``from_url`` calls it; call it before any traffic."""
+        with _SHARED_HELD_LOCK:
+            held = _SHARED_HELD.get((server, self._prefix))
+            if held is None:
+                _SHARED_HELD[(server, self._prefix)] = held = self._held
+        if held is not self._held:
+            with held.lock:
+                self._held.members.discard(self)
+                self._held = held
+                held.members.add(self)
+                self._unsettled = held.active
+
+    def _unsettle(
+        self, keys: Iterable[str] = (), tags: Iterable[str] = (), *, everything: bool = False
+    ) -> None:
+        held = self._held
+        with held.lock:
+            gen = next(held.gen)
+            for key in keys:
+                held.keys[key] = gen
+            for tag in tags:
+                held.tags[tag] = gen
+            if everything or len(held.keys) + len(held.tags) > _MAX_UNSETTLED:
+                held.everything = True
+                held.keys.clear()
+                held.tags.clear()
+            held.publish()
         now = time.monotonic()
         if now - self._last_unsettle_log >= _WARN_EVERY:
             self._last_unsettle_log = now
@@ -415,9 +468,10 @@ class CacheBase:
         """Make sure the background settler runs (the shells implement it)."""
 
     def _pending_count(self) -> int:
-        if self._unsettled_all:
+        held = self._held
+        if held.everything:
             return -1
-        return len(self._unsettled_keys) + len(self._unsettled_tags)
+        return len(held.keys) + len(held.tags)
 
     def _held_view(self) -> tuple[bool, frozenset[str], frozenset[str]] | None:
         """What is held now, taken *before* a read: an entry read while its
@@ -425,11 +479,9 @@ class CacheBase:
         applied before the read returns (it is the old value)."""
         if not self._unsettled:
             return None
-        return (
-            self._unsettled_all,
-            frozenset(self._unsettled_keys),
-            frozenset(self._unsettled_tags),
-        )
+        held = self._held
+        with held.lock:
+            return held.everything, frozenset(held.keys), frozenset(held.tags)
 
     def _covered(
         self,
@@ -448,25 +500,31 @@ class CacheBase:
 
     def _is_unsettled(self, full: str, entry: Entry | None) -> bool:
         """Whether a held invalidation covers this key or entry now."""
-        if self._unsettled_all or full in self._unsettled_keys:
+        held = self._held
+        if held.everything or full in held.keys:
             return True
-        tags = self._unsettled_tags
+        tags = held.tags
         return bool(entry is not None and entry.tags and any(t in tags for t in entry.tags))
 
     def _held_snapshot(self) -> tuple[dict[str, int], dict[str, int], bool]:
-        return dict(self._unsettled_keys), dict(self._unsettled_tags), self._unsettled_all
+        held = self._held
+        with held.lock:
+            return dict(held.keys), dict(held.tags), held.everything
 
     def _settled(self, keys: dict[str, int], tags: dict[str, int], everything: bool) -> None:
         """Forget what was just applied; anything held again since stays held."""
-        if everything:
-            self._unsettled_all = False
-        for held, applied in ((self._unsettled_keys, keys), (self._unsettled_tags, tags)):
-            for name, gen in applied.items():
-                if held.get(name) == gen:
-                    del held[name]
-        self._unsettled = bool(self._unsettled_all or self._unsettled_keys or self._unsettled_tags)
-        self._counters.invalidations_pending = self._pending_count() if self._unsettled else 0
-        if not self._unsettled:
+        held = self._held
+        with held.lock:
+            was = held.active
+            if everything:
+                held.everything = False
+            for table, applied in ((held.keys, keys), (held.tags, tags)):
+                for name, gen in applied.items():
+                    if table.get(name) == gen:
+                        del table[name]
+            held.publish()
+            done = was and not held.active
+        if done:
             logger.warning("cachewise: held invalidations applied; reading from the cache again")
 
     def _refresh_failed(self, key: str, exc: BaseException) -> None:

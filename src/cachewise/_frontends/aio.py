@@ -35,7 +35,7 @@ from cachewise._frontends._decorator import (
     is_async_callable,
 )
 from cachewise._sentinel import MISSING
-from cachewise._url import backend_from_url
+from cachewise._url import backend_from_url, server_identity
 from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import (
     AsyncBackend,
@@ -201,6 +201,9 @@ class AsyncCache(CacheBase):
         owns the backend and closes it."""
         cache = cls(backend_from_url(url, "async", serializer=serializer), **options)
         cache._owns_backend = True
+        server = server_identity(url)
+        if server is not None:
+            cache._share_held(server)
         return cache
 
     @property
@@ -337,6 +340,8 @@ class AsyncCache(CacheBase):
             # Held invalidations are retried by the background settler, not here:
             # a miss must not wait on a backend that is failing.
             if self._unsettled and self._is_unsettled(full, entry):
+                if self._settler is None:
+                    self._start_settler()  # held by another cache sharing ours, maybe
                 pending: T = await self._load_unreached(full, loader, ttl, tags)
                 return pending
             entry = None  # read before the invalidation just applied: not to be served
@@ -529,8 +534,7 @@ class AsyncCache(CacheBase):
             await self._pass_guard(flight)
         result = await self._bcall("clear", self._prefix)
         if result is _FAILED:
-            self._unsettled_all = True
-            self._unsettle()
+            self._unsettle(everything=True)
             return 0
         return int(result or 0)
 

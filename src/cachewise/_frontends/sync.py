@@ -37,7 +37,7 @@ from cachewise._frontends._decorator import (
     is_async_callable,
 )
 from cachewise._sentinel import MISSING
-from cachewise._url import backend_from_url
+from cachewise._url import backend_from_url, server_identity
 from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import Backend, LeaseBackend, TagBackend
 from cachewise.keys import SHORT_KEY_CHARS, check_key_text
@@ -205,6 +205,9 @@ class Cache(CacheBase):
         """
         cache = cls(backend_from_url(url, "sync", serializer=serializer), **options)
         cache._owns_backend = True
+        server = server_identity(url)
+        if server is not None:
+            cache._share_held(server)
         return cache
 
     @property
@@ -317,6 +320,8 @@ class Cache(CacheBase):
             # Held invalidations are retried by the background settler, not here:
             # a miss must not wait on a backend that is failing.
             if self._unsettled and self._is_unsettled(full, entry):
+                if self._settler is None:
+                    self._start_settler()  # held by another cache sharing ours, maybe
                 return self._load_unreached(full, loader, ttl, tags)
             entry = None  # read before the invalidation just applied: not to be served
         now = self._clock()
@@ -518,8 +523,7 @@ class Cache(CacheBase):
             return self._backend.clear(self._prefix)
         except Exception as exc:
             self._degraded("clear", exc)
-            self._unsettled_all = True
-            self._unsettle()
+            self._unsettle(everything=True)
             return 0
 
     def _revoke(self, keys: list[str]) -> None:

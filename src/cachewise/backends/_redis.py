@@ -15,10 +15,13 @@ and re-read. The holder writes only while its lease is current; ``delete`` and
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from cachewise._core import envelope
 from cachewise._core.entry import Entry
@@ -37,6 +40,10 @@ DEFAULT_MARGIN = 1.0
 #: entry's server TTL is capped at it, so no entry outlives the record of an
 #: invalidation it predates (else, the record gone, the entry would look valid).
 DEFAULT_TAG_TTL = 30 * 24 * 3600.0
+#: Threads that send an ``AsyncRedisBackend``'s invalidations on a sync client.
+INVALIDATION_THREADS = 4
+
+_R = TypeVar("_R")
 
 
 def value_key(key: str) -> str:
@@ -213,7 +220,10 @@ class _RedisCommon:
         return max(0.01, min(timeout, self.poll_interval))
 
     def _is_cluster(self) -> bool:
-        return type(self._client).__name__ == "RedisCluster"
+        client = self._client
+        return (
+            type(client).__name__ == "RedisCluster" or getattr(client, "is_cluster", False) is True
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._client!r})"
@@ -432,6 +442,13 @@ class AsyncRedisBackend(_RedisCommon):
     ) -> None:
         if not _looks_async_client(client):
             raise TypeError("AsyncRedisBackend needs a redis.asyncio client; use RedisBackend")
+        # A sync invalidation client is used from threads of our own. On a busy
+        # event loop an asyncio socket timeout fires when the loop comes back late,
+        # not when the server is late: a delete that gave up for that reason would
+        # leave the old value for every other process. A thread's socket timeout
+        # measures the server alone (and a delete already sent still lands if the
+        # caller is cancelled).
+        offload = invalidation_client is not None and not _looks_async_client(invalidation_client)
         super().__init__(
             client,
             codec=codec,
@@ -441,8 +458,41 @@ class AsyncRedisBackend(_RedisCommon):
             margin=margin,
             owns_client=owns_client,
             tag_ttl=tag_ttl,
-            invalidation_client=invalidation_client,
+            invalidation_client=None if offload else invalidation_client,
         )
+        self._offloaded: RedisBackend | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        if offload:
+            self._offloaded = RedisBackend(
+                invalidation_client,
+                codec=self.codec,
+                lock_timeout=lock_timeout,
+                wait_timeout=wait_timeout,
+                poll_interval=poll_interval,
+                margin=margin,
+                owns_client=owns_client,
+                tag_ttl=tag_ttl,
+            )
+            self._queue_limit = _socket_timeout(invalidation_client) / 2
+
+    async def _offload(self, method: Callable[..., _R], *args: Any) -> _R:
+        """Run an invalidation on the sync client, in our threads."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                INVALIDATION_THREADS, thread_name_prefix="cachewise-invalidate"
+            )
+        queued = time.monotonic()
+        limit = self._queue_limit
+
+        def job() -> _R:
+            # Bounded queueing: during an outage every thread waits out a timeout,
+            # and a delete queued behind them must not wait out several. It fails
+            # instead, and the cache holds it until a retry lands.
+            if time.monotonic() - queued > limit:
+                raise _redis_timeout_error("invalidation queued too long (the backend is slow)")
+            return method(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, job)
 
     async def _script(self, script: str, sha: str, args: list[Any], client: Any = None) -> Any:
         client = client or self._client
@@ -502,6 +552,9 @@ class AsyncRedisBackend(_RedisCommon):
         """Give each tag a new version: O(number of tags)."""
         if not tags:
             return
+        if self._offloaded is not None:
+            await self._offload(self._offloaded.invalidate_tags, list(tags))
+            return
         pipe = self._writer.pipeline(transaction=False)
         for name, version in self._invalidate_args(tags):
             pipe.set(name, version, px=self._tag_ttl_ms)
@@ -527,6 +580,8 @@ class AsyncRedisBackend(_RedisCommon):
 
     async def delete(self, key: str) -> bool:
         """Delete the value and its lease; whether the value existed."""
+        if self._offloaded is not None:
+            return await self._offload(self._offloaded.delete, key)
         args = self._write_args(key, None)
         return bool(await self._script(_lua.WRITE, self._write_sha, args, self._writer))
 
@@ -534,12 +589,16 @@ class AsyncRedisBackend(_RedisCommon):
         """``delete`` for several keys, pipelined; how many existed."""
         if not keys:
             return 0
+        if self._offloaded is not None:
+            return await self._offload(self._offloaded.delete_many, list(keys))
         calls = [self._write_args(k, None) for k in keys]
         replies = await self._pipeline_scripts(_lua.WRITE, calls, self._writer)
         return sum(int(r) for r in replies)
 
     async def clear(self, prefix: str = "") -> int:
         """Delete every key of ``prefix`` (and their leases) with ``SCAN``."""
+        if self._offloaded is not None:
+            return await self._offload(self._offloaded.clear, prefix)
         pattern = "{" + _glob_escape(prefix) + "*"
         names = [name async for name in self._client.scan_iter(match=pattern, count=1000)]
         count = 0
@@ -551,6 +610,12 @@ class AsyncRedisBackend(_RedisCommon):
 
     async def aclose(self) -> None:
         """Close the client(s) if this backend created them."""
+        if self._pool is not None:
+            # Let invalidations already sent land; at most one timeout each.
+            await asyncio.to_thread(self._pool.shutdown, True)
+            self._pool = None
+        if self._offloaded is not None:
+            self._offloaded.close()  # closes the sync client if we own it
         if self._owns_client:
             await self._client.aclose()
             if self._writer is not self._client:
@@ -581,6 +646,22 @@ class AsyncRedisBackend(_RedisCommon):
         _, _, _, notify = _keys(key)
         reply = await self._client.blpop([notify], timeout=self._block_for(timeout))
         return reply is not None
+
+
+def _socket_timeout(client: Any) -> float:
+    """A sync client's socket timeout (0.25 s if it has none we can read)."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if kwargs is None:  # a cluster client: its nodes' options
+        nodes = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
+        kwargs = nodes or {}
+    timeout = kwargs.get("socket_timeout")
+    return float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 0.25
+
+
+def _redis_timeout_error(message: str) -> Exception:
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return RedisTimeoutError(message)
 
 
 def _looks_async_client(client: Any) -> bool:
