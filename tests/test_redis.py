@@ -618,3 +618,122 @@ def test_a_caches_own_orphaned_lease_is_taken_over_at_once(redis_url: str, raw: 
     assert time.monotonic() - started >= 0.25  # waited, as for any live holder
     cache.close()
     other.close()
+
+
+# -- in-process joiners of a read that waited on another process's lease ----------
+
+
+class CountingLeases:
+    """A backend wrapper that counts lease reads (everything else passes through)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.reads = 0
+
+    def read_or_lease(self, *args: Any) -> Any:
+        self.reads += 1
+        return self.inner.read_or_lease(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class AsyncCountingLeases(CountingLeases):
+    async def read_or_lease(self, *args: Any) -> Any:  # type: ignore[override]
+        self.reads += 1
+        return await self.inner.read_or_lease(*args)
+
+
+def _hold_a_lease(url: str, release: threading.Event) -> tuple[threading.Thread, Cache]:
+    """Another "process" takes the lease on "k" and loads until ``release``."""
+    loading = threading.Event()
+    holder = Cache.from_url(url, ttl=60)
+
+    def load() -> str:
+        loading.set()
+        assert release.wait(10)
+        return "v"
+
+    thread = threading.Thread(target=lambda: holder.get_or_load("k", load))
+    thread.start()
+    assert loading.wait(5)
+    return thread, holder
+
+
+def _wait_until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)  # polling a condition another thread makes true
+
+
+def test_joiners_take_a_value_their_leader_read_after_they_joined(redis_url: str, raw: Any) -> None:
+    """Threads that joined while the leader waited on another process's lease take
+    what the leader reads after the wait (a read sent after they joined is as fresh
+    as their own): one lease read per wait, not one per thread."""
+    release = threading.Event()
+    thread, holder = _hold_a_lease(redis_url, release)
+    counting = CountingLeases(RedisBackend(redis.Redis.from_url(redis_url), owns_client=True))
+    cache = Cache(counting, ttl=60)  # type: ignore[arg-type]
+    got: list[Any] = []
+    readers = [
+        threading.Thread(target=lambda: got.append(cache.get_or_load("k", lambda: "own")))
+        for _ in range(6)
+    ]
+    try:
+        readers[0].start()  # the leader: asks for the lease, then waits
+        _wait_until(lambda: raw.get("{k}:waiters") is not None, "the leader to wait")
+        for reader in readers[1:]:
+            reader.start()
+        _wait_until(lambda: cache.stats().coalesced == 5, "the joiners to join")
+        release.set()
+        for reader in readers:
+            reader.join(10)
+    finally:
+        release.set()
+        thread.join(10)
+        holder.close()
+        cache.close()
+        counting.inner.close()
+    assert got == ["v"] * 6
+    assert counting.reads == 2  # the lease request, and the read after the wait
+
+
+def test_async_joiners_take_a_value_their_leader_read_after_they_joined(
+    redis_url: str, raw: Any
+) -> None:
+    release = threading.Event()
+    thread, holder = _hold_a_lease(redis_url, release)
+
+    async def own() -> str:
+        return "own"
+
+    async def scenario() -> tuple[list[Any], int]:
+        counting = AsyncCountingLeases(
+            AsyncRedisBackend(redis.asyncio.Redis.from_url(redis_url), owns_client=True)
+        )
+        cache = AsyncCache(counting, ttl=60)  # type: ignore[arg-type]
+        try:
+            leader = asyncio.create_task(cache.get_or_load("k", own))
+            deadline = time.monotonic() + 5
+            while raw.get("{k}:waiters") is None:  # the leader waits on the lease
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.002)
+            joiners = [asyncio.create_task(cache.get_or_load("k", own)) for _ in range(5)]
+            while cache.stats().coalesced < 5:
+                await asyncio.sleep(0)
+            release.set()
+            values = await asyncio.wait_for(asyncio.gather(leader, *joiners), 10)
+            return list(values), counting.reads
+        finally:
+            await cache.aclose()
+            await counting.inner.aclose()
+
+    try:
+        values, reads = asyncio.run(scenario())
+    finally:
+        release.set()
+        thread.join(10)
+        holder.close()
+    assert values == ["v"] * 6
+    assert reads == 2

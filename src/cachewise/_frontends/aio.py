@@ -61,7 +61,9 @@ class _Task:
         "guard",
         "kind",
         "negative",
+        "reads",
         "sealed",
+        "served_read",
         "stale",
         "started",
         "unreached",
@@ -84,6 +86,8 @@ class _Task:
         self.sealed = False
         self.confirmed = True
         self.unreached = False  # see sync._Call
+        self.reads = 0
+        self.served_read = 0
 
 
 # What _bcall returns when the backend call failed (and was counted).
@@ -622,12 +626,12 @@ class AsyncCache(CacheBase):
                 flight.waiters += 1
                 self._counters.coalesced += 1
             handle = flight.handle
-            early, unsealed = not handle.started, not handle.sealed
+            early, unsealed, seen = not handle.started, not handle.sealed, handle.reads
             try:
                 value: T = await self._await_flight(flight, None)
             except _Retry:
                 continue
-            if joined and self._leases is not None and not _may_take(handle, early, unsealed):
+            if joined and self._leases is not None and not _may_take(handle, early, unsealed, seen):
                 continue  # read again: the value may predate a delete elsewhere
             return value
 
@@ -808,9 +812,10 @@ class AsyncCache(CacheBase):
                 flight = self._flights.start(full, handle, tags)
                 await self._lead_leased(flight, loader, ttl, found, stale)
                 early = unsealed = True
+                seen = 0
             else:
                 handle = flight.handle
-                early, unsealed = not handle.started, not handle.sealed
+                early, unsealed, seen = not handle.started, not handle.sealed, handle.reads
                 flight.waiters += 1
                 counters.coalesced += 1
             try:
@@ -818,7 +823,7 @@ class AsyncCache(CacheBase):
             except _Retry:
                 continue
             if not leader:
-                if not _may_take(handle, early, unsealed):
+                if not _may_take(handle, early, unsealed, seen):
                     if handle.unreached:
                         # Not from a backend that just failed (see sync._Call).
                         return await self._load_unreached(full, loader, ttl, tags)
@@ -849,6 +854,7 @@ class AsyncCache(CacheBase):
             step = next(flow)
             while True:
                 if isinstance(step, ReadStep):
+                    handle.reads += 1  # before sending: see sync._Call.reads
                     try:
                         reply = await leases.read_or_lease(full, token, step.mode)
                     except Exception as exc:
@@ -881,6 +887,8 @@ class AsyncCache(CacheBase):
             raise
         if isinstance(outcome, Serve):
             entry = outcome.entry
+            # Served from a read of ours, or from what the caller had read before.
+            handle.served_read = handle.reads if entry is not found and entry is not stale else 0
             handle.kind = "stale" if outcome.stale else "hit"
             handle.negative = entry.negative
             self._count_served(handle.kind, handle.negative)
@@ -1091,10 +1099,10 @@ class AsyncCache(CacheBase):
 _FAST_FAILURE = 0.05
 
 
-def _may_take(handle: _Task, early: bool, unsealed: bool) -> bool:
+def _may_take(handle: _Task, early: bool, unsealed: bool, seen: int) -> bool:
     """See sync._may_take (a value, not an error, reached this joiner)."""
     if handle.kind != "load":
-        return False
+        return handle.served_read > seen
     return unsealed if handle.confirmed else early
 
 

@@ -58,7 +58,9 @@ class _Call:
         "guard",
         "kind",
         "negative",
+        "reads",
         "sealed",
+        "served_read",
         "stale",
         "started",
         "unreached",
@@ -94,6 +96,11 @@ class _Call:
         # joiner that may not take its value loads from the source at once rather
         # than ask the backend again and wait out a second timeout.
         self.unreached = False
+        # Lease reads the leader has sent, and which of them (1-based) gave the
+        # entry it served (0: none). A read sent after a joiner arrived is as
+        # fresh as one the joiner would send: that joiner may take its entry.
+        self.reads = 0
+        self.served_read = 0
 
 
 def _pass_guard(flight: Flight[_Call]) -> None:
@@ -538,20 +545,21 @@ class Cache(CacheBase):
 
     def _join_or_lead(
         self, full: str, tags: tuple[str, ...]
-    ) -> tuple[Flight[_Call], bool, bool, bool]:
+    ) -> tuple[Flight[_Call], bool, bool, bool, int]:
         """The flight for ``full``; whether the caller leads it; and, for a joiner,
-        whether it joined before the load started and before the write was sent."""
+        whether it joined before the load started and before the write was sent,
+        and how many lease reads had been sent when it joined."""
         with self._lock:
             flight = self._flights.get(full)
             if flight is None:
                 call = _Call(guarded=self._leases is None)
-                return self._flights.start(full, call, tags), True, True, True
+                return self._flights.start(full, call, tags), True, True, True, 0
             flight.waiters += 1
             call = flight.handle
             if call.done is None:
                 # Created under the lock that _finish takes, so no wake-up is lost.
                 call.done = threading.Event()
-            return flight, False, not call.started, not call.sealed
+            return flight, False, not call.started, not call.sealed, call.reads
 
     def _finish(self, flight: Flight[_Call]) -> None:
         # Leave the table before waking waiters, so a woken caller that comes
@@ -604,7 +612,7 @@ class Cache(CacheBase):
         A joiner that may not take the outcome of a flight the backend failed leads
         with ``unreached`` (a load that neither reads nor writes) instead."""
         while True:
-            flight, leader, early, unsealed = self._join_or_lead(full, tags)
+            flight, leader, early, unsealed, seen = self._join_or_lead(full, tags)
             call = flight.handle
             if leader:
                 lead(flight)
@@ -614,7 +622,7 @@ class Cache(CacheBase):
                 if call.abandoned:
                     continue  # the leader was interrupted; try again (maybe as leader)
                 if self._leases is not None:
-                    if not _may_take(call, early, unsealed):
+                    if not _may_take(call, early, unsealed, seen):
                         # Read again: the value may predate a delete elsewhere;
                         # but not from a backend that just failed (see _Call).
                         if call.unreached and unreached is not None:
@@ -802,6 +810,7 @@ class Cache(CacheBase):
             step = next(flow)
             while True:
                 if isinstance(step, ReadStep):
+                    call.reads += 1  # before sending: see _Call.reads
                     try:
                         reply = leases.read_or_lease(full, token, step.mode)
                     except Exception as exc:
@@ -833,6 +842,8 @@ class Cache(CacheBase):
             raise
         if isinstance(outcome, Serve):
             entry = outcome.entry
+            # Served from a read of ours, or from what the caller had read before.
+            call.served_read = call.reads if entry is not found and entry is not stale else 0
             call.value = entry.value
             call.negative = entry.negative
             call.kind = "stale" if outcome.stale else "hit"
@@ -1049,19 +1060,20 @@ class Cache(CacheBase):
 _FAST_FAILURE = 0.05
 
 
-def _may_take(call: _Call, early: bool, unsealed: bool) -> bool:
+def _may_take(call: _Call, early: bool, unsealed: bool, seen: int) -> bool:
     """Whether a joiner may take a lease-backend flight's outcome.
 
     Another process's delete cannot revoke our local flight, so a value is only
     safe for a joiner when no delete that finished before the joiner arrived can
     be missing from it: the write held its lease and the joiner came before the
     write was sent; or nothing confirmed it but the joiner came before the load
-    began. Errors are shared; a value the leader read (not loaded) is not.
+    began; or the leader read it with a read sent after the joiner came (``seen``:
+    the reads sent by then). Errors are shared.
     """
     if call.error is not None:
         return True
     if call.kind != "load":
-        return False
+        return call.served_read > seen
     return unsealed if call.confirmed else early
 
 
