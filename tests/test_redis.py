@@ -737,3 +737,26 @@ def test_async_joiners_take_a_value_their_leader_read_after_they_joined(
         holder.close()
     assert values == ["v"] * 6
     assert reads == 2
+
+
+def test_the_async_pool_bounds_connections_and_waits_for_a_free_one(
+    redis_url: str, raw: Any
+) -> None:
+    """Many tasks on one AsyncCache share at most ``max_connections`` connections:
+    past it they wait for a free one rather than fail."""
+
+    async def scenario() -> tuple[list[Any], int, int]:
+        cache = AsyncCache.from_url(f"{redis_url}?max_connections=4", ttl=60)
+        try:
+            await cache.set("k", 1)
+            before = len(raw.client_list())
+            values = await asyncio.gather(*(cache.get("k") for _ in range(300)))
+            opened = len(raw.client_list()) - before
+            return list(values), cache.stats().backend_errors, opened
+        finally:
+            await cache.aclose()
+
+    values, errors, opened = asyncio.run(scenario())
+    assert values == [1] * 300
+    assert errors == 0
+    assert opened <= 3  # four at most, one of which was already open

@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from cachewise.backends._breaker import AsyncCircuitBreaker, CircuitBreaker
 from cachewise.backends._memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryBackend
+from cachewise.backends._pool import bounded_pool_class
 from cachewise.serialization import (
     DEFAULT_COMPRESS_THRESHOLD,
     DEFAULT_MAX_VALUE_BYTES,
@@ -229,8 +230,9 @@ def _redis(
         if cluster:
             return module.RedisCluster.from_url(client_url, retry=retry, **options)
         # redis.asyncio's default pool raises once 100 connections are in use;
-        # with many tasks, wait for a free one instead (for one socket timeout).
-        pool = module.BlockingConnectionPool.from_url(
+        # with many tasks, wait for a free one instead (for one socket timeout),
+        # without its BlockingConnectionPool's cost on every call (see _pool).
+        pool = bounded_pool_class().from_url(
             client_url,
             max_connections=max_connections,
             timeout=options["socket_timeout"],
