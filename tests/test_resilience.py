@@ -376,3 +376,52 @@ def test_caches_on_different_namespaces_or_servers_do_not_share_held_invalidatio
         flaky.down = False
         for cache in (writer, other_namespace, other_server):
             cache.close()
+
+
+class _Timeouts:
+    """An async backend whose every get times out; ``busy`` first blocks the event
+    loop (as a loop too busy to run its callbacks on time would)."""
+
+    def __init__(self, busy: float) -> None:
+        self.busy = busy
+
+    async def get(self, key: str) -> Entry | None:
+        import time
+
+        if self.busy:
+            time.sleep(self.busy)  # the loop is stuck, not the server
+            await asyncio.sleep(0)  # (the loop gets round to its overdue callbacks)
+        else:
+            await asyncio.sleep(0.001)
+        raise TimeoutError("Timeout reading from socket")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_timeouts_while_the_event_loop_lags_do_not_open_the_breaker() -> None:
+    async def main() -> tuple[str, int, int]:
+        breaker = AsyncCircuitBreaker(_Timeouts(busy=0.1), BreakerPolicy(failure_threshold=3))
+        for _ in range(8):
+            with pytest.raises(TimeoutError):
+                await breaker.get("k")
+        state, lag = breaker.breaker_state, breaker.loop_lag_timeouts
+        await breaker.aclose()
+        return state, lag, breaker.breaker_opens
+
+    state, lag_timeouts, opens = asyncio.run(main())
+    assert (state, opens) == ("closed", 0)
+    assert lag_timeouts == 8
+
+
+def test_timeouts_on_a_punctual_event_loop_open_the_breaker() -> None:
+    async def main() -> tuple[str, int]:
+        breaker = AsyncCircuitBreaker(_Timeouts(busy=0.0), BreakerPolicy(failure_threshold=3))
+        for _ in range(3):
+            with pytest.raises(TimeoutError):
+                await breaker.get("k")
+        state, lag = breaker.breaker_state, breaker.loop_lag_timeouts
+        await breaker.aclose()
+        return state, lag
+
+    assert asyncio.run(main()) == ("open", 0)

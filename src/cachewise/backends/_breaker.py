@@ -11,14 +11,17 @@ closes the breaker. State and transitions show in ``Cache.stats()`` and go to th
 
 Capabilities of the wrapped backend (leases, tags) stay visible through the
 wrapper, each call guarded the same way. Serialization errors are the caller's,
-not the backend's, and never count as failures.
+not the backend's, and never count as failures; nor, for ``AsyncCircuitBreaker``,
+are timeouts while the event loop itself runs late (see ``_LoopLag``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -38,6 +41,79 @@ _ALWAYS_SENT = frozenset({"delete", "delete_many", "invalidate_tags", "clear"})
 _GUARDED = frozenset(
     {"read_or_lease", "set_leased", "release", "wait", "tag_stamp", "invalidate_tags", "get_tagged"}
 )
+
+
+#: How often the event-loop heartbeat runs, how late it must run to count as the
+#: loop lagging, and how long that verdict lasts (a socket timeout and some).
+_BEAT = 0.02
+_LAG = 0.05
+_LAG_MEMORY = 0.5
+
+
+class _LoopLag:
+    """Whether the running event loop has been late lately.
+
+    An asyncio socket timeout fires when the loop gets round to it: on a loop too
+    busy to run its callbacks on time, a call times out although the server
+    answered. Such a timeout says nothing about the backend, so it must not open
+    the breaker (the call still fails, and the cache degrades around it). A
+    heartbeat callback every ``_BEAT`` seconds measures how late the loop runs.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._expected = 0.0
+        self._lagging_until = float("-inf")
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the heartbeat on ``loop`` (the one calls run on now)."""
+        if loop is self._loop:
+            return
+        self.stop()
+        self._loop = loop
+        self._schedule(loop)
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._expected = loop.time() + _BEAT
+        # A weak reference: the heartbeat must not keep its owner alive.
+        self._handle = loop.call_at(self._expected, _beat, weakref.ref(self))
+
+    def beat(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        now = loop.time()
+        if now - self._expected > _LAG:
+            self._lagging_until = now + _LAG_MEMORY
+        self._schedule(loop)
+
+    def lagging(self) -> bool:
+        """Whether the loop ran late within the last ``_LAG_MEMORY`` seconds, or
+        is late now (a heartbeat overdue: a task woken by its timeout can run
+        before a heartbeat that was due earlier)."""
+        loop = self._loop
+        if loop is None:
+            return False
+        now = loop.time()
+        return now <= self._lagging_until or now - self._expected > _LAG
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = None
+        self._loop = None
+
+
+def _beat(ref: weakref.ref[_LoopLag]) -> None:
+    lag = ref()
+    if lag is not None:
+        lag.beat()
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    # redis-py's TimeoutError is not the builtin one: match on the name.
+    return any(cls.__name__ == "TimeoutError" for cls in type(exc).__mro__)
 
 
 class CircuitOpenError(BackendError):
@@ -224,8 +300,16 @@ class AsyncCircuitBreaker(_BreakerBase):
         name: str | None = None,
     ) -> None:
         super().__init__(backend, policy, clock, name)
+        self._lag = _LoopLag()
+        self._lag_timeouts = 0
+
+    @property
+    def loop_lag_timeouts(self) -> int:
+        """Timeouts not held against the backend: the event loop itself ran late."""
+        return self._lag_timeouts
 
     async def _call(self, operation: str, method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        self._lag.watch(asyncio.get_running_loop())
         if operation not in _ALWAYS_SENT:
             self._admit(operation)
         try:
@@ -234,7 +318,11 @@ class AsyncCircuitBreaker(_BreakerBase):
             self._not_judged()
             raise
         except Exception as exc:
-            self._failed(operation, exc)
+            if _is_timeout(exc) and self._lag.lagging():
+                self._lag_timeouts += 1
+                self._not_judged()  # the loop was late, not (for all we know) the backend
+            else:
+                self._failed(operation, exc)
             raise
         self._succeeded()
         return result
@@ -277,6 +365,7 @@ class AsyncCircuitBreaker(_BreakerBase):
 
     async def aclose(self) -> None:
         """Close the wrapped backend (never refused)."""
+        self._lag.stop()
         await self._inner.aclose()
 
     def __repr__(self) -> str:

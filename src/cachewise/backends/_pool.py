@@ -5,8 +5,8 @@ tasks on one client fail; its ``BlockingConnectionPool`` waits instead, but ever
 checkout goes through an ``asyncio.Condition`` and a timeout context, about 12 µs
 on a call that takes 100 µs. Here a semaphore bounds the connections in use: while
 one is free, taking it costs no suspension at all; when none is, the caller waits
-up to ``timeout`` seconds and then gets a ``ConnectionError`` (a miss, like any
-backend failure).
+up to ``timeout`` seconds and then gets a ``TimeoutError`` (a miss, like any
+backend failure; redis-py retries no timeout).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 def bounded_pool_class() -> type[Any]:
     """The pool class (built on first use: redis-py is an optional dependency)."""
     from redis.asyncio.connection import ConnectionPool
-    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     class BoundedConnectionPool(ConnectionPool):
         """``ConnectionPool`` that waits (up to ``timeout``) for a free connection."""
@@ -39,7 +39,7 @@ def bounded_pool_class() -> type[Any]:
                 try:
                     await asyncio.wait_for(slots.acquire(), self.timeout)
                 except asyncio.TimeoutError:
-                    raise RedisConnectionError("no free connection in the pool") from None
+                    raise RedisTimeoutError("no free connection in the pool") from None
             else:
                 await slots.acquire()  # a free slot: returns without suspending
             try:
