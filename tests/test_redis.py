@@ -760,3 +760,52 @@ def test_the_async_pool_bounds_connections_and_waits_for_a_free_one(
     assert values == [1] * 300
     assert errors == 0
     assert opened <= 3  # four at most, one of which was already open
+
+
+class SlowFailingWrites(CountingLeases):
+    """Leased writes time out (after longer than a fast failure)."""
+
+    def set_leased(self, *args: Any) -> bool:
+        time.sleep(0.08)
+        raise redis.TimeoutError("Timeout reading from socket")
+
+
+class AsyncSlowFailingWrites(AsyncCountingLeases):
+    async def set_leased(self, *args: Any) -> bool:
+        await asyncio.sleep(0.08)
+        raise redis.TimeoutError("Timeout reading from socket")
+
+
+def test_a_lease_whose_write_timed_out_is_released_in_the_background(
+    redis_url: str, raw: Any
+) -> None:
+    """Other processes' readers wait on a lease until it is released: after a write
+    that timed out, the caller returns at once and the release follows off its path."""
+    backend = SlowFailingWrites(RedisBackend(redis.Redis.from_url(redis_url), owns_client=True))
+    with Cache(backend, ttl=60) as cache:  # type: ignore[arg-type]
+        assert cache.get_or_load("k", lambda: "v") == "v"
+        assert cache.wait_background(5)
+        assert raw.get("{k}:lease") is None
+    backend.inner.close()
+
+
+def test_an_async_lease_whose_write_timed_out_is_released_in_the_background(
+    redis_url: str, raw: Any
+) -> None:
+    async def load() -> str:
+        return "v"
+
+    async def scenario() -> Any:
+        backend = AsyncSlowFailingWrites(
+            AsyncRedisBackend(redis.asyncio.Redis.from_url(redis_url), owns_client=True)
+        )
+        cache = AsyncCache(backend, ttl=60)  # type: ignore[arg-type]
+        try:
+            assert await cache.get_or_load("k", load) == "v"
+            assert await cache.wait_background(5)
+            return raw.get("{k}:lease")
+        finally:
+            await cache.aclose()
+            await backend.inner.aclose()
+
+    assert asyncio.run(scenario()) is None

@@ -779,6 +779,18 @@ class AsyncCache(CacheBase):
             flight.handle.unreached = True
             if time.monotonic() - started <= _FAST_FAILURE:  # see Cache._write_leased
                 await self._release(flight.key, token)
+            else:
+                self._release_later(flight.key, token)
+
+    def _release_later(self, key: str, token: str) -> None:
+        """Release a lease in a tracked task (see Cache._release_later)."""
+        if self._closed or len(self._tasks) >= self._max_pending:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._release(key, token), name=f"cachewise-release:{key}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
 
     async def _release(self, key: str, token: str | None) -> None:
         if token is None or self._leases is None:

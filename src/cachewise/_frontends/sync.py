@@ -756,11 +756,24 @@ class Cache(CacheBase):
         except Exception as exc:
             self._degraded("set", exc)
             call.unreached = True
-            # Best effort, unless the backend just timed out: waiting out another
-            # timeout helps nobody. This cache takes its own orphaned lease over
-            # on its next read; other processes' waiters wait it out.
+            # After a fast failure, release now; after a timeout, in the
+            # background: the caller must not wait out a second timeout, and other
+            # processes' readers wait on the lease until it is released (or
+            # expires). This cache takes its own orphaned lease over on its next read.
             if time.monotonic() - started <= _FAST_FAILURE:
                 self._release(flight.key, token)
+            else:
+                self._release_later(flight.key, token)
+
+    def _release_later(self, key: str, token: str) -> None:
+        """Release a lease on the owned pool (bounded like refreshes: past the
+        bound the lease is left to expire)."""
+        with self._lock:
+            if self._closed or len(self._futures) >= self._max_pending:
+                return
+            future = self._pool().submit(self._release, key, token)
+            self._futures.add(future)
+        future.add_done_callback(self._forget_future)
 
     def _release(self, key: str, token: str | None) -> None:
         if token is None or self._leases is None:
