@@ -1550,3 +1550,104 @@ def test_a_cluster_url_with_no_cluster_running_degrades_instead_of_failing() -> 
     value, errors = asyncio.run(async_side())
     assert value == "from source"
     assert errors >= 1
+
+
+@pytest.mark.slow
+def test_slow_redis_below_then_above_the_timeout_async(fresh_redis_server: RedisServer) -> None:
+    source = Source(KEYS)
+
+    async def scenario(proxy: LatencyProxy) -> dict[str, Any]:
+        cache = AsyncCache.from_url(proxy.url, ttl=60)
+        try:
+            async with AsyncTraffic(cache, source) as traffic:
+                traffic.phase = "up"
+                await asyncio.sleep(0.5)  # real time: warm up
+                warm = cache.stats()
+                proxy.delay = SLOW_DELAY
+                traffic.phase = "slow"
+                await asyncio.sleep(1.0)
+                slow = cache.stats()
+                proxy.delay = 0.4
+                traffic.phase = "too slow"
+                await asyncio.sleep(FAULT_SECONDS)
+                too_slow = cache.stats()
+                proxy.delay = 0.0
+                back = time.monotonic()
+                traffic.phase = "back"
+                recovered = await wait_recovered_async(cache, back)
+                await asyncio.sleep(0.3)
+            await check_final_async(cache, source, traffic)
+            return {
+                "traffic": traffic,
+                "warm": warm,
+                "slow": slow,
+                "too_slow": too_slow,
+                "recovered": recovered,
+            }
+        finally:
+            await cache.aclose()
+
+    with LatencyProxy(fresh_redis_server.port) as proxy:
+        result = asyncio.run(scenario(proxy))
+    traffic, slow, too_slow = result["traffic"], result["slow"], result["too_slow"]
+    assert slow.backend_errors == 0, slow
+    assert slow.hits > result["warm"].hits, slow
+    worst_slow = check_calls(traffic, budget=SLOW_BUDGET, phase="slow")
+    worst_too_slow = check_calls(traffic, phase="too slow")
+    worst_back = check_calls(traffic, phase="back")
+    assert too_slow.breaker_opens >= 1, too_slow
+    fast = check_fast_while_open(traffic, too_slow.breaker_opens, phase="too slow")
+    summary(
+        "slow Redis (async)",
+        max_slow_50ms=worst_slow,
+        max_too_slow_400ms=worst_too_slow,
+        max_back=worst_back,
+        recovery=result["recovered"],
+        **fast,
+    )
+
+
+@pytest.mark.slow
+def test_maxmemory_noeviction_async() -> None:
+    need_redis_server()
+    server = RedisServer(["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"])
+    source = Source(KEYS)
+    warm, cold = KEYS[:6], KEYS[6:]
+
+    async def scenario() -> dict[str, Any]:
+        cache = AsyncCache.from_url(server.url, ttl=60)
+        try:
+            with raw_client(server.port) as raw:
+                for key in warm:
+                    await cache.get_or_load(key, source.async_loader(key))
+                fillers = await asyncio.to_thread(fill_until_oom, raw)
+                before = cache.stats()
+                loads = source.loads
+                got = await cache.get_or_load(warm[0], source.async_loader(warm[0]))
+                assert got == f"{warm[0]}=v0"
+                assert source.loads == loads  # still served from Redis
+                got = await cache.get_or_load(cold[0], source.async_loader(cold[0]))
+                assert got == f"{cold[0]}=v0"  # returned, not cached
+                assert not raw.exists("{" + cold[0] + "}")
+                assert await cache.delete(warm[1]) is True  # DEL works under OOM
+                async with AsyncTraffic(cache, source) as traffic:
+                    traffic.phase = "oom"
+                    await asyncio.sleep(FAULT_SECONDS)
+                    oom = cache.stats()
+                    raw.delete(*fillers)
+                    freed = time.monotonic()
+                    traffic.phase = "freed"
+                    recovered = await wait_recovered_async(cache, freed)
+            await check_final_async(cache, source, traffic)
+            return {"traffic": traffic, "before": before, "oom": oom, "recovered": recovered}
+        finally:
+            await cache.aclose()
+
+    try:
+        server.start()
+        result = asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert result["oom"].backend_errors > result["before"].backend_errors, result["oom"]
+    worst = check_calls(result["traffic"])
+    summary("maxmemory noeviction (async)", max_call=worst, recovery=result["recovered"])
