@@ -1651,3 +1651,63 @@ def test_maxmemory_noeviction_async() -> None:
     assert result["oom"].backend_errors > result["before"].backend_errors, result["oom"]
     worst = check_calls(result["traffic"])
     summary("maxmemory noeviction (async)", max_call=worst, recovery=result["recovered"])
+
+
+@pytest.mark.slow
+def test_redis_restarted_empty_in_the_middle_of_a_lease_async(
+    fresh_redis_server: RedisServer,
+) -> None:
+    server = fresh_redis_server
+    hot = Source(["hot"])
+
+    async def scenario() -> dict[str, Any]:
+        holder = AsyncCache.from_url(server.url, ttl=60)  # this process: holds the lease
+        peer = AsyncCache.from_url(server.url, ttl=60)  # another one: waits for it
+        loading, release = asyncio.Event(), asyncio.Event()
+
+        async def blocked_load() -> str:
+            value = hot.read("hot")
+            loading.set()
+            await release.wait()
+            return value
+
+        try:
+            with raw_client(server.port) as raw:
+                leader = asyncio.create_task(holder.get_or_load("hot", blocked_load))
+                await asyncio.wait_for(loading.wait(), 5)
+                assert raw.exists("{hot}:lease")
+                waiter = asyncio.create_task(peer.get_or_load("hot", hot.async_loader("hot")))
+                deadline = time.monotonic() + 5
+                while raw.get("{hot}:waiters") is None:  # the peer waits on the lease
+                    assert time.monotonic() < deadline, "the peer never waited"
+                    await asyncio.sleep(0.005)
+            await asyncio.to_thread(server.restart)  # empty: lease, waiters, values gone
+            restarted = time.monotonic()
+            peer_value = await asyncio.wait_for(waiter, 10)
+            peer_after_restart = time.monotonic() - restarted
+            release.set()  # the holder's load completes on the new, empty server
+            leader_value = await asyncio.wait_for(leader, 10)
+            recovered = await wait_recovered_async(holder, restarted)
+            assert await holder.get_or_load("hot", hot.async_loader("hot")) == "hot=v0"
+            loads = hot.loads
+            assert await holder.get_or_load("hot", hot.async_loader("hot")) == "hot=v0"
+            assert hot.loads == loads  # served from Redis again
+            return {
+                "values": (leader_value, peer_value),
+                "peer_after_restart": peer_after_restart,
+                "recovered": recovered,
+            }
+        finally:
+            release.set()
+            await holder.aclose()
+            await peer.aclose()
+
+    result = asyncio.run(scenario())
+    assert result["values"] == ("hot=v0", "hot=v0")
+    # The peer did not wait out the dead lease: the restart broke its wait.
+    assert result["peer_after_restart"] <= BUDGET, result
+    summary(
+        "restart in the middle of a lease (async)",
+        peer_after_restart=result["peer_after_restart"],
+        recovery=result["recovered"],
+    )
