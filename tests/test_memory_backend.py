@@ -267,3 +267,24 @@ def test_tags_on_a_backend_without_tags_are_a_type_error() -> None:
             cache.set("k", 1, tags=["t"])
         with pytest.raises(TypeError, match="tags"):
             cache.invalidate_tags("t")
+
+
+def test_hits_through_get_or_load_mark_entries_recently_used() -> None:
+    """The cache's hit path on a MemoryBackend keeps LRU order like ``get`` does."""
+
+    with Cache(MemoryBackend(max_entries=2), ttl=60) as cache:
+        cache.get_or_load("a", lambda: 1)
+        cache.get_or_load("b", lambda: 2)
+        assert cache.get_or_load("a", lambda: -1) == 1  # a hit: "a" is now the newest
+        cache.get_or_load("c", lambda: 3)  # evicts the least recently used: "b"
+        assert cache.get("a") == 1
+        assert cache.get("b") is MISSING
+        assert cache.get("c") == 3
+
+
+def test_a_tagged_entry_invalidated_is_a_miss_on_the_hit_path() -> None:
+
+    with Cache(MemoryBackend(), ttl=60) as cache:
+        assert cache.get_or_load("k", lambda: "v1", tags=["t"]) == "v1"
+        cache.invalidate_tags("t")
+        assert cache.get_or_load("k", lambda: "v2") == "v2"  # untagged call, tagged entry

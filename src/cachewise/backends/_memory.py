@@ -109,6 +109,12 @@ class MemoryBackend:
 
     # -- reads --------------------------------------------------------------------
 
+    @property
+    def _table(self) -> OrderedDict[str, Entry]:
+        """The entries, for ``Cache``'s inlined hit path, which must do what ``get``
+        does: leave tagged entries to ``get``, mark untagged ones recently used."""
+        return self._data
+
     def get(self, key: str) -> Entry | None:
         """The entry under ``key`` (expired or not), marking it recently used."""
         # Lock-free on purpose: OrderedDict.get and move_to_end are single C calls,
