@@ -1711,3 +1711,34 @@ def test_redis_restarted_empty_in_the_middle_of_a_lease_async(
         peer_after_restart=result["peer_after_restart"],
         recovery=result["recovered"],
     )
+
+
+def test_failed_connects_do_not_loosen_the_async_pool_bound(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """Connections refused while Redis is down give their pool slots back once:
+    after the restart, the pool still opens at most ``max_connections``."""
+    server = fresh_redis_server
+
+    async def own() -> str:
+        return "own"
+
+    async def scenario() -> int:
+        cache = AsyncCache.from_url(f"{server.url}?max_connections=2&breaker=off", ttl=60)
+        try:
+            await cache.get("warm")
+            await asyncio.to_thread(server.kill)
+            for i in range(10):  # each one: connection refused
+                await cache.get_or_load(f"k{i}", own)
+            await asyncio.to_thread(server.restart)
+            with raw_client(server.port) as raw:
+                before = len(raw.client_list())
+                errors = cache.stats().backend_errors
+                await asyncio.gather(*(cache.get(f"x{i}") for i in range(100)))
+                # More slots than connections would show as "Too many connections".
+                assert cache.stats().backend_errors == errors
+                return len(raw.client_list()) - before
+        finally:
+            await cache.aclose()
+
+    assert asyncio.run(scenario()) <= 2

@@ -28,10 +28,12 @@ def bounded_pool_class() -> type[Any]:
         def __init__(self, *, max_connections: int = 50, timeout: float = 0.25, **kwargs: Any):
             super().__init__(max_connections=max_connections, **kwargs)
             self.timeout = timeout
-            # Invariant: every get_connection that returns holds one slot, and
-            # the matching release gives it back (redis-py releases every
-            # connection it takes, in a finally).
+            # Invariant: a connection in _holding holds one slot, given back when
+            # it is released. (redis-py releases a connection itself when it fails
+            # to connect, before get_connection returns: that release must not
+            # give the slot back a second time.)
             self._slots = asyncio.Semaphore(max_connections)
+            self._holding: set[Any] = set()
 
         async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
             slots = self._slots
@@ -43,15 +45,19 @@ def bounded_pool_class() -> type[Any]:
             else:
                 await slots.acquire()  # a free slot: returns without suspending
             try:
-                return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+                connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
             except BaseException:
                 slots.release()
                 raise
+            self._holding.add(connection)
+            return connection
 
         async def release(self, connection: Any) -> None:
             try:
                 await super().release(connection)
             finally:
-                self._slots.release()
+                if connection in self._holding:
+                    self._holding.discard(connection)
+                    self._slots.release()
 
     return BoundedConnectionPool
