@@ -809,3 +809,76 @@ def test_an_async_lease_whose_write_timed_out_is_released_in_the_background(
             await backend.inner.aclose()
 
     assert asyncio.run(scenario()) is None
+
+
+# -- AsyncRedisBackend's invalidations, sent from threads in batches ---------------
+
+
+class CountingPipelines(redis.Redis):
+    """A sync client that counts round trips: commands and pipelines."""
+
+    round_trips = 0
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        type(self).round_trips += 1
+        return super().execute_command(*args, **options)
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        pipe = super().pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def counted(*a: Any, **k: Any) -> Any:
+            type(self).round_trips += 1
+            return execute(*a, **k)
+
+        pipe.execute = counted
+        return pipe
+
+
+def test_async_deletes_from_many_tasks_go_out_in_batches(redis_url: str, raw: Any) -> None:
+    async def scenario() -> tuple[list[bool], int]:
+        backend = AsyncRedisBackend(
+            redis.asyncio.Redis.from_url(redis_url),
+            invalidation_client=CountingPipelines.from_url(redis_url),
+            owns_client=True,
+        )
+        cache = AsyncCache(backend, ttl=60)
+        try:
+            for i in range(0, 200, 2):
+                await cache.set(f"k{i}", i)  # every other key exists
+            CountingPipelines.round_trips = 0
+            results = await asyncio.gather(*(cache.delete(f"k{i}") for i in range(200)))
+            assert cache.stats().invalidations_pending == 0
+            return list(results), CountingPipelines.round_trips
+        finally:
+            await cache.aclose()
+            await backend.aclose()
+
+    results, round_trips = asyncio.run(scenario())
+    assert results == [i % 2 == 0 for i in range(200)]  # whether each existed
+    assert not raw.keys("{k*")
+    assert round_trips < 20, round_trips  # far fewer than one per delete
+
+
+def test_an_async_delete_whose_caller_is_cancelled_still_lands(redis_url: str, raw: Any) -> None:
+    async def scenario() -> None:
+        backend = AsyncRedisBackend(
+            redis.asyncio.Redis.from_url(redis_url),
+            invalidation_client=redis.Redis.from_url(redis_url),
+            owns_client=True,
+        )
+        cache = AsyncCache(backend, ttl=60)
+        try:
+            await cache.set("k", "old")
+            task = asyncio.create_task(cache.delete("k"))
+            while not backend._batch and not backend._draining:
+                await asyncio.sleep(0)  # until it is queued for the sender
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            await cache.aclose()
+            await backend.aclose()  # waits for what was already queued
+
+    asyncio.run(scenario())
+    assert raw.get("{k}") is None

@@ -425,3 +425,24 @@ def test_timeouts_on_a_punctual_event_loop_open_the_breaker() -> None:
         return state, lag
 
     assert asyncio.run(main()) == ("open", 0)
+
+
+def test_backpressure_errors_do_not_count_against_the_backend() -> None:
+    from cachewise._errors import BackpressureError
+
+    class Busy:
+        async def get(self, key: str) -> Entry | None:
+            raise BackpressureError("queued too long")
+
+        async def aclose(self) -> None:
+            pass
+
+    async def main() -> str:
+        breaker = AsyncCircuitBreaker(Busy(), BreakerPolicy(failure_threshold=2))
+        for _ in range(5):
+            with pytest.raises(BackpressureError):
+                await breaker.get("k")
+        await breaker.aclose()
+        return breaker.breaker_state
+
+    assert asyncio.run(main()) == "closed"

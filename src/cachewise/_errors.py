@@ -13,3 +13,9 @@ class CacheClosedError(CacheError, RuntimeError):
 
 class BackendError(CacheError):
     """A backend call failed. The front ends catch it and degrade; backends raise it."""
+
+
+class BackpressureError(BackendError):
+    """The call was not sent: this process's own queue for it was too long (the
+    process is busy, or the backend slow). It says nothing certain about the
+    backend's health, so circuit breakers do not count it."""

@@ -27,13 +27,13 @@ from typing import Any
 
 from cachewise._core.breaker import Breaker, BreakerPolicy, State
 from cachewise._core.entry import Entry
-from cachewise._errors import BackendError
+from cachewise._errors import BackendError, BackpressureError
 from cachewise.serialization import SerializationError, ValueTooLargeError
 
 logger = logging.getLogger("cachewise")
 
 # Errors that say nothing about the backend's health.
-_NOT_FAILURES = (SerializationError, ValueTooLargeError)
+_NOT_FAILURES = (SerializationError, ValueTooLargeError, BackpressureError)
 # Invalidations are always sent, even while open: refusing one would leave an old
 # value for every other process to read. They still count towards the breaker.
 _ALWAYS_SENT = frozenset({"delete", "delete_many", "invalidate_tags", "clear"})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from typing import Any, TypeVar
 from cachewise._core import envelope
 from cachewise._core.entry import Entry
 from cachewise._core.readflow import LeaseReply
+from cachewise._errors import BackendError, BackpressureError
 from cachewise.backends import _lua
 from cachewise.serialization import Codec
 
@@ -40,8 +42,9 @@ DEFAULT_MARGIN = 1.0
 #: entry's server TTL is capped at it, so no entry outlives the record of an
 #: invalidation it predates (else, the record gone, the entry would look valid).
 DEFAULT_TAG_TTL = 30 * 24 * 3600.0
-#: Threads that send an ``AsyncRedisBackend``'s invalidations on a sync client.
-INVALIDATION_THREADS = 4
+#: Threads that send an ``AsyncRedisBackend``'s invalidations on a sync client:
+#: one drains the queue of deletes, a batch per round trip; one for the rest.
+INVALIDATION_THREADS = 2
 
 _R = TypeVar("_R")
 
@@ -289,6 +292,11 @@ class RedisBackend(_RedisCommon):
         result: list[Any] = pipe.execute()
         return result
 
+    def _delete_each(self, keys: Sequence[str]) -> list[bool]:
+        """``delete`` for several keys, pipelined; for each, whether it existed."""
+        calls = [self._write_args(k, None) for k in keys]
+        return [bool(r) for r in self._pipeline_scripts(_lua.WRITE, calls, self._writer)]
+
     # -- Backend ------------------------------------------------------------------
 
     def get(self, key: str) -> Entry | None:
@@ -462,6 +470,10 @@ class AsyncRedisBackend(_RedisCommon):
         )
         self._offloaded: RedisBackend | None = None
         self._pool: ThreadPoolExecutor | None = None
+        # Deletes waiting for the drain thread: (key, queued at, future, its loop).
+        self._batch: list[_Queued] = []
+        self._batch_lock = threading.Lock()
+        self._draining = False
         if offload:
             self._offloaded = RedisBackend(
                 invalidation_client,
@@ -475,24 +487,87 @@ class AsyncRedisBackend(_RedisCommon):
             )
             self._queue_limit = _socket_timeout(invalidation_client) / 2
 
-    async def _offload(self, method: Callable[..., _R], *args: Any) -> _R:
-        """Run an invalidation on the sync client, in our threads."""
+    def _threads(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(
                 INVALIDATION_THREADS, thread_name_prefix="cachewise-invalidate"
             )
+        return self._pool
+
+    async def _offload(self, method: Callable[..., _R], *args: Any) -> _R:
+        """Run an invalidation on the sync client, in our threads."""
         queued = time.monotonic()
         limit = self._queue_limit
 
         def job() -> _R:
             # Bounded queueing: during an outage every thread waits out a timeout,
-            # and a delete queued behind them must not wait out several. It fails
+            # and a call queued behind them must not wait out several. It fails
             # instead, and the cache holds it until a retry lands.
             if time.monotonic() - queued > limit:
-                raise _redis_timeout_error("invalidation queued too long (the backend is slow)")
+                raise BackpressureError("invalidation queued too long (not sent)")
             return method(*args)
 
-        return await asyncio.get_running_loop().run_in_executor(self._pool, job)
+        return await asyncio.get_running_loop().run_in_executor(self._threads(), job)
+
+    async def _delete_batched(self, key: str) -> bool:
+        """Queue a delete for the drain thread, which sends whatever is queued as
+        one pipeline: under load one round trip carries many deletes, where one
+        per thread could not keep up (and each that gave up would be held)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        with self._batch_lock:
+            self._batch.append((key, time.monotonic(), future, loop))
+            start = not self._draining
+            self._draining = True
+        if start:
+            try:
+                self._threads().submit(self._drain)
+            except RuntimeError:  # shut down (closing): nothing will send it
+                with self._batch_lock:
+                    self._draining = False
+                    pending, self._batch = self._batch, []
+                for item in pending:
+                    _settle(item, False, BackendError("the backend is closing"))
+        return await future
+
+    def _drain(self) -> None:
+        """Send queued deletes until none is left (runs in one of our threads)."""
+        sender = self._offloaded
+        assert sender is not None
+        batch: list[_Queued] = []
+        try:
+            while True:
+                with self._batch_lock:
+                    batch, self._batch = self._batch, []
+                    if not batch:
+                        self._draining = False
+                        return
+                now = time.monotonic()
+                fresh: list[_Queued] = []
+                for item in batch:
+                    if now - item[1] > self._queue_limit:  # see _offload
+                        _settle(item, False, BackpressureError("delete queued too long"))
+                    else:
+                        fresh.append(item)
+                if not fresh:
+                    continue
+                try:
+                    existed = sender._delete_each([item[0] for item in fresh])
+                except Exception as exc:
+                    for item in fresh:
+                        _settle(item, False, exc)
+                else:
+                    for item, hit in zip(fresh, existed, strict=True):
+                        _settle(item, hit, None)
+        except BaseException:
+            # Never leave _draining set with nobody draining, nor a caller without
+            # an answer: they would wait forever. (Settling twice is a no-op.)
+            with self._batch_lock:
+                self._draining = False
+                pending, self._batch = self._batch, []
+            for item in batch + pending:
+                _settle(item, False, BackendError("the invalidation sender failed"))
+            raise
 
     async def _script(self, script: str, sha: str, args: list[Any], client: Any = None) -> Any:
         client = client or self._client
@@ -581,7 +656,7 @@ class AsyncRedisBackend(_RedisCommon):
     async def delete(self, key: str) -> bool:
         """Delete the value and its lease; whether the value existed."""
         if self._offloaded is not None:
-            return await self._offload(self._offloaded.delete, key)
+            return await self._delete_batched(key)
         args = self._write_args(key, None)
         return bool(await self._script(_lua.WRITE, self._write_sha, args, self._writer))
 
@@ -658,10 +733,25 @@ def _socket_timeout(client: Any) -> float:
     return float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 0.25
 
 
-def _redis_timeout_error(message: str) -> Exception:
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+_Queued = tuple[str, float, "asyncio.Future[bool]", asyncio.AbstractEventLoop]
 
-    return RedisTimeoutError(message)
+
+def _settle(item: _Queued, result: bool, exc: BaseException | None) -> None:
+    """Resolve a queued delete's future on its own loop (from any thread)."""
+    future, loop = item[2], item[3]
+
+    def resolve() -> None:
+        if future.done():  # the caller was cancelled: the delete went out anyway
+            return
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
+
+    try:
+        loop.call_soon_threadsafe(resolve)
+    except RuntimeError:
+        pass  # that loop is closed: nobody is waiting
 
 
 def _looks_async_client(client: Any) -> bool:
