@@ -23,6 +23,7 @@ def test_all_is_pinned() -> None:
             "AsyncCircuitBreaker",
             "Backend",
             "BackendError",
+            "BackpressureError",
             "BreakerPolicy",
             "Cache",
             "CacheClosedError",

@@ -14,7 +14,7 @@ Nothing happens at import time: no default cache, no connection, no thread.
 from cachewise._core.breaker import BreakerPolicy
 from cachewise._core.entry import Entry
 from cachewise._core.policy import Policy
-from cachewise._errors import BackendError, CacheClosedError, CacheError
+from cachewise._errors import BackendError, BackpressureError, CacheClosedError, CacheError
 from cachewise._frontends._decorator import AsyncCachedFunction, CachedFunction
 from cachewise._frontends.aio import AsyncCache
 from cachewise._frontends.sync import Cache
@@ -43,6 +43,7 @@ __all__ = [
     "AsyncRedisBackend",
     "Backend",
     "BackendError",
+    "BackpressureError",
     "BreakerPolicy",
     "Cache",
     "CacheClosedError",
