@@ -2,7 +2,9 @@
 
 CLOSED: calls go through; failures are counted. It opens when the last
 ``failure_threshold`` calls all failed, or when at least ``min_calls`` of the calls
-in the last ``window`` seconds were made and ``failure_ratio`` of them failed.
+in the last ``window`` seconds were made and ``failure_ratio`` of them failed. The
+window is kept as ten buckets of counts (so it is exact to a tenth of its length,
+and each call costs O(1) time and memory, however many calls a second there are).
 
 OPEN: calls are refused at once (the front end goes straight to the loader) until
 ``open_seconds`` have passed.
@@ -17,6 +19,9 @@ import enum
 import math
 from collections import deque
 from dataclasses import dataclass
+
+#: The window's resolution: it is kept as this many buckets of counts.
+_BUCKETS = 10
 
 
 class State(enum.Enum):
@@ -33,6 +38,9 @@ def _positive(name: str, value: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     return float(value)
+
+
+_HALF_OPEN = State.HALF_OPEN  # (a module global: cheaper than the class attribute)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,14 +68,30 @@ class BreakerPolicy:
 class Breaker:
     """The state machine. Not thread-safe: the wrapper holds a lock around it."""
 
-    __slots__ = ("_calls", "_consecutive", "_opened_at", "_probing", "opens", "policy", "state")
+    __slots__ = (
+        "_buckets",
+        "_calls",
+        "_consecutive",
+        "_failed",
+        "_opened_at",
+        "_probing",
+        "_width",
+        "opens",
+        "policy",
+        "state",
+    )
 
     def __init__(self, policy: BreakerPolicy | None = None) -> None:
         self.policy = policy or BreakerPolicy()
         self.state = State.CLOSED
         self.opens = 0  # how many times it opened
         self._consecutive = 0
-        self._calls: deque[tuple[float, bool]] = deque()  # (when, failed) in the window
+        # The window: [start, calls, failures] per bucket, oldest first, and the
+        # totals over them (invariant: the sums of the buckets' counts).
+        self._buckets: deque[list[float]] = deque()
+        self._width = self.policy.window / _BUCKETS
+        self._calls = 0
+        self._failed = 0
         self._opened_at = 0.0
         self._probing = False
 
@@ -88,11 +112,17 @@ class Breaker:
     def success(self, now: float) -> State | None:
         """Record a successful call; the new state if it changed."""
         self._consecutive = 0
-        if self.state is State.HALF_OPEN:
+        if self.state is _HALF_OPEN:
             self._reset()
             self.state = State.CLOSED
             return State.CLOSED
-        self._record(now, failed=False)
+        # _record's common case, inlined: this runs on every call that succeeds.
+        buckets = self._buckets
+        if buckets and now < buckets[-1][0] + self._width:
+            buckets[-1][1] += 1
+            self._calls += 1
+        else:
+            self._record(now, failed=False)
         return None
 
     def failure(self, now: float) -> State | None:
@@ -106,10 +136,8 @@ class Breaker:
         policy = self.policy
         if self._consecutive >= policy.failure_threshold:
             return self._open(now)
-        if len(self._calls) >= policy.min_calls:
-            failed = sum(1 for _, bad in self._calls if bad)
-            if failed >= policy.failure_ratio * len(self._calls):
-                return self._open(now)
+        if self._calls >= policy.min_calls and self._failed >= policy.failure_ratio * self._calls:
+            return self._open(now)
         return None
 
     def cancel_probe(self) -> None:
@@ -117,11 +145,21 @@ class Breaker:
         self._probing = False
 
     def _record(self, now: float, *, failed: bool) -> None:
-        calls = self._calls
-        calls.append((now, failed))
-        horizon = now - self.policy.window
-        while calls and calls[0][0] < horizon:
-            calls.popleft()
+        buckets = self._buckets
+        width = self._width
+        if not buckets or now >= buckets[-1][0] + width:
+            buckets.append([math.floor(now / width) * width, 0, 0])
+            horizon = now - self.policy.window
+            while buckets[0][0] + width <= horizon:  # wholly out of the window
+                _, calls, failures = buckets.popleft()
+                self._calls -= int(calls)
+                self._failed -= int(failures)
+        last = buckets[-1]  # (a clock that went back counts in the newest bucket)
+        last[1] += 1
+        self._calls += 1
+        if failed:
+            last[2] += 1
+            self._failed += 1
 
     def _open(self, now: float) -> State:
         self.state = State.OPEN
@@ -133,4 +171,6 @@ class Breaker:
 
     def _reset(self) -> None:
         self._consecutive = 0
-        self._calls.clear()
+        self._buckets.clear()
+        self._calls = 0
+        self._failed = 0

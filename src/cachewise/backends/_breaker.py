@@ -61,17 +61,17 @@ class _LoopLag:
     """
 
     def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._expected = 0.0
         self._lagging_until = float("-inf")
 
     def watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run the heartbeat on ``loop`` (the one calls run on now)."""
-        if loop is self._loop:
+        if loop is self.loop:
             return
         self.stop()
-        self._loop = loop
+        self.loop = loop
         self._schedule(loop)
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -80,7 +80,7 @@ class _LoopLag:
         self._handle = loop.call_at(self._expected, _beat, weakref.ref(self))
 
     def beat(self) -> None:
-        loop = self._loop
+        loop = self.loop
         if loop is None or loop.is_closed():
             return
         now = loop.time()
@@ -92,7 +92,7 @@ class _LoopLag:
         """Whether the loop ran late within the last ``_LAG_MEMORY`` seconds, or
         is late now (a heartbeat overdue: a task woken by its timeout can run
         before a heartbeat that was due earlier)."""
-        loop = self._loop
+        loop = self.loop
         if loop is None:
             return False
         now = loop.time()
@@ -102,7 +102,7 @@ class _LoopLag:
         if self._handle is not None:
             self._handle.cancel()
         self._handle = None
-        self._loop = None
+        self.loop = None
 
 
 def _beat(ref: weakref.ref[_LoopLag]) -> None:
@@ -163,6 +163,8 @@ class _BreakerBase:
         return self._breaker.policy
 
     def _admit(self, operation: str) -> None:
+        if self._breaker.state is State.CLOSED:
+            return  # (an unlocked read: a call racing the opening may go through)
         with self._lock:
             allowed = self._breaker.allow(self._clock())
             if not allowed:
@@ -303,13 +305,21 @@ class AsyncCircuitBreaker(_BreakerBase):
         self._lag = _LoopLag()
         self._lag_timeouts = 0
 
+    def _succeeded(self) -> None:
+        # No lock: one event loop drives an async breaker, and this runs on every
+        # call that succeeds.
+        if self._breaker.success(self._clock()) is State.CLOSED:
+            logger.warning("cachewise: circuit breaker for %s closed: backend is back", self._name)
+
     @property
     def loop_lag_timeouts(self) -> int:
         """Timeouts not held against the backend: the event loop itself ran late."""
         return self._lag_timeouts
 
     async def _call(self, operation: str, method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        self._lag.watch(asyncio.get_running_loop())
+        loop = self._lag.loop
+        if loop is None or loop.is_closed():  # (a new loop: asyncio.run again)
+            self._lag.watch(asyncio.get_running_loop())
         if operation not in _ALWAYS_SENT:
             self._admit(operation)
         try:
@@ -318,14 +328,17 @@ class AsyncCircuitBreaker(_BreakerBase):
             self._not_judged()
             raise
         except Exception as exc:
-            if _is_timeout(exc) and self._lag.lagging():
-                self._lag_timeouts += 1
-                self._not_judged()  # the loop was late, not (for all we know) the backend
-            else:
-                self._failed(operation, exc)
+            self._judge(operation, exc)
             raise
         self._succeeded()
         return result
+
+    def _judge(self, operation: str, exc: BaseException) -> None:
+        if _is_timeout(exc) and self._lag.lagging():
+            self._lag_timeouts += 1
+            self._not_judged()  # the loop was late, not (for all we know) the backend
+        else:
+            self._failed(operation, exc)
 
     def _guard(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         async def guarded(*args: Any) -> Any:
@@ -334,8 +347,21 @@ class AsyncCircuitBreaker(_BreakerBase):
         return guarded
 
     async def get(self, key: str) -> Entry | None:
-        """Guarded ``get``."""
-        result: Entry | None = await self._call("get", self._inner.get, key)
+        """Guarded ``get`` (``_call``, inlined: it is the hit path)."""
+        loop = self._lag.loop
+        if loop is None or loop.is_closed():  # (a new loop: asyncio.run again)
+            self._lag.watch(asyncio.get_running_loop())
+        if self._breaker.state is not State.CLOSED:
+            self._admit("get")
+        try:
+            result: Entry | None = await self._inner.get(key)
+        except _NOT_FAILURES:
+            self._not_judged()
+            raise
+        except Exception as exc:
+            self._judge("get", exc)
+            raise
+        self._succeeded()
         return result
 
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
