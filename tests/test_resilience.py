@@ -446,3 +446,16 @@ def test_backpressure_errors_do_not_count_against_the_backend() -> None:
         return breaker.breaker_state
 
     assert asyncio.run(main()) == "closed"
+
+
+def test_the_ratio_counts_every_call_in_the_window() -> None:
+    policy = BreakerPolicy(failure_threshold=10**6, failure_ratio=0.5, min_calls=20, window=10.0)
+    breaker = Breaker(policy)
+    for i in range(10_000):  # a second of successes
+        assert breaker.success(i * 1e-4) is None
+    opened_at = None
+    for j in range(10_001):
+        if breaker.failure(1.0 + j * 1e-4) is State.OPEN:
+            opened_at = j
+            break
+    assert opened_at == 9_999  # the 10,000th failure makes half of 20,000 calls
