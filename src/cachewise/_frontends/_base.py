@@ -49,7 +49,7 @@ class _Held:
     held key or tag (so a settle only forgets what it applied).
 
     Every cache of this process on one server and namespace shares one (see
-    ``share_held``): a sync ``Cache`` and an ``AsyncCache`` side by side read around
+    ``CacheBase._share_held``): a sync ``Cache`` and an ``AsyncCache`` side by side read around
     each other's held deletes. Each member keeps its own ``_unsettled`` flag (the
     hit path's fast check); this object sets them all.
     """
