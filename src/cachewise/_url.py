@@ -288,8 +288,8 @@ class _LazyClusterClient:
         self._build = build
         self._client: Any = None
         self._lock = threading.Lock()
-        # What the invalidation threads read their queueing limit from.
-        self.connection_pool = _Options(dict(options or {}))
+        # Readable without building the client (AsyncRedisBackend's queue limit).
+        self.socket_timeout = (options or {}).get("socket_timeout")
 
     def _get(self) -> Any:
         client = self._client
@@ -309,11 +309,6 @@ class _LazyClusterClient:
             client, self._client = self._client, None
         if client is not None:
             client.close()
-
-
-class _Options:
-    def __init__(self, kwargs: dict[str, float]) -> None:
-        self.connection_kwargs = kwargs
 
 
 def server_identity(url: str) -> str | None:

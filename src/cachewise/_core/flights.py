@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
+from cachewise._core.entry import Entry
+
 H = TypeVar("H")
 
 
@@ -91,3 +93,65 @@ class FlightTable(Generic[H]):
         """Remove a completed flight, unless a newer one has already replaced it."""
         if self._flights.get(flight.key) is flight:
             del self._flights[flight.key]
+
+
+JoinPoint = tuple[bool, bool, int]
+"""Where a load stood when a caller joined it: not started, not sealed, reads sent."""
+
+
+class LoadState:
+    """How one flight's load went, as its joiners need to know; the front ends'
+    flight handles extend it with their waiting primitives.
+
+    On a lease backend another process's delete cannot revoke a local flight, so a
+    joiner takes the outcome only when no delete that finished before it joined
+    can be missing from it (``safe_for``).
+    """
+
+    __slots__ = (
+        "confirmed",
+        "kind",
+        "negative",
+        "reads",
+        "sealed",
+        "served_read",
+        "stale",
+        "started",
+        "unreached",
+    )
+
+    def __init__(self) -> None:
+        # How the value was obtained, for joiners' counters: "hit", "stale", "load".
+        self.kind = "load"
+        self.negative = False
+        # A stale entry that may stand in for a failed load (stale-if-error).
+        self.stale: Entry | None = None
+        # started: the loader was called; sealed: the write was sent; confirmed:
+        # the write held its lease, so no delete can have happened since the lease
+        # was granted.
+        self.started = False
+        self.sealed = False
+        self.confirmed = True
+        # The backend failed this flight (a read, a lease wait or the write): a
+        # joiner that may not take its value loads from the source at once rather
+        # than ask the backend again and wait out a second timeout.
+        self.unreached = False
+        # Lease reads the leader has sent, and which of them (1-based) gave the
+        # entry it served (0: none). A read sent after a joiner arrived is as
+        # fresh as one the joiner would send.
+        self.reads = 0
+        self.served_read = 0
+
+    def join_point(self) -> JoinPoint:
+        """Where the load stands now (taken as a caller joins it)."""
+        return not self.started, not self.sealed, self.reads
+
+    def safe_for(self, joined: JoinPoint) -> bool:
+        """Whether a value (not an error) this load produced may go to a joiner
+        that joined at ``joined``: the write held its lease and the joiner came
+        before it was sent; or nothing confirmed it but the joiner came before the
+        load began; or the leader read it with a read sent after the joiner came."""
+        early, unsealed, seen = joined
+        if self.kind != "load":
+            return self.served_read > seen
+        return unsealed if self.confirmed else early

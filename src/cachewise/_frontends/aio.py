@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from cachewise._core.entry import Entry
-from cachewise._core.flights import Flight, FlightTable
+from cachewise._core.flights import Flight, FlightTable, LoadState
 from cachewise._core.policy import Read, decide_read, stale_servable, superseded
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
 from cachewise._errors import CacheClosedError
@@ -52,42 +52,19 @@ T = TypeVar("T")
 D = TypeVar("D")
 
 
-class _Task:
+class _Task(LoadState):
     """The waiting side of one async flight."""
 
-    __slots__ = (
-        "confirmed",
-        "future",
-        "guard",
-        "kind",
-        "negative",
-        "reads",
-        "sealed",
-        "served_read",
-        "stale",
-        "started",
-        "unreached",
-    )
+    __slots__ = ("future", "guard")
 
     def __init__(self) -> None:
+        super().__init__()
         # What every caller awaits (shielded): the load task itself, or, for a
         # lease backend's read, a future the leading caller resolves.
         self.future: asyncio.Future[Any] | None = None
         # Lease-less remote backends only: held while the finished load checks
         # validity and writes; invalidation passes through it (see Cache._revoke).
         self.guard: asyncio.Lock | None = None
-        # How the value was obtained, for joiners' counters: "hit", "stale", "load".
-        self.kind = "load"
-        self.negative = False
-        # A stale entry that may stand in for a failed load (stale-if-error).
-        self.stale: Entry | None = None
-        # See sync._Call: who joins late takes the value only when it is safe.
-        self.started = False
-        self.sealed = False
-        self.confirmed = True
-        self.unreached = False  # see sync._Call
-        self.reads = 0
-        self.served_read = 0
 
 
 # What _bcall returns when the backend call failed (and was counted).
@@ -626,12 +603,12 @@ class AsyncCache(CacheBase):
                 flight.waiters += 1
                 self._counters.coalesced += 1
             handle = flight.handle
-            early, unsealed, seen = not handle.started, not handle.sealed, handle.reads
+            point = handle.join_point()
             try:
                 value: T = await self._await_flight(flight, None)
             except _Retry:
                 continue
-            if joined and self._leases is not None and not _may_take(handle, early, unsealed, seen):
+            if joined and self._leases is not None and not handle.safe_for(point):
                 continue  # read again: the value may predate a delete elsewhere
             return value
 
@@ -823,11 +800,9 @@ class AsyncCache(CacheBase):
                 handle.future = asyncio.get_running_loop().create_future()
                 flight = self._flights.start(full, handle, tags)
                 await self._lead_leased(flight, loader, ttl, found, stale)
-                early = unsealed = True
-                seen = 0
             else:
                 handle = flight.handle
-                early, unsealed, seen = not handle.started, not handle.sealed, handle.reads
+                point = handle.join_point()
                 flight.waiters += 1
                 counters.coalesced += 1
             try:
@@ -835,9 +810,10 @@ class AsyncCache(CacheBase):
             except _Retry:
                 continue
             if not leader:
-                if not _may_take(handle, early, unsealed, seen):
+                # (A value reached this joiner: errors are raised above.)
+                if not handle.safe_for(point):
                     if handle.unreached:
-                        # Not from a backend that just failed (see sync._Call).
+                        # Not from a backend that just failed (LoadState.unreached).
                         return await self._load_unreached(full, loader, ttl, tags)
                     continue  # read again: the value may predate a delete elsewhere
                 self._count_served(handle.kind, handle.negative)
@@ -866,7 +842,7 @@ class AsyncCache(CacheBase):
             step = next(flow)
             while True:
                 if isinstance(step, ReadStep):
-                    handle.reads += 1  # before sending: see sync._Call.reads
+                    handle.reads += 1  # before sending: see LoadState.reads
                     try:
                         reply = await leases.read_or_lease(full, token, step.mode)
                     except Exception as exc:
@@ -943,19 +919,18 @@ class AsyncCache(CacheBase):
         trigger: Entry,
         *,
         early: bool,
-    ) -> bool:
+    ) -> None:
         """Start one background refresh of ``full`` (the hit read ``trigger``) unless
-        one is in flight; whether one started."""
+        one is in flight."""
         if self._closed or full in self._flights:
-            return False
+            return
         if self._background >= self._max_pending:
             self._counters.refreshes_dropped += 1
-            return False
+            return
         flight = self._start(full, self._run_background, loader, ttl, tags, trigger, early)
         assert flight.handle.future is not None
         self._background += 1
         flight.handle.future.add_done_callback(self._background_done)
-        return True
 
     async def _run_background(
         self,
@@ -1109,13 +1084,6 @@ class AsyncCache(CacheBase):
 
 # A backend failure quicker than this was not a timeout.
 _FAST_FAILURE = 0.05
-
-
-def _may_take(handle: _Task, early: bool, unsealed: bool, seen: int) -> bool:
-    """See sync._may_take (a value, not an error, reached this joiner)."""
-    if handle.kind != "load":
-        return handle.served_read > seen
-    return unsealed if handle.confirmed else early
 
 
 def _check_async_callable(func: object, decorator: str) -> None:

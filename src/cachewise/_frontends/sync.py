@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from cachewise._core.entry import Entry
-from cachewise._core.flights import Flight, FlightTable
+from cachewise._core.flights import Flight, FlightTable, JoinPoint, LoadState
 from cachewise._core.policy import Read, decide_read, stale_servable, superseded
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
 from cachewise._errors import CacheClosedError
@@ -47,27 +47,13 @@ T = TypeVar("T")
 D = TypeVar("D")
 
 
-class _Call:
+class _Call(LoadState):
     """The waiting side of one sync flight."""
 
-    __slots__ = (
-        "abandoned",
-        "confirmed",
-        "done",
-        "error",
-        "guard",
-        "kind",
-        "negative",
-        "reads",
-        "sealed",
-        "served_read",
-        "stale",
-        "started",
-        "unreached",
-        "value",
-    )
+    __slots__ = ("abandoned", "done", "error", "guard", "value")
 
     def __init__(self, guarded: bool = True) -> None:
+        super().__init__()
         # Created by the first caller that joins (most flights have none).
         self.done: threading.Event | None = None
         # Held while the finished load checks its flight is still valid and writes;
@@ -76,31 +62,9 @@ class _Call:
         self.guard = threading.Lock() if guarded else None
         self.value: Any = None
         self.error: BaseException | None = None
-        # How the value was obtained, for joiners' counters: "hit", "stale", "load".
-        self.kind = "load"
-        self.negative = False
-        # A stale entry that may stand in for a failed load (stale-if-error).
-        self.stale: Entry | None = None
         # The leader died of a BaseException (KeyboardInterrupt...) or could not
         # run the refresh it registered: waiters retry.
         self.abandoned = False
-        # Lease backends (other processes' deletes cannot revoke a local flight):
-        # started: the loader was called; sealed: the write was sent; confirmed:
-        # the write held its lease, so no delete can have happened since the
-        # lease was granted. Who joined late takes the value only when that is
-        # safe (see Cache._may_take).
-        self.started = False
-        self.sealed = False
-        self.confirmed = True
-        # The backend failed this flight (a read, a lease wait or the write): a
-        # joiner that may not take its value loads from the source at once rather
-        # than ask the backend again and wait out a second timeout.
-        self.unreached = False
-        # Lease reads the leader has sent, and which of them (1-based) gave the
-        # entry it served (0: none). A read sent after a joiner arrived is as
-        # fresh as one the joiner would send: that joiner may take its entry.
-        self.reads = 0
-        self.served_read = 0
 
 
 def _pass_guard(flight: Flight[_Call]) -> None:
@@ -563,21 +527,20 @@ class Cache(CacheBase):
 
     def _join_or_lead(
         self, full: str, tags: tuple[str, ...]
-    ) -> tuple[Flight[_Call], bool, bool, bool, int]:
-        """The flight for ``full``; whether the caller leads it; and, for a joiner,
-        whether it joined before the load started and before the write was sent,
-        and how many lease reads had been sent when it joined."""
+    ) -> tuple[Flight[_Call], bool, JoinPoint]:
+        """The flight for ``full``; whether the caller leads it; and where its load
+        stood as the caller joined (``LoadState.join_point``)."""
         with self._lock:
             flight = self._flights.get(full)
             if flight is None:
                 call = _Call(guarded=self._leases is None)
-                return self._flights.start(full, call, tags), True, True, True, 0
+                return self._flights.start(full, call, tags), True, call.join_point()
             flight.waiters += 1
             call = flight.handle
             if call.done is None:
                 # Created under the lock that _finish takes, so no wake-up is lost.
                 call.done = threading.Event()
-            return flight, False, not call.started, not call.sealed, call.reads
+            return flight, False, call.join_point()
 
     def _finish(self, flight: Flight[_Call]) -> None:
         # Leave the table before waking waiters, so a woken caller that comes
@@ -630,7 +593,7 @@ class Cache(CacheBase):
         A joiner that may not take the outcome of a flight the backend failed leads
         with ``unreached`` (a load that neither reads nor writes) instead."""
         while True:
-            flight, leader, early, unsealed, seen = self._join_or_lead(full, tags)
+            flight, leader, joined = self._join_or_lead(full, tags)
             call = flight.handle
             if leader:
                 lead(flight)
@@ -640,9 +603,10 @@ class Cache(CacheBase):
                 if call.abandoned:
                     continue  # the leader was interrupted; try again (maybe as leader)
                 if self._leases is not None:
-                    if not _may_take(call, early, unsealed, seen):
+                    # Errors are shared; a value only when it is safe (LoadState).
+                    if call.error is None and not call.safe_for(joined):
                         # Read again: the value may predate a delete elsewhere;
-                        # but not from a backend that just failed (see _Call).
+                        # but not from a backend that just failed (LoadState.unreached).
                         if call.unreached and unreached is not None:
                             lead = unreached
                         continue
@@ -841,7 +805,7 @@ class Cache(CacheBase):
             step = next(flow)
             while True:
                 if isinstance(step, ReadStep):
-                    call.reads += 1  # before sending: see _Call.reads
+                    call.reads += 1  # before sending: see LoadState.reads
                     try:
                         reply = leases.read_or_lease(full, token, step.mode)
                     except Exception as exc:
@@ -909,15 +873,15 @@ class Cache(CacheBase):
         trigger: Entry,
         *,
         early: bool,
-    ) -> bool:
+    ) -> None:
         """Start one background refresh of ``full`` (the hit read ``trigger``) unless
-        one is in flight; whether one started."""
+        one is in flight."""
         with self._lock:
             if self._closed or full in self._flights:
-                return False
+                return
             if len(self._futures) >= self._max_pending:
                 self._counters.refreshes_dropped += 1
-                return False
+                return
             executor = self._pool()
             flight = self._flights.start(full, _Call(guarded=self._leases is None), tags)
             # Submit under the lock: close() takes it before shutting the pool
@@ -925,7 +889,6 @@ class Cache(CacheBase):
             future = executor.submit(self._run_background, flight, loader, ttl, trigger, early)
             self._futures.add(future)
         future.add_done_callback(self._forget_future)
-        return True
 
     def _pool(self) -> ThreadPoolExecutor:
         # Caller holds self._lock.
@@ -958,7 +921,7 @@ class Cache(CacheBase):
                 granted = False
         else:
             try:
-                current = self._backend.get(flight.key)
+                current = self._bget(flight.key)
             except Exception as exc:
                 self._degraded("get", exc)
                 current = None
@@ -1089,23 +1052,6 @@ class Cache(CacheBase):
 
 # A backend failure quicker than this was not a timeout.
 _FAST_FAILURE = 0.05
-
-
-def _may_take(call: _Call, early: bool, unsealed: bool, seen: int) -> bool:
-    """Whether a joiner may take a lease-backend flight's outcome.
-
-    Another process's delete cannot revoke our local flight, so a value is only
-    safe for a joiner when no delete that finished before the joiner arrived can
-    be missing from it: the write held its lease and the joiner came before the
-    write was sent; or nothing confirmed it but the joiner came before the load
-    began; or the leader read it with a read sent after the joiner came (``seen``:
-    the reads sent by then). Errors are shared.
-    """
-    if call.error is not None:
-        return True
-    if call.kind != "load":
-        return call.served_read > seen
-    return unsealed if call.confirmed else early
 
 
 def _check_sync_callable(func: object, decorator: str) -> None:

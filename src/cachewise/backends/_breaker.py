@@ -126,10 +126,13 @@ class _BreakerBase:
     def __init__(
         self,
         backend: Any,
-        policy: BreakerPolicy | None,
-        clock: Callable[[], float],
-        name: str | None,
+        policy: BreakerPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        name: str | None = None,
     ) -> None:
+        """Wrap ``backend``; ``policy`` says when to open (``BreakerPolicy()``),
+        ``clock`` is seconds (monotonic), ``name`` labels logs (the backend's type)."""
         self._inner = backend
         self._breaker = Breaker(policy)
         self._clock = clock
@@ -217,16 +220,6 @@ class _BreakerBase:
 class CircuitBreaker(_BreakerBase):
     """A circuit breaker around a sync backend (for ``Cache``)."""
 
-    def __init__(
-        self,
-        backend: Any,
-        policy: BreakerPolicy | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(backend, policy, clock, name)
-
     def _call(self, operation: str, method: Callable[..., Any], *args: Any) -> Any:
         if operation not in _ALWAYS_SENT:
             self._admit(operation)
@@ -301,7 +294,7 @@ class AsyncCircuitBreaker(_BreakerBase):
         clock: Callable[[], float] = time.monotonic,
         name: str | None = None,
     ) -> None:
-        super().__init__(backend, policy, clock, name)
+        super().__init__(backend, policy, clock=clock, name=name)
         self._lag = _LoopLag()
         self._lag_timeouts = 0
 

@@ -457,16 +457,19 @@ class AsyncRedisBackend(_RedisCommon):
         # measures the server alone (and a delete already sent still lands if the
         # caller is cancelled).
         offload = invalidation_client is not None and not _looks_async_client(invalidation_client)
+        options: dict[str, Any] = {
+            "lock_timeout": lock_timeout,
+            "wait_timeout": wait_timeout,
+            "poll_interval": poll_interval,
+            "margin": margin,
+            "owns_client": owns_client,
+            "tag_ttl": tag_ttl,
+        }
         super().__init__(
             client,
             codec=codec,
-            lock_timeout=lock_timeout,
-            wait_timeout=wait_timeout,
-            poll_interval=poll_interval,
-            margin=margin,
-            owns_client=owns_client,
-            tag_ttl=tag_ttl,
             invalidation_client=None if offload else invalidation_client,
+            **options,
         )
         self._offloaded: RedisBackend | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -475,16 +478,7 @@ class AsyncRedisBackend(_RedisCommon):
         self._batch_lock = threading.Lock()
         self._draining = False
         if offload:
-            self._offloaded = RedisBackend(
-                invalidation_client,
-                codec=self.codec,
-                lock_timeout=lock_timeout,
-                wait_timeout=wait_timeout,
-                poll_interval=poll_interval,
-                margin=margin,
-                owns_client=owns_client,
-                tag_ttl=tag_ttl,
-            )
+            self._offloaded = RedisBackend(invalidation_client, codec=self.codec, **options)
             self._queue_limit = _socket_timeout(invalidation_client) / 2
 
     def _threads(self) -> ThreadPoolExecutor:
@@ -725,11 +719,13 @@ class AsyncRedisBackend(_RedisCommon):
 
 def _socket_timeout(client: Any) -> float:
     """A sync client's socket timeout (0.25 s if it has none we can read)."""
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
-    if kwargs is None:  # a cluster client: its nodes' options
-        nodes = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
-        kwargs = nodes or {}
-    timeout = kwargs.get("socket_timeout")
+    timeout = getattr(client, "__dict__", {}).get("socket_timeout")  # a wrapper's (see _url)
+    if timeout is None:
+        kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+        if kwargs is None:  # a cluster client: its nodes' options
+            nodes = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
+            kwargs = nodes or {}
+        timeout = kwargs.get("socket_timeout")
     return float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 0.25
 
 
