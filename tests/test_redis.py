@@ -882,3 +882,54 @@ def test_an_async_delete_whose_caller_is_cancelled_still_lands(redis_url: str, r
 
     asyncio.run(scenario())
     assert raw.get("{k}") is None
+
+
+def test_a_hit_that_read_the_old_entry_does_not_refresh_again_on_redis(redis_url: str) -> None:
+    """As in memory (test_concurrency_sync): a hit that read the stale entry before
+    another hit's refresh landed asks for a refresh lease, sees the newer entry in
+    the reply, gives the lease back and loads nothing."""
+    from cachewise.testing import FakeClock
+
+    paused, resume = threading.Event(), threading.Event()
+    slow_reader: list[threading.Thread] = []
+
+    class PausingBackend(RedisBackend):
+        def get(self, key: str) -> Any:
+            entry = super().get(key)
+            if slow_reader and threading.current_thread() is slow_reader[0]:
+                paused.set()
+                assert resume.wait(10)
+            return entry
+
+    clock = FakeClock(1_000.0)
+    calls = 0
+
+    def loader() -> str:
+        nonlocal calls
+        calls += 1
+        return f"v{calls}"
+
+    backend = PausingBackend(redis.Redis.from_url(redis_url), owns_client=True)
+    cache = Cache(backend, ttl=10, jitter=0, stale_ttl=100, clock=clock)
+    try:
+        assert cache.get_or_load("k", loader) == "v1"
+        clock.advance(20)  # stale: every hit refreshes
+        got: list[Any] = []
+        slow_reader.append(
+            threading.Thread(target=lambda: got.append(cache.get_or_load("k", loader)))
+        )
+        slow_reader[0].start()
+        assert paused.wait(10)
+        assert cache.get_or_load("k", loader) == "v1"
+        assert cache.wait_background(10)
+        assert calls == 2
+        resume.set()
+        slow_reader[0].join(10)
+        assert got == ["v1"]
+        assert cache.wait_background(10)
+        assert calls == 2, "the late hit refreshed an entry already refreshed"
+        assert cache.get("k") == "v2"
+    finally:
+        resume.set()
+        cache.close()
+        backend.close()

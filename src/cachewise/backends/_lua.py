@@ -35,7 +35,9 @@ end
 #: mode "lease":   read; if absent, take the lease, or register as a waiter.
 #: mode "take":    take the lease whatever the value (a reload of an expired value);
 #:                 register as a waiter if it is held.
-#: mode "refresh": take the lease whatever the value; never wait.
+#: mode "refresh": take the lease whatever the value; never wait. A granted refresh
+#:                 lease comes with the current value, so the refresher can see that
+#:                 a refresh already replaced the entry it meant to refresh.
 #: A token is "<owner>:<n>". A lease held by the same owner (the same cache) is
 #: orphaned: the cache reads through its own single-flight first, so it only asks
 #: when none of its loads is in flight; the lease is left over from a release that
@@ -47,14 +49,16 @@ if mode == 'get' or mode == 'lease' then
   local v = redis.call('GET', KEYS[1])
   if v or mode == 'get' then return {v, 0, 0} end
 end
+local current = false
+if mode == 'refresh' then current = redis.call('GET', KEYS[1]) end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {false, 1, 0}
+  return {current, 1, 0}
 end
 local owner = string.match(ARGV[1], '^(.*:)')
 local holder = redis.call('GET', KEYS[2])
 if owner and holder and string.sub(holder, 1, #owner) == owner then
   redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-  return {false, 1, 0}
+  return {current, 1, 0}
 end
 local pttl = redis.call('PTTL', KEYS[2])
 if mode ~= 'refresh' then
