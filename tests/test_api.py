@@ -33,6 +33,8 @@ def test_all_is_pinned() -> None:
             "CircuitBreaker",
             "CircuitOpenError",
             "Entry",
+            "LoadCancelledError",
+            "LoaderCycleError",
             "MemoryBackend",
             "MissingType",
             "Policy",

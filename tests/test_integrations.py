@@ -201,14 +201,21 @@ class AsyncSpyCache(AsyncCache):
 
 
 class BrokenCache(Cache):
-    """A ``Cache`` whose ``delete_many`` raises instead of degrading."""
+    """A ``Cache`` whose deletes raise instead of degrading (``delete_many`` and the
+    one-key ``delete`` a failed batch falls back to)."""
 
     def delete_many(self, keys: Iterable[str]) -> int:
+        raise ConnectionError("cache cluster on fire")
+
+    def delete(self, key: str) -> bool:
         raise ConnectionError("cache cluster on fire")
 
 
 class AsyncBrokenCache(AsyncCache):
     async def delete_many(self, keys: Iterable[str]) -> int:
+        raise ConnectionError("cache cluster on fire")
+
+    async def delete(self, key: str) -> bool:
         raise ConnectionError("cache cluster on fire")
 
 
@@ -482,7 +489,7 @@ def test_sqlalchemy_cache_failure_is_logged_and_counted_not_raised(
     assert invalidation_errors() == errors + 1
     [record] = [r for r in caplog.records if r.name == "cachewise"]
     assert record.levelno == logging.ERROR
-    assert "delete_many" in record.getMessage()
+    assert "delete of 'user:1'" in record.getMessage()
     assert "stale" in record.getMessage()
     assert "cache cluster on fire" in record.getMessage()
 
@@ -978,6 +985,271 @@ def test_async_dbapi_commits_then_invalidates(db: Database) -> None:
                 await conn.close()
 
     asyncio.run(main())
+
+
+# -- names validated at registration; batches that survive a failing call ----------
+
+# Names the cache refuses, with the error delete_many / invalidate_tags would raise
+# after the commit if they were let through: (bad key, its error, bad tag, its
+# error). There is no length limit (long keys and tags are hashed), so the long
+# rows are long names with a bad character past the part kept readable.
+BAD_NAMES = [
+    pytest.param("user 1", ValueError, "all users", ValueError, id="whitespace"),
+    pytest.param("user:1\n", ValueError, "users\t", ValueError, id="newline-tab"),
+    pytest.param("user:\x001", ValueError, "users\x7f", ValueError, id="control"),
+    pytest.param("", ValueError, "", ValueError, id="empty"),
+    pytest.param("k" * 300 + " x", ValueError, "t" * 300 + "\n", ValueError, id="long"),
+    pytest.param(7, TypeError, None, TypeError, id="int-none"),
+    pytest.param(b"user:1", TypeError, b"users", TypeError, id="bytes"),
+]
+LONG_KEY = "user:" + "x" * 1000  # valid: stored under a hashed name
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Database:
+    database = Database("sqlite", path=tmp_path / "names.db")
+    database.reset()
+    return database
+
+
+@pytest.fixture
+def sqlite_conn(sqlite_db: Database) -> Iterator[sqlite3.Connection]:
+    conn = sqlite_db.connect()
+    yield conn
+    conn.close()
+
+
+def _bad_registrations(
+    bad_key: object, key_error: type, bad_tag: object, tag_error: type
+) -> list[tuple[list[Any], list[Any], type]]:
+    """(keys, tags, expected error) for calls that each hold one bad name next to
+    good ones."""
+    return [
+        (["user:1", bad_key], [], key_error),
+        ([], ["users", bad_tag], tag_error),
+        (["user:1"], ["users", bad_tag], tag_error),  # the good key registers neither
+    ]
+
+
+@pytest.mark.parametrize(("bad_key", "key_error", "bad_tag", "tag_error"), BAD_NAMES)
+def test_sqlalchemy_refuses_names_the_cache_would_refuse_at_registration(
+    sqlite_db: Database, bad_key: object, key_error: type, bad_tag: object, tag_error: type
+) -> None:
+    engine = sqlite_db.engine()
+    try:
+        cache = SpyCache()
+        with cache, Session(engine) as session:
+            cache.set("user:1", "ann")
+            for keys, tags, error in _bad_registrations(bad_key, key_error, bad_tag, tag_error):
+                with pytest.raises(error):
+                    invalidate_after_commit(session, cache, keys=keys, tags=tags)
+                assert not session.in_transaction()  # nothing registered, nothing begun
+            # In an open transaction: the refused call registers nothing, the
+            # earlier registrations stay.
+            rename(session, 1, "zed")
+            invalidate_after_commit(session, cache, keys=[LONG_KEY])
+            for keys, tags, error in _bad_registrations(bad_key, key_error, bad_tag, tag_error):
+                with pytest.raises(error):
+                    invalidate_after_commit(session, cache, keys=keys, tags=tags)
+            session.commit()
+            assert cache.calls == [("delete_many", (LONG_KEY,), None)]
+            assert cache.get("user:1") == "ann"
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(("bad_key", "key_error", "bad_tag", "tag_error"), BAD_NAMES)
+def test_dbapi_refuses_names_the_cache_would_refuse_at_registration(
+    sqlite_conn: sqlite3.Connection,
+    bad_key: object,
+    key_error: type,
+    bad_tag: object,
+    tag_error: type,
+) -> None:
+    cache = SpyCache()
+    with cache:
+        cache.set("user:1", "ann")
+        for keys, tags, error in _bad_registrations(bad_key, key_error, bad_tag, tag_error):
+            # In the transaction() call: the block never starts.
+            with pytest.raises(error), transaction(sqlite_conn, cache, keys=keys, tags=tags):
+                raise AssertionError("the block ran")
+        with transaction(sqlite_conn, cache, keys=[LONG_KEY]) as after_commit:
+            sqlite_conn.execute("UPDATE users SET name = 'zed' WHERE id = 1")
+            for keys, tags, error in _bad_registrations(bad_key, key_error, bad_tag, tag_error):
+                # In AfterCommit.invalidate: that call registers nothing.
+                with pytest.raises(error):
+                    after_commit.invalidate(keys=keys, tags=tags)
+            assert after_commit.keys == (LONG_KEY,)
+            assert after_commit.tags == ()
+        assert cache.calls == [("delete_many", (LONG_KEY,), None)]
+        assert cache.get("user:1") == "ann"
+
+
+@pytest.mark.parametrize(("bad_key", "key_error", "bad_tag", "tag_error"), BAD_NAMES)
+def test_async_dbapi_refuses_names_the_cache_would_refuse_at_registration(
+    sqlite_db: Database, bad_key: object, key_error: type, bad_tag: object, tag_error: type
+) -> None:
+    async def main() -> None:
+        async with async_cache(sqlite_db) as cache:
+            conn = await sqlite_db.aconnect()
+            try:
+                for keys, tags, error in _bad_registrations(bad_key, key_error, bad_tag, tag_error):
+                    with pytest.raises(error):
+                        async with async_transaction(conn, cache, keys=keys, tags=tags):
+                            raise AssertionError("the block ran")
+                async with async_transaction(conn, cache) as after_commit:
+                    for keys, tags, error in _bad_registrations(
+                        bad_key, key_error, bad_tag, tag_error
+                    ):
+                        with pytest.raises(error):
+                            after_commit.invalidate(keys=keys, tags=tags)
+                assert cache.calls == []
+                assert await cache.get("user:1") == "ann"
+            finally:
+                await conn.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("bad_key", "key_error", "bad_tag", "tag_error"), BAD_NAMES)
+def test_django_refuses_names_the_cache_would_refuse_at_registration(
+    django_db: Any,
+    django_cache: SpyCache,
+    bad_key: object,
+    key_error: type,
+    bad_tag: object,
+    tag_error: type,
+) -> None:
+    from django.db import transaction as django_transaction
+
+    from cachewise.integrations.django import invalidate_on_commit
+
+    with django_transaction.atomic():
+        _django_rename(django_db, 1, "zed")
+        invalidate_on_commit(django_cache, keys=[LONG_KEY])
+        for keys, tags, error in _bad_registrations(bad_key, key_error, bad_tag, tag_error):
+            with pytest.raises(error):
+                invalidate_on_commit(django_cache, keys=keys, tags=tags)
+    assert django_cache.calls == [("delete_many", (LONG_KEY,), "zed")]
+    assert django_cache.get("user:1") == "ann"
+    # Outside atomic() the invalidation would run at once: still refused first.
+    for keys, tags, error in _bad_registrations(bad_key, key_error, bad_tag, tag_error):
+        with pytest.raises(error):
+            invalidate_on_commit(django_cache, keys=keys, tags=tags)
+    assert django_cache.calls == [("delete_many", (LONG_KEY,), "zed")]
+
+
+class FlakyBatchCache(SpyCache):
+    """A ``Cache`` whose batch calls raise (as ``delete_many`` did for a batch
+    holding one bad key), and whose one-name calls raise for ``bad`` only."""
+
+    def __init__(self, bad: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def delete_many(self, keys: Iterable[str]) -> int:
+        keys = tuple(keys)
+        self.calls.append(("delete_many", keys, None))
+        raise ValueError("cache keys may not contain whitespace")
+
+    def delete(self, key: str) -> bool:
+        self.calls.append(("delete", (key,), None))
+        if key in self.bad:
+            raise ConnectionError(f"{key} is on fire")
+        return super().delete(key)
+
+    def invalidate_tags(self, *tags: str) -> None:
+        self.calls.append(("invalidate_tags", tags, None))
+        if len(tags) > 1 or set(tags) & self.bad:
+            raise ValueError("tags on fire")
+        Cache.invalidate_tags(self, *tags)
+
+
+def _fill(cache: Cache) -> None:
+    for i in range(1, 5):
+        cache.set(f"user:{i}", i)
+    cache.set("tagged:a", "a", tags=["t:a"])
+    cache.set("tagged:b", "b", tags=["t:b"])
+    cache.set("tagged:c", "c", tags=["t:c"])
+
+
+def test_a_failing_batch_still_invalidates_every_other_name(
+    sqlite_conn: sqlite3.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    errors = invalidation_errors()
+    cache = FlakyBatchCache(bad=frozenset({"user:2", "t:b"}))
+    with cache:
+        _fill(cache)
+        with caplog.at_level(logging.WARNING, logger="cachewise"):
+            with transaction(
+                sqlite_conn, cache, keys=["user:1", "user:2", "user:3"], tags=["t:a", "t:b", "t:c"]
+            ):
+                sqlite_conn.execute("UPDATE users SET name = 'zed' WHERE id = 1")
+        # Every name but the two that fail on their own was invalidated.
+        assert [cache.get(f"user:{i}") for i in range(1, 5)] == [MISSING, 2, MISSING, 4]
+        assert [cache.get(f"tagged:{t}") for t in "abc"] == [MISSING, "b", MISSING]
+        assert cache.calls == [
+            ("delete_many", ("user:1", "user:2", "user:3"), None),
+            ("delete", ("user:1",), None),
+            ("delete", ("user:2",), None),
+            ("delete", ("user:3",), None),
+            ("invalidate_tags", ("t:a", "t:b", "t:c"), None),
+            ("invalidate_tags", ("t:a",), None),
+            ("invalidate_tags", ("t:b",), None),
+            ("invalidate_tags", ("t:c",), None),
+        ]
+    assert invalidation_errors() == errors + 2  # user:2 and t:b, once each
+    failures = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(failures) == 2
+    assert "delete of 'user:2'" in failures[0]
+    assert "invalidate_tags of 't:b'" in failures[1]
+    assert all("stale" in message for message in failures)
+
+
+def test_a_failing_batch_in_sqlalchemy_still_invalidates_every_other_key(
+    sqlite_db: Database,
+) -> None:
+    engine = sqlite_db.engine()
+    errors = invalidation_errors()
+    try:
+        with FlakyBatchCache() as cache, Session(engine) as session:
+            _fill(cache)
+            rename(session, 1, "zed")
+            invalidate_after_commit(session, cache, keys=["user:1", "user:3"], tags=["t:a"])
+            invalidate_after_commit(session, cache, keys=["user:4"], tags=["t:c"])
+            session.commit()
+            assert [cache.get(f"user:{i}") for i in range(1, 5)] == [MISSING, 2, MISSING, MISSING]
+            assert [cache.get(f"tagged:{t}") for t in "abc"] == [MISSING, "b", MISSING]
+    finally:
+        engine.dispose()
+    assert invalidation_errors() == errors  # every name made it in the end
+
+
+def test_a_failing_async_batch_still_invalidates_every_other_key(sqlite_db: Database) -> None:
+    class FlakyAsyncCache(AsyncCache):
+        async def delete_many(self, keys: Iterable[str]) -> int:
+            raise ValueError("cache keys may not contain whitespace")
+
+        async def delete(self, key: str) -> bool:
+            if key == "user:2":
+                raise ConnectionError("user:2 is on fire")
+            return await super().delete(key)
+
+    async def main() -> None:
+        async with FlakyAsyncCache() as cache:
+            for i in range(1, 4):
+                await cache.set(f"user:{i}", i)
+            conn = await sqlite_db.aconnect()
+            try:
+                async with async_transaction(conn, cache, keys=["user:1", "user:2", "user:3"]):
+                    await conn.execute("UPDATE users SET name = 'zed' WHERE id = 1")
+            finally:
+                await conn.close()
+            assert [await cache.get(f"user:{i}") for i in range(1, 4)] == [MISSING, 2, MISSING]
+
+    errors = invalidation_errors()
+    asyncio.run(main())
+    assert invalidation_errors() == errors + 1
 
 
 # -- packaging ---------------------------------------------------------------------

@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cachewise import Cache
+from cachewise import Cache, invalidation
+from cachewise._frontends import _base
 from cachewise._frontends._decorator import KeyCardinalityError
-from cachewise.invalidation import REGISTRY, Registry, shape
+from cachewise.invalidation import ReadSpec, Registry, WriteSpec, load_target, shape
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def registry() -> Any:
-    saved = (list(REGISTRY.reads), list(REGISTRY.writes))
-    REGISTRY.clear()
-    yield REGISTRY
-    REGISTRY.clear()
-    REGISTRY.reads.extend(saved[0])
-    REGISTRY.writes.extend(saved[1])
+def registry(monkeypatch: pytest.MonkeyPatch) -> Registry:
+    """A fresh registry the decorators write to, in place of the process-wide one."""
+    fresh = Registry()
+    monkeypatch.setattr(_base, "REGISTRY", fresh)
+    return fresh
 
 
 def test_templates_match_by_shape() -> None:
@@ -179,3 +180,175 @@ def test_cardinality_guard_can_bypass_or_raise(registry: Registry) -> None:
     with pytest.raises(KeyCardinalityError, match="strict"):
         strict(2)
     cache.close()
+
+
+# -- registry size and lifetime ------------------------------------------------------
+
+
+class Owner:
+    """Something a registration can be tied to (a decorated function, in real use)."""
+
+
+def read_spec(function: str, namespace: str = "app") -> ReadSpec:
+    return ReadSpec(function, namespace, "user:{id}", ("user:{id}",), 60.0, 0.0, 30.0)
+
+
+def write_spec(function: str, namespace: str = "app") -> WriteSpec:
+    return WriteSpec(function, namespace, ("user:{id}",), ("user:{id}",))
+
+
+def functions(specs: Iterable[ReadSpec | WriteSpec]) -> list[str]:
+    return [spec.function for spec in specs]
+
+
+class CountingRead(ReadSpec):
+    """A ``ReadSpec`` that counts the comparisons and hashes made of it."""
+
+    __slots__ = ()
+    operations = 0
+
+    def __eq__(self, other: object) -> bool:
+        CountingRead.operations += 1
+        return ReadSpec.__eq__(self, other)
+
+    def __hash__(self) -> int:
+        CountingRead.operations += 1
+        return ReadSpec.__hash__(self)
+
+
+@pytest.mark.parametrize("owned", [False, True])
+def test_registering_is_linear_in_the_number_of_specs(owned: bool) -> None:
+    registry = Registry()
+    owners = [Owner() for _ in range(10_000)]
+    specs = [
+        CountingRead(f"tenant{i}.profile", f"tenant{i}", "user:{id}", (), 60.0, 0.0, 30.0)
+        for i in range(10_000)
+    ]
+    batches = []
+    for start in range(0, 10_000, 2_000):
+        CountingRead.operations = 0
+        for i in range(start, start + 2_000):
+            if owned:
+                registry.add_read(specs[i], owner=owners[i])
+            else:
+                registry.add_read(specs[i])
+        batches.append(CountingRead.operations)
+    # A dict lookup and an insert per spec (a list scan was one comparison per
+    # spec already registered: 2,000 x 8,000 for the last batch).
+    assert batches[-1] <= 2 * batches[0], batches
+    assert sum(batches) <= 3 * 10_000, batches
+    assert len(registry.reads) == 10_000
+    CountingRead.operations = 0
+    registry.add_read(specs[5_000])  # de-duplicated, still O(1)
+    assert CountingRead.operations <= 3
+    assert len(registry.reads) == 10_000
+
+
+def test_specs_leave_the_registry_when_every_owner_is_collected() -> None:
+    registry = Registry()
+    first, second = Owner(), Owner()
+    registry.add_read(read_spec("shared"), owner=first)
+    registry.add_read(read_spec("shared"), owner=second)  # one spec, two owners
+    registry.add_read(read_spec("solo"), owner=first)
+    registry.add_read(read_spec("forever"))  # no owner: for good
+    registry.add_read(read_spec("pinned"), owner=first)
+    registry.add_read(read_spec("pinned"))  # once registered for good, it stays
+    registry.add_write(write_spec("write"), owner=first)
+    assert functions(registry.reads) == ["shared", "solo", "forever", "pinned"]
+    assert functions(registry.writes) == ["write"]
+
+    del first
+    gc.collect()
+    assert functions(registry.reads) == ["shared", "forever", "pinned"]  # second lives
+    assert functions(registry.writes) == []
+
+    del second
+    gc.collect()
+    assert functions(registry.reads) == ["forever", "pinned"]
+
+
+def test_a_cache_per_tenant_does_not_grow_the_registry() -> None:
+    registry = Registry()
+    for tenant in range(5_000):
+        # An owner in a reference cycle, as a cache and its decorated functions are:
+        # only the cycle collector frees it.
+        owner = Owner()
+        owner.self = owner  # type: ignore[attr-defined]
+        registry.add_read(read_spec("profile", f"tenant{tenant}"), owner=owner)
+        registry.add_write(write_spec("rename", f"tenant{tenant}"), owner=owner)
+        del owner
+    gc.collect()
+    assert registry.reads == ()
+    assert registry.writes == ()
+    registry.add_read(read_spec("still", "works"), owner=Owner())  # collected at once
+    assert registry.reads == ()
+
+
+def test_a_spec_registered_again_after_clear_keeps_its_new_owner() -> None:
+    registry = Registry()
+    old, new = Owner(), Owner()
+    spec = read_spec("f")
+    registry.add_read(spec, owner=old)
+    registry.clear()
+    registry.add_read(spec, owner=new)
+    del old
+    gc.collect()
+    assert functions(registry.reads) == ["f"]  # the old owner's death released only its own
+
+
+def test_an_owner_must_be_weakly_referenceable() -> None:
+    with pytest.raises(TypeError, match="weak references"):
+        Registry().add_read(read_spec("f"), owner=(1, 2))
+
+
+def test_the_map_keeps_what_a_factory_declared_and_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A factory builds caches and functions, declares them, and drops them all when
+    # it returns (the demo's does): the map must still show them.
+    fresh = Registry()
+    monkeypatch.setattr(invalidation, "REGISTRY", fresh)
+    (tmp_path / "tenant_factory.py").write_text(
+        "from cachewise.invalidation import ReadSpec\n"
+        "import cachewise.invalidation as invalidation\n"
+        "class Owner: pass\n"
+        "def build():\n"
+        "    invalidation.REGISTRY.add_read(\n"
+        "        ReadSpec('tenant_factory.profile', 'acme', 'user:{id}', (), 60.0, 0.0, 0.0),\n"
+        "        owner=Owner(),\n"
+        "    )\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tenant_factory", raising=False)
+    load_target("tenant_factory:build")
+    gc.collect()
+    assert functions(fresh.reads) == ["tenant_factory.profile"]
+    # Outside load_target (retaining()), owners count again.
+    registry = Registry()
+    with registry.retaining():
+        registry.add_read(read_spec("kept"), owner=Owner())
+    registry.add_read(read_spec("dropped"), owner=Owner())
+    gc.collect()
+    assert functions(registry.reads) == ["kept"]
+
+
+def test_decorations_of_a_dropped_cache_leave_the_map(registry: Registry) -> None:
+    def tenant_cache(name: str) -> None:
+        cache = Cache(namespace=name)
+
+        @cache.cached("user:{uid}")
+        def profile(uid: int) -> int:
+            return uid
+
+        @cache.invalidates("user:{uid}")
+        def rename(uid: int) -> None: ...
+
+        profile(1)
+        rename(1)
+        cache.close()
+
+    for i in range(50):
+        tenant_cache(f"tenant{i}")
+    gc.collect()
+    assert registry.reads == ()
+    assert registry.writes == ()

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cachewise.keys import KeyTemplate, encode_arg, function_key
+from cachewise import Cache
+from cachewise.keys import KeyTemplate, check_key_text, encode_arg, function_key
 
 JSONISH = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=10),
@@ -68,6 +69,182 @@ def test_equal_arguments_encode_equally_and_different_ones_differently(
         assert a == b
 
 
+class Keyed:
+    """An argument type with a ``__cache_key__`` hook, equal by class and key."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __cache_key__(self) -> str:
+        return self.key
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.key))
+
+
+class OtherKeyed(Keyed):
+    """Another class whose hook returns the same strings."""
+
+
+# Characters that delimit or escape the encoding, mixed into arbitrary text.
+_TRICKY_TEXT = st.text(st.sampled_from('"\\:,{}[]() \tab') | st.characters(), max_size=6)
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)  # nan != nan: see test_all_nans_share_a_key
+    | st.sampled_from([0, 1, -1, 0.0, -0.0, 1.0, 1e16, 2**53])
+    | _TRICKY_TEXT
+    | st.binary(max_size=3)
+    | st.builds(Keyed, _TRICKY_TEXT)
+    | st.builds(OtherKeyed, _TRICKY_TEXT)
+)
+# What may sit in a set or be a dict key.
+_HASHABLE = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3).map(tuple) | st.frozensets(inner, max_size=3),
+    max_leaves=6,
+)
+ARGUMENTS = st.recursive(
+    _HASHABLE | st.binary(max_size=3).map(bytearray),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(_HASHABLE, inner, max_size=3)
+        | st.sets(_HASHABLE, max_size=3)
+        | st.frozensets(_HASHABLE, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+def _normalised(value: object) -> object:
+    """``value`` with the distinctions default keys ignore on purpose erased: lists
+    and tuples (both become tuples), bytes and bytearray. Python's own equality
+    already equates 1 and 1.0, and a set and a frozenset."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_normalised(item) for item in value)
+    if isinstance(value, dict):
+        return {_normalised(k): _normalised(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return frozenset(_normalised(item) for item in value)
+    if isinstance(value, bytearray):
+        return bytes(value)
+    return value
+
+
+@given(st.lists(ARGUMENTS, min_size=2, max_size=8))
+def test_arguments_that_share_an_encoding_are_equal(values: list[object]) -> None:
+    # Every pair of the drawn values, not only two: collisions need similar values,
+    # and a list of small ones holds many pairs.
+    groups: dict[str, list[object]] = {}
+    for value in values:
+        groups.setdefault(encode_arg(value), []).append(value)
+    for code, group in groups.items():
+        first = _normalised(group[0])
+        for other in group[1:]:
+            assert _normalised(other) == first, (code, group[0], other)
+
+
+@given(ARGUMENTS)
+def test_an_argument_encodes_to_a_valid_key_the_same_every_time(value: object) -> None:
+    code = encode_arg(value)
+    assert code == encode_arg(_normalised(value))
+    check_key_text(code)  # whitespace and control characters are escaped
+
+
+def test_empty_containers_do_not_share_keys() -> None:
+    assert encode_arg(set()) != encode_arg({})
+    assert encode_arg(set()) != encode_arg([])
+    assert encode_arg({}) != encode_arg([])
+    # Equal in Python, so one key, as lists and tuples share one:
+    assert encode_arg(set()) == encode_arg(frozenset())
+    assert encode_arg([]) == encode_arg(())
+
+
+def test_values_that_look_alike_do_not_share_keys() -> None:
+    values: list[object] = [
+        set(),
+        {},
+        [],
+        "",
+        b"",
+        None,
+        "null",
+        0,
+        "0",
+        True,
+        "true",
+        "set{}",
+        "{}",
+        {""},
+        {"": ""},
+        {"a:b"},  # a set of a str with a colon...
+        {"a": "b"},  # ...is not this dict
+        {'"a":"b"'},
+        {frozenset()},
+        {frozenset(): frozenset()},
+        [set()],
+        [{}],
+        [[]],
+        {(): ()},
+        {(1, 2)},
+        {1, 2},
+        [1, 2],
+        "1,2",
+        "a b",
+        "a\\u0020b",  # the escape's text, written out, is not the escaped space
+        "a\tb",
+        'a"b',
+        "a\\",
+        Keyed("x"),
+        OtherKeyed("x"),
+        "x",
+        1.5,
+        "1.5",
+        float("inf"),
+        "inf",
+    ]
+    codes = [encode_arg(value) for value in values]
+    assert len(set(codes)) == len(values), codes
+
+
+def test_all_nans_share_a_key() -> None:
+    # nan != nan, but f(nan) twice should hit the cache like any other call.
+    assert encode_arg(float("nan")) == encode_arg(float("nan")) == "nan"
+
+
+def test_subclasses_encode_as_their_base_value() -> None:
+    class Loud(str):
+        def replace(self, *args: object, **kwargs: object) -> str:
+            return "LOUD"
+
+    class Odd(float):
+        def __repr__(self) -> str:
+            return '"x"'
+
+    assert encode_arg(Loud('a"b')) == encode_arg('a"b')
+    assert encode_arg(Odd(1.5)) == encode_arg(1.5)
+
+
+def test_default_keys_accept_strings_with_whitespace() -> None:
+    cache = Cache()
+    calls: list[str] = []
+
+    @cache.cached()
+    def echo(text: str) -> str:
+        calls.append(text)
+        return text
+
+    for text in ["a b", "a\tb", "a\u3000b", "a b", "a\tb"]:
+        assert echo(text) == text
+    assert calls == ["a b", "a\tb", "a\u3000b"]
+    cache.close()
+
+
 def test_cache_key_hook() -> None:
     class Account:
         def __init__(self, pk: int) -> None:
@@ -76,7 +253,10 @@ def test_cache_key_hook() -> None:
         def __cache_key__(self) -> str:
             return f"account-{self.pk}"
 
-    assert encode_arg(Account(3)) == '"account-3"'
+    name = f"{__name__}.test_cache_key_hook.<locals>.Account"
+    assert encode_arg(Account(3)) == f'{name}("account-3")'
+    # Not the str it returns: f(Account(3)) and f("account-3") are different calls.
+    assert encode_arg(Account(3)) != encode_arg("account-3")
     with pytest.raises(TypeError, match="stable cache key"):
         encode_arg(object())
 

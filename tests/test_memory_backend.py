@@ -105,10 +105,11 @@ def test_clear_with_prefix_removes_only_matching_keys() -> None:
 
 def test_estimate_size_grows_with_content_and_samples_long_containers() -> None:
     assert estimate_size("x" * 1000) > estimate_size("x")
-    assert estimate_size([b"x" * 100] * 10) > 10 * 100
+    # Distinct objects: one object referenced ten times is counted once.
+    assert estimate_size([bytes([i]) * 100 for i in range(10)]) > 10 * 100
     nested = {"a": [{"b": "c" * 500}]}
     assert estimate_size(nested) > 500
-    big = ["y" * 100 for _ in range(10_000)]
+    big = [str(i).rjust(100, "y") for i in range(10_000)]
     estimate = estimate_size(big)
     exact = sys.getsizeof(big) + sum(sys.getsizeof(s) for s in big)
     assert 0.9 * exact < estimate < 1.1 * exact

@@ -459,3 +459,235 @@ def test_the_ratio_counts_every_call_in_the_window() -> None:
             opened_at = j
             break
     assert opened_at == 9_999  # the 10,000th failure makes half of 20,000 calls
+
+
+# -- the half-open probe ends without a verdict ----------------------------------------
+
+
+def test_only_the_probe_itself_can_give_the_probe_back() -> None:
+    from cachewise._core.breaker import PASS, REFUSED
+
+    breaker = Breaker(BreakerPolicy(failure_threshold=1, open_seconds=1.0))
+    assert breaker.admit(0.0) == PASS  # closed: an ordinary call
+    breaker.failure(0.0)
+    probe = breaker.admit(1.0)
+    assert probe > 0
+    assert breaker.admit(1.0) == REFUSED
+    breaker.cancel_probe(PASS)  # an ordinary call that ended: not the probe
+    breaker.cancel_probe(probe + 1)  # nor a number that is not the probe's
+    assert breaker.admit(1.0) == REFUSED
+    breaker.cancel_probe(probe)  # the probe itself: cancelled, interrupted
+    again = breaker.admit(1.0)
+    assert again > 0
+    assert again != probe
+    assert breaker.success(1.0) is State.CLOSED
+
+
+def test_a_probe_outstanding_past_the_probe_timeout_lets_another_call_probe() -> None:
+    policy = BreakerPolicy(failure_threshold=1, open_seconds=1.0, probe_timeout=5.0)
+    breaker = Breaker(policy)
+    breaker.failure(0.0)
+    stuck = breaker.admit(1.0)  # this probe never reports back
+    assert stuck > 0
+    assert not breaker.allow(5.9)  # one probe at a time...
+    second = breaker.admit(6.0)  # ...until it is overdue
+    assert second > 0
+    assert second != stuck
+    assert not breaker.allow(6.0)
+    breaker.cancel_probe(stuck)  # the stuck one ending late frees nothing
+    assert not breaker.allow(6.1)
+    assert breaker.success(6.2) is State.CLOSED
+
+
+def test_the_probe_timeout_defaults_to_open_seconds() -> None:
+    breaker = Breaker(BreakerPolicy(failure_threshold=1, open_seconds=2.0))
+    assert breaker.policy.probe_deadline == 2.0
+    breaker.failure(0.0)
+    assert breaker.allow(2.0)
+    assert not breaker.allow(3.9)
+    assert breaker.allow(4.0)
+
+
+class _Gated:
+    """An async backend whose ``get`` of a key in ``blocked`` waits for ``release``;
+    every other key is a hit, unless ``down``."""
+
+    def __init__(self) -> None:
+        self.blocked: set[str] = set()
+        self.entered: dict[str, asyncio.Event] = {}
+        self.release = asyncio.Event()
+        self.down = False
+
+    async def get(self, key: str) -> Entry | None:
+        if key in self.blocked:
+            self.entered.setdefault(key, asyncio.Event()).set()
+            await self.release.wait()
+        if self.down:
+            raise ConnectionError("backend down")
+        return None
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def _started(backend: _Gated, key: str, call: Any) -> asyncio.Task[Any]:
+    """A task running ``call``, once it is blocked inside the backend on ``key``."""
+    backend.blocked.add(key)
+    entered = backend.entered.setdefault(key, asyncio.Event())
+    task = asyncio.ensure_future(call)
+    await entered.wait()
+    return task
+
+
+def test_a_cancelled_async_probe_lets_the_next_call_probe_and_close() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        backend = _Gated()
+        breaker = AsyncCircuitBreaker(
+            backend, BreakerPolicy(failure_threshold=2, open_seconds=1.0), clock=clock
+        )
+        backend.down = True
+        for _ in range(2):
+            with pytest.raises(ConnectionError):
+                await breaker.get("k")
+        assert breaker.breaker_state == "open"
+        backend.down = False
+        clock.advance(1.0)
+        probe = await _started(backend, "slow", breaker.get("slow"))
+        assert breaker.breaker_state == "half_open"
+        with pytest.raises(CircuitOpenError):  # one probe at a time
+            await breaker.get("k")
+        probe.cancel()  # a request timeout, a client that went away
+        with pytest.raises(asyncio.CancelledError):
+            await probe
+        # No time passes: the next call probes because the probe was cancelled.
+        assert await breaker.get("k") is None
+        assert breaker.breaker_state == "closed"
+        await breaker.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_keyboard_interrupt_in_a_sync_probe_lets_the_next_call_probe_and_close() -> None:
+    clock = FakeClock()
+    flaky = Flaky()
+    breaker = CircuitBreaker(flaky, BreakerPolicy(failure_threshold=2), clock=clock)
+    flaky.down = True
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            breaker.get("k")
+    assert breaker.breaker_state == "open"
+    flaky.down = False
+    clock.advance(1.0)
+    real_get = flaky.get
+
+    def interrupted(key: str) -> Entry | None:
+        raise KeyboardInterrupt
+
+    flaky.get = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        breaker.get("k")  # the probe, interrupted
+    flaky.get = real_get  # type: ignore[method-assign]
+    assert breaker.get("k") is None  # the next call probes...
+    assert breaker.breaker_state == "closed"  # ...and closes it
+
+
+def test_a_call_that_is_not_the_probe_ending_does_not_free_the_probe() -> None:
+    async def main() -> None:
+        clock = FakeClock()
+        backend = _Gated()
+        breaker = AsyncCircuitBreaker(
+            backend, BreakerPolicy(failure_threshold=1, open_seconds=1.0), clock=clock
+        )
+        early = await _started(backend, "early", breaker.get("early"))  # admitted closed
+        backend.down = True
+        with pytest.raises(ConnectionError):
+            await breaker.get("k")
+        backend.down = False
+        clock.advance(1.0)
+        probe = await _started(backend, "probe", breaker.get("probe"))
+        early.cancel()  # not the probe: it must leave the probe alone
+        with pytest.raises(asyncio.CancelledError):
+            await early
+        with pytest.raises(CircuitOpenError):
+            await breaker.get("k")
+        backend.release.set()  # the probe itself succeeds
+        assert await probe is None
+        assert breaker.breaker_state == "closed"
+        await breaker.aclose()
+
+    asyncio.run(main())
+
+
+# -- waiting in this process is not a backend failure ----------------------------------
+
+
+def test_pool_timeouts_do_not_count_against_the_backend_and_are_degraded_errors() -> None:
+    from cachewise._errors import BackpressureError, PoolTimeoutError
+
+    assert issubclass(PoolTimeoutError, BackpressureError)
+    assert issubclass(PoolTimeoutError, Exception)  # the front ends degrade around it
+
+    class Queued:
+        async def get(self, key: str) -> Entry | None:
+            raise PoolTimeoutError("no free connection in the pool within 3 s")
+
+        async def aclose(self) -> None:
+            pass
+
+    async def main() -> tuple[str, object]:
+        breaker = AsyncCircuitBreaker(Queued(), BreakerPolicy(failure_threshold=2))
+        cache = AsyncCache(breaker)
+
+        async def load() -> str:
+            return "from source"
+
+        values = [await cache.get_or_load("k", load) for _ in range(5)]
+        await cache.aclose()
+        return breaker.breaker_state, set(values)
+
+    assert asyncio.run(main()) == ("closed", {"from source"})
+
+
+def test_a_queued_call_passes_the_pool_gate_only_while_closed_or_as_the_probe() -> None:
+    async def main() -> list[str]:
+        clock = FakeClock()
+        outcomes: list[str] = []
+
+        class Pooled:
+            """Every get waits in a (pretend) pool queue, then meets its gate."""
+
+            gate: Any = None
+
+            async def get(self, key: str) -> Entry | None:
+                try:
+                    self.gate()
+                except CircuitOpenError:
+                    outcomes.append(f"{key}: refused")
+                    raise
+                if key == "bad":
+                    raise ConnectionError("down")
+                outcomes.append(f"{key}: sent")
+                return None
+
+            async def aclose(self) -> None:
+                pass
+
+        backend = Pooled()
+        breaker = AsyncCircuitBreaker(backend, BreakerPolicy(failure_threshold=1), clock=clock)
+        backend.gate = breaker.admit_queued
+        await breaker.get("a")  # closed: sent
+        with pytest.raises(ConnectionError):
+            await breaker.get("bad")  # opens it
+        # A call admitted earlier and still queued meets the gate now: refused,
+        # not counted as a failure, and counted as a rejection.
+        with pytest.raises(CircuitOpenError):
+            breaker.admit_queued()
+        assert breaker.breaker_rejections == 1
+        clock.advance(1.0)
+        await breaker.get("probe")  # the half-open probe passes the gate, and closes
+        assert breaker.breaker_state == "closed"
+        await breaker.aclose()
+        return outcomes
+
+    assert asyncio.run(main()) == ["a: sent", "probe: sent"]

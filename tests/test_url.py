@@ -73,3 +73,101 @@ def test_server_identity_names_the_server_not_the_options_or_the_password() -> N
     assert server_identity("redis://127.0.0.1:6380/0") != plain
     assert server_identity("rediss://127.0.0.1:6379/0") != plain
     assert server_identity("redis+cluster://127.0.0.1:6379") != plain
+
+
+# -- numeric options: accepted means usable ---------------------------------------------
+
+#: Nothing listens here: from_url never connects, so no server is needed.
+NOWHERE = "redis://127.0.0.1:1/0"
+
+_COUNTS = ("max_connections", "max_value_bytes")
+_SECONDS = (
+    "lock_timeout",
+    "wait_timeout",
+    "tag_ttl",
+    "pool_timeout",
+    "socket_timeout",
+    "connect_timeout",
+    "invalidation_timeout",
+)
+_NOT_NUMBERS = ("", "lots", "nan", "inf", "-inf", "1.5e", "0x10")
+_BAD_COUNTS = ("0", "-1", "1.5", "1e3", *_NOT_NUMBERS)
+_BAD_SECONDS = ("0", "-0", "-1", "0.0001", "1e-300", "1e17", "1e400", "31536001", *_NOT_NUMBERS)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        *((name, value) for name in _COUNTS for value in _BAD_COUNTS),
+        ("max_connections", "65536"),  # more than one host can open to one port
+        ("max_connections", str(10**20)),
+        ("max_value_bytes", str(512 * 1024 * 1024 + 1)),  # over Redis' largest string
+        ("compress_threshold", "-1"),
+        ("compress_threshold", "nan"),
+        ("compress_threshold", "0.5"),
+        *((name, value) for name in _SECONDS for value in _BAD_SECONDS),
+    ],
+)
+def test_unusable_numeric_redis_options_are_value_errors_naming_the_option(
+    option: str, value: str
+) -> None:
+    for cls in (Cache, AsyncCache):
+        with pytest.raises(ValueError, match=option):
+            cls.from_url(f"{NOWHERE}?{option}={value}")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "max_connections=1",
+        "max_connections=65535",
+        "max_value_bytes=1",
+        "max_value_bytes=536870912",
+        "compress_threshold=0",
+        "compress_threshold=1000000000000",  # never compress: usable
+        *(f"{name}={value}" for name in _SECONDS for value in ("0.001", "2.5", "31536000")),
+    ],
+)
+def test_usable_numeric_redis_options_are_accepted(query: str) -> None:
+    Cache.from_url(f"{NOWHERE}?{query}").close()
+
+    async def main() -> None:
+        await AsyncCache.from_url(f"{NOWHERE}?{query}").aclose()
+
+    asyncio.run(main())
+
+
+def test_the_async_pool_gets_its_size_and_checkout_timeout_and_the_breakers_gate() -> None:
+    from cachewise._errors import PoolTimeoutError
+    from cachewise.backends._breaker import CircuitOpenError
+
+    async def main() -> None:
+        cache = AsyncCache.from_url(f"{NOWHERE}?max_connections=3&pool_timeout=1.5")
+        try:
+            pool = cache.backend.inner.client.connection_pool
+            assert (pool.max_connections, pool.timeout) == (3, 1.5)
+            # The checkout wait is its own bound: not the socket timeout.
+            assert pool.connection_kwargs["socket_timeout"] == 0.25
+            pool.gate()  # closed: a queued call goes through
+            breaker = cache.backend
+            for _ in range(breaker.policy.failure_threshold):
+                breaker._failed("get", ConnectionError("down"))
+            with pytest.raises(CircuitOpenError):
+                pool.gate()  # open: a queued call is refused when its turn comes
+        finally:
+            await cache.aclose()
+        default = AsyncCache.from_url(NOWHERE)
+        try:
+            pool = default.backend.inner.client.connection_pool
+            assert pool.max_connections == 50
+            assert pool.timeout > pool.connection_kwargs["socket_timeout"]
+        finally:
+            await default.aclose()
+        unguarded = AsyncCache.from_url(f"{NOWHERE}?breaker=off")
+        try:
+            assert unguarded.backend.client.connection_pool.gate is None
+        finally:
+            await unguarded.aclose()
+        assert issubclass(PoolTimeoutError, Exception)
+
+    asyncio.run(main())

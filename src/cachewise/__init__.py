@@ -14,7 +14,14 @@ Nothing happens at import time: no default cache, no connection, no thread.
 from cachewise._core.breaker import BreakerPolicy
 from cachewise._core.entry import Entry
 from cachewise._core.policy import Policy
-from cachewise._errors import BackendError, BackpressureError, CacheClosedError, CacheError
+from cachewise._errors import (
+    BackendError,
+    BackpressureError,
+    CacheClosedError,
+    CacheError,
+    LoadCancelledError,
+    LoaderCycleError,
+)
 from cachewise._frontends._decorator import AsyncCachedFunction, CachedFunction
 from cachewise._frontends.aio import AsyncCache
 from cachewise._frontends.sync import Cache
@@ -53,6 +60,8 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpenError",
     "Entry",
+    "LoadCancelledError",
+    "LoaderCycleError",
     "MemoryBackend",
     "MissingType",
     "Policy",

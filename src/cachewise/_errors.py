@@ -19,3 +19,22 @@ class BackpressureError(BackendError):
     """The call was not sent: this process's own queue for it was too long (the
     process is busy, or the backend slow). It says nothing certain about the
     backend's health, so circuit breakers do not count it."""
+
+
+class PoolTimeoutError(BackpressureError):
+    """No pooled connection became free within ``pool_timeout``: the call was not
+    sent. Waiting for a connection is queueing in this process (many tasks, a busy
+    event loop), not a sign of the backend's health, so circuit breakers do not
+    count it; the front ends degrade around it like any failed backend call."""
+
+
+class LoaderCycleError(CacheError, RuntimeError):
+    """A loader needs, directly or through other loaders, the very key it is
+    loading (``a`` loads ``b`` loads ``a``): waiting would deadlock, so the call
+    that would wait raises this instead, and every load in the cycle ends with it."""
+
+
+class LoadCancelledError(CacheError, RuntimeError):
+    """An async loader raised ``CancelledError`` although its load was not
+    cancelled (it awaited something that was). The load failed: callers get this
+    error (or a stale value, within the grace window) rather than a retry."""

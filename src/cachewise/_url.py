@@ -9,13 +9,25 @@ Redis query options: ``serializer`` (json, msgpack), ``compress`` (zlib, zstd,
 none), ``compress_threshold``, ``max_value_bytes``, ``lock_timeout``,
 ``wait_timeout``, ``tag_ttl``, ``breaker`` (on, off; default on: a circuit
 breaker wraps the backend), ``max_connections`` (async pool, default 50: tasks
-wait for a free connection), ``socket_timeout``, ``connect_timeout`` (0.25 s by
+queue for a free connection), ``pool_timeout`` (5 s: how long a task queues for a
+free connection before it gives up and loads from the source; the wait is
+queueing in this process, so it never counts against Redis in the breaker, and
+when the breaker opens, queued calls fail at once rather than each waiting on a
+dead server in turn), ``socket_timeout``, ``connect_timeout`` (0.25 s by
 default; redis-py retries only a dead connection, once, never a timeout), and
 ``invalidation_timeout`` (0.25 s: deletes and tag invalidations go through a second
 client with this timeout; raise it when a delete that gives up under load, and is
 held in-process until a retry lands, is worse for you than a longer wait).
 Signed pickle needs a secret, which does not belong in a URL: pass
 ``serializer=PickleSerializer(secret)``.
+
+Every number is checked here, so a value that would be accepted but unusable (a
+pool of no connections, a lease Redis cannot store, a timeout nothing can meet)
+is a ``ValueError`` naming the option: counts are integers (``max_connections``
+1 to 65,535, the most one host can open to one server port; ``max_value_bytes``
+1 to 512 MiB, Redis' largest string; ``compress_threshold`` >= 0); durations are
+finite seconds from 0.001 (Redis stores expiries in whole milliseconds) to one
+year.
 """
 
 from __future__ import annotations
@@ -23,13 +35,14 @@ from __future__ import annotations
 import importlib
 import math
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from cachewise.backends._breaker import AsyncCircuitBreaker, CircuitBreaker
 from cachewise.backends._memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryBackend
-from cachewise.backends._pool import bounded_pool_class
+from cachewise.backends._pool import DEFAULT_POOL_TIMEOUT, bounded_pool_class
 from cachewise.serialization import (
     DEFAULT_COMPRESS_THRESHOLD,
     DEFAULT_MAX_VALUE_BYTES,
@@ -46,6 +59,20 @@ DEFAULT_SOCKET_TIMEOUT = 0.25
 DEFAULT_CONNECT_TIMEOUT = 0.25
 #: The per-operation timeout of invalidations (deletes, tag invalidations).
 DEFAULT_INVALIDATION_TIMEOUT = 0.25
+#: The async pool's size; how long a call queues for one of its connections is
+#: DEFAULT_POOL_TIMEOUT (see _pool).
+DEFAULT_MAX_CONNECTIONS = 50
+
+#: Bounds of the numeric options: a value outside is accepted by nothing useful.
+#: One client host opens at most this many TCP connections to one server port.
+MAX_CONNECTIONS = 65_535
+#: Redis' largest string (``proto-max-bulk-len``'s default).
+MAX_VALUE_BYTES = 512 * 1024 * 1024
+#: Redis stores expiries (leases, tag versions) in whole milliseconds; and no
+#: timeout or lifetime of a cache's helpers is usefully longer than a year (larger
+#: ones overflow what Redis or a socket timeout can hold).
+MIN_SECONDS = 0.001
+MAX_SECONDS = 365 * 24 * 3600.0
 
 _REDIS_OPTIONS = (
     "serializer",
@@ -57,6 +84,7 @@ _REDIS_OPTIONS = (
     "tag_ttl",
     "breaker",
     "max_connections",
+    "pool_timeout",
     "invalidation_timeout",
     "socket_timeout",
     "connect_timeout",
@@ -87,11 +115,16 @@ def _parse(url: str) -> tuple[str, dict[str, str]]:
     return scheme, query
 
 
-def _int_option(name: str, raw: str) -> int:
+def _int_option(name: str, raw: str, low: int | None = None, high: int | None = None) -> int:
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise ValueError(f"query option {name} must be an integer, got {raw!r}") from None
+    if low is not None and value < low:
+        raise ValueError(f"query option {name} must be >= {low}, got {raw!r}")
+    if high is not None and value > high:
+        raise ValueError(f"query option {name} must be <= {high}, got {raw!r}")
+    return value
 
 
 def _seconds_option(name: str, raw: str) -> float:
@@ -99,8 +132,11 @@ def _seconds_option(name: str, raw: str) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"query option {name} must be a number of seconds, got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"query option {name} must be > 0, got {raw!r}")
+    if not math.isfinite(value) or not MIN_SECONDS <= value <= MAX_SECONDS:
+        raise ValueError(
+            f"query option {name} must be a number of seconds from {MIN_SECONDS:g} "
+            f"to {MAX_SECONDS:g}, got {raw!r}"
+        )
     return value
 
 
@@ -164,10 +200,15 @@ def _redis(
         serializer,
         compress=None if compress == "none" else compress,
         compress_threshold=_int_option(
-            "compress_threshold", query.get("compress_threshold", str(DEFAULT_COMPRESS_THRESHOLD))
+            "compress_threshold",
+            query.get("compress_threshold", str(DEFAULT_COMPRESS_THRESHOLD)),
+            low=0,
         ),
         max_value_bytes=_int_option(
-            "max_value_bytes", query.get("max_value_bytes", str(DEFAULT_MAX_VALUE_BYTES))
+            "max_value_bytes",
+            query.get("max_value_bytes", str(DEFAULT_MAX_VALUE_BYTES)),
+            low=1,
+            high=MAX_VALUE_BYTES,
         ),
     )
     timeouts = {
@@ -193,7 +234,17 @@ def _redis(
     # server costs one timeout. The breaker stops calling one that keeps failing.
     no_backoff = _redis_module("redis.backoff").NoBackoff()
     connection_error = _redis_module("redis.exceptions").ConnectionError
-    max_connections = _int_option("max_connections", query.get("max_connections", "50"))
+    # (Checked for the sync flavour too, which does not use it: a URL means the
+    # same for both.)
+    max_connections = _int_option(
+        "max_connections",
+        query.get("max_connections", str(DEFAULT_MAX_CONNECTIONS)),
+        low=1,
+        high=MAX_CONNECTIONS,
+    )
+    pool_timeout = _seconds_option(
+        "pool_timeout", query.get("pool_timeout", str(DEFAULT_POOL_TIMEOUT))
+    )
     # Invalidations get a longer timeout of their own (a second client): one that
     # gives up leaves the old value for every other process to read, and under
     # load a short timeout fires on a busy client, not on a dead server.
@@ -224,18 +275,21 @@ def _redis(
         )
         return CircuitBreaker(backend, name=name) if breaker == "on" else backend
     module = _redis_module("redis.asyncio.cluster" if cluster else "redis.asyncio")
+    pool: Any = None
 
     def async_client(options: dict[str, float]) -> Any:
+        nonlocal pool
         retry = _redis_module("redis.asyncio.retry").Retry(no_backoff, 1, (connection_error,))
         if cluster:
             return module.RedisCluster.from_url(client_url, retry=retry, **options)
         # redis.asyncio's default pool raises once 100 connections are in use;
-        # with many tasks, wait for a free one instead (for one socket timeout),
-        # without its BlockingConnectionPool's cost on every call (see _pool).
+        # with many tasks, queue for a free one instead (for pool_timeout: under
+        # load that wait is queueing, not the server being slow), without its
+        # BlockingConnectionPool's cost on every call (see _pool).
         pool = bounded_pool_class().from_url(
             client_url,
             max_connections=max_connections,
-            timeout=options["socket_timeout"],
+            timeout=pool_timeout,
             retry=retry,
             **options,
         )
@@ -260,7 +314,24 @@ def _redis(
         invalidation_client=invalidation_client,
         **lease_options,
     )
-    return AsyncCircuitBreaker(backend, name=name) if breaker == "on" else backend
+    if breaker == "off":
+        return backend
+    guarded = AsyncCircuitBreaker(backend, name=name)
+    if pool is not None:
+        # Calls queued for a connection when the breaker opens fail at once when
+        # their turn comes. (A weak reference: the pool, which the breaker owns
+        # through the client, must not keep the breaker alive.)
+        pool.gate = _pool_gate(weakref.ref(guarded))
+    return guarded
+
+
+def _pool_gate(ref: weakref.ref[AsyncCircuitBreaker]) -> Callable[[], None]:
+    def gate() -> None:
+        breaker = ref()
+        if breaker is not None:
+            breaker.admit_queued()
+
+    return gate
 
 
 def backend_from_url(

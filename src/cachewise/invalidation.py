@@ -6,15 +6,22 @@ module (or calls ``MODULE:FACTORY``) and renders the registry as Markdown: for e
 write, the keys and tags it invalidates and the TTLs of the reads they reach; and
 the reads that no declared write invalidates, which only their TTL keeps fresh.
 That file is the ``docs/cache-invalidation.md`` a team keeps next to its code.
+
+A declaration lives as long as its owner, the decorated function: when that is
+garbage-collected (a cache made per tenant and dropped), it leaves the registry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 import threading
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["REGISTRY", "ReadSpec", "Registry", "WriteSpec", "load_target"]
 
@@ -51,59 +58,139 @@ class WriteSpec:
     summary: str = ""
 
 
-@dataclass
+class _Registration:
+    """A spec in the registry, and what keeps it there: a count of live owners,
+    or ``forever`` (registered without an owner)."""
+
+    __slots__ = ("forever", "owners", "spec")
+
+    def __init__(self, spec: ReadSpec | WriteSpec) -> None:
+        self.spec = spec
+        self.forever = False
+        self.owners = 0
+
+
 class Registry:
-    """Reads and writes declared so far (process-wide, de-duplicated)."""
+    """Reads and writes declared so far (process-wide, de-duplicated).
 
-    reads: list[ReadSpec] = field(default_factory=list)
-    writes: list[WriteSpec] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    Each registration can be tied to an owner, the object that declares it (the
+    decorated function): once every owner of a spec has been garbage-collected,
+    the spec leaves the registry, so an application that makes a cache per tenant
+    does not grow it forever. A spec registered without an owner stays.
+    Registering is O(1): specs are dict keys (in registration order, for
+    rendering), not list items searched one by one.
+    """
 
-    def add_read(self, spec: ReadSpec) -> None:
-        """Record a cached read (once)."""
+    def __init__(self) -> None:
+        self._reads: dict[ReadSpec, _Registration] = {}
+        self._writes: dict[WriteSpec, _Registration] = {}
+        self._lock = threading.Lock()
+        # Registrations whose owner was collected, waiting to be released. The
+        # collector may run in any thread at any allocation, including one made
+        # while this thread holds _lock, so a finalizer only appends here (atomic,
+        # no lock); the registry releases them under its lock on its next use.
+        self._dead: deque[_Registration] = deque()
+        # > 0 inside retaining(): owners are ignored, registrations kept for good.
+        self._retaining = 0
+
+    @property
+    def reads(self) -> tuple[ReadSpec, ...]:
+        """The cached reads, in registration order (a snapshot)."""
         with self._lock:
-            if spec not in self.reads:
-                self.reads.append(spec)
+            self._release_dead()
+            return tuple(self._reads)
 
-    def add_write(self, spec: WriteSpec) -> None:
-        """Record an invalidating write (once)."""
+    @property
+    def writes(self) -> tuple[WriteSpec, ...]:
+        """The invalidating writes, in registration order (a snapshot)."""
         with self._lock:
-            if spec not in self.writes:
-                self.writes.append(spec)
+            self._release_dead()
+            return tuple(self._writes)
+
+    def add_read(self, spec: ReadSpec, owner: object = None) -> None:
+        """Record a cached read (once), for as long as ``owner`` lives (``None``:
+        for as long as the process)."""
+        self._add(self._reads, spec, owner)
+
+    def add_write(self, spec: WriteSpec, owner: object = None) -> None:
+        """Record an invalidating write (once), for as long as ``owner`` lives
+        (``None``: for as long as the process)."""
+        self._add(self._writes, spec, owner)
+
+    def _add(self, table: dict[Any, _Registration], spec: Any, owner: object) -> None:
+        if owner is not None:
+            try:
+                weakref.ref(owner)
+            except TypeError:
+                raise TypeError(
+                    f"the owner of a registration must support weak references; "
+                    f"{type(owner).__name__} does not"
+                ) from None
+        with self._lock:
+            self._release_dead()
+            registration = table.get(spec)
+            if registration is None:
+                registration = table[spec] = _Registration(spec)
+            if owner is None or self._retaining:
+                registration.forever = True
+                return
+            registration.owners += 1
+        # One finalizer per (registration, owner) pair, each releasing one count.
+        # It holds the registration, never the owner, and runs at most once.
+        release = weakref.finalize(owner, self._dead.append, registration)
+        release.atexit = False  # nothing to release at interpreter exit
+
+    def _release_dead(self) -> None:
+        """Drop registrations whose last owner was collected (``_lock`` held)."""
+        while self._dead:
+            registration = self._dead.popleft()
+            registration.owners -= 1
+            if registration.owners or registration.forever:
+                continue
+            table: dict[Any, _Registration] = (
+                self._reads if isinstance(registration.spec, ReadSpec) else self._writes
+            )
+            # Only if it is still the registered one: clear() may have dropped it,
+            # and a new registration of an equal spec has counts of its own.
+            if table.get(registration.spec) is registration:
+                del table[registration.spec]
+
+    @contextlib.contextmanager
+    def retaining(self) -> Iterator[None]:
+        """Keep every registration made inside the block for good, whatever its
+        owner. For a process that declares, then renders: ``load_target`` calls a
+        factory whose caches and functions are dropped when it returns, and their
+        declarations must still be there to render."""
+        with self._lock:
+            self._retaining += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._retaining -= 1
 
     def clear(self) -> None:
         """Forget everything (tests)."""
         with self._lock:
-            self.reads.clear()
-            self.writes.clear()
+            self._reads.clear()
+            self._writes.clear()
 
     # -- analysis -------------------------------------------------------------------
 
     def reads_reached_by(self, write: WriteSpec) -> list[tuple[ReadSpec, str]]:
         """The reads a write invalidates, each with how (``key`` or ``tag ...``)."""
-        found: list[tuple[ReadSpec, str]] = []
-        keys = {shape(k) for k in write.keys}
-        tags = {shape(t) for t in write.tags}
-        for read in self.reads:
-            if read.namespace != write.namespace:
-                continue
-            if shape(read.key) in keys:
-                found.append((read, "key"))
-                continue
-            shared = sorted(tags.intersection(shape(t) for t in read.tags))
-            if shared:
-                found.append((read, "tag " + ", ".join(f"`{t}`" for t in shared)))
-        return found
+        return _reached(write, self.reads)
 
     def unreached_reads(self) -> list[ReadSpec]:
         """Reads that no declared write invalidates: only their TTL bounds staleness."""
-        reached = {id(read) for write in self.writes for read, _ in self.reads_reached_by(write)}
-        return [read for read in self.reads if id(read) not in reached]
+        return _unreached(self.reads, self.writes)
 
     # -- rendering --------------------------------------------------------------------
 
     def to_markdown(self, title: str = "Cache invalidation map") -> str:
         """The map as Markdown."""
+        # One snapshot, so that a registration meanwhile cannot tear the rendering.
+        reads, writes = self.reads, self.writes
         lines = [
             f"# {title}",
             "",
@@ -112,9 +199,9 @@ class Registry:
             "## Writes",
             "",
         ]
-        if not self.writes:
+        if not writes:
             lines += ["No write declares what it invalidates (`@cache.invalidates`).", ""]
-        for write in sorted(self.writes, key=lambda w: w.function):
+        for write in sorted(writes, key=lambda w: w.function):
             lines.append(f"### `{write.function}`")
             lines.append("")
             if write.summary:
@@ -125,7 +212,7 @@ class Registry:
             lines += [f"- key `{key}`" for key in write.keys]
             lines += [f"- tag `{tag}`" for tag in write.tags]
             lines.append("")
-            reached = self.reads_reached_by(write)
+            reached = _reached(write, reads)
             if reached:
                 lines += [
                     "| cached read | key | via | ttl | stale window |",
@@ -140,7 +227,7 @@ class Registry:
                 lines.append("No declared cached read uses these keys or tags.")
             lines.append("")
         lines += ["## Reads", ""]
-        if self.reads:
+        if reads:
             lines += [
                 "| cached read | key | tags | ttl | stale window | negative ttl |",
                 "| --- | --- | --- | --- | --- | --- |",
@@ -148,12 +235,12 @@ class Registry:
             lines += [
                 f"| `{r.function}` | `{r.key}` | {_code_list(r.tags)} | {_seconds(r.ttl)} "
                 f"| {_seconds(r.stale_ttl)} | {_seconds(r.negative_ttl)} |"
-                for r in sorted(self.reads, key=lambda r: r.function)
+                for r in sorted(reads, key=lambda r: r.function)
             ]
             lines.append("")
         else:
             lines += ["No cached reads are declared (`@cache.cached`).", ""]
-        unreached = self.unreached_reads()
+        unreached = _unreached(reads, writes)
         if unreached:
             lines += [
                 "## Reads no write invalidates",
@@ -167,6 +254,29 @@ class Registry:
             ]
             lines.append("")
         return "\n".join(lines)
+
+
+def _reached(write: WriteSpec, reads: Iterable[ReadSpec]) -> list[tuple[ReadSpec, str]]:
+    """The ``reads`` that ``write`` invalidates, each with how."""
+    found: list[tuple[ReadSpec, str]] = []
+    keys = {shape(k) for k in write.keys}
+    tags = {shape(t) for t in write.tags}
+    for read in reads:
+        if read.namespace != write.namespace:
+            continue
+        if shape(read.key) in keys:
+            found.append((read, "key"))
+            continue
+        shared = sorted(tags.intersection(shape(t) for t in read.tags))
+        if shared:
+            found.append((read, "tag " + ", ".join(f"`{t}`" for t in shared)))
+    return found
+
+
+def _unreached(reads: Sequence[ReadSpec], writes: Iterable[WriteSpec]) -> list[ReadSpec]:
+    """The ``reads`` no write of ``writes`` invalidates."""
+    reached = {id(read) for write in writes for read, _ in _reached(write, reads)}
+    return [read for read in reads if id(read) not in reached]
 
 
 def _seconds(value: float) -> str:
@@ -188,9 +298,12 @@ def load_target(target: str) -> None:
     """Import ``MODULE`` (its decorators register), or import ``MODULE:FACTORY`` and
     call ``FACTORY()`` for applications that build their caches in a factory."""
     module_name, _, factory = target.partition(":")
-    module = importlib.import_module(module_name)
-    if factory:
-        built = getattr(module, factory, None)
-        if not callable(built):
-            raise ValueError(f"{module_name} has no callable {factory!r}")
-        built()
+    # Retained: a factory usually drops what it built when it returns, which would
+    # take its declarations out of the registry before they are rendered.
+    with REGISTRY.retaining():
+        module = importlib.import_module(module_name)
+        if factory:
+            built = getattr(module, factory, None)
+            if not callable(built):
+                raise ValueError(f"{module_name} has no callable {factory!r}")
+            built()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import re
 import string
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -18,7 +19,10 @@ from typing import Any
 __all__ = [
     "MAX_KEY_BYTES",
     "KeyTemplate",
+    "check_key",
     "check_key_text",
+    "check_namespace",
+    "check_version",
     "encode_arg",
     "function_key",
     "normalize_key",
@@ -50,6 +54,74 @@ def check_key_text(key: str) -> str:
             f"{key[:60]!r} contains {bad!r}"
         )
     return key
+
+
+#: What separates a namespace (and its version) from the key. A namespace may not
+#: contain it, so the first one in a full key marks where the namespace ends and no
+#: two (namespace, key) pairs can name one entry.
+NAMESPACE_SEPARATOR = ":"
+#: What marks a version inside the namespace segment (``shop@v3:price``). A
+#: namespace may not contain it either, so an unversioned ``shop`` key ``v3:price``
+#: (``shop:v3:price``) never meets version 3's ``price`` (``shop@v3:price``).
+VERSION_MARKER = "@v"
+
+
+def check_namespace(namespace: object) -> str:
+    """Validate a namespace: a str without whitespace, control characters, ``:``
+    or ``@`` (``""`` is the raw keyspace, shared by every cache)."""
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
+    if not namespace:
+        return namespace
+    check_key_text(namespace)
+    for reserved in (NAMESPACE_SEPARATOR, "@"):
+        if reserved in namespace:
+            raise ValueError(
+                f"namespace {namespace!r} contains {reserved!r}, which separates the "
+                "namespace (and its version) from the key; use '.' or '/' to nest "
+                "namespaces, e.g. 'app.users'"
+            )
+    return namespace
+
+
+def check_version(version: object) -> str | None:
+    """Validate a cache version (an int or a str without whitespace, control
+    characters or ``:``); its text, or ``None`` for an unversioned cache."""
+    if version is None:
+        return None
+    if isinstance(version, bool) or not isinstance(version, (int, str)):
+        raise TypeError("version must be an int or a str")
+    text = str(version)
+    if not text:
+        raise ValueError("version must be a non-empty str or an int")
+    check_key_text(text)
+    if NAMESPACE_SEPARATOR in text:
+        raise ValueError(f"version {text!r} may not contain {NAMESPACE_SEPARATOR!r}")
+    return text
+
+
+def key_prefix(namespace: str, version: str | None) -> str:
+    """What a cache puts before every key and tag: ``"ns:"``, ``"ns@v3:"``,
+    ``"@v3:"`` (no namespace, versioned) or ``""`` (the raw keyspace).
+
+    Unambiguous: a namespace contains neither ``:`` nor ``@``, so the text up to
+    the first ``:`` of a full key is the namespace and version that wrote it. Only
+    the empty, unversioned namespace is raw: its keys may be anything, including
+    another namespace's full keys (and its ``clear()`` empties everything).
+    """
+    segment = namespace + (f"{VERSION_MARKER}{version}" if version is not None else "")
+    return segment + NAMESPACE_SEPARATOR if segment else ""
+
+
+def check_key(key: object) -> str:
+    """A cache key must be a non-empty str (a str subclass becomes a plain str)
+    without whitespace or control characters."""
+    if not isinstance(key, str):
+        raise TypeError(f"cache keys must be str, not {type(key).__name__}")
+    text = str.__str__(key)
+    if not text:
+        raise ValueError("cache keys must be non-empty strings")
+    return check_key_text(text)
 
 
 def normalize_key(key: str) -> str:
@@ -121,11 +193,29 @@ class KeyTemplate:
 
 
 def encode_arg(value: Any) -> str:
-    """Encode one argument canonically: equal values give equal strings in every
-    process. Supports None, bool, int, float, str, bytes, and lists, tuples, sets,
-    frozensets and dicts of those; any object with a ``__cache_key__()`` method that
-    returns a str. Anything else is a ``TypeError``: its ``repr`` may hold a memory
-    address, and a key that differs per process is a silent miss.
+    """Encode one argument canonically, for default keys.
+
+    Supports None, bool, int, float, str, bytes and bytearray; lists, tuples, sets,
+    frozensets and dicts of those; and any object with a ``__cache_key__()`` method
+    that returns a str. Anything else is a ``TypeError``: its ``repr`` may hold a
+    memory address, and a key that differs per process is a silent miss.
+
+    Deterministic: equal values give equal strings, in every process (no ``hash``,
+    no ``repr`` of arbitrary objects; sets and dicts are sorted by encoding).
+
+    Injective: values that are not equal never share a string, so two different
+    calls never share an entry. Each kind has its own form: ``null``, ``true``,
+    ``false``, numbers, ``"..."`` (escaped: no whitespace or control characters
+    reach the key), ``b"hex"``, ``[...]`` (lists and tuples), ``set{...}`` (sets
+    and frozensets), ``{k:v,...}`` (dicts) and ``module.Class("...")`` for a
+    ``__cache_key__`` object. Shared on purpose: values Python treats as equal
+    (``1`` and ``1.0``, ``-0.0`` and ``0``; a set and a frozenset with equal
+    items; bytes and a bytearray with equal content), every NaN, and a list and a
+    tuple with equal items: an equal-looking sequence is passed either way, and
+    ``f([1])`` and ``f((1,))`` should hit one entry, although ``[1] != (1,)``.
+    Kept apart although equal: ``True`` and ``1``. Kept apart: a
+    ``__cache_key__`` object and the str it returns, and objects of two classes
+    whose ``__cache_key__()`` agree (the class name is part of the string).
     """
     if value is None:
         return "null"
@@ -133,35 +223,69 @@ def encode_arg(value: Any) -> str:
         return "true"
     if value is False:
         return "false"
+    # The base types' own methods throughout, not the value's: a subclass (an
+    # IntEnum, a str subclass) may override __repr__, __int__ or replace(), and its
+    # string must still be the one its equal plain value gets.
     if isinstance(value, int):
-        return str(int(value))
+        return int.__repr__(value)
     if isinstance(value, float):
-        # 1.0 and 1 compare equal and hash equal, so they share a key.
-        if math.isfinite(value) and value.is_integer():
-            return str(int(value))
-        return repr(value)
+        # 1.0 and 1 compare equal and hash equal, so they share a key. float.__repr__
+        # round-trips: two different floats never share one.
+        if math.isfinite(value) and float.is_integer(value):
+            return int.__repr__(int(float.__float__(value)))
+        return float.__repr__(value)
     if isinstance(value, str):
-        return _quote(value)
+        return _quote(str.__str__(value))
     if isinstance(value, (bytes, bytearray)):
-        return "b" + _quote(bytes(value).hex())
+        return "b" + _quote(memoryview(value).hex())
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(encode_arg(item) for item in value) + "]"
     if isinstance(value, (set, frozenset)):
-        return "{" + ",".join(sorted(encode_arg(item) for item in value)) + "}"
+        # Marked: an empty set must not read as an empty dict ("{}").
+        return "set{" + ",".join(sorted(encode_arg(item) for item in value)) + "}"
     if isinstance(value, dict):
-        items = sorted((encode_arg(k), encode_arg(v)) for k, v in value.items())
+        items = sorted((encode_arg(k), encode_arg(v)) for k, v in dict.items(value))
         return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
     hook = getattr(value, "__cache_key__", None)
     if callable(hook):
         result = hook()
         if not isinstance(result, str):
             raise TypeError(f"{type(value).__name__}.__cache_key__() must return a str")
-        return _quote(result)
+        return f"{_class_name(value)}({_quote(str.__str__(result))})"
     raise TypeError(f"cannot build a stable cache key from a {type(value).__name__}")
 
 
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``text`` in double quotes, escaped so that the result is a valid key and
+    the quoting can be undone: ``\\`` and ``"`` get a backslash; whitespace and
+    control characters (which keys may not hold) become ``\\uXXXX``/``\\UXXXXXXXX``."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    if not escaped.isprintable() or " " in escaped:
+        escaped = "".join(_escape_char(ch) for ch in escaped)
+    return '"' + escaped + '"'
+
+
+def _escape_char(ch: str) -> str:
+    # The characters check_key_text refuses, as Python writes them in a literal.
+    if ch.isprintable() and ch != " ":
+        return ch
+    code = ord(ch)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+# A class name that needs no quoting in an encoded argument: it cannot be mistaken
+# for the other forms (it holds a dot, and none of the characters that delimit them).
+_PLAIN_CLASS_NAME = re.compile(r"[\w<>]+(?:\.[\w<>]+)+")
+
+
+def _class_name(value: object) -> str:
+    """``module.qualname`` of ``value``'s class, as written in a ``__cache_key__``
+    argument's encoding (quoted if it is not made of plain name characters)."""
+    # __class__ rather than type(): a lazy proxy (Django's SimpleLazyObject) reports
+    # the class of what it wraps, so the proxy and the object share their key.
+    cls = value.__class__
+    name = f"{getattr(cls, '__module__', None) or '?'}.{cls.__qualname__}"
+    return name if _PLAIN_CLASS_NAME.fullmatch(name) else _quote(name)
 
 
 def function_name(func: Callable[..., Any]) -> str:

@@ -10,7 +10,12 @@ OPEN: calls are refused at once (the front end goes straight to the loader) unti
 ``open_seconds`` have passed.
 
 HALF_OPEN: one probe call at a time is let through. Its success closes the
-breaker; its failure opens it again for another ``open_seconds``.
+breaker; its failure opens it again for another ``open_seconds``. A probe that ends
+without a verdict (cancelled, interrupted, or refused as bad input) frees the way
+for the next call to probe; only that probe can, so ``admit`` numbers each probe.
+And a probe still outstanding after ``probe_timeout`` no longer blocks the next
+one (a call that hangs, or whose end was never reported, must not keep the
+breaker half-open, and the cache bypassed, for good).
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ def _positive(name: str, value: float) -> float:
 
 _HALF_OPEN = State.HALF_OPEN  # (a module global: cheaper than the class attribute)
 
+#: What ``Breaker.admit`` answers for a refused call, and for an ordinary call
+#: (closed); a probe gets its number, which is > 0.
+REFUSED = -1
+PASS = 0
+
 
 @dataclass(frozen=True, slots=True)
 class BreakerPolicy:
@@ -53,6 +63,9 @@ class BreakerPolicy:
     min_calls: int = 20
     window: float = 10.0
     open_seconds: float = 1.0
+    #: How long a half-open probe may be outstanding before another call may
+    #: probe; ``None``: ``open_seconds`` (at most one probe per open period).
+    probe_timeout: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("failure_threshold", "min_calls"):
@@ -63,6 +76,13 @@ class BreakerPolicy:
             raise ValueError(f"failure_ratio must be in (0, 1], got {self.failure_ratio!r}")
         _positive("window", self.window)
         _positive("open_seconds", self.open_seconds)
+        if self.probe_timeout is not None:
+            _positive("probe_timeout", self.probe_timeout)
+
+    @property
+    def probe_deadline(self) -> float:
+        """``probe_timeout``, or ``open_seconds`` when it is ``None``."""
+        return self.open_seconds if self.probe_timeout is None else self.probe_timeout
 
 
 class Breaker:
@@ -74,7 +94,9 @@ class Breaker:
         "_consecutive",
         "_failed",
         "_opened_at",
-        "_probing",
+        "_probe",
+        "_probe_since",
+        "_probes",
         "_width",
         "opens",
         "policy",
@@ -93,27 +115,43 @@ class Breaker:
         self._calls = 0
         self._failed = 0
         self._opened_at = 0.0
-        self._probing = False
+        # The outstanding half-open probe's number (0: none), when it started, and
+        # the last number handed out.
+        self._probe = 0
+        self._probe_since = 0.0
+        self._probes = 0
 
     def allow(self, now: float) -> bool:
         """Whether a call may go to the backend now (a probe, when half-open)."""
+        return self.admit(now) != REFUSED
+
+    def admit(self, now: float) -> int:
+        """Whether a call may go to the backend now: ``REFUSED``, ``PASS`` (closed),
+        or, half-open, the number of the probe this call is (> 0), which only that
+        call may give back (``cancel_probe``)."""
         if self.state is State.CLOSED:
-            return True
+            return PASS
         if self.state is State.OPEN:
             if now - self._opened_at < self.policy.open_seconds:
-                return False
+                return REFUSED
             self.state = State.HALF_OPEN
-            self._probing = False
-        if self._probing:
-            return False  # one probe at a time
-        self._probing = True
-        return True
+            self._probe = 0
+        elif self._probe and now - self._probe_since < self.policy.probe_deadline:
+            return REFUSED  # one probe at a time
+        # No probe outstanding, or it is overdue: this call probes. (An overdue
+        # probe's verdict still counts if it comes; its cancel_probe no longer
+        # frees anything.)
+        self._probes += 1
+        self._probe = self._probes
+        self._probe_since = now
+        return self._probe
 
     def success(self, now: float) -> State | None:
         """Record a successful call; the new state if it changed."""
         self._consecutive = 0
         if self.state is _HALF_OPEN:
             self._reset()
+            self._probe = 0
             self.state = State.CLOSED
             return State.CLOSED
         # _record's common case, inlined: this runs on every call that succeeds.
@@ -140,9 +178,12 @@ class Breaker:
             return self._open(now)
         return None
 
-    def cancel_probe(self) -> None:
-        """The probe never reached the backend (bad input): let another call probe."""
-        self._probing = False
+    def cancel_probe(self, probe: int) -> None:
+        """Probe ``probe`` ended without a verdict (cancelled, interrupted, bad
+        input): let the next call probe. A no-op for any other number (0, or a probe
+        that was overtaken): a call that is not the probe cannot free the probe."""
+        if probe > 0 and probe == self._probe:
+            self._probe = 0
 
     def _record(self, now: float, *, failed: bool) -> None:
         buckets = self._buckets
@@ -164,7 +205,7 @@ class Breaker:
     def _open(self, now: float) -> State:
         self.state = State.OPEN
         self._opened_at = now
-        self._probing = False
+        self._probe = 0
         self.opens += 1
         self._reset()
         return State.OPEN

@@ -26,11 +26,14 @@ H = TypeVar("H")
 class Flight(Generic[H]):
     """One in-flight load of one key."""
 
-    __slots__ = ("handle", "key", "tags", "valid", "waiters")
+    __slots__ = ("handle", "key", "leader", "tags", "valid", "waiters")
 
     def __init__(self, key: str, handle: H, tags: tuple[str, ...] = ()) -> None:
         self.key = key
         self.handle = handle
+        # Who runs the load (a thread id or an asyncio task), for the front ends'
+        # loader-cycle check; None until it is known.
+        self.leader: object = None
         # The tags the load's entry will carry: invalidating one revokes the flight.
         self.tags = tags
         # Cleared by invalidate(); once False, the load's result must not be written.

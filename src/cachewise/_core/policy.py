@@ -36,11 +36,24 @@ def _real(name: str, value: object) -> float:
     return result
 
 
+#: The longest duration any option or per-call TTL may have (about 31 million
+#: years). Every backend can store it: Redis takes expiries in milliseconds up to
+#: 2**63, and a lifetime is at most twice the TTL (jitter) plus the grace window
+#: plus a margin. A longer one is a ``ValueError`` at the call, never a write that
+#: the backend refuses later.
+MAX_SECONDS = 1e15
+
+
 def check_seconds(name: str, value: object) -> float:
-    """Validate a duration option: a finite number ``>= 0``."""
+    """Validate a duration option: a finite number in ``[0, MAX_SECONDS]``."""
     result = _real(name, value)
     if result < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
+    if result > MAX_SECONDS:
+        raise ValueError(
+            f"{name} must be at most {MAX_SECONDS:g} seconds (no backend stores a longer "
+            f"lifetime), got {value!r}"
+        )
     return result
 
 

@@ -15,18 +15,26 @@ from typing import Any
 from cachewise._core.entry import Entry
 from cachewise._core.policy import Policy, check_seconds, is_fresh, make_entry
 from cachewise._errors import CacheClosedError
+from cachewise._frontends._held import HeldInvalidations, HeldSnapshot, HeldView
 from cachewise._stats import CacheStats, Counters
 from cachewise.backends._breaker import CircuitOpenError
 from cachewise.backends._protocol import BackendStats
 from cachewise.invalidation import REGISTRY, ReadSpec, WriteSpec
-from cachewise.keys import SHORT_KEY_CHARS, check_key_text, function_name, normalize_key
+from cachewise.keys import (
+    check_key,
+    check_key_text,
+    check_namespace,
+    check_version,
+    function_name,
+    key_prefix,
+    normalize_key,
+)
 
 logger = logging.getLogger("cachewise")
 
 Clock = Callable[[], float]
 
-# Pending invalidations: how many are listed one by one, and how often they are retried.
-_MAX_UNSETTLED = 10_000
+# How often held invalidations are retried.
 _SETTLE_EVERY = 0.05
 
 # How many distinct tag tuples _full_tags remembers.
@@ -44,37 +52,10 @@ _token_counter = itertools.count()
 _cache_ids = itertools.count()
 
 
-class _Held:
-    """Invalidations that did not reach a shared backend, with one generation per
-    held key or tag (so a settle only forgets what it applied).
-
-    Every cache of this process on one server and namespace shares one (see
-    ``CacheBase._share_held``): a sync ``Cache`` and an ``AsyncCache`` side by side read around
-    each other's held deletes. Each member keeps its own ``_unsettled`` flag (the
-    hit path's fast check); this object sets them all.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.keys: dict[str, int] = {}
-        self.tags: dict[str, int] = {}
-        self.everything = False
-        self.gen = itertools.count(1)
-        self.members: weakref.WeakSet[CacheBase] = weakref.WeakSet()
-
-    @property
-    def active(self) -> bool:
-        return bool(self.everything or self.keys or self.tags)
-
-    def publish(self) -> None:
-        """Set every member's fast flag (caller holds the lock)."""
-        active = self.active
-        for member in list(self.members):
-            member._unsettled = active
-
-
-# Shared held invalidations, by (server, namespace prefix): see _Held.
-_SHARED_HELD: weakref.WeakValueDictionary[tuple[str, str], _Held] = weakref.WeakValueDictionary()
+# Shared held invalidations, by (server, namespace prefix): see HeldInvalidations.
+_SHARED_HELD: weakref.WeakValueDictionary[tuple[str, str], HeldInvalidations] = (
+    weakref.WeakValueDictionary()
+)
 _SHARED_HELD_LOCK = threading.Lock()
 
 
@@ -94,13 +75,6 @@ def new_token(prefix: str = "") -> str:
     a lease of our own with no load of ours in flight is orphaned (its release
     failed) and the next read may take it over."""
     return f"{prefix or _token_prefix + ':'}{next(_token_counter)}"
-
-
-def check_key(key: object) -> str:
-    """A cache key must be a str (str subclasses are converted to plain str)."""
-    if isinstance(key, str):
-        return str.__str__(key)
-    raise TypeError(f"cache keys must be str, not {type(key).__name__}")
 
 
 def check_ttl(ttl: float | None) -> float | None:
@@ -133,14 +107,8 @@ class CacheBase:
         max_pending_refreshes: int = 256,
         version: int | str | None = None,
     ) -> None:
-        if not isinstance(namespace, str):
-            raise TypeError(f"namespace must be a str, not {type(namespace).__name__}")
-        if namespace:
-            check_key_text(namespace)
-        if version is not None:
-            if isinstance(version, bool) or not isinstance(version, (int, str)):
-                raise TypeError("version must be an int or a str")
-            check_key_text(str(version))
+        check_namespace(namespace)
+        version_text = check_version(version)
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a zero-argument callable returning seconds")
         if rng is not None and not isinstance(rng, random.Random):
@@ -161,11 +129,10 @@ class CacheBase:
         )
         self._namespace = namespace
         self._version = version
-        # "ns:" + "v2:" when versioned: bumping the version moves every key (and tag)
-        # of the cache to new names at once, in O(1); old entries age out by TTL.
-        self._prefix = (f"{namespace}:" if namespace else "") + (
-            f"v{version}:" if version is not None else ""
-        )
+        # "ns:", or "ns@v2:" when versioned: bumping the version moves every key (and
+        # tag) of the cache to new names at once, in O(1); old entries age out by
+        # TTL. Unambiguous (see keys.key_prefix): no two caches share a name.
+        self._prefix = key_prefix(namespace, version_text)
         self._clock: Clock = clock or time.time
         self._rng = rng or random.Random()
         self._counters = Counters()
@@ -175,9 +142,9 @@ class CacheBase:
         self._stats_source: object = None
         self._last_warning = float("-inf")
         self._tag_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._unsettled = False  # the fast check on the hit path (set by _Held)
-        self._held = _Held()
-        self._held.members.add(self)
+        self._unsettled = False  # the fast check on the hit path (set by _held)
+        self._held = HeldInvalidations()
+        self._held.add_member(self)
         self._last_unsettle_log = float("-inf")
         self._cache_id = next(_cache_ids)
 
@@ -220,8 +187,10 @@ class CacheBase:
         return self._version
 
     def _full_key(self, key: object) -> str:
-        """Namespace, validate and (if long) hash a key."""
-        return normalize_key(check_key_text(self._prefix + check_key(key)))
+        """Validate, namespace and (if long) hash a key: ``TypeError`` for a
+        non-str, ``ValueError`` for an empty key or one with whitespace or control
+        characters (the whole key is checked, before any hashing)."""
+        return normalize_key(self._prefix + check_key(key))
 
     def _full_tags(self, tags: Iterable[str]) -> tuple[str, ...]:
         """Namespace and validate tags (de-duplicated, order kept).
@@ -310,7 +279,7 @@ class CacheBase:
         self,
         keys: list[str],
         entries: Sequence[Entry | None] | None,
-        view: tuple[bool, frozenset[str], frozenset[str]] | None = None,
+        view: HeldView = None,
     ) -> dict[str, Any]:
         """``get_many``'s answer: the fresh values among ``entries`` (read for
         ``keys``; ``None`` if the read failed), counted."""
@@ -349,17 +318,26 @@ class CacheBase:
         return pairs, dropped
 
     def _hit_key(self, key: object) -> str:
-        """The full key on the hit path: namespace only, for the common short key.
-        Whitespace and control characters are checked on the miss path (such a key
-        was never written, so it can only miss)."""
-        if key.__class__ is str:
-            full = self._prefix + key
-            if len(full) <= SHORT_KEY_CHARS:
-                return full
-        return normalize_key(self._prefix + check_key(key))
+        """The full key when the hit path's shortcut does not apply (a long key, an
+        empty one, a str subclass or not a str at all): fully validated, as
+        ``_full_key``. (A short key is only namespaced on the hit path; its text is
+        checked on the miss path by ``_check_miss``: such a key was never written,
+        so it can only miss.)"""
+        return self._full_key(key)
 
-    def _declare_read(self, func: Callable[..., Any], keys: Any, ttl: float | None) -> None:
-        """Record a ``cached`` read in the invalidation map."""
+    def _check_miss(self, full: str) -> None:
+        """On a miss, reject a key no write could have made, before any loading:
+        an empty key (``full`` is the bare prefix) or whitespace and control
+        characters (``ValueError``)."""
+        if full == self._prefix:
+            raise ValueError("cache keys must be non-empty strings")
+        check_key_text(full)
+
+    def _declare_read(
+        self, func: Callable[..., Any], keys: Any, ttl: float | None, owner: object = None
+    ) -> None:
+        """Record a ``cached`` read in the invalidation map, for as long as
+        ``owner`` (the decorated function) lives."""
         policy = self._policy
         REGISTRY.add_read(
             ReadSpec(
@@ -370,13 +348,19 @@ class CacheBase:
                 ttl=policy.ttl if ttl is None else ttl,
                 stale_ttl=policy.stale_ttl,
                 negative_ttl=policy.negative_ttl,
-            )
+            ),
+            owner=owner,
         )
 
     def _declare_write(
-        self, func: Callable[..., Any], keys: tuple[str, ...], tags: tuple[str, ...]
+        self,
+        func: Callable[..., Any],
+        keys: tuple[str, ...],
+        tags: tuple[str, ...],
+        owner: object = None,
     ) -> None:
-        """Record an ``invalidates`` write in the invalidation map."""
+        """Record an ``invalidates`` write in the invalidation map, for as long as
+        ``owner`` (the wrapper) lives."""
         # The docstring's first paragraph, on one line.
         summary = " ".join((func.__doc__ or "").strip().split("\n\n")[0].split())
         REGISTRY.add_write(
@@ -386,7 +370,8 @@ class CacheBase:
                 keys=keys,
                 tags=tags,
                 summary=summary,
-            )
+            ),
+            owner=owner,
         )
 
     def _check_open(self) -> None:
@@ -411,13 +396,9 @@ class CacheBase:
 
     # -- invalidations that did not reach the backend --------------------------------
     #
-    # A delete (or set, or tag invalidation) that failed leaves the old value in a
-    # shared backend. Until it is applied, this cache treats what it covers as a
-    # miss and loads from the source; a background settler (owned by the front end)
-    # retries it every _SETTLE_EVERY seconds. Nothing else waits on it.
-    # Each held key or tag carries a generation, so a settle only forgets what it
-    # applied: an invalidation that failed again meanwhile stays held. Past
-    # _MAX_UNSETTLED it stops listing them and clears its namespace on recovery.
+    # See _held.py: what a failed invalidation covers is a miss here until the
+    # background settler (owned by the front end) re-applies it, every
+    # _SETTLE_EVERY seconds. Nothing else waits on it.
 
     def _share_held(self, server: str) -> None:
         """Share held invalidations with every other cache of this process on
@@ -428,27 +409,14 @@ class CacheBase:
             if held is None:
                 _SHARED_HELD[(server, self._prefix)] = held = self._held
         if held is not self._held:
-            with held.lock:
-                self._held.members.discard(self)
-                self._held = held
-                held.members.add(self)
-                self._unsettled = held.active
+            self._held.remove_member(self)
+            self._held = held
+            held.add_member(self)
 
     def _unsettle(
         self, keys: Iterable[str] = (), tags: Iterable[str] = (), *, everything: bool = False
     ) -> None:
-        held = self._held
-        with held.lock:
-            gen = next(held.gen)
-            for key in keys:
-                held.keys[key] = gen
-            for tag in tags:
-                held.tags[tag] = gen
-            if everything or len(held.keys) + len(held.tags) > _MAX_UNSETTLED:
-                held.everything = True
-                held.keys.clear()
-                held.tags.clear()
-            held.publish()
+        self._held.hold(keys, tags, everything)
         now = time.monotonic()
         if now - self._last_unsettle_log >= _WARN_EVERY:
             self._last_unsettle_log = now
@@ -468,63 +436,30 @@ class CacheBase:
         """Make sure the background settler runs (the shells implement it)."""
 
     def _pending_count(self) -> int:
-        held = self._held
-        if held.everything:
-            return -1
-        return len(held.keys) + len(held.tags)
+        return self._held.pending()
 
-    def _held_view(self) -> tuple[bool, frozenset[str], frozenset[str]] | None:
-        """What is held now, taken *before* a read: an entry read while its
+    def _held_view(self) -> HeldView:
+        """Taken *before* a read (one int, never a copy): an entry read while its
         invalidation was held must not be served even if the invalidation is
         applied before the read returns (it is the old value)."""
-        if not self._unsettled:
-            return None
-        held = self._held
-        with held.lock:
-            return held.everything, frozenset(held.keys), frozenset(held.tags)
+        return self._held.seq if self._unsettled else None
 
-    def _covered(
-        self,
-        view: tuple[bool, frozenset[str], frozenset[str]] | None,
-        full: str,
-        entry: Entry | None,
-    ) -> bool:
+    def _covered(self, view: HeldView, full: str, entry: Entry | None) -> bool:
         """Whether a held invalidation (then or now) covers this key or entry."""
-        if view is not None:
-            everything, keys, tags = view
-            if everything or full in keys:
-                return True
-            if entry is not None and entry.tags and not tags.isdisjoint(entry.tags):
-                return True
-        return self._unsettled and self._is_unsettled(full, entry)
+        if view is None and not self._unsettled:
+            return False
+        return self._held.covers(view, full, entry)
 
     def _is_unsettled(self, full: str, entry: Entry | None) -> bool:
         """Whether a held invalidation covers this key or entry now."""
-        held = self._held
-        if held.everything or full in held.keys:
-            return True
-        tags = held.tags
-        return bool(entry is not None and entry.tags and any(t in tags for t in entry.tags))
+        return self._held.covers_now(full, entry)
 
-    def _held_snapshot(self) -> tuple[dict[str, int], dict[str, int], bool]:
-        held = self._held
-        with held.lock:
-            return dict(held.keys), dict(held.tags), held.everything
+    def _held_snapshot(self) -> HeldSnapshot:
+        return self._held.snapshot()
 
-    def _settled(self, keys: dict[str, int], tags: dict[str, int], everything: bool) -> None:
+    def _settled(self, applied: HeldSnapshot) -> None:
         """Forget what was just applied; anything held again since stays held."""
-        held = self._held
-        with held.lock:
-            was = held.active
-            if everything:
-                held.everything = False
-            for table, applied in ((held.keys, keys), (held.tags, tags)):
-                for name, gen in applied.items():
-                    if table.get(name) == gen:
-                        del table[name]
-            held.publish()
-            done = was and not held.active
-        if done:
+        if self._held.settled(applied):
             logger.warning("cachewise: held invalidations applied; reading from the cache again")
 
     def _refresh_failed(self, key: str, exc: BaseException) -> None:

@@ -13,17 +13,25 @@ from typing import Any, TypeVar, overload
 from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable, LoadState
 from cachewise._core.policy import Read, decide_read, stale_servable, superseded
-from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
-from cachewise._errors import CacheClosedError
+from cachewise._core.readflow import (
+    LeaseReply,
+    LoadStep,
+    Observed,
+    Outcome,
+    ReadStep,
+    Serve,
+    leased_read,
+)
+from cachewise._errors import CacheClosedError, LoadCancelledError
 from cachewise._frontends._base import (
     _SETTLE_EVERY,
     CacheBase,
     Clock,
-    check_key,
     check_loader,
     check_ttl,
     new_token,
 )
+from cachewise._frontends._cycles import enter_wait, leave_wait
 from cachewise._frontends._decorator import (
     AsyncCachedFunction,
     Invalidator,
@@ -34,6 +42,7 @@ from cachewise._frontends._decorator import (
     async_invalidating,
     is_async_callable,
 )
+from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING
 from cachewise._url import backend_from_url, server_identity
 from cachewise.backends._memory import MemoryBackend
@@ -42,10 +51,11 @@ from cachewise.backends._protocol import (
     AsyncLeaseBackend,
     AsyncTagBackend,
     Backend,
+    InProcessLeaseBackend,
     NonBlockingBackend,
     TagBackend,
 )
-from cachewise.keys import SHORT_KEY_CHARS, check_key_text
+from cachewise.keys import SHORT_KEY_CHARS, check_key
 from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
 
 T = TypeVar("T")
@@ -65,6 +75,32 @@ class _Task(LoadState):
         # Lease-less remote backends only: held while the finished load checks
         # validity and writes; invalidation passes through it (see Cache._revoke).
         self.guard: asyncio.Lock | None = None
+
+
+class _LocalLeases:
+    """An in-process lease backend seen through the async lease interface: every
+    call but ``wait`` completes without suspending (no await inside)."""
+
+    __slots__ = ("_backend",)
+
+    def __init__(self, backend: InProcessLeaseBackend) -> None:
+        self._backend = backend
+
+    @property
+    def wait_timeout(self) -> float:
+        return self._backend.wait_timeout
+
+    async def read_or_lease(self, key: str, token: str, mode: str = "lease") -> LeaseReply:
+        return self._backend.read_or_lease(key, token, mode)
+
+    async def set_leased(self, key: str, entry: Entry, token: str) -> bool:
+        return self._backend.set_leased(key, entry, token)
+
+    async def release(self, key: str, token: str) -> None:
+        self._backend.release(key, token)
+
+    async def wait(self, key: str, timeout: float) -> bool:
+        return await self._backend.wait_async(key, timeout)
 
 
 # What _bcall returns when the backend call failed (and was counted).
@@ -165,10 +201,14 @@ class AsyncCache(CacheBase):
         self._remote_tagger: AsyncTagBackend | None = (
             self._remote if isinstance(self._remote, AsyncTagBackend) else None
         )
-        # Shared backends with leases read through the in-process flight first.
-        self._leases: AsyncLeaseBackend | None = (
-            backend if isinstance(backend, AsyncLeaseBackend) and self._remote is not None else None
-        )
+        # Shared backends with leases read through the in-process flight first; so
+        # does an in-process one (MemoryBackend), whose leases coordinate this
+        # cache with every other front end on it.
+        self._leases: AsyncLeaseBackend | None = None
+        if self._remote is not None and isinstance(backend, AsyncLeaseBackend):
+            self._leases = backend
+        elif isinstance(self._local, InProcessLeaseBackend):
+            self._leases = _LocalLeases(self._local)
         self._flights: FlightTable[_Task] = FlightTable()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._settler: asyncio.Task[Any] | None = None
@@ -255,7 +295,7 @@ class AsyncCache(CacheBase):
             if entry.negative:
                 counters.negative_hits += 1
             return entry.value
-        check_key_text(full)  # a miss on a key no write could have made is an error
+        self._check_miss(full)  # a miss on a key no write could have made is an error
         counters.misses += 1
         self._drop_expired(full, entry, now)
         return default
@@ -314,7 +354,7 @@ class AsyncCache(CacheBase):
         ttl: float | None,
         tags: tuple[str, ...],
         entry: Entry | None,
-        view: tuple[bool, frozenset[str], frozenset[str]] | None = None,
+        view: HeldView = None,
     ) -> T:
         counters = self._counters
         if (view is not None or self._unsettled) and self._covered(view, full, entry):
@@ -329,11 +369,12 @@ class AsyncCache(CacheBase):
         now = self._clock()
         action = decide_read(entry, now, 1.0 - self._rng.random(), self._policy)
         if action is Read.LOAD or action is Read.LOAD_OR_STALE:
-            check_key_text(full)
+            self._check_miss(full)
             self._check_open()
             stale = entry if action is Read.LOAD_OR_STALE else None
             if self._leases is not None:
                 # See Cache._read_slow: a miss goes through one lease read per process.
+                self._drop_expired(full, entry, now)
                 leased: T = await self._read_leased(full, loader, ttl, tags, entry, stale)
                 return leased
             counters.misses += 1
@@ -467,7 +508,8 @@ class AsyncCache(CacheBase):
 
     async def _settle(self) -> None:
         """Retry the invalidations that did not reach the backend (the settler)."""
-        keys, tags, everything = self._held_snapshot()
+        applied = self._held_snapshot()
+        keys, tags, everything = applied
         try:
             if everything:
                 if self._local is not None:
@@ -487,7 +529,7 @@ class AsyncCache(CacheBase):
         except Exception as exc:
             self._degraded("settle", exc)
             return
-        self._settled(keys, tags, everything)
+        self._settled(applied)
 
     def _start_settler(self) -> None:
         """Run the background settler as a tracked task (once at a time)."""
@@ -565,6 +607,9 @@ class AsyncCache(CacheBase):
         """The outcome of ``flight`` for this caller; ``_Retry`` if it gave none."""
         future = flight.handle.future
         assert future is not None
+        me = asyncio.current_task()
+        if not future.done():  # (a leader that read inline may await its own outcome)
+            enter_wait(me, flight)  # LoaderCycleError rather than a deadlock
         try:
             # shield: cancelling this waiter must not cancel the shared work.
             return await asyncio.shield(future)
@@ -581,6 +626,8 @@ class AsyncCache(CacheBase):
                 self._counters.stale_served += 1
                 return stale.value
             raise
+        finally:
+            leave_wait(me)
 
     async def _load_unreached(
         self,
@@ -591,7 +638,7 @@ class AsyncCache(CacheBase):
     ) -> T:
         """A miss while the backend is unreachable (or covered by a pending
         invalidation): single-flight the loader, write nothing."""
-        check_key_text(full)
+        self._check_miss(full)
         self._check_open()
         self._counters.misses += 1
         while True:
@@ -637,6 +684,7 @@ class AsyncCache(CacheBase):
 
     def _spawn(self, flight: Flight[_Task], coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=f"cachewise-load:{flight.key}")
+        flight.leader = task  # the load runs in this task (see _cycles)
         if flight.handle.future is None:
             flight.handle.future = task
         self._tasks.add(task)
@@ -690,7 +738,18 @@ class AsyncCache(CacheBase):
                         f"the loader returned {type(awaitable).__name__}, not an awaitable; "
                         "AsyncCache needs an async loader (use Cache for sync loaders)"
                     )
-                value = await awaitable
+                try:
+                    value = await awaitable
+                except asyncio.CancelledError as exc:
+                    if _cancelling():
+                        raise  # this load task itself is being cancelled
+                    # The loader raised CancelledError of its own (it awaited
+                    # something that was cancelled): a failed load, not a reason
+                    # to retry it forever (break 5).
+                    raise LoadCancelledError(
+                        "the loader raised CancelledError although its load was not "
+                        "cancelled (it awaited something that was cancelled)"
+                    ) from exc
                 negative = bool(self._policy.is_negative(value))
                 end = clock()
             except Exception:
@@ -799,6 +858,7 @@ class AsyncCache(CacheBase):
                 handle = _Task()
                 handle.future = asyncio.get_running_loop().create_future()
                 flight = self._flights.start(full, handle, tags)
+                flight.leader = asyncio.current_task()  # reads inline; _spawn hands over
                 await self._lead_leased(flight, loader, ttl, found, stale)
             else:
                 handle = flight.handle
@@ -871,6 +931,9 @@ class AsyncCache(CacheBase):
             # Cancelled mid-read: the others read again without us.
             if not future.done():
                 future.set_exception(_Retry())
+                # Retrieved here: with no other waiter nobody awaits it, and asyncio
+                # would log "Future exception was never retrieved" (break 25).
+                future.exception()
             self._flights.finish(flight)
             raise
         if isinstance(outcome, Serve):
@@ -1029,8 +1092,9 @@ class AsyncCache(CacheBase):
         def decorate(func: Callable[P, Awaitable[R]]) -> AsyncCachedFunction[P, R]:
             _check_async_callable(func, "cached")
             keys = KeyBuilder(func, key, tags, max_keys, on_max_keys)
-            self._declare_read(func, keys, ttl)
-            return AsyncCachedFunction(self, func, keys, ttl)
+            cached = AsyncCachedFunction(self, func, keys, ttl)
+            self._declare_read(func, keys, ttl, owner=cached)
+            return cached
 
         return decorate
 
@@ -1043,8 +1107,9 @@ class AsyncCache(CacheBase):
         def decorate(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             _check_async_callable(func, "invalidates")
             invalidator = Invalidator(func, keys, tags)
-            self._declare_write(func, tuple(keys), tuple(tags))
-            return async_invalidating(self, func, invalidator)
+            wrapper = async_invalidating(self, func, invalidator)
+            self._declare_write(func, tuple(keys), tuple(tags), owner=wrapper)
+            return wrapper
 
         return decorate
 

@@ -21,11 +21,11 @@ from cachewise._frontends._base import (
     _SETTLE_EVERY,
     CacheBase,
     Clock,
-    check_key,
     check_loader,
     check_ttl,
     new_token,
 )
+from cachewise._frontends._cycles import enter_wait, leave_wait
 from cachewise._frontends._decorator import (
     CachedFunction,
     Invalidator,
@@ -36,11 +36,12 @@ from cachewise._frontends._decorator import (
     invalidating,
     is_async_callable,
 )
+from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING
 from cachewise._url import backend_from_url, server_identity
 from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import Backend, LeaseBackend, TagBackend
-from cachewise.keys import SHORT_KEY_CHARS, check_key_text
+from cachewise.keys import SHORT_KEY_CHARS, check_key
 from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
 
 T = TypeVar("T")
@@ -219,7 +220,7 @@ class Cache(CacheBase):
             if entry.negative:
                 counters.negative_hits += 1
             return entry.value
-        check_key_text(full)  # a miss on a key no write could have made is an error
+        self._check_miss(full)  # a miss on a key no write could have made is an error
         counters.misses += 1
         self._drop_expired(full, entry, now)
         return default
@@ -302,7 +303,7 @@ class Cache(CacheBase):
         ttl: float | None,
         tags: tuple[str, ...],
         entry: Entry | None,
-        view: tuple[bool, frozenset[str], frozenset[str]] | None = None,
+        view: HeldView = None,
     ) -> T:
         counters = self._counters
         if (view is not None or self._unsettled) and self._covered(view, full, entry):
@@ -316,12 +317,14 @@ class Cache(CacheBase):
         now = self._clock()
         action = decide_read(entry, now, 1.0 - self._rng.random(), self._policy)
         if action is Read.LOAD or action is Read.LOAD_OR_STALE:
-            check_key_text(full)
+            self._check_miss(full)
             self._check_open()
             stale = entry if action is Read.LOAD_OR_STALE else None
             if self._leases is not None:
                 # A hit was one GET; a miss goes through the in-process flight to
-                # one read-with-lease per process. It counts its own outcome.
+                # one read-with-lease per process (or per front end, on a shared
+                # MemoryBackend). It counts its own outcome.
+                self._drop_expired(full, entry, now)
                 leased: T = self._read_leased(full, loader, ttl, tags, entry, stale)
                 return leased
             counters.misses += 1
@@ -467,7 +470,8 @@ class Cache(CacheBase):
 
     def _settle(self) -> None:
         """Retry the invalidations that did not reach the backend (the settler)."""
-        keys, tags, everything = self._held_snapshot()
+        applied = self._held_snapshot()
+        keys, tags, everything = applied
         try:
             if everything:
                 self._backend.clear(self._prefix)
@@ -479,7 +483,7 @@ class Cache(CacheBase):
         except Exception as exc:
             self._degraded("settle", exc)
             return
-        self._settled(keys, tags, everything)
+        self._settled(applied)
 
     def _start_settler(self) -> None:
         """Run the background settler on the owned pool (once at a time)."""
@@ -534,7 +538,9 @@ class Cache(CacheBase):
             flight = self._flights.get(full)
             if flight is None:
                 call = _Call(guarded=self._leases is None)
-                return self._flights.start(full, call, tags), True, call.join_point()
+                flight = self._flights.start(full, call, tags)
+                flight.leader = threading.get_ident()  # the leader loads in this thread
+                return flight, True, call.join_point()
             flight.waiters += 1
             call = flight.handle
             if call.done is None:
@@ -573,7 +579,7 @@ class Cache(CacheBase):
     ) -> T:
         """A miss while the backend is unreachable (or covered by a pending
         invalidation): single-flight the loader, write nothing."""
-        check_key_text(full)
+        self._check_miss(full)
         self._check_open()
         self._counters.misses += 1
         value: T = self._single_flight(
@@ -599,7 +605,12 @@ class Cache(CacheBase):
                 lead(flight)
             else:
                 self._counters.coalesced += 1
-                self._await_call(call)
+                me = threading.get_ident()
+                enter_wait(me, flight)  # LoaderCycleError rather than a deadlock
+                try:
+                    self._await_call(call)
+                finally:
+                    leave_wait(me)
                 if call.abandoned:
                     continue  # the leader was interrupted; try again (maybe as leader)
                 if self._leases is not None:
@@ -906,6 +917,7 @@ class Cache(CacheBase):
         trigger: Entry,
         early: bool,
     ) -> None:
+        flight.leader = threading.get_ident()
         token = None
         if self._leases is not None:
             # Across processes, one refresh per key: only the lease holder runs it.
@@ -990,8 +1002,9 @@ class Cache(CacheBase):
         def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
             _check_sync_callable(func, "cached")
             keys = KeyBuilder(func, key, tags, max_keys, on_max_keys)
-            self._declare_read(func, keys, ttl)
-            return CachedFunction(self, func, keys, ttl)
+            cached = CachedFunction(self, func, keys, ttl)
+            self._declare_read(func, keys, ttl, owner=cached)
+            return cached
 
         return decorate
 
@@ -1014,8 +1027,9 @@ class Cache(CacheBase):
         def decorate(func: Callable[P, R]) -> Callable[P, R]:
             _check_sync_callable(func, "invalidates")
             invalidator = Invalidator(func, keys, tags)
-            self._declare_write(func, tuple(keys), tuple(tags))
-            return invalidating(self, func, invalidator)
+            wrapper = invalidating(self, func, invalidator)
+            self._declare_write(func, tuple(keys), tuple(tags), owner=wrapper)
+            return wrapper
 
         return decorate
 

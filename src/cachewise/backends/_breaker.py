@@ -11,13 +11,17 @@ closes the breaker. State and transitions show in ``Cache.stats()`` and go to th
 
 Capabilities of the wrapped backend (leases, tags) stay visible through the
 wrapper, each call guarded the same way. Serialization errors are the caller's,
-not the backend's, and never count as failures; nor, for ``AsyncCircuitBreaker``,
-are timeouts while the event loop itself runs late (see ``_LoopLag``).
+not the backend's, and never count as failures; nor do calls queued too long in
+this process (``BackpressureError``, ``PoolTimeoutError``), nor, for
+``AsyncCircuitBreaker``, timeouts while the event loop itself runs late (see
+``_LoopLag``). A call that ends with no verdict at all (cancelled, interrupted)
+counts for nothing; if it was the half-open probe, the next call probes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -25,15 +29,13 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from cachewise._core.breaker import Breaker, BreakerPolicy, State
+from cachewise._core.breaker import PASS, REFUSED, Breaker, BreakerPolicy, State
 from cachewise._core.entry import Entry
 from cachewise._errors import BackendError, BackpressureError
 from cachewise.serialization import SerializationError, ValueTooLargeError
 
 logger = logging.getLogger("cachewise")
 
-# Errors that say nothing about the backend's health.
-_NOT_FAILURES = (SerializationError, ValueTooLargeError, BackpressureError)
 # Invalidations are always sent, even while open: refusing one would leave an old
 # value for every other process to read. They still count towards the breaker.
 _ALWAYS_SENT = frozenset({"delete", "delete_many", "invalidate_tags", "clear"})
@@ -120,6 +122,19 @@ class CircuitOpenError(BackendError):
     """The circuit breaker is open: the call was not sent to the backend."""
 
 
+# Errors that say nothing about the backend's health. (A CircuitOpenError from
+# inside a call is a pool's gate refusing a queued call: see admit_queued.)
+_NOT_FAILURES = (SerializationError, ValueTooLargeError, BackpressureError, CircuitOpenError)
+
+#: Set while a call may pass a connection pool's gate although the breaker is not
+#: closed: the half-open probe, and invalidations (always sent). A context
+#: variable, so it follows the call into the pool's checkout (same task) and no
+#: other call sees it.
+_GATE_PASS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "cachewise_breaker_gate_pass", default=False
+)
+
+
 class _BreakerBase:
     """The state, the lock and the bookkeeping both flavours share."""
 
@@ -165,17 +180,21 @@ class _BreakerBase:
         """When the breaker opens and for how long."""
         return self._breaker.policy
 
-    def _admit(self, operation: str) -> None:
+    def _admit(self, operation: str) -> int:
+        """Let the call through or raise ``CircuitOpenError``. Returns the number of
+        the half-open probe this call is, or ``PASS`` (0) for any other call: only
+        the probe itself may give the probe back (``_not_judged``)."""
         if self._breaker.state is State.CLOSED:
-            return  # (an unlocked read: a call racing the opening may go through)
+            return PASS  # (an unlocked read: a call racing the opening may go through)
         with self._lock:
-            allowed = self._breaker.allow(self._clock())
-            if not allowed:
+            admitted = self._breaker.admit(self._clock())
+            if admitted == REFUSED:
                 self._rejected += 1
-        if not allowed:
+        if admitted == REFUSED:
             raise CircuitOpenError(
                 f"circuit breaker for {self._name} is open ({operation} skipped)"
             )
+        return admitted
 
     def _succeeded(self) -> None:
         with self._lock:
@@ -197,11 +216,14 @@ class _BreakerBase:
                 self._breaker.policy.open_seconds,
             )
 
-    def _not_judged(self) -> None:
-        # The call never reached the backend's health (bad input): if it was the
-        # half-open probe, let the next call probe instead.
-        with self._lock:
-            self._breaker.cancel_probe()
+    def _not_judged(self, probe: int) -> None:
+        # The call ended with no verdict on the backend's health (bad input, a late
+        # event loop, cancelled, interrupted): if it was the half-open probe, let
+        # the next call probe instead (else the breaker would stay half-open, and
+        # the cache bypassed, for good). Any other call leaves the probe alone.
+        if probe:
+            with self._lock:
+                self._breaker.cancel_probe(probe)
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names the class lacks: capabilities and plain attributes
@@ -221,15 +243,17 @@ class CircuitBreaker(_BreakerBase):
     """A circuit breaker around a sync backend (for ``Cache``)."""
 
     def _call(self, operation: str, method: Callable[..., Any], *args: Any) -> Any:
-        if operation not in _ALWAYS_SENT:
-            self._admit(operation)
+        probe = PASS if operation in _ALWAYS_SENT else self._admit(operation)
         try:
             result = method(*args)
         except _NOT_FAILURES:
-            self._not_judged()
+            self._not_judged(probe)
             raise
         except Exception as exc:
             self._failed(operation, exc)
+            raise
+        except BaseException:  # KeyboardInterrupt, SystemExit: no verdict
+            self._not_judged(probe)
             raise
         self._succeeded()
         return result
@@ -313,25 +337,50 @@ class AsyncCircuitBreaker(_BreakerBase):
         loop = self._lag.loop
         if loop is None or loop.is_closed():  # (a new loop: asyncio.run again)
             self._lag.watch(asyncio.get_running_loop())
-        if operation not in _ALWAYS_SENT:
-            self._admit(operation)
+        if operation in _ALWAYS_SENT:
+            probe = PASS
+            gate_pass = True
+        else:
+            probe = self._admit(operation)
+            gate_pass = probe != PASS
+        token = _GATE_PASS.set(True) if gate_pass else None
         try:
             result = await method(*args)
         except _NOT_FAILURES:
-            self._not_judged()
+            self._not_judged(probe)
             raise
         except Exception as exc:
-            self._judge(operation, exc)
+            self._judge(operation, exc, probe)
             raise
+        except BaseException:  # cancelled (a request timeout, a client gone): no verdict
+            self._not_judged(probe)
+            raise
+        finally:
+            if token is not None:
+                _GATE_PASS.reset(token)
         self._succeeded()
         return result
 
-    def _judge(self, operation: str, exc: BaseException) -> None:
+    def _judge(self, operation: str, exc: BaseException, probe: int) -> None:
         if _is_timeout(exc) and self._lag.lagging():
             self._lag_timeouts += 1
-            self._not_judged()  # the loop was late, not (for all we know) the backend
+            self._not_judged(probe)  # the loop was late, not (for all we know) the backend
         else:
             self._failed(operation, exc)
+
+    def admit_queued(self) -> None:
+        """For a connection pool, after a call waited for a connection: raise
+        ``CircuitOpenError`` unless the breaker is closed, or the call is the
+        half-open probe or an invalidation. Calls queued behind calls to a dead
+        server then fail at once when the breaker opens, instead of each being sent
+        to it in turn (one timeout each). Counted as a rejection."""
+        if self._breaker.state is State.CLOSED or _GATE_PASS.get():
+            return
+        with self._lock:
+            self._rejected += 1
+        raise CircuitOpenError(
+            f"circuit breaker for {self._name} opened while the call queued for a connection"
+        )
 
     def _guard(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         async def guarded(*args: Any) -> Any:
@@ -340,19 +389,20 @@ class AsyncCircuitBreaker(_BreakerBase):
         return guarded
 
     async def get(self, key: str) -> Entry | None:
-        """Guarded ``get`` (``_call``, inlined: it is the hit path)."""
+        """Guarded ``get`` (``_call``, inlined for the closed state: it is the hit
+        path, and no call admitted while closed is a probe)."""
+        if self._breaker.state is not State.CLOSED:
+            result: Entry | None = await self._call("get", self._inner.get, key)
+            return result
         loop = self._lag.loop
         if loop is None or loop.is_closed():  # (a new loop: asyncio.run again)
             self._lag.watch(asyncio.get_running_loop())
-        if self._breaker.state is not State.CLOSED:
-            self._admit("get")
         try:
-            result: Entry | None = await self._inner.get(key)
+            result = await self._inner.get(key)
         except _NOT_FAILURES:
-            self._not_judged()
             raise
         except Exception as exc:
-            self._judge("get", exc)
+            self._judge("get", exc, PASS)
             raise
         self._succeeded()
         return result

@@ -1,30 +1,30 @@
 """The Lua scripts behind the Redis backend. Each runs atomically on the server.
 
 Keys of one logical key ``K`` share a hash tag, so on Redis Cluster they live in one
-slot and one script can touch them all:
+slot and one script can touch them all (``_redis.value_key`` escapes ``K`` so the
+tag is never empty):
 
 - ``{K}``          the value (an envelope)
 - ``{K}:lease``    the lease: the owner's token, ``PX lock_timeout``
-- ``{K}:waiters``  how many processes wait for this key's lease holder
-- ``{K}:notify``   a list the holder pushes one token per waiter onto; waiters BLPOP it
+- ``{K}:waiters``  a flag: some process waits for this key's lease holder
 
-Every key a script writes gets a TTL.
+A holder that finishes (writes, releases, or loses its lease to an explicit write)
+``PUBLISH``es ``K`` on the notification channel when the flag is set, and clears
+it; waiters listen on one pub/sub connection per process (``_notify``). Every key
+a script writes gets a TTL.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-# Push one token per registered waiter, so each BLPOP-ing process wakes at once.
-# KEYS[w] is the waiters counter, KEYS[n] the notify list, ARGV[ms] its TTL.
+# Tell the waiters of a key, if any, that its lease ended. KEYS[w] is the waiters
+# flag; the channel and the message (the logical key) come in ARGV.
 _NOTIFY = """
-local function notify(waiters_key, notify_key, ttl_ms)
-  local n = tonumber(redis.call('GET', waiters_key) or '0')
-  if n and n > 0 then
+local function notify(waiters_key, channel, message)
+  if redis.call('GET', waiters_key) then
     redis.call('DEL', waiters_key)
-    if n > 1000 then n = 1000 end
-    for _ = 1, n do redis.call('RPUSH', notify_key, '1') end
-    redis.call('PEXPIRE', notify_key, ttl_ms)
+    redis.call('PUBLISH', channel, message)
   end
 end
 """
@@ -32,12 +32,15 @@ end
 #: Read a key, and on a miss take the lease in the same round trip.
 #: KEYS: value, lease, waiters. ARGV: token, lease_ms, mode.
 #: mode "get":     read only.
-#: mode "lease":   read; if absent, take the lease, or register as a waiter.
+#: mode "lease":   read; if absent, take the lease, or flag a waiter.
 #: mode "take":    take the lease whatever the value (a reload of an expired value);
-#:                 register as a waiter if it is held.
+#:                 flag a waiter if it is held.
 #: mode "refresh": take the lease whatever the value; never wait. A granted refresh
 #:                 lease comes with the current value, so the refresher can see that
 #:                 a refresh already replaced the entry it meant to refresh.
+#: mode "check":   a waiter about to block: if the lease is still held, flag the
+#:                 waiter again (a holder that finished since the read cleared the
+#:                 flag) and return its pttl; else pttl 0.
 #: A token is "<owner>:<n>". A lease held by the same owner (the same cache) is
 #: orphaned: the cache reads through its own single-flight first, so it only asks
 #: when none of its loads is in flight; the lease is left over from a release that
@@ -45,6 +48,12 @@ end
 #: Returns {value or nil, granted 0/1, lease pttl in ms (when held)}.
 READ = """
 local mode = ARGV[3]
+if mode == 'check' then
+  local held = redis.call('PTTL', KEYS[2])
+  if held == -2 then return {false, 0, 0} end
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+  return {false, 0, held}
+end
 if mode == 'get' or mode == 'lease' then
   local v = redis.call('GET', KEYS[1])
   if v or mode == 'get' then return {v, 0, 0} end
@@ -62,14 +71,13 @@ if owner and holder and string.sub(holder, 1, #owner) == owner then
 end
 local pttl = redis.call('PTTL', KEYS[2])
 if mode ~= 'refresh' then
-  redis.call('INCR', KEYS[3])
-  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
 end
 return {false, 0, pttl}
 """
 
 #: The lease holder's write: only while its lease is still the current one.
-#: KEYS: value, lease, waiters, notify. ARGV: token, payload, px, notify_ms.
+#: KEYS: value, lease, waiters. ARGV: token, payload, px, channel, message.
 #: Returns 1 if written, 0 if the lease was lost (deleted, or expired).
 SET_LEASED = (
     _NOTIFY
@@ -77,29 +85,40 @@ SET_LEASED = (
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 redis.call('DEL', KEYS[2])
-notify(KEYS[3], KEYS[4], ARGV[4])
+notify(KEYS[3], ARGV[4], ARGV[5])
 return 1
 """
 )
 
 #: The lease holder gives up (its load failed): drop the lease, wake the waiters.
-#: KEYS: lease, waiters, notify. ARGV: token, notify_ms.
+#: KEYS: lease, waiters. ARGV: token, channel, message.
 RELEASE = (
     _NOTIFY
     + """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  notify(KEYS[2], KEYS[3], ARGV[2])
+  notify(KEYS[2], ARGV[2], ARGV[3])
   return 1
 end
 return 0
 """
 )
 
+#: clear()'s first pass: revoke a lease whoever holds it, and wake its waiters.
+#: KEYS: lease, waiters. ARGV: channel, message.
+REVOKE = (
+    _NOTIFY
+    + """
+local existed = redis.call('DEL', KEYS[1])
+notify(KEYS[2], ARGV[1], ARGV[2])
+return existed
+"""
+)
+
 #: An explicit write or delete. Either way any lease dies with it, so a load in
 #: flight anywhere can no longer write what it read before (no stale sets).
-#: KEYS: value, lease, waiters, notify. ARGV: mode ('set' | 'del'), payload, px, notify_ms.
-#: Returns 1 if the value existed (del) or was written (set).
+#: KEYS: value, lease, waiters. ARGV: mode ('set' | 'del'), payload, px, channel,
+#: message. Returns 1 if the value existed (del) or was written (set).
 WRITE = (
     _NOTIFY
     + """
@@ -111,7 +130,7 @@ else
   result = redis.call('DEL', KEYS[1])
 end
 redis.call('DEL', KEYS[2])
-notify(KEYS[3], KEYS[4], ARGV[4])
+notify(KEYS[3], ARGV[4], ARGV[5])
 return result
 """
 )

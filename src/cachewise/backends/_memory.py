@@ -1,19 +1,49 @@
-"""The bounded in-process backend: entry and byte budgets, LRU eviction, O(1)."""
+"""The bounded in-process backend: entry and byte budgets, LRU eviction, O(1),
+and the same lease protocol as the Redis backend.
+
+Leases (Facebook's memcache paper, NSDI 2013) live here, in the store, not in a
+front end: a ``Cache`` and an ``AsyncCache`` (or two caches of either kind) on one
+``MemoryBackend`` coordinate through it, the way processes coordinate through
+Redis. A miss takes the key's lease; the holder writes only while its lease is
+current (``set_leased``); ``delete``, ``set`` and ``clear`` revoke it, so a load
+that read old data can never write it back after a delete through any front end;
+callers of other front ends wait for the holder (``wait`` in a thread,
+``wait_async`` on an event loop) and then read its value.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cachewise._core.entry import Entry
+from cachewise._core.readflow import LeaseReply
 from cachewise.backends._weigh import ENTRY_OVERHEAD, Weigher, estimate_size
 
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 #: How many invalidated tags are remembered one by one (see invalidate_tags).
 DEFAULT_MAX_TAGS = 100_000
+#: How long a caller waits for another front end's load of the same key before it
+#: loads on its own (without writing). In-process holders never die silently (a
+#: load always ends by writing or releasing), so leases here do not expire.
+DEFAULT_WAIT_TIMEOUT = 10.0
+
+_NEVER = math.inf
+
+
+def _owner(token: str) -> str:
+    # A token is "<owner>:<n>" (see _frontends._base.new_token).
+    return token.rpartition(":")[0]
+
+
+def _wake_all(wakers: list[Callable[[], None]]) -> None:
+    for wake in wakers:
+        wake()
 
 
 def _check_limit(name: str, value: object) -> int:
@@ -47,8 +77,14 @@ class MemoryBackend:
         *,
         weigher: Weigher | None = None,
         max_tags: int = DEFAULT_MAX_TAGS,
+        wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
     ) -> None:
         self._max_entries = _check_limit("max_entries", max_entries)
+        if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, (int, float)):
+            raise TypeError("wait_timeout must be a number of seconds")
+        if not math.isfinite(wait_timeout) or wait_timeout <= 0:
+            raise ValueError(f"wait_timeout must be > 0, got {wait_timeout!r}")
+        self._wait_timeout = float(wait_timeout)
         self._max_tags = _check_limit("max_tags", max_tags)
         self._max_bytes = _check_limit("max_bytes", max_bytes)
         if weigher is not None and not callable(weigher):
@@ -69,7 +105,13 @@ class MemoryBackend:
         self._seq = 0
         self._tag_seq: OrderedDict[str, int] = OrderedDict()
         self._tag_floor = 0
+        # Leases: key -> the holder's token. Revoked (removed) by every delete, set
+        # and clear of the key; the holder's set_leased then writes nothing.
+        self._leases: dict[str, str] = {}
+        # Callers waiting for a key's lease holder: key -> wake-up callbacks.
+        self._wakers: dict[str, list[Callable[[], None]]] = {}
         # Serialises writers: a write is several steps (weights, bytes, eviction).
+        # Never held while calling out (weighers, wake-ups run outside it).
         self._lock = threading.Lock()
 
     # -- capabilities -------------------------------------------------------------
@@ -78,6 +120,12 @@ class MemoryBackend:
     def nonblocking(self) -> bool:
         """Always ``True``: no call waits on I/O."""
         return True
+
+    @property
+    def wait_timeout(self) -> float:
+        """Seconds a caller waits for another front end's load of a key before it
+        loads on its own (and does not write)."""
+        return self._wait_timeout
 
     @property
     def max_entries(self) -> int:
@@ -182,18 +230,33 @@ class MemoryBackend:
         return ENTRY_OVERHEAD + sys.getsizeof(key) + weight
 
     def set(self, key: str, entry: Entry) -> None:
-        """Store ``entry``, evicting least-recently-used entries past the budgets."""
+        """Store ``entry``, evicting least-recently-used entries past the budgets.
+        Revokes any lease on ``key``: a load in flight will not overwrite it."""
         # Weigh outside the lock: it may walk a large value.
         weight = self._weigh(key, entry)
         with self._lock:
             self._store(key, entry, weight)
+            wakers = self._revoke(key) if self._leases or self._wakers else None
+        if wakers:
+            _wake_all(wakers)
 
     def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
         """``set`` for several keys."""
         weighed = [(key, entry, self._weigh(key, entry)) for key, entry in items]
+        wakers: list[Callable[[], None]] = []
         with self._lock:
             for key, entry, weight in weighed:
                 self._store(key, entry, weight)
+                if self._leases or self._wakers:
+                    wakers += self._revoke(key)
+        _wake_all(wakers)
+
+    def _revoke(self, key: str) -> list[Callable[[], None]]:
+        """Drop the lease on ``key`` (its holder's write is refused from now on);
+        the callers waiting on it, to wake once the lock is released. Caller holds
+        self._lock."""
+        self._leases.pop(key, None)
+        return self._wakers.pop(key, [])
 
     def _store(self, key: str, entry: Entry, weight: int) -> None:
         # Caller holds self._lock.
@@ -217,15 +280,20 @@ class MemoryBackend:
             self._evictions += 1
 
     def delete(self, key: str) -> bool:
-        """Remove ``key``; whether it was there."""
+        """Remove ``key``; whether it was there. Revokes any lease on it."""
         with self._lock:
-            return self._remove(key)
+            existed = self._remove(key)
+            wakers = self._revoke(key) if self._leases or self._wakers else None
+        if wakers:
+            _wake_all(wakers)
+        return existed
 
     def discard(self, key: str, entry: Entry) -> bool:
         """Remove ``key`` only if it still holds this very ``entry`` (compare-and-delete).
 
         The front ends call it for entries they found past their grace window, so an
         expired entry leaves at once without racing a writer that just replaced it.
+        It is housekeeping, not an invalidation: leases stand.
         """
         with self._lock:
             if self._data.get(key) is not entry:
@@ -233,9 +301,16 @@ class MemoryBackend:
             return self._remove(key)
 
     def delete_many(self, keys: Sequence[str]) -> int:
-        """Remove several keys; how many were there."""
+        """Remove several keys; how many were there. Revokes their leases."""
+        wakers: list[Callable[[], None]] = []
         with self._lock:
-            return sum(self._remove(key) for key in keys)
+            count = 0
+            for key in keys:
+                count += self._remove(key)
+                if self._leases or self._wakers:
+                    wakers += self._revoke(key)
+        _wake_all(wakers)
+        return count
 
     def _remove(self, key: str) -> bool:
         # Caller holds self._lock.
@@ -245,18 +320,141 @@ class MemoryBackend:
         return True
 
     def clear(self, prefix: str = "") -> int:
-        """Remove every key starting with ``prefix`` (O(n)); how many."""
+        """Remove every key starting with ``prefix`` (O(n)), and revoke their
+        leases; how many entries."""
+        wakers: list[Callable[[], None]] = []
         with self._lock:
+            for key in [k for k in self._leases if k.startswith(prefix)]:
+                del self._leases[key]
+            for key in [k for k in self._wakers if k.startswith(prefix)]:
+                wakers += self._wakers.pop(key)
             if not prefix:
                 count = len(self._data)
                 self._data.clear()
                 self._weights.clear()
                 self._bytes = 0
-                return count
-            # list() copies the keys in one C call, so lock-free readers reordering
-            # the dict cannot break the iteration.
-            doomed = [key for key in list(self._data) if key.startswith(prefix)]
-            return sum(self._remove(key) for key in doomed)
+            else:
+                # list() copies the keys in one C call, so lock-free readers
+                # reordering the dict cannot break the iteration.
+                doomed = [key for key in list(self._data) if key.startswith(prefix)]
+                count = sum(self._remove(key) for key in doomed)
+        _wake_all(wakers)
+        return count
+
+    # -- leases -------------------------------------------------------------------
+
+    def read_or_lease(self, key: str, token: str, mode: str = "lease") -> LeaseReply:
+        """Read ``key`` and maybe take its lease for ``token``, atomically.
+
+        Modes as ``RedisBackend.read_or_lease``: ``"lease"`` returns the entry if
+        there is one, else takes the lease (or reports it held); ``"take"`` takes
+        the lease whatever the value; ``"refresh"`` too, and comes with the current
+        entry. A lease held by another token of the same owner (the same cache) is
+        an orphan and is taken over: a cache asks only when no load of its own is
+        in flight for the key. A lease held by someone else never expires here
+        (``held_for`` is infinite): waiters give up after ``wait_timeout``.
+        """
+        if mode not in ("lease", "take", "refresh"):
+            raise ValueError(f"unknown lease mode {mode!r}")
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is not None and entry.tags and not self._tags_valid(entry):
+                self._remove(key)  # invalidated: a miss
+                entry = None
+            if mode == "lease" and entry is not None:
+                self._data.move_to_end(key)
+                return LeaseReply(entry, False, 0.0)
+            holder = self._leases.get(key)
+            if holder is None or _owner(holder) == _owner(token):
+                self._leases[key] = token
+                return LeaseReply(entry if mode == "refresh" else None, True, 0.0)
+        return LeaseReply(None, False, _NEVER)
+
+    def set_leased(self, key: str, entry: Entry, token: str) -> bool:
+        """Write ``entry`` only while ``token`` holds the lease and, for a tagged
+        entry, none of its tags was invalidated since its stamp; whether it was
+        written. The lease ends either way and waiters wake."""
+        weight = self._weigh(key, entry)
+        with self._lock:
+            if self._leases.get(key) != token:
+                return False  # revoked by a delete, set or clear
+            del self._leases[key]
+            wakers = self._wakers.pop(key, [])
+            # Checked under the lock, with the write: a tag invalidation that
+            # returned before this point makes the entry a miss, so it is not
+            # written, and joiners of this load (who may have come after that
+            # invalidation) are told it was not confirmed.
+            written = not entry.tags or self._tags_valid(entry)
+            if written:
+                self._store(key, entry, weight)
+        _wake_all(wakers)
+        return written
+
+    def release(self, key: str, token: str) -> None:
+        """Give ``token``'s lease up (its load failed or was not written) and wake
+        the waiters."""
+        with self._lock:
+            if self._leases.get(key) != token:
+                return
+            del self._leases[key]
+            wakers = self._wakers.pop(key, [])
+        _wake_all(wakers)
+
+    def wait(self, key: str, timeout: float) -> bool:
+        """Block the calling thread until the lease on ``key`` ends (written,
+        released or revoked) or ``timeout`` seconds pass; whether it ended."""
+        event = threading.Event()
+        wake = event.set
+        with self._lock:
+            if key not in self._leases:
+                return True  # ended between the caller's read and now
+            self._wakers.setdefault(key, []).append(wake)
+        try:
+            return event.wait(timeout)
+        finally:
+            if not event.is_set():
+                self._unwait(key, wake)
+
+    async def wait_async(self, key: str, timeout: float) -> bool:
+        """``wait`` for a coroutine: suspends instead of blocking the event loop.
+        The lease may end in any thread; the wake-up is handed to this loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:
+                pass  # that loop is closed: nobody waits any more
+
+        with self._lock:
+            if key not in self._leases:
+                return True
+            self._wakers.setdefault(key, []).append(wake)
+        try:
+            # asyncio.wait, not wait_for: it never swallows a cancellation.
+            done, _ = await asyncio.wait({future}, timeout=timeout)
+            return bool(done)
+        finally:
+            if not future.done():
+                self._unwait(key, wake)
+
+    def _unwait(self, key: str, wake: Callable[[], None]) -> None:
+        with self._lock:
+            wakers = self._wakers.get(key)
+            if wakers is not None:
+                try:
+                    wakers.remove(wake)
+                except ValueError:
+                    pass  # already popped by the holder: nothing to undo
+                if not wakers:
+                    del self._wakers[key]
+
+    @property
+    def leases_held(self) -> int:
+        """How many keys have a load in flight holding their lease (for tests and
+        monitoring)."""
+        return len(self._leases)
 
     def close(self) -> None:
         """Drop every entry."""
@@ -267,3 +465,8 @@ class MemoryBackend:
             f"MemoryBackend(entries={len(self._data)}/{self._max_entries}, "
             f"bytes={self._bytes}/{self._max_bytes})"
         )
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

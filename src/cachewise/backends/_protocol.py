@@ -174,3 +174,18 @@ class AsyncLeaseBackend(AsyncBackend, Protocol):
 
     async def wait(self, key: str, timeout: float) -> bool:
         """Block until the lease holder signals, or ``timeout``; whether it did."""
+
+
+@runtime_checkable
+class InProcessLeaseBackend(LeaseBackend, Protocol):
+    """A ``LeaseBackend`` in this process (``MemoryBackend``): every call but
+    ``wait`` returns without blocking, and ``wait_async`` waits on an event loop.
+
+    ``Cache`` uses ``wait`` (it blocks the calling thread); ``AsyncCache`` uses
+    ``wait_async``. Front ends of both kinds on one such backend coordinate
+    through its leases.
+    """
+
+    async def wait_async(self, key: str, timeout: float) -> bool:
+        """``wait`` for a coroutine: suspends until the lease on ``key`` ends, or
+        ``timeout``; whether it ended."""

@@ -16,10 +16,14 @@ ties invalidation to one kind of transaction:
 
 Common rules: keys and tags registered during one transaction are invalidated
 together, de-duplicated, once, after it commits, and before the call that
-committed returns; a rollback drops them. A cache that fails during the
-invalidation never turns a committed write into an error: the failure is logged
-at ERROR on the ``cachewise`` logger and counted in ``invalidation_errors()``,
-because the values it should have removed may now be stale until they expire.
+committed returns; a rollback drops them. Every name is validated by the cache
+itself when it is registered (``TypeError`` or ``ValueError`` from the registering
+call, which then registers nothing), so no bad name surfaces after the commit. A
+cache that fails during the invalidation never turns a committed write into an
+error, and never keeps the rest of the batch from being invalidated: a batch call
+that raises is retried name by name, and each name that still fails is logged at
+ERROR on the ``cachewise`` logger and counted in ``invalidation_errors()``, because
+the value it should have removed may now be stale until it expires.
 
 This package imports neither SQLAlchemy nor Django; each submodule imports its
 own framework.
@@ -30,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from typing import Any, TypeVar
 
 from cachewise._frontends.aio import AsyncCache
@@ -47,24 +51,28 @@ _errors_lock = threading.Lock()
 
 
 def invalidation_errors() -> int:
-    """How many after-commit invalidations failed in this process so far.
+    """How many after-commit invalidation calls failed in this process so far.
 
-    Each failure is also logged at ERROR on the ``cachewise`` logger. Failures the
-    cache degraded around itself (a backend error inside ``delete_many``) are
-    counted in that cache's ``stats().backend_errors`` instead.
+    A batch call that fails is retried name by name, and each name that still
+    fails counts once (and is logged at ERROR on the ``cachewise`` logger, naming
+    it). Failures the cache degraded around itself (a backend error inside
+    ``delete_many``) are counted in that cache's ``stats().backend_errors`` instead.
     """
     return _errors
 
 
-def _failed(operation: str, cache: Cache | AsyncCache, count: int, exc: BaseException) -> None:
+def _failed(
+    operation: str, cache: Cache | AsyncCache, names: tuple[str, ...], exc: BaseException
+) -> None:
+    """Count and log one failed invalidation call: ``names`` may now be stale."""
     global _errors
     with _errors_lock:
         _errors += 1
     logger.error(
-        "cachewise: %s of %d name(s) on %r failed after the commit (%s: %s); "
+        "cachewise: %s of %s on %r failed after the commit (%s: %s); "
         "those cached values may be stale until they expire",
         operation,
-        count,
+        _shown(names),
         cache,
         type(exc).__name__,
         exc,
@@ -72,9 +80,15 @@ def _failed(operation: str, cache: Cache | AsyncCache, count: int, exc: BaseExce
     )
 
 
-def _names(values: Iterable[str], what: str) -> tuple[str, ...]:
-    """``values`` as a tuple of str, checked now so that bad input fails at the
-    registration, not later, after the commit."""
+def _shown(names: tuple[str, ...], limit: int = 5) -> str:
+    """``names`` for a log line, the first few of them."""
+    shown = ", ".join(repr(name) for name in names[:limit])
+    more = len(names) - limit
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _strs(values: Iterable[str], what: str) -> tuple[str, ...]:
+    """``values`` as a tuple of non-empty str."""
     if isinstance(values, str):
         raise TypeError(f"{what} must be an iterable of str, not a str")
     checked = tuple(values)
@@ -84,6 +98,28 @@ def _names(values: Iterable[str], what: str) -> tuple[str, ...]:
         if not value:
             raise ValueError(f"{what} must be non-empty strings")
     return checked
+
+
+def _keys(cache: Cache | AsyncCache, values: Iterable[str]) -> tuple[str, ...]:
+    """``values`` as keys of ``cache``, validated now, at the registration: a key
+    the cache would refuse raises here (``TypeError``/``ValueError``), not after the
+    commit, where it would fail the whole batch."""
+    keys = _strs(values, "keys")
+    for key in keys:
+        # The cache's own validation (the code delete_many runs on each key), so
+        # what is accepted here cannot drift from what the cache accepts.
+        cache._full_key(key)
+    return keys
+
+
+def _tags(cache: Cache | AsyncCache, values: Iterable[str]) -> tuple[str, ...]:
+    """``values`` as tags of ``cache``, validated now (see ``_keys``)."""
+    tags = _strs(values, "tags")
+    # The cache's own validation, as invalidate_tags runs it. An iterator rather
+    # than the tuple: _full_tags remembers the tuples and lists it is given for its
+    # hot read path, and a one-off check has no business in that memo.
+    cache._full_tags(iter(tags))
+    return tags
 
 
 def _check_cache(cache: object, *, allow_async: bool, context: str, hint: str = "") -> None:
@@ -97,6 +133,49 @@ def _check_cache(cache: object, *, allow_async: bool, context: str, hint: str = 
         raise TypeError(f"{context} needs a sync Cache, not an AsyncCache{hint}")
     kinds = "a Cache or an AsyncCache" if allow_async else "a Cache"
     raise TypeError(f"{context} needs {kinds}, not {type(cache).__name__}")
+
+
+# One call of an invalidation: a cache method's name and its arguments.
+_Step = tuple[str, tuple[Any, ...]]
+
+
+def _steps(
+    cache: Cache | AsyncCache, keys: tuple[str, ...], tags: tuple[str, ...]
+) -> Generator[_Step, Exception | None, None]:
+    """The invalidation of one cache's share of a batch, as the calls to make; the
+    driver (``_Batch.run`` calls them, ``_Batch.arun`` awaits them) sends back
+    each call's exception, or ``None``.
+
+    One call for the keys (``delete_many``) and one for the tags
+    (``invalidate_tags``). If a batch call raises, its names are invalidated one
+    by one (``delete``, ``invalidate_tags``), so one bad name or one failing call
+    never keeps the others from being invalidated; each name that still fails is
+    counted and logged.
+    """
+    for batch_op, single_op, names in (
+        ("delete_many", "delete", keys),
+        ("invalidate_tags", "invalidate_tags", tags),
+    ):
+        if not names:
+            continue
+        args: tuple[Any, ...] = (names,) if batch_op == "delete_many" else names
+        error = yield batch_op, args
+        if error is None:
+            continue
+        # Not counted: what matters is whether each name gets invalidated, below.
+        logger.warning(
+            "cachewise: %s of %d name(s) on %r failed after the commit (%s: %s); "
+            "invalidating them one by one",
+            batch_op,
+            len(names),
+            cache,
+            type(error).__name__,
+            error,
+        )
+        for name in names:
+            error = yield single_op, (name,)
+            if error is not None:
+                _failed(single_op, cache, (name,), error)
 
 
 class _Work:
@@ -124,7 +203,8 @@ class _Batch:
         self._works: dict[int, _Work] = {}
 
     def add(self, cache: Cache | AsyncCache, keys: Iterable[str], tags: Iterable[str]) -> None:
-        """Register ``keys`` and ``tags`` of ``cache`` (already checked)."""
+        """Register ``keys`` and ``tags`` of ``cache`` (already checked by ``_keys``
+        and ``_tags``)."""
         work = self._works.get(id(cache))
         if work is None:
             # Keyed by identity: the work item keeps the cache alive, so the id
@@ -160,42 +240,40 @@ class _Batch:
 
     def run(self) -> None:
         """Invalidate now, from sync code. Every cache must be a ``Cache``."""
-        for work in self._works.values():
-            cache = work.cache
-            if not isinstance(cache, Cache):
-                raise TypeError("an AsyncCache needs arun()")
-            if work.keys:
+        if self.needs_await:
+            raise TypeError("an AsyncCache needs arun()")
+        for cache, keys, tags in self.items():
+            steps = _steps(cache, keys, tags)
+            error: Exception | None = None
+            while True:
                 try:
-                    cache.delete_many(work.keys)
-                except Exception as exc:
-                    _failed("delete_many", cache, len(work.keys), exc)
-            if work.tags:
+                    operation, args = steps.send(error)
+                except StopIteration:
+                    break
                 try:
-                    cache.invalidate_tags(*work.tags)
+                    getattr(cache, operation)(*args)
+                    error = None
                 except Exception as exc:
-                    _failed("invalidate_tags", cache, len(work.tags), exc)
+                    error = exc
 
     async def arun(self) -> None:
         """Invalidate now, from async code; a ``Cache`` in the batch is called
         directly."""
-        for work in self._works.values():
-            cache = work.cache
-            if work.keys:
+        for cache, keys, tags in self.items():
+            steps = _steps(cache, keys, tags)
+            error: Exception | None = None
+            while True:
                 try:
-                    if isinstance(cache, AsyncCache):
-                        await cache.delete_many(work.keys)
-                    else:
-                        cache.delete_many(work.keys)
-                except Exception as exc:
-                    _failed("delete_many", cache, len(work.keys), exc)
-            if work.tags:
+                    operation, args = steps.send(error)
+                except StopIteration:
+                    break
                 try:
+                    result = getattr(cache, operation)(*args)
                     if isinstance(cache, AsyncCache):
-                        await cache.invalidate_tags(*work.tags)
-                    else:
-                        cache.invalidate_tags(*work.tags)
+                        await result
+                    error = None
                 except Exception as exc:
-                    _failed("invalidate_tags", cache, len(work.tags), exc)
+                    error = exc
 
 
 async def _run_to_completion(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from cachewise._frontends.aio import AsyncCache
 from cachewise._frontends.sync import Cache
-from cachewise.integrations import _Batch, _check_cache, _names, _run_to_completion
+from cachewise.integrations import _Batch, _check_cache, _keys, _run_to_completion, _tags
 
 __all__ = ["AfterCommit", "async_transaction", "transaction"]
 
@@ -69,10 +69,19 @@ class AfterCommit:
         self._open = True
 
     def invalidate(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> None:
-        """Invalidate ``keys`` and ``tags`` after the block's commit (not now)."""
+        """Invalidate ``keys`` and ``tags`` after the block's commit (not now).
+
+        Each name is validated now, by the cache's own rules: a name the cache
+        would refuse (not a str, empty, whitespace or control characters) is a
+        ``TypeError`` or ``ValueError`` here, and nothing of this call is
+        registered.
+        """
         if not self._open:
             raise RuntimeError("this transaction block has ended; nothing more can be added")
-        self._batch.add(self._cache, _names(keys, "keys"), _names(tags, "tags"))
+        # Both checked before either is added: a bad tag registers no key either.
+        key_names = _keys(self._cache, keys)
+        tag_names = _tags(self._cache, tags)
+        self._batch.add(self._cache, key_names, tag_names)
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -129,7 +138,8 @@ def transaction(
     invalidate ``keys``, ``tags`` and whatever the yielded ``AfterCommit`` got.
 
     On an exception the connection is rolled back, nothing is invalidated, and the
-    exception propagates. See the module documentation for the rules.
+    exception propagates. A bad name in ``keys`` or ``tags`` raises before the
+    block starts. See the module documentation for the rules.
     """
     _check_cache(cache, allow_async=False, context="transaction()")
     after = AfterCommit(cache)

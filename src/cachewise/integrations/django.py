@@ -23,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 from cachewise._frontends.sync import Cache
-from cachewise.integrations import _Batch, _check_cache, _names
+from cachewise.integrations import _Batch, _check_cache, _keys, _tags
 
 __all__ = ["invalidate_on_commit"]
 
@@ -47,6 +47,9 @@ def invalidate_on_commit(
       committed: the invalidation runs immediately (Django's ``on_commit``
       behaviour). With autocommit turned off by hand, Django raises
       ``TransactionManagementError``.
+    - Names are validated here, by the cache's own rules: a name the cache would
+      refuse is a ``TypeError`` or ``ValueError`` from this call, which then
+      registers nothing.
     - A cache failing during the invalidation does not raise out of the commit:
       it is logged at ERROR on the ``cachewise`` logger and counted in
       ``cachewise.integrations.invalidation_errors()``.
@@ -62,8 +65,10 @@ def invalidate_on_commit(
         context="invalidate_on_commit()",
         hint=" (Django runs on_commit callbacks synchronously)",
     )
-    key_names = _names(keys, "keys")
-    tag_names = _names(tags, "tags")
+    # Validated by the cache's own rules, now: in the on_commit callback a bad name
+    # would fail the batch. Nothing is registered if one is bad.
+    key_names = _keys(cache, keys)
+    tag_names = _tags(cache, tags)
     if not key_names and not tag_names:
         return
     connection = transaction.get_connection(using)

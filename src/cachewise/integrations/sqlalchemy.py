@@ -36,7 +36,14 @@ except ImportError:  # pragma: no cover - SQLAlchemy 2.0
 
 from cachewise._frontends.aio import AsyncCache
 from cachewise._frontends.sync import Cache
-from cachewise.integrations import _Batch, _check_cache, _failed, _names, _run_to_completion
+from cachewise.integrations import (
+    _Batch,
+    _check_cache,
+    _failed,
+    _keys,
+    _run_to_completion,
+    _tags,
+)
 
 __all__ = ["invalidate_after_commit"]
 
@@ -76,8 +83,10 @@ def invalidate_after_commit(
       is logged at ERROR on the ``cachewise`` logger and counted in
       ``cachewise.integrations.invalidation_errors()``.
 
-    Bad arguments fail here: ``keys`` or ``tags`` given as one str, non-str names
-    (``TypeError``), an ``AsyncCache`` with a plain ``Session`` (``TypeError``).
+    Bad arguments fail here, before anything is registered: ``keys`` or ``tags``
+    given as one str, non-str names (``TypeError``), names the cache would refuse
+    (empty, whitespace or control characters: ``ValueError``, by the cache's own
+    validation), an ``AsyncCache`` with a plain ``Session`` (``TypeError``).
     If the commit itself fails, nothing is invalidated (the transaction is
     rolled back or still open).
 
@@ -105,8 +114,10 @@ def invalidate_after_commit(
         context="invalidate_after_commit() with a plain Session",
         hint=" (an AsyncCache needs an AsyncSession)",
     )
-    key_names = _names(keys, "keys")
-    tag_names = _names(tags, "tags")
+    # Validated by the cache's own rules, now: after the commit a bad name would
+    # fail the batch. Nothing is registered (and no transaction begun) if one is bad.
+    key_names = _keys(cache, keys)
+    tag_names = _tags(cache, tags)
     if not key_names and not tag_names:
         return
     transaction = _current(sync_session)
@@ -184,7 +195,7 @@ def _after_commit(session: Session) -> None:
         # The session's commit was called from plain sync code, not through the
         # AsyncSession: the AsyncCache cannot be awaited here.
         for cache, keys, tags in batch.items():
-            _failed("invalidation", cache, len(keys) + len(tags), exc)
+            _failed("invalidation", cache, keys + tags, exc)
 
 
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:

@@ -1,0 +1,65 @@
+"""Loader cycles: ``a`` loads ``b`` loads ``a``, or an async loader awaiting its own
+key. Each waiter would wait for a load that waits for it: a silent deadlock, with
+the key poisoned for every later caller. A process-wide wait-for graph finds the
+cycle at the call that would close it, which raises ``LoaderCycleError`` instead
+of waiting; the error then ends every load in the cycle.
+
+The graph: each flight knows its leader (the thread, or the asyncio task, running
+its load); each actor that waits for a flight is recorded while it waits. Before
+waiting, follow leader -> what that leader waits for -> its leader ... and if the
+chain comes back to the caller, waiting would never end. Waits this module does not
+see (a loader that hands work to a thread pool and blocks on it) cannot be
+followed; those cycles still deadlock. Cost: a short global lock on the coalescing
+path only (never on a hit, never for a leader).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from cachewise._core.flights import Flight
+from cachewise._errors import LoaderCycleError
+
+_lock = threading.Lock()
+# actor (thread id or asyncio task) -> the flight it waits for right now.
+_waiting: dict[object, Flight[Any]] = {}
+
+
+def enter_wait(actor: object, flight: Flight[Any]) -> None:
+    """Record that ``actor`` is about to wait for ``flight``; raise
+    ``LoaderCycleError`` if that wait could never end."""
+    with _lock:
+        path = [flight.key]
+        seen: set[int] = set()
+        current: Flight[Any] | None = flight
+        while current is not None:
+            leader = current.leader
+            if leader is None or id(leader) in seen:
+                break
+            if leader is actor or leader == actor:
+                chain = " -> ".join(repr(key) for key in path)
+                raise LoaderCycleError(
+                    f"loader cycle: this call would wait for {chain}, and that load "
+                    "waits for this call; a loader may not need, directly or through "
+                    "other loaders, the key it is loading"
+                )
+            seen.add(id(leader))
+            current = _waiting.get(leader)
+            if current is not None:
+                path.append(current.key)
+        _waiting[actor] = flight
+
+
+def leave_wait(actor: object) -> None:
+    """The wait of ``actor`` is over."""
+    with _lock:
+        _waiting.pop(actor, None)
+
+
+def _reset_after_fork() -> None:
+    # The child has one thread: nobody in it waits, and the lock may have been
+    # held by a thread that does not exist there.
+    global _lock
+    _lock = threading.Lock()
+    _waiting.clear()

@@ -1,0 +1,130 @@
+"""Held invalidations: readers check them without copying them (break 23), and a
+read in flight while a settle applies one never serves the old value."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import tracemalloc
+from typing import Any
+
+from cachewise import MISSING, AsyncCache, Cache, Entry, MemoryBackend
+
+
+class Unreachable(MemoryBackend):
+    """A memory store whose invalidations fail while ``down`` (a stand-in for a
+    shared backend that cannot be reached for deletes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def delete(self, key: str) -> bool:
+        if self.down:
+            raise ConnectionError("down")
+        return super().delete(key)
+
+    def delete_many(self, keys: Any) -> int:
+        if self.down:
+            raise ConnectionError("down")
+        return super().delete_many(keys)
+
+
+HELD = 9_000
+
+
+def _hold_many(cache: Cache, backend: Unreachable) -> None:
+    backend.down = True
+    cache.delete_many([f"held:{i}" for i in range(HELD)])
+    assert cache.stats().invalidations_pending == HELD
+
+
+def test_reads_while_thousands_are_held_do_not_copy_them() -> None:
+    backend = Unreachable()
+    with Cache(backend, ttl=60) as cache:
+        for i in range(100):
+            cache.set(f"k{i}", i)
+        _hold_many(cache, backend)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            for i in range(100):
+                assert cache.get_or_load(f"k{i}", lambda: -1) == i
+                assert cache.get(f"k{i}") == i
+            peak = tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+        # A copy of 9,000 held keys is hundreds of KB per read; a read now
+        # allocates a few hundred bytes at most.
+        assert peak < 64 * 1024, peak
+
+
+def test_concurrent_async_reads_while_held_stay_small() -> None:
+    backend = Unreachable()
+
+    async def main() -> int:
+        async with AsyncCache(backend, ttl=60) as cache:
+            backend.down = True
+            await cache.delete_many([f"held:{i}" for i in range(HELD)])
+            gate = asyncio.Event()
+
+            async def slow() -> int:
+                await gate.wait()
+                return 1
+
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                tasks = [asyncio.create_task(cache.get_or_load(f"k{i}", slow)) for i in range(1000)]
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                gate.set()
+                await asyncio.gather(*tasks)
+                peak = tracemalloc.get_traced_memory()[1] - before
+            finally:
+                tracemalloc.stop()
+            return peak
+
+    peak = asyncio.run(main())
+    # 1,000 waiting reads each holding a copy of 9,000 keys was 500 MB; now the
+    # tasks themselves dominate (a few KB each).
+    assert peak < 20 * 1024 * 1024, peak
+
+
+def test_a_read_in_flight_while_its_invalidation_settles_is_not_served() -> None:
+    """The read began while the delete was held; the settle lands while the read
+    is in flight; what the read found predates the delete."""
+    backend = Unreachable()
+    reading, release = threading.Event(), threading.Event()
+    seen: list[Entry | None] = []
+    original_get = backend.get
+    slow = False
+
+    def slow_get(key: str) -> Entry | None:
+        entry = original_get(key)  # the old value, read before the settle
+        if slow:
+            seen.append(entry)
+            reading.set()
+            assert release.wait(10)
+        return entry
+
+    backend.get = slow_get  # type: ignore[method-assign]
+    with Cache(backend, ttl=60) as cache:
+        cache.set("k", "old")
+        backend.down = True
+        cache.delete("k")  # held
+        slow = True
+        out: list[Any] = []
+        reader = threading.Thread(target=lambda: out.append(cache.get("k")))
+        reader.start()
+        assert reading.wait(10)
+        backend.down = False
+        cache._settle()  # the settler's retry lands now, mid-read
+        assert cache.stats().invalidations_pending == 0
+        release.set()
+        reader.join(10)
+        assert seen
+        assert seen[0] is not None
+        assert seen[0].value == "old"
+        assert out == [MISSING]
