@@ -38,9 +38,11 @@ def test_all_is_pinned() -> None:
             "MemoryBackend",
             "MissingType",
             "Policy",
+            "PoolTimeoutError",
             "RedisBackend",
             "SerializationError",
             "ValueTooLargeError",
+            "WeigherError",
             "__version__",
         ]
     )

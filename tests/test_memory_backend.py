@@ -10,7 +10,7 @@ import tracemalloc
 
 import pytest
 
-from cachewise import MISSING, Cache, Entry, MemoryBackend
+from cachewise import MISSING, Cache, Entry, MemoryBackend, WeigherError
 from cachewise.backends import estimate_size
 from cachewise.backends._weigh import ENTRY_OVERHEAD
 
@@ -70,13 +70,18 @@ def test_a_weigher_returning_garbage_is_a_value_error() -> None:
         backend.set("k", entry(1))
 
 
-def test_a_failing_weigher_degrades_to_not_caching() -> None:
+def test_a_failing_weigher_is_the_callers_error_and_nothing_is_written() -> None:
     def boom(value: object) -> int:
         raise RuntimeError("weigher bug")
 
     with Cache(MemoryBackend(weigher=boom)) as cache:
-        assert cache.get_or_load("k", lambda: 1) == 1  # the value is returned...
-        assert cache.stats().backend_errors == 1  # ...the failed write counted
+        with pytest.raises(WeigherError, match="weigher bug"):
+            cache.get_or_load("k", lambda: 1)  # as an unserializable value would
+        with pytest.raises(WeigherError):
+            cache.set("k", 1)
+        stats = cache.stats()
+        assert (stats.backend_errors, stats.invalidations_pending) == (0, 0)
+        assert cache.get("k") is MISSING
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,10 @@
 """The wire codec: serializers, signed pickle, compression, size limits, and decoding
 that is total (anything unreadable is a ``DecodeError``, served as a counted miss).
 
+The serializers' rule: a value reads back equal with the same types all the way down,
+or it is refused at write with a ``SerializationError`` naming the type and where it
+is, by every JSON writer alike (with orjson or without) and by msgpack.
+
 Unit tests drive ``Codec`` and ``envelope`` directly; the end-to-end tests go through
 a real Redis (the ``redis_url`` fixture), since ``MemoryBackend`` stores values by
 reference and never serializes.
@@ -9,8 +13,12 @@ reference and never serializes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
+import dataclasses
 import datetime
+import decimal
+import enum
 import hashlib
 import hmac
 import math
@@ -18,12 +26,15 @@ import random
 import struct
 import time
 import tracemalloc
+import uuid
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cachewise import MISSING, AsyncCache, Cache, SerializationError, ValueTooLargeError
 from cachewise._core import envelope
@@ -236,42 +247,6 @@ def test_json_written_with_or_without_orjson_is_read_by_the_other(
     assert metadata(decoded) == metadata(entry)
 
 
-@pytest.mark.parametrize("serializer_name", ["orjson", "stdlib-json"])
-def test_json_returns_tuples_as_lists_and_int_keys_as_strings(serializer_name: str) -> None:
-    codec = Codec(SERIALIZERS[serializer_name]())
-    decoded = codec.decode(codec.encode(entry_of({"t": (1, 2), "d": {1: "one"}})))
-    assert decoded.value == {"t": [1, 2], "d": {"1": "one"}}
-
-
-def test_msgpack_round_trips_bytes_and_non_str_keys() -> None:
-    codec = Codec(msgpack_serializer())
-    value = {"raw": b"\x00\xff\x80", 1: "int key", "t": (1, 2)}
-    assert codec.decode(codec.encode(entry_of(value))).value == {
-        "raw": b"\x00\xff\x80",
-        1: "int key",
-        "t": [1, 2],
-    }
-
-
-def test_signed_pickle_round_trips_values_json_cannot_represent() -> None:
-    codec = Codec(pickle_serializer())
-    value = {"set": {1, 2}, "tuple": (1, "a"), "point": Point(3, 4), 7: frozenset("ab")}
-    assert codec.decode(codec.encode(entry_of(value))).value == value
-
-
-def test_non_finite_floats_are_refused_or_read_back_the_same_with_and_without_orjson() -> None:
-    for value in (math.nan, math.inf, -math.inf):
-        for writer in (orjson_json(), stdlib_json()):
-            try:
-                data = Codec(writer).encode(entry_of([value]))
-            except SerializationError:
-                continue  # refusing is fine: nothing is written
-            for reader in (orjson_json(), stdlib_json()):
-                (decoded,) = Codec(reader).decode(data).value
-                assert isinstance(decoded, float)
-                assert math.isnan(decoded) if math.isnan(value) else decoded == value
-
-
 @pytest.mark.parametrize("value", [2**64 + 1, -(2**63) - 1], ids=["over-u64", "under-i64"])
 def test_ints_beyond_64_bits_are_refused_with_and_without_orjson(value: int) -> None:
     """orjson would read such an int back as a float: a silently different value.
@@ -279,6 +254,533 @@ def test_ints_beyond_64_bits_are_refused_with_and_without_orjson(value: int) -> 
     for writer in (stdlib_json(), orjson_json()):
         with pytest.raises(SerializationError, match="int"):
             Codec(writer).encode(entry_of(value))
+
+
+# -- the rule: a value reads back equal with the same types, or is refused at write ------
+
+
+def assert_identical(expected: Any, actual: Any, where: str = "value") -> None:
+    """``actual`` equals ``expected`` with the same type at every level: dict keys
+    in the same order and of the same types, ``True`` never read back as ``1``,
+    ``-0.0`` as ``0.0``, a tuple as a list. NaN counts as equal to NaN."""
+    assert type(actual) is type(expected), (
+        f"{where}: {type(expected).__name__} read back as {type(actual).__name__}"
+    )
+    if type(expected) is dict:
+        assert len(actual) == len(expected), f"{where}: {actual!r} for {expected!r}"
+        for (key, item), (got_key, got_item) in zip(expected.items(), actual.items(), strict=True):
+            assert_identical(key, got_key, f"{where} key {key!r}")
+            assert_identical(item, got_item, f"{where}[{key!r}]")
+    elif type(expected) is list:
+        assert len(actual) == len(expected), f"{where}: {actual!r} for {expected!r}"
+        for index, (item, got) in enumerate(zip(expected, actual, strict=True)):
+            assert_identical(item, got, f"{where}[{index}]")
+    elif type(expected) is float and math.isnan(expected):
+        assert math.isnan(actual), f"{where}: {actual!r} for NaN"
+    elif type(expected) is float:
+        assert (actual, math.copysign(1.0, actual)) == (expected, math.copysign(1.0, expected))
+    else:
+        assert actual == expected, f"{where}: {actual!r} for {expected!r}"
+
+
+@pytest.mark.parametrize(
+    ("expected", "actual"),
+    [
+        ((1, 2), [1, 2]),
+        ({1: "a"}, {"1": "a"}),
+        ([True], [1]),
+        ({"x": 1}, {"x": 1.0}),
+        (-0.0, 0.0),
+        ({"a": 1, "b": 2}, {"b": 2, "a": 1}),
+        ([[uuid.UUID(int=1)]], [[str(uuid.UUID(int=1))]]),
+    ],
+    ids=["tuple", "int-key", "bool", "float", "negative-zero", "key-order", "nested-uuid"],
+)
+def test_assert_identical_catches_every_change_of_type_or_order(expected: Any, actual: Any) -> None:
+    """The control for the round-trip tests: the helper is strict enough to fail."""
+    with pytest.raises(AssertionError):
+        assert_identical(expected, actual)
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Mode(str, enum.Enum):
+    """A StrEnum, spelled so that Python 3.10 has it too."""
+
+    FAST = "fast"
+
+
+class Name(str):
+    pass
+
+
+class Count(int):
+    pass
+
+
+class Ratio(float):
+    pass
+
+
+class Items(list):  # type: ignore[type-arg]
+    pass
+
+
+class Pair(NamedTuple):
+    x: int
+    y: int
+
+
+@dataclasses.dataclass
+class Row:
+    id: int
+
+
+def nested(depth: int) -> list[Any]:
+    """A list inside a list ... ``depth`` containers in all, the innermost empty."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def self_containing_list() -> list[Any]:
+    loop: list[Any] = [1]
+    loop.append(loop)
+    return loop
+
+
+def dict_cycle() -> dict[str, Any]:
+    outer: dict[str, Any] = {"a": [0]}
+    outer["a"].append(outer)
+    return outer
+
+
+def wide_cycle() -> list[Any]:
+    """Reached by 2**200 paths within the depth limit: a walk that followed them
+    all would never end."""
+    loop: list[Any] = []
+    loop.extend([loop, loop])
+    return loop
+
+
+SHARED = [1, 2]
+
+# Values JSON stores, and so msgpack too: each reads back identical from every writer.
+JSON_ACCEPTED: dict[str, Any] = {
+    "none": None,
+    "true": True,
+    "false": False,
+    "zero": 0,
+    "int64-min": -(2**63),
+    "uint64-max": 2**64 - 1,
+    "float": 0.1,
+    "integral-float": 1e16,
+    "float-one": 1.0,
+    "negative-zero": -0.0,
+    "smallest-float": 5e-324,
+    "largest-float": 1.7976931348623157e308,
+    "str": "Ada \u00e9\u4e2d\U0001f600",
+    "empty-str": "",
+    "escapes": 'a "b" \\ c\n\t\x00\u2028',
+    "empty-list": [],
+    "empty-dict": {},
+    "bools-ints-floats": [True, 1, False, 0, 1.0, 0.0],
+    "nested": {"items": [{"id": 1, "tags": ["a"], "score": None}], "meta": {"": [[], {}]}},
+    "shared-sublist": {"a": SHARED, "b": SHARED},  # not a cycle: stored twice
+    "deepest": nested(200),
+    "wide": [{"id": index, "name": f"row {index}", "ok": index % 2 == 0} for index in range(200)],
+}
+
+# Values only msgpack stores: it reads them back identical; JSON refuses them.
+MSGPACK_ONLY_ACCEPTED: dict[str, Any] = {
+    "bytes": b"\x00\xff\x80",
+    "empty-bytes": b"",
+    "nan": math.nan,
+    "infinity": math.inf,
+    "minus-infinity": -math.inf,
+    "int-and-str-keys": {1: "a", "1": "b"},
+    "scalar-keys": {
+        None: 0,
+        True: 1,
+        2: 2,
+        2.5: 3,
+        "s": 4,
+        b"b": 5,
+        -(2**63): 6,
+        2**64 - 1: 7,
+        math.inf: 8,
+    },
+    "bytes-inside": [b"x", {"k": b"y", b"k": [b""]}],
+}
+
+ALL_WRITERS = ("orjson", "stdlib-json", "msgpack")
+JSON_WRITERS = ("orjson", "stdlib-json")
+
+
+class Refused(NamedTuple):
+    value: Any
+    type_name: str  # the refused type, as the message must name it
+    where: str  # where it is, as the message must spell it
+    writers: tuple[str, ...] = ALL_WRITERS
+
+
+REFUSED: dict[str, Refused] = {
+    "uuid": Refused(uuid.UUID(int=1), "UUID", "at value"),
+    "enum": Refused(Colour.RED, "Colour", "at value"),
+    "int-enum": Refused(Level.HIGH, "Level", "at value"),
+    "str-enum": Refused(Mode.FAST, "Mode", "at value"),
+    "tuple": Refused((1, 2), "tuple", "at value"),
+    "named-tuple": Refused(Pair(1, 2), "Pair", "at value"),
+    "set": Refused({1, 2}, "set", "at value"),
+    "frozenset": Refused(frozenset({1}), "frozenset", "at value"),
+    "bytes": Refused(b"raw", "bytes", "at value", JSON_WRITERS),
+    "bytearray": Refused(bytearray(b"raw"), "bytearray", "at value"),
+    "memoryview": Refused(memoryview(b"raw"), "memoryview", "at value"),
+    "decimal": Refused(decimal.Decimal("1.5"), "Decimal", "at value"),
+    "datetime": Refused(datetime.datetime(2026, 1, 1), "datetime", "at value"),
+    "date": Refused(datetime.date(2026, 1, 1), "date", "at value"),
+    "time": Refused(datetime.time(12, 30), "time", "at value"),
+    "timedelta": Refused(datetime.timedelta(seconds=1), "timedelta", "at value"),
+    "dataclass": Refused(Row(1), "Row", "at value"),
+    "object": Refused(object(), "object", "at value"),
+    "missing-sentinel": Refused(MISSING, "_Missing", "at value"),
+    "int-and-str-keys": Refused({1: "a", "1": "b"}, "int", "in value", JSON_WRITERS),
+    "int-key": Refused({1: "a"}, "int", "in value", JSON_WRITERS),
+    "float-key": Refused({"x": {1.5: "a"}}, "float", 'in value["x"]', JSON_WRITERS),
+    "none-key": Refused({None: "a"}, "NoneType", "in value", JSON_WRITERS),
+    "bool-key": Refused({True: "a"}, "bool", "in value", JSON_WRITERS),
+    "ordered-dict": Refused(collections.OrderedDict(a=1), "OrderedDict", "at value"),
+    "defaultdict": Refused(collections.defaultdict(list), "defaultdict", "at value"),
+    "str-subclass": Refused(Name("x"), "Name", "at value"),
+    "int-subclass": Refused(Count(1), "Count", "at value"),
+    "float-subclass": Refused(Ratio(0.5), "Ratio", "at value"),
+    "list-subclass": Refused(Items([1]), "Items", "at value"),
+    "str-enum-key": Refused({Mode.FAST: 1}, "Mode", "in value"),
+    "str-subclass-key": Refused({"a": {Name("k"): 1}}, "Name", 'in value["a"]'),
+    "tuple-key": Refused({(1, 2): "a"}, "tuple", "in value"),
+    "nan-key": Refused({math.nan: "a"}, "float", "in value"),
+    "nan": Refused(math.nan, "float", "at value", JSON_WRITERS),
+    "infinity": Refused([0.5, math.inf], "float", "at value[1]", JSON_WRITERS),
+    "minus-infinity": Refused({"x": -math.inf}, "float", 'at value["x"]', JSON_WRITERS),
+    "int-over-64-bits": Refused(2**64, "int", "at value"),
+    "int-under-64-bits": Refused([-(2**63) - 1], "int", "at value[0]"),
+    "huge-int": Refused(10**5000, "int", "at value"),
+    "int-key-over-64-bits": Refused({2**64: "a"}, "int", "in value"),
+    "lone-surrogate": Refused(["ok", "a\ud800b"], "str", "at value[1]"),
+    "lone-surrogate-key": Refused({"\udc80": 1}, "str", "in value"),
+    "tuple-deep-inside": Refused(
+        {"a": [1, {"b": [0, 1, (2, 3)]}]}, "tuple", 'at value["a"][1]["b"][2]'
+    ),
+    "uuid-in-the-last-row": Refused(
+        [{"id": 1}, {"id": 2}, {"id": uuid.UUID(int=3)}], "UUID", 'at value[2]["id"]'
+    ),
+    "set-after-a-nested-list": Refused([[1, [2]], {3}], "set", "at value[1]"),
+    "cycle": Refused(self_containing_list(), "list", "at value[1]"),
+    "dict-cycle": Refused(dict_cycle(), "dict", 'at value["a"][1]'),
+    "wide-cycle": Refused(wide_cycle(), "list", "at value[0]"),
+    "too-deep": Refused(nested(201), "list", "200"),
+    "far-too-deep": Refused(nested(100_000), "list", "200"),  # never a RecursionError
+}
+if hasattr(enum, "StrEnum"):  # Python 3.11+
+    Shade = enum.StrEnum("Shade", ["DARK"])
+    REFUSED["std-str-enum"] = Refused(Shade.DARK, "Shade", "at value")
+    REFUSED["std-str-enum-key"] = Refused({Shade.DARK: 1}, "Shade", "in value")
+
+
+@pytest.mark.parametrize("writer", ALL_WRITERS)
+@pytest.mark.parametrize("case", sorted(JSON_ACCEPTED))
+def test_what_json_stores_reads_back_equal_with_the_same_types(writer: str, case: str) -> None:
+    codec = Codec(SERIALIZERS[writer]())
+    assert_identical(
+        JSON_ACCEPTED[case], codec.decode(codec.encode(entry_of(JSON_ACCEPTED[case]))).value
+    )
+
+
+@pytest.mark.parametrize("case", sorted(MSGPACK_ONLY_ACCEPTED))
+def test_what_only_msgpack_stores_reads_back_identical_there_and_json_refuses_it(
+    case: str,
+) -> None:
+    value = MSGPACK_ONLY_ACCEPTED[case]
+    codec = Codec(msgpack_serializer())
+    assert_identical(value, codec.decode(codec.encode(entry_of(value))).value)
+    for writer in JSON_WRITERS:
+        with pytest.raises(SerializationError):
+            Codec(SERIALIZERS[writer]()).encode(entry_of(value))
+
+
+@pytest.mark.parametrize(
+    ("writer", "case"),
+    [
+        pytest.param(writer, case, id=f"{writer}-{case}")
+        for case in sorted(REFUSED)
+        for writer in REFUSED[case].writers
+    ],
+)
+def test_a_value_that_would_read_back_different_is_refused_naming_its_type_and_place(
+    writer: str, case: str
+) -> None:
+    refused = REFUSED[case]
+    with pytest.raises(SerializationError) as info:
+        Codec(SERIALIZERS[writer]()).encode(entry_of(refused.value))
+    message = str(info.value)
+    assert isinstance(info.value, TypeError)
+    assert refused.type_name in message
+    assert refused.where in message
+
+
+@pytest.mark.parametrize(
+    "case", sorted(case for case, refused in REFUSED.items() if "msgpack" not in refused.writers)
+)
+def test_what_only_json_refuses_reads_back_identical_from_msgpack(case: str) -> None:
+    value = REFUSED[case].value
+    codec = Codec(msgpack_serializer())
+    assert_identical(value, codec.decode(codec.encode(entry_of(value))).value)
+
+
+@pytest.mark.parametrize("writer", ALL_WRITERS)
+def test_a_value_is_refused_whole_and_nothing_is_returned_for_part_of_it(writer: str) -> None:
+    codec = Codec(SERIALIZERS[writer]())
+    good = [{"id": index} for index in range(1000)]
+    with pytest.raises(SerializationError, match=r"at value\[1000\]"):
+        codec.encode(entry_of([*good, (1, 2)]))
+    assert_identical(good, codec.decode(codec.encode(entry_of(good))).value)
+
+
+@pytest.mark.parametrize(
+    ("value", "advice"),
+    [
+        ((1, 2), "would come back as a list; convert it with list(...)"),
+        (Pair(1, 2), "_asdict()"),
+        ({1: "a"}, "convert the keys with str(...), or use MsgpackSerializer"),
+        (uuid.UUID(int=1), "store str(value)"),
+        (Colour.RED, "store member.value"),
+        (Level.HIGH, "store member.value"),
+        (decimal.Decimal(1), "store str(value)"),
+        (datetime.date(2026, 1, 1), "isoformat()"),
+        (datetime.timedelta(seconds=1), "total_seconds()"),
+        (Row(1), "dataclasses.asdict(value)"),
+        (collections.OrderedDict(), "convert it with dict(...)"),
+        (Name("x"), "convert it with str(...)"),
+        ({1, 2}, "sorted(value)"),
+        (b"raw", "MsgpackSerializer, which keeps bytes"),
+        (math.nan, "JSON has no NaN"),
+        (2**64, "64-bit range"),
+        (self_containing_list(), "it contains itself (it is value)"),
+        (MISSING, "MISSING marks a miss"),
+    ],
+    ids=[
+        "tuple",
+        "named-tuple",
+        "int-key",
+        "uuid",
+        "enum",
+        "int-enum",
+        "decimal",
+        "date",
+        "timedelta",
+        "dataclass",
+        "ordered-dict",
+        "str-subclass",
+        "set",
+        "bytes",
+        "nan",
+        "int-over-64-bits",
+        "cycle",
+        "missing-sentinel",
+    ],
+)
+def test_a_json_refusal_says_what_to_store_instead(value: Any, advice: str) -> None:
+    for writer in JSON_WRITERS:
+        with pytest.raises(SerializationError) as info:
+            SERIALIZERS[writer]().dumps(value)
+        assert advice in str(info.value)
+
+
+def test_msgpack_refusals_say_what_to_store_instead() -> None:
+    serializer = msgpack_serializer()
+    for value, advice in [
+        (bytearray(b"x"), "would come back as bytes; convert it with bytes(...)"),
+        ((1, 2), "would come back as a list"),
+        ({math.nan: 1}, "NaN key"),
+    ]:
+        with pytest.raises(SerializationError) as info:
+            serializer.dumps(value)
+        assert advice in str(info.value)
+
+
+def test_msgpack_refuses_its_own_extension_types() -> None:
+    """They would read back as themselves, but the rule lists what msgpack stores."""
+    msgpack = pytest.importorskip("msgpack")
+    serializer = msgpack_serializer()
+    for value in (msgpack.Timestamp(1), msgpack.ExtType(1, b"x")):
+        with pytest.raises(SerializationError, match=type(value).__name__):
+            serializer.dumps([value])
+
+
+class _FailingEncoder:
+    """Stands in for orjson or msgpack: refuses everything, for its own reasons."""
+
+    OPT_PASSTHROUGH_SUBCLASS = OPT_PASSTHROUGH_DATETIME = OPT_PASSTHROUGH_DATACLASS = 0
+
+    @staticmethod
+    def dumps(value: object, **options: Any) -> bytes:
+        raise ValueError("encoder says no")
+
+    packb = dumps
+
+
+@pytest.mark.parametrize("writer", ["orjson", "msgpack"])
+def test_an_encoder_failure_the_rule_cannot_explain_is_a_serialization_error_too(
+    writer: str,
+) -> None:
+    serializer = SERIALIZERS[writer]()
+    setattr(serializer, "_orjson" if writer == "orjson" else "_msgpack", _FailingEncoder())
+    with pytest.raises(SerializationError, match=r"the dict at value \(encoder says no\)"):
+        serializer.dumps({"fine": [1, 2]})
+
+
+@pytest.mark.parametrize("writer", ALL_WRITERS)
+def test_200_levels_of_nesting_are_stored_and_201_refused(writer: str) -> None:
+    codec = Codec(SERIALIZERS[writer]())
+    deepest = {"a": nested(199)}
+    assert_identical(deepest, codec.decode(codec.encode(entry_of(deepest))).value)
+    with pytest.raises(SerializationError, match="nested more than 200"):
+        codec.encode(entry_of({"a": nested(200)}))
+
+
+@pytest.mark.parametrize("writer", JSON_WRITERS)
+def test_json_refuses_tuples_and_int_keys_instead_of_changing_them(writer: str) -> None:
+    """The old behaviour: a tuple came back as a list and the int key as "1"."""
+    codec = Codec(SERIALIZERS[writer]())
+    with pytest.raises(SerializationError, match="tuple"):
+        codec.encode(entry_of({"t": (1, 2)}))
+    with pytest.raises(SerializationError, match="int"):
+        codec.encode(entry_of({"d": {1: "one"}}))
+
+
+def test_orjson_refuses_uuids_enums_and_colliding_keys_like_the_stdlib() -> None:
+    """With orjson they were accepted and read back as str, and ``{1: "a", "1": "b"}``
+    lost an item; what is stored must not depend on whether orjson is installed."""
+    for value in (uuid.UUID(int=1), Colour.RED, {1: "a", "1": "b"}):
+        for writer in (orjson_json(), stdlib_json()):
+            with pytest.raises(SerializationError):
+                writer.dumps(value)
+
+
+def test_msgpack_round_trips_bytes_and_scalar_keys_and_refuses_tuples() -> None:
+    codec = Codec(msgpack_serializer())
+    value = {"raw": b"\x00\xff\x80", 1: "int key", 2.5: "float key", b"k": None}
+    assert_identical(value, codec.decode(codec.encode(entry_of(value))).value)
+    with pytest.raises(SerializationError, match="tuple"):
+        codec.encode(entry_of({"t": (1, 2)}))
+
+
+# -- the rule, for arbitrary values --------------------------------------------------------
+
+SCALARS_STORED = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+SCALARS_ANY = (
+    SCALARS_STORED
+    | st.integers()
+    | st.floats()
+    | st.binary(max_size=8)
+    | st.text(st.characters(codec=None, categories=["Cs", "Ll"]), max_size=3)  # surrogates
+)
+REFUSED_LEAVES = st.sampled_from(
+    [
+        uuid.UUID(int=7),
+        Colour.RED,
+        Level.HIGH,
+        Mode.FAST,
+        decimal.Decimal("2.5"),
+        datetime.date(2026, 1, 1),
+        Row(1),
+        Name("n"),
+        Count(3),
+        Ratio(0.25),
+        bytearray(b"b"),
+        frozenset({1}),
+        collections.OrderedDict(a=1),
+        Pair(1, 2),
+    ]
+) | st.tuples(SCALARS_STORED)
+KEYS_ANY = (
+    st.text(max_size=8)
+    | st.integers()
+    | st.floats()
+    | st.booleans()
+    | st.none()
+    | st.binary(max_size=4)
+    | st.text(st.characters(codec=None, categories=["Cs", "Ll"]), max_size=3)
+    | st.sampled_from([Mode.FAST, Name("k"), (1, 2)])
+)
+
+
+def trees(leaves: st.SearchStrategy[Any], keys: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        leaves,
+        lambda children: (
+            st.lists(children, max_size=5) | st.dictionaries(keys, children, max_size=5)
+        ),
+        max_leaves=25,
+    )
+
+
+# Values JSON stores, values msgpack stores, and values mixing in everything else.
+ARBITRARY_VALUES = st.one_of(
+    trees(SCALARS_STORED, st.text(max_size=8)),
+    trees(SCALARS_STORED | st.binary(max_size=8) | st.floats(), KEYS_ANY),
+    trees(SCALARS_ANY | REFUSED_LEAVES, KEYS_ANY),
+    trees(SCALARS_STORED | REFUSED_LEAVES, st.text(max_size=8)),
+)
+RULE = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def encode_or_refuse(codec: Codec, value: Any) -> bytes | None:
+    """The envelope, or None for a ``SerializationError``; nothing else may escape."""
+    try:
+        return codec.encode(entry_of(value))
+    except SerializationError as error:
+        message = str(error)
+    assert " cannot store the " in message  # the rule's own message, naming a type
+    message.encode()  # printable, even when the value holds a lone surrogate
+    return None
+
+
+@RULE
+@given(ARBITRARY_VALUES)
+def test_json_reads_any_value_back_identical_or_refuses_it_with_or_without_orjson(
+    value: Any,
+) -> None:
+    with_orjson, without = Codec(orjson_json()), Codec(stdlib_json())
+    written = encode_or_refuse(with_orjson, value)
+    written_without = encode_or_refuse(without, value)
+    assert (written is None) == (written_without is None)  # the same values are stored
+    if written is not None and written_without is not None:
+        for data in (written, written_without):
+            for reader in (with_orjson, without):
+                assert_identical(value, reader.decode(data).value)
+
+
+@RULE
+@given(ARBITRARY_VALUES)
+def test_msgpack_reads_any_value_back_identical_or_refuses_it(value: Any) -> None:
+    codec = Codec(msgpack_serializer())
+    written = encode_or_refuse(codec, value)
+    if written is not None:
+        assert_identical(value, codec.decode(written).value)
 
 
 # -- pickle: opt-in, signed, never unpickled unless the signature checks out ------------

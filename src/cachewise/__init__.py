@@ -21,6 +21,8 @@ from cachewise._errors import (
     CacheError,
     LoadCancelledError,
     LoaderCycleError,
+    PoolTimeoutError,
+    WeigherError,
 )
 from cachewise._frontends._decorator import AsyncCachedFunction, CachedFunction
 from cachewise._frontends.aio import AsyncCache
@@ -65,8 +67,10 @@ __all__ = [
     "MemoryBackend",
     "MissingType",
     "Policy",
+    "PoolTimeoutError",
     "RedisBackend",
     "SerializationError",
     "ValueTooLargeError",
+    "WeigherError",
     "__version__",
 ]

@@ -38,3 +38,9 @@ class LoadCancelledError(CacheError, RuntimeError):
     """An async loader raised ``CancelledError`` although its load was not
     cancelled (it awaited something that was). The load failed: callers get this
     error (or a stale value, within the grace window) rather than a retry."""
+
+
+class WeigherError(CacheError, ValueError):
+    """A ``MemoryBackend`` weigher raised, or returned something other than an int
+    ``>= 0``. The weigher is the application's code: like an unserializable value,
+    this is the caller's error, raised at the write, never a backend failure."""

@@ -38,7 +38,14 @@ MAX_KEY_BYTES = 200
 #: (4 bytes per character at most), so the hit path skips the byte count.
 SHORT_KEY_CHARS = MAX_KEY_BYTES // 4
 _HASH_BYTES = 16
-_KEEP_BYTES = MAX_KEY_BYTES - 2 * _HASH_BYTES - 1
+#: Between a long key's kept prefix and its digest: contains a space, which no
+#: valid key does (see normalize_key).
+HASH_MARK = " #"
+_KEEP_BYTES = MAX_KEY_BYTES - 2 * _HASH_BYTES - len(HASH_MARK)
+#: The longest namespace-and-version prefix: shorter than what normalize_key
+#: keeps of a long key, so every stored name of a cache starts with its prefix
+#: (and clear() finds them all).
+MAX_PREFIX_BYTES = 100
 
 
 def check_key_text(key: str) -> str:
@@ -110,7 +117,13 @@ def key_prefix(namespace: str, version: str | None) -> str:
     another namespace's full keys (and its ``clear()`` empties everything).
     """
     segment = namespace + (f"{VERSION_MARKER}{version}" if version is not None else "")
-    return segment + NAMESPACE_SEPARATOR if segment else ""
+    prefix = segment + NAMESPACE_SEPARATOR if segment else ""
+    if len(prefix.encode()) > MAX_PREFIX_BYTES:
+        raise ValueError(
+            f"namespace and version together may be at most {MAX_PREFIX_BYTES - 1} bytes, "
+            f"got {len(prefix.encode()) - 1}"
+        )
+    return prefix
 
 
 def check_key(key: object) -> str:
@@ -126,7 +139,11 @@ def check_key(key: object) -> str:
 
 def normalize_key(key: str) -> str:
     """``key`` itself when it fits ``MAX_KEY_BYTES``, else a readable prefix of it
-    followed by ``#`` and its blake2b digest (same input, same output, anywhere)."""
+    followed by `` #`` and its blake2b digest (same input, same output, anywhere).
+
+    The space is what keeps the two kinds apart: no valid key contains whitespace,
+    so no short key can be spelled like a long key's hashed name and share (or
+    poison) its entry."""
     if len(key) <= SHORT_KEY_CHARS:
         return key
     raw = key.encode()
@@ -134,7 +151,7 @@ def normalize_key(key: str) -> str:
         return key
     digest = hashlib.blake2b(raw, digest_size=_HASH_BYTES).hexdigest()
     prefix = raw[:_KEEP_BYTES].decode(errors="ignore")  # never cut a character in two
-    return f"{prefix}#{digest}"
+    return f"{prefix}{HASH_MARK}{digest}"
 
 
 _formatter = string.Formatter()

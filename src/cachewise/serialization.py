@@ -1,4 +1,4 @@
-"""How values become bytes for shared backends: safe by default.
+"""How values become bytes for shared backends: safe by default, and never lossy.
 
 - ``JsonSerializer`` (the default; uses orjson when it is installed) and
   ``MsgpackSerializer`` (``pip install cachewise[msgpack]``).
@@ -9,13 +9,32 @@
 - Compression above a size threshold: ``"zlib"``, or ``"zstd"`` when ``zstandard``
   is installed. Decompression is bounded by ``max_value_bytes``.
 
-A value the serializer cannot represent raises ``SerializationError`` (a
-``TypeError``) naming its type, and nothing is written. Bytes that fail to decode
-for any reason are a miss, counted by the backend, never an exception to the caller.
+The rule: a value either reads back equal, with the same types all the way down,
+or it is refused at write with ``SerializationError`` (a ``TypeError``) that names
+the offending type and where it is (``value["items"][3]``), and nothing is written.
+
+- JSON stores exactly ``None``, ``bool``, ``int`` (-2**63 to 2**64-1), finite
+  ``float``, ``str``, ``list``, and ``dict`` with ``str`` keys, nested.
+- msgpack stores the same, plus ``bytes``, NaN and the infinities, and dict keys of
+  any of its scalar types: ``None``, ``bool``, ``int``, ``float`` (not NaN), ``str``
+  and ``bytes``.
+- Types are compared exactly, so everything else is refused: tuples (they would
+  come back as lists), sets, ``bytearray``, UUIDs, Decimals, dates, dataclasses,
+  Enum members (``IntEnum`` and ``StrEnum`` included) and every subclass of the
+  types above (``OrderedDict``, ``defaultdict``, a ``NamedTuple``, a ``str``
+  subclass). So are cycles and values nested more than 200 containers deep.
+- What JSON accepts does not depend on whether orjson is installed, and the bytes
+  are plain JSON either way: processes with and without orjson share entries.
+- Pickle round-trips what pickle round-trips.
+
+Bytes that fail to decode for any reason are a miss, counted by the backend, never
+an exception to the caller.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import hmac
 import importlib
@@ -24,11 +43,13 @@ import math
 import pickle
 import zlib
 from collections.abc import Iterator
+from itertools import chain
 from typing import Any, Literal
 
 from cachewise._core import envelope
 from cachewise._core.entry import Entry
 from cachewise._errors import CacheError
+from cachewise._sentinel import MISSING
 
 __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
@@ -64,7 +85,7 @@ class Serializer:
     signed = False
 
     def dumps(self, value: object) -> bytes:
-        """Serialize, or raise ``SerializationError`` naming the value's type."""
+        """Serialize, or raise ``SerializationError`` naming the offending type."""
         raise NotImplementedError
 
     def loads(self, data: bytes) -> object:
@@ -91,12 +112,332 @@ def _unserializable(name: str, value: object, exc: BaseException) -> Serializati
     )
 
 
-class JsonSerializer(Serializer):
-    """JSON: str, int, float, bool, None, lists and dicts with str keys.
+# -- what JSON and msgpack store exactly ------------------------------------------------
 
-    Tuples come back as lists and non-str dict keys as str, as with any JSON.
-    Uses orjson when it is importable (the bytes are plain JSON either way, so
-    processes with and without orjson read each other's entries).
+# Both formats (and orjson's reader) hold integers in 64 bits, signed or unsigned.
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+# Containers nested deeper are refused: a cycle ends here, orjson refuses more than
+# 254 levels, and the stdlib's encoder recurses on the caller's stack.
+_MAX_DEPTH = 200
+_NoneType = type(None)
+
+
+class _Format:
+    """What one wire format reads back exactly: the rule every write is held to."""
+
+    __slots__ = ("accepted", "finite_floats", "keys", "name", "scalars")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        scalars: frozenset[type],
+        keys: frozenset[type],
+        finite_floats: bool,
+        accepted: str,
+    ) -> None:
+        self.name = name  # as messages spell it
+        self.scalars = scalars  # exact types stored as values (besides list and dict)
+        self.keys = keys  # exact types stored as dict keys
+        self.finite_floats = finite_floats  # NaN and the infinities refused as values
+        self.accepted = accepted  # the list above, for messages
+
+
+_JSON = _Format(
+    "JSON",
+    scalars=frozenset({_NoneType, bool, int, float, str}),
+    keys=frozenset({str}),
+    finite_floats=True,
+    accepted="None, bool, int, finite float, str, list, and dict with str keys",
+)
+_MSGPACK = _Format(
+    "msgpack",
+    scalars=frozenset({_NoneType, bool, int, float, str, bytes}),
+    keys=frozenset({_NoneType, bool, int, float, str, bytes}),
+    finite_floats=False,
+    accepted="None, bool, int, float, str, bytes, list, and dict with keys of those scalar types "
+    "(but NaN)",
+)
+
+# What the fast walk passes without a look, per encoder: each encoder itself refuses
+# the rest of what these types can hold. orjson refuses ints beyond 64 bits and
+# every dict key that is not exactly str (with the options below), but writes NaN as
+# null; the stdlib refuses NaN (allow_nan=False) but writes any int and converts
+# int keys; msgpack refuses ints beyond 64 bits and keeps every float. All of them
+# refuse a str holding a lone surrogate.
+_ORJSON_PLAIN = frozenset({_NoneType, bool, int, str})
+_STDLIB_JSON_PLAIN = frozenset({_NoneType, bool, float, str})
+_MSGPACK_PLAIN = frozenset({_NoneType, bool, int, float, str, bytes})
+
+
+def _quick_check(value: object, plain: frozenset[type], keys: frozenset[type] | None) -> bool:
+    """True if ``value`` is surely storable; False if ``_find_refusal`` must look.
+
+    ``plain`` are the scalar types to pass unexamined (the encoder checks them);
+    an ``int`` or ``float`` not among them is range- or finiteness-checked here.
+    ``keys`` are the dict key types to allow, or None when the encoder checks keys.
+
+    This is the price every write pays, so it is one iterative walk that does the
+    least it can per item; ``_find_refusal`` is the readable reference it defers to.
+    """
+    # Iterators of the containers still being walked; `items` is the innermost.
+    stack: list[Iterator[Any]] = []
+    items: Iterator[Any] = iter((value,))
+    while True:
+        for item in items:
+            kind = type(item)
+            if kind in plain:
+                continue
+            if kind is int:
+                if _INT_MIN <= item <= _INT_MAX:
+                    continue
+                return False
+            if kind is float:
+                if item - item == 0.0:  # NaN and the infinities give NaN
+                    continue
+                return False
+            if kind is dict:
+                if keys is not None:
+                    for key in item:
+                        # `key != key` is true only of NaN, which msgpack would
+                        # read back as a new key that no lookup finds.
+                        if type(key) not in keys or key != key:  # noqa: PLR0124
+                            return False
+                children: Iterator[Any] = iter(item.values())
+            elif kind is list:
+                children = iter(item)
+            else:
+                return False
+            # `item` sits inside len(stack) containers: deeper ones (and cycles,
+            # which are infinitely deep) go to the reference check.
+            if len(stack) >= _MAX_DEPTH:
+                return False
+            # Check the container's scalars right here, which is most of the work
+            # for the common shapes (a dict of scalars, a list of them). Only a
+            # nested container goes back to the loop above, followed by its
+            # unchecked siblings.
+            for child in children:
+                kind = type(child)
+                if kind in plain:
+                    continue
+                if kind is int:
+                    if _INT_MIN <= child <= _INT_MAX:
+                        continue
+                    return False
+                if kind is float:
+                    if child - child == 0.0:
+                        continue
+                    return False
+                stack.append(items)
+                items = chain((child,), children)
+                break
+            else:
+                continue
+            break
+        else:
+            if not stack:
+                return True
+            items = stack.pop()
+
+
+_ROOT = object()  # the first step of every path: the value itself
+
+
+def _find_refusal(value: object, fmt: _Format) -> str | None:
+    """Why ``fmt`` cannot store ``value``, naming the type and where it is; or None.
+
+    The reference check for the rule: exact, iterative, and keeping the path to
+    every item. It runs only when the quick check or the encoder has found
+    something, so it is written to be read, not to be fast.
+    """
+    path: list[object] = []  # the keys and indexes down to the innermost open container
+    open_containers: list[object] = []  # those containers, to spot a cycle
+    frames: list[Iterator[tuple[object, object]]] = [iter([(_ROOT, value)])]
+    while frames:
+        for step, item in frames[-1]:
+            where = [*path, step]
+            if type(item) is list or type(item) is dict:
+                for depth, outer in enumerate(open_containers):
+                    if outer is item:
+                        return _refusal(
+                            fmt,
+                            item,
+                            where,
+                            f"it contains itself (it is {_render(where[: depth + 1])}); "
+                            "break the cycle",
+                        )
+                if len(open_containers) >= _MAX_DEPTH:
+                    return _refusal(
+                        fmt,
+                        item,
+                        where,
+                        f"it is nested more than {_MAX_DEPTH} containers deep; flatten the value",
+                    )
+                if isinstance(item, dict):
+                    for key in item:
+                        problem = _problem(key, fmt, key=True)
+                        if problem is not None:
+                            return _refusal(fmt, key, where, problem, key=True)
+                    frames.append(iter(item.items()))
+                elif isinstance(item, list):
+                    frames.append(enumerate(item))
+                path.append(step)
+                open_containers.append(item)
+                break
+            problem = _problem(item, fmt, key=False)
+            if problem is not None:
+                return _refusal(fmt, item, where, problem)
+        else:
+            frames.pop()
+            if open_containers:
+                path.pop()
+                open_containers.pop()
+    return None
+
+
+def _problem(value: object, fmt: _Format, *, key: bool) -> str | None:
+    """Why the scalar ``value`` (a dict key, if ``key``) cannot be stored, or None."""
+    kind = type(value)
+    if kind not in (fmt.keys if key else fmt.scalars):
+        if key and kind in fmt.scalars:
+            # Only JSON has value types that are not key types: int, float, ...
+            return (
+                "JSON keys are strings, so it would come back as a str; convert the "
+                "keys with str(...), or use MsgpackSerializer, which keeps int keys"
+            )
+        return _advice(value, fmt)
+    if isinstance(value, int) and not _INT_MIN <= value <= _INT_MAX:
+        return (
+            "it is outside the 64-bit range (-2**63 to 2**64-1) that every reader "
+            "holds exactly; store it as a str"
+        )
+    if isinstance(value, float):
+        if key and math.isnan(value):
+            return "a NaN key reads back as a new NaN that no lookup finds; use another key"
+        if fmt.finite_floats and not math.isfinite(value):
+            return "JSON has no NaN or infinity; store None or a str instead"
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "it holds a lone surrogate, which UTF-8 cannot encode"
+    return None
+
+
+def _advice(value: object, fmt: _Format) -> str:
+    """Why ``value``'s type is refused, and what to store instead."""
+    if value is MISSING:
+        return "MISSING marks a miss and is never cached; cache None or a marker of your own"
+    if isinstance(value, enum.Enum):
+        return (
+            "an Enum member would come back as its plain value; store member.value "
+            f"and rebuild it with {type(value).__name__}(value) on read"
+        )
+    if isinstance(value, tuple):
+        if hasattr(value, "_fields"):  # a NamedTuple
+            return "it would come back as a list; store value._asdict() and rebuild it on read"
+        return (
+            "a tuple would come back as a list; convert it with list(...), or use "
+            "PickleSerializer, which keeps tuples"
+        )
+    if isinstance(value, (set, frozenset)):
+        return f"{fmt.name} has no sets; store sorted(value) and rebuild the set on read"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        if bytes in fmt.scalars:
+            return "it would come back as bytes; convert it with bytes(...)"
+        return (
+            "JSON has no bytes; decode it to str or base64-encode it, or use "
+            "MsgpackSerializer, which keeps bytes"
+        )
+    for base in (*sorted(fmt.scalars, key=lambda t: t.__name__), list, dict):
+        if isinstance(value, base):
+            name = base.__name__
+            return (
+                f"a subclass of {name} would come back as a plain {name}; "
+                f"convert it with {name}(...)"
+            )
+    module = type(value).__module__
+    if module == "datetime":
+        if type(value).__name__ == "timedelta":
+            return "store value.total_seconds() and rebuild it with timedelta(seconds=...) on read"
+        return "store value.isoformat() and rebuild it with fromisoformat() on read"
+    if module in ("uuid", "decimal"):
+        return f"store str(value) and rebuild it with {type(value).__name__}(...) on read"
+    if dataclasses.is_dataclass(value):
+        return "store dataclasses.asdict(value) and rebuild it on read"
+    return f"{fmt.name} stores only {fmt.accepted}; convert it, or use PickleSerializer"
+
+
+def _refusal(
+    fmt: _Format, item: object, where: list[object], problem: str, *, key: bool = False
+) -> str:
+    """The message: what is refused, where it is, why, and what to do instead."""
+    what = _type_name(type(item))
+    place = f"at {_render(where)}"
+    if key:  # a key has no path of its own: it is in the dict at `where`
+        what, place = f"dict key {_short_repr(item)} ({what})", f"in {_render(where)}"
+    elif type(item) is float:
+        what = f"float {item!r}"
+    return f"{fmt.name} cannot store the {what} {place}: {problem}"
+
+
+def _type_name(kind: type) -> str:
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _render(where: list[object]) -> str:
+    """A path as Python would spell it: ``value["items"][3]``."""
+    steps = [_render_step(step) for step in where[1:]]  # where[0] is _ROOT
+    if len(steps) > 12:  # a value refused for its depth
+        steps[6:-6] = ["..."]
+    return "value" + "".join(steps)
+
+
+def _render_step(step: object) -> str:
+    if type(step) is str:  # in double quotes, as the JSON it would become
+        shown = step if len(step) <= 40 else step[:37] + "..."
+        quoted = json.dumps(shown, ensure_ascii=False)
+        # A lone surrogate would make the message itself unprintable: escape it.
+        return f"[{quoted.encode('utf-8', 'backslashreplace').decode()}]"
+    return f"[{_short_repr(step)}]"
+
+
+def _short_repr(value: object) -> str:
+    if type(value) is int and value.bit_length() > 64:
+        return f"<int of {value.bit_length()} bits>"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _refuse_if_unstorable(value: object, fmt: _Format) -> None:
+    """Raise ``SerializationError`` if ``fmt`` cannot store ``value``."""
+    problem = _find_refusal(value, fmt)
+    if problem is not None:
+        raise SerializationError(problem)
+
+
+def _encoder_refused(value: object, fmt: _Format, error: Exception) -> SerializationError:
+    """The error for a value the encoder refused: the rule's own message, or, if the
+    rule has nothing to say (the value changed while being written, say), the
+    encoder's."""
+    problem = _find_refusal(value, fmt)
+    if problem is None:
+        problem = f"{fmt.name} cannot store the {_type_name(type(value))} at value ({error})"
+    return SerializationError(problem)
+
+
+class JsonSerializer(Serializer):
+    """JSON: ``None``, ``bool``, ``int`` (64-bit), finite ``float``, ``str``,
+    ``list``, and ``dict`` with ``str`` keys, nested; exactly these types.
+
+    Anything else, a tuple or a subclass of these included, is refused with
+    ``SerializationError``, since it would come back as something else (see the
+    module docstring). Uses orjson when it is importable: it accepts the same
+    values, and the bytes are plain JSON either way, so processes with and without
+    orjson read each other's entries.
     """
 
     wire_id = 1
@@ -108,31 +449,42 @@ class JsonSerializer(Serializer):
         except ImportError:
             self._orjson = None
         else:
-            # Dates and dataclasses go to `default` (there is none, so they are
-            # refused) as with stdlib json: what is accepted must not depend on
-            # whether orjson is installed.
+            # No OPT_NON_STR_KEYS: orjson itself refuses a key that is not exactly
+            # str, which the quick check relies on. The passthrough options send
+            # subclasses, dates and dataclasses to `default`, which is unset, so
+            # orjson refuses them too, should one ever get past the check.
             self._options = (
-                self._orjson.OPT_NON_STR_KEYS
+                self._orjson.OPT_PASSTHROUGH_SUBCLASS
                 | self._orjson.OPT_PASSTHROUGH_DATETIME
                 | self._orjson.OPT_PASSTHROUGH_DATACLASS
             )
 
     def dumps(self, value: object) -> bytes:
+        """JSON bytes, or ``SerializationError`` naming what is refused and where."""
+        orjson = self._orjson
+        if orjson is not None:
+            if not _quick_check(value, _ORJSON_PLAIN, None):
+                _refuse_if_unstorable(value, _JSON)
+            try:
+                result: bytes = orjson.dumps(value, option=self._options)
+            except Exception as exc:
+                raise _encoder_refused(value, _JSON, exc) from None
+            return result
+        if not _quick_check(value, _STDLIB_JSON_PLAIN, _JSON.keys):
+            _refuse_if_unstorable(value, _JSON)
         try:
-            if self._orjson is not None:
-                result: bytes = self._orjson.dumps(value, option=self._options)
-                # orjson writes NaN and infinities as null: a silently different value.
-                if b"null" in result and _has_non_finite(value):
-                    raise ValueError("NaN and infinities are not JSON")
-                return result
-            # Refuse what an orjson reader would misread, so the bytes mean the same
-            # thing to every process: non-finite floats, ints beyond 64 bits.
-            _check_json_numbers(value)
-            return json.dumps(
-                value, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            ).encode()
+            # Both checks above bound the depth, so the value has no cycle for the
+            # encoder to look for.
+            text = json.dumps(
+                value,
+                separators=(",", ":"),
+                ensure_ascii=False,
+                allow_nan=False,
+                check_circular=False,
+            )
+            return text.encode()
         except Exception as exc:
-            raise _unserializable("json", value, exc) from None
+            raise _encoder_refused(value, _JSON, exc) from None
 
     def loads(self, data: bytes) -> object:
         if self._orjson is not None:
@@ -140,37 +492,14 @@ class JsonSerializer(Serializer):
         return json.loads(data)
 
 
-_INT_MIN = -(2**63)
-_INT_MAX = 2**64 - 1
-
-
-def _walk_numbers(value: object, depth: int = 0) -> Iterator[object]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        yield value
-    elif depth < 500:
-        if isinstance(value, dict):
-            for item in value.values():
-                yield from _walk_numbers(item, depth + 1)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                yield from _walk_numbers(item, depth + 1)
-
-
-def _has_non_finite(value: object) -> bool:
-    return any(isinstance(n, float) and not math.isfinite(n) for n in _walk_numbers(value))
-
-
-def _check_json_numbers(value: object) -> None:
-    for number in _walk_numbers(value):
-        if isinstance(number, float):
-            if not math.isfinite(number):
-                raise ValueError("NaN and infinities are not JSON")
-        elif not _INT_MIN <= number <= _INT_MAX:  # type: ignore[operator]
-            raise ValueError(f"int {number} does not fit 64 bits; JSON readers would round it")
-
-
 class MsgpackSerializer(Serializer):
-    """MessagePack (needs ``msgpack``): like JSON plus bytes; tuples come back as lists."""
+    """MessagePack (needs ``msgpack``): what JSON stores, plus ``bytes``, any
+    ``float``, and dict keys of type ``None``, ``bool``, ``int``, ``float`` (not
+    NaN), ``str`` or ``bytes``; exactly these types.
+
+    Anything else, a tuple, a ``bytearray`` or a subclass included, is refused with
+    ``SerializationError``, since it would come back as something else.
+    """
 
     wire_id = 2
     name = "msgpack"
@@ -184,11 +513,16 @@ class MsgpackSerializer(Serializer):
             ) from None
 
     def dumps(self, value: object) -> bytes:
+        """msgpack bytes, or ``SerializationError`` naming what is refused and where."""
+        if not _quick_check(value, _MSGPACK_PLAIN, _MSGPACK.keys):
+            _refuse_if_unstorable(value, _MSGPACK)
         try:
-            result: bytes = self._msgpack.packb(value, use_bin_type=True)
-            return result
+            # strict_types: no tuple packed as a list, no subclass as its base, in
+            # case one ever got past the check.
+            result: bytes = self._msgpack.packb(value, use_bin_type=True, strict_types=True)
         except Exception as exc:
-            raise _unserializable("msgpack", value, exc) from None
+            raise _encoder_refused(value, _MSGPACK, exc) from None
+        return result
 
     def loads(self, data: bytes) -> object:
         return self._msgpack.unpackb(data, raw=False, strict_map_key=False)

@@ -72,6 +72,8 @@ class BreakerPolicy:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if isinstance(self.failure_ratio, bool) or not isinstance(self.failure_ratio, (int, float)):
+            raise TypeError("failure_ratio must be a number")
         if not 0.0 < self.failure_ratio <= 1.0:
             raise ValueError(f"failure_ratio must be in (0, 1], got {self.failure_ratio!r}")
         _positive("window", self.window)

@@ -16,11 +16,13 @@ from cachewise._core.entry import Entry
 from cachewise._core.policy import Policy, check_seconds, is_fresh, make_entry
 from cachewise._errors import CacheClosedError
 from cachewise._frontends._held import HeldInvalidations, HeldSnapshot, HeldView
+from cachewise._sentinel import MISSING
 from cachewise._stats import CacheStats, Counters
 from cachewise.backends._breaker import CircuitOpenError
 from cachewise.backends._protocol import BackendStats
 from cachewise.invalidation import REGISTRY, ReadSpec, WriteSpec
 from cachewise.keys import (
+    SHORT_KEY_CHARS,
     check_key,
     check_key_text,
     check_namespace,
@@ -236,6 +238,8 @@ class CacheBase:
         tags: tuple[str, ...] = (),
         stamp: Any = None,
     ) -> Entry | None:
+        if value is MISSING:  # a loader that returned the miss marker: not stored
+            return None
         return make_entry(
             value,
             now=now,
@@ -309,6 +313,7 @@ class CacheBase:
         pairs: list[tuple[str, Entry]] = []
         dropped: list[str] = []
         for key, value in items.items():
+            self._check_value(value)
             full = self._full_key(key)
             entry = self._new_entry(value, now, ttl, 0.0, False, tags, stamp)
             if entry is None:
@@ -326,12 +331,34 @@ class CacheBase:
         return self._full_key(key)
 
     def _check_miss(self, full: str) -> None:
-        """On a miss, reject a key no write could have made, before any loading:
-        an empty key (``full`` is the bare prefix) or whitespace and control
-        characters (``ValueError``)."""
+        """On a miss (or a failed read), reject a key no write could have made,
+        before any loading: an empty key (``full`` is the bare prefix) or
+        whitespace, control characters or lone surrogates (``ValueError``). Only
+        short keys need it: longer ones were checked whole by ``_full_key``."""
+        if len(full) > SHORT_KEY_CHARS:
+            return
         if full == self._prefix:
             raise ValueError("cache keys must be non-empty strings")
         check_key_text(full)
+
+    def _check_names(self, keys: Iterable[str], tags: Iterable[str]) -> None:
+        """Raise ``TypeError``/``ValueError`` now for any key or tag this cache
+        would refuse (used before a write whose invalidation must not fail)."""
+        for key in keys:
+            self._full_key(key)
+        self._build_tags(tags)
+
+    @staticmethod
+    def _check_value(value: object) -> None:
+        if value is MISSING:
+            raise TypeError("MISSING marks a miss; it cannot be stored as a value")
+
+    @staticmethod
+    def _check_keys(keys: object, what: str = "keys") -> None:
+        if isinstance(keys, (str, bytes)):
+            raise TypeError(
+                f"{what} must be an iterable of str, not a single {type(keys).__name__}"
+            )
 
     def _declare_read(
         self, func: Callable[..., Any], keys: Any, ttl: float | None, owner: object = None

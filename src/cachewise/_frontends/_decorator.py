@@ -239,7 +239,10 @@ def invalidating(cache: Cache, func: Callable[P, R], invalidator: Invalidator) -
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        keys, tags = invalidator.fill(args, kwargs)  # bad arguments fail before the write
+        # Bad arguments, and keys or tags the cache would refuse, fail before the
+        # write: after it, one bad name would leave the others stale.
+        keys, tags = invalidator.fill(args, kwargs)
+        cache._check_names(keys, tags)
         result = func(*args, **kwargs)
         if keys:
             cache.delete_many(keys)
@@ -258,6 +261,7 @@ def async_invalidating(
     @functools.wraps(func)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         keys, tags = invalidator.fill(args, kwargs)
+        cache._check_names(keys, tags)  # before the write: see invalidating
         result = await func(*args, **kwargs)
         if keys:
             await cache.delete_many(keys)

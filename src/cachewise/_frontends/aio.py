@@ -22,7 +22,7 @@ from cachewise._core.readflow import (
     Serve,
     leased_read,
 )
-from cachewise._errors import CacheClosedError, LoadCancelledError
+from cachewise._errors import CacheClosedError, LoadCancelledError, WeigherError
 from cachewise._frontends._base import (
     _SETTLE_EVERY,
     CacheBase,
@@ -111,7 +111,8 @@ class _Retry(Exception):
     """A flight ended without an outcome for its waiters: read again."""
 
 
-_REFUSED = (SerializationError, ValueTooLargeError)
+# The caller's errors, never the backend's: raised at the call, never held.
+_REFUSED = (SerializationError, ValueTooLargeError, WeigherError)
 
 
 def _copy_outcome(task: asyncio.Task[Any], future: asyncio.Future[Any]) -> None:
@@ -284,6 +285,7 @@ class AsyncCache(CacheBase):
         try:
             entry = self._lget(full) if self._lget is not None else await self._bread(full)
         except Exception as exc:
+            self._check_miss(full)  # a bad key (say, a lone surrogate) is not a failure
             self._degraded("get", exc)
             entry = None
         counters = self._counters
@@ -302,6 +304,7 @@ class AsyncCache(CacheBase):
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The fresh values among ``keys``, as ``{key: value}``; misses are left out."""
+        self._check_keys(keys)
         wanted = [check_key(key) for key in keys]
         view = self._held_view()
         entries = await self._bcall("get_many", [self._full_key(key) for key in wanted])
@@ -335,6 +338,7 @@ class AsyncCache(CacheBase):
             entry = lget(full) if lget is not None else await self._bread(full, ftags)
         except Exception as exc:
             # Not answering: straight to the loader; no lease, no write (see Cache).
+            self._check_miss(full)  # a bad key (say, a lone surrogate) is not a failure
             self._degraded("get", exc)
             unreached: T = await self._load_unreached(full, loader, ttl, ftags)
             return unreached
@@ -401,6 +405,7 @@ class AsyncCache(CacheBase):
         self, key: str, value: Any, *, ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
         """Store ``value`` under ``key``; a load in flight will not overwrite it."""
+        self._check_value(value)
         full = self._full_key(key)
         ttl = check_ttl(ttl)
         ftags = self._full_tags(tags)
@@ -425,6 +430,12 @@ class AsyncCache(CacheBase):
         self, items: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
         """``set`` for several keys with one TTL (and the same tags)."""
+        if not isinstance(items, Mapping):
+            raise TypeError(
+                f"set_many takes a mapping of keys to values, not {type(items).__name__}"
+            )
+        for value in items.values():
+            self._check_value(value)
         ttl = check_ttl(ttl)
         ftags = self._full_tags(tags)
         self._check_open()
@@ -456,6 +467,7 @@ class AsyncCache(CacheBase):
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """``delete`` for several keys; how many were cached."""
+        self._check_keys(keys)
         full = [self._full_key(key) for key in keys]
         if not full:
             return 0

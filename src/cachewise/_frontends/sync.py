@@ -16,7 +16,7 @@ from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable, JoinPoint, LoadState
 from cachewise._core.policy import Read, decide_read, stale_servable, superseded
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
-from cachewise._errors import CacheClosedError
+from cachewise._errors import CacheClosedError, WeigherError
 from cachewise._frontends._base import (
     _SETTLE_EVERY,
     CacheBase,
@@ -76,7 +76,8 @@ def _pass_guard(flight: Flight[_Call]) -> None:
             pass
 
 
-_REFUSED = (SerializationError, ValueTooLargeError)
+# The caller's errors, never the backend's: raised at the call, never held.
+_REFUSED = (SerializationError, ValueTooLargeError, WeigherError)
 
 
 class Cache(CacheBase):
@@ -209,6 +210,7 @@ class Cache(CacheBase):
         try:
             entry = self._bget(full)
         except Exception as exc:
+            self._check_miss(full)  # a bad key (say, a lone surrogate) is not a failure
             self._degraded("get", exc)
             entry = None
         counters = self._counters
@@ -227,6 +229,7 @@ class Cache(CacheBase):
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The fresh values among ``keys``, as ``{key: value}``; misses are left out."""
+        self._check_keys(keys)
         wanted = [check_key(key) for key in keys]
         full = [self._full_key(key) for key in wanted]
         entries: list[Entry | None] | None
@@ -285,6 +288,7 @@ class Cache(CacheBase):
         except Exception as exc:
             # The backend is not answering: straight to the loader, no more waiting
             # on it in this call (no lease, no write).
+            self._check_miss(full)  # a bad key (say, a lone surrogate) is not a failure
             self._degraded("get", exc)
             return self._load_unreached(full, loader, ttl, ftags)
         if entry is not None and self._clock() < entry.refresh_at and view is None:
@@ -354,6 +358,7 @@ class Cache(CacheBase):
         overwrite it. Prefer ``delete`` on write (cache-aside); ``set`` is for values
         you computed yourself. A value the backend cannot serialize raises
         ``SerializationError`` (a ``TypeError``) and nothing is written."""
+        self._check_value(value)
         full = self._full_key(key)
         ttl = check_ttl(ttl)
         ftags = self._full_tags(tags)
@@ -378,6 +383,12 @@ class Cache(CacheBase):
         self, items: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
         """``set`` for several keys with one TTL (and the same tags)."""
+        if not isinstance(items, Mapping):
+            raise TypeError(
+                f"set_many takes a mapping of keys to values, not {type(items).__name__}"
+            )
+        for value in items.values():
+            self._check_value(value)
         ttl = check_ttl(ttl)
         ftags = self._full_tags(tags)
         self._check_open()
@@ -409,6 +420,7 @@ class Cache(CacheBase):
 
     def delete_many(self, keys: Iterable[str]) -> int:
         """``delete`` for several keys; how many were cached."""
+        self._check_keys(keys)
         full = [self._full_key(key) for key in keys]
         if not full:
             return 0

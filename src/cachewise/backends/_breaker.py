@@ -31,7 +31,7 @@ from typing import Any
 
 from cachewise._core.breaker import PASS, REFUSED, Breaker, BreakerPolicy, State
 from cachewise._core.entry import Entry
-from cachewise._errors import BackendError, BackpressureError
+from cachewise._errors import BackendError, BackpressureError, WeigherError
 from cachewise.serialization import SerializationError, ValueTooLargeError
 
 logger = logging.getLogger("cachewise")
@@ -124,7 +124,15 @@ class CircuitOpenError(BackendError):
 
 # Errors that say nothing about the backend's health. (A CircuitOpenError from
 # inside a call is a pool's gate refusing a queued call: see admit_queued.)
-_NOT_FAILURES = (SerializationError, ValueTooLargeError, BackpressureError, CircuitOpenError)
+# (A UnicodeError is a key or value this process could not encode: never sent.)
+_NOT_FAILURES = (
+    SerializationError,
+    ValueTooLargeError,
+    WeigherError,
+    UnicodeError,
+    BackpressureError,
+    CircuitOpenError,
+)
 
 #: Set while a call may pass a connection pool's gate although the breaker is not
 #: closed: the half-open probe, and invalidations (always sent). A context

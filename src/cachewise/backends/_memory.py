@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from cachewise._core.entry import Entry
 from cachewise._core.readflow import LeaseReply
+from cachewise._errors import WeigherError
 from cachewise.backends._weigh import ENTRY_OVERHEAD, Weigher, estimate_size
 
 DEFAULT_MAX_ENTRIES = 10_000
@@ -224,9 +225,12 @@ class MemoryBackend:
     # -- writes -------------------------------------------------------------------
 
     def _weigh(self, key: str, entry: Entry) -> int:
-        weight = self._weigher(entry.value)
+        try:
+            weight = self._weigher(entry.value)
+        except Exception as exc:
+            raise WeigherError(f"the weigher raised {type(exc).__name__}: {exc}") from exc
         if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
-            raise ValueError(f"weigher returned {weight!r}; it must return an int >= 0")
+            raise WeigherError(f"weigher returned {weight!r}; it must return an int >= 0")
         return ENTRY_OVERHEAD + sys.getsizeof(key) + weight
 
     def set(self, key: str, entry: Entry) -> None:

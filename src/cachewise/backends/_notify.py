@@ -15,9 +15,14 @@ connection at all.
 Pub/sub is lossy: a message sent while the listener is disconnected is gone. So a
 wait only relies on it while the listener is subscribed; a (re)subscription wakes
 every waiter (they read again), and without a live subscription a waiter sleeps a
-short poll interval instead. Publishes to the channel also reach other processes
-and databases on the server: a wake-up for a key nobody here waits for is dropped,
-and a spurious wake-up only costs one read.
+short poll interval instead. A silent connection (a black hole) delivers nothing
+and raises nothing, so the listener pings the server every ``_PING_EVERY`` seconds
+and gives the connection up when no pong came within its socket timeout: waiters
+are then woken as *failed* and load at once (one timeout, as a failed read would
+cost), instead of waiting for a lease that may never be reported released.
+Publishes to the channel also reach other processes and databases on the server:
+a wake-up for a key nobody here waits for is dropped, and a spurious wake-up only
+costs one read.
 """
 
 from __future__ import annotations
@@ -38,19 +43,30 @@ CHANNEL = "cachewise:lease-released"
 #: Reconnect backoff of the listener after a failure: first, then at most.
 _BACKOFF_FIRST = 0.05
 _BACKOFF_MAX = 1.0
-#: How long one listen call blocks (it also bounds how late close() is noticed).
-_LISTEN = 0.5
+#: How often the listener pings, and so how long one listen call blocks.
+_PING_EVERY = 0.1
 
-Waker = Callable[[], None]
+#: A waiter's wake-up: ``wake(failed)``; ``failed`` means the notifications are
+#: gone (the connection died) rather than that the lease ended.
+Waker = Callable[[bool], None]
 
 
 class Notifier:
     """The listener of one backend: who waits for which key, and the thread that
     wakes them. Thread-safe; waiters may be threads or event-loop callbacks."""
 
-    def __init__(self, connect: Callable[[], Any], *, name: str = "cachewise-notify") -> None:
-        """``connect()`` returns a sync redis-py ``PubSub`` (``client.pubsub()``)."""
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        timeout: float = 0.25,
+        name: str = "cachewise-notify",
+    ) -> None:
+        """``connect()`` returns a sync redis-py ``PubSub`` (``client.pubsub()``);
+        ``timeout`` is its socket timeout: no pong for that long means the
+        connection is gone."""
         self._connect = connect
+        self._timeout = max(timeout, 2 * _PING_EVERY)
         self._name = name
         self._lock = threading.Lock()
         self._waiters: dict[str, set[Waker]] = {}
@@ -66,8 +82,9 @@ class Notifier:
     # -- waiters -----------------------------------------------------------------
 
     def watch(self, key: str, wake: Waker) -> None:
-        """Call ``wake()`` (from the listener thread) when ``key`` is released, or
-        when notifications may have been lost. Starts the listener if needed."""
+        """Call ``wake(False)`` (from the listener thread) when ``key`` is released
+        or notifications may have been lost, ``wake(True)`` when the connection
+        died. Starts the listener if needed."""
         with self._lock:
             self._waiters.setdefault(key, set()).add(wake)
         self._ensure_running()
@@ -84,13 +101,13 @@ class Notifier:
         with self._lock:
             wakers = list(self._waiters.get(key, ()))
         for wake in wakers:
-            _call(wake)
+            _call(wake, False)
 
-    def _wake_everyone(self) -> None:
+    def _wake_everyone(self, failed: bool = False) -> None:
         with self._lock:
             wakers = [w for group in self._waiters.values() for w in group]
         for wake in wakers:
-            _call(wake)
+            _call(wake, failed)
 
     # -- the listener ----------------------------------------------------------------
 
@@ -111,32 +128,46 @@ class Notifier:
         backoff = _BACKOFF_FIRST
         while not self._closed:
             pubsub: Any = None
+            failed = False
             try:
                 pubsub = self._connect()
                 pubsub.subscribe(CHANNEL)
+                last_ping = last_pong = time.monotonic()
                 while not self._closed:
-                    message = pubsub.get_message(timeout=_LISTEN)
+                    now = time.monotonic()
+                    if now - last_pong > self._timeout:
+                        raise TimeoutError("no pong from the server: the connection is gone")
+                    if now - last_ping >= _PING_EVERY:
+                        pubsub.ping()
+                        last_ping = now
+                    message = pubsub.get_message(timeout=_PING_EVERY)
                     if message is None:
                         continue
                     kind = message.get("type")
-                    if kind == "subscribe":
-                        self.epoch += 1
-                        self.live = True
-                        backoff = _BACKOFF_FIRST
-                        # Anything published before now may have been missed.
-                        self._wake_everyone()
-                    elif kind == "message":
+                    if kind == "message":
                         data = message.get("data")
                         if isinstance(data, bytes):
                             data = data.decode("utf-8", "replace")
                         if isinstance(data, str):
                             self._wake(data)
+                    elif kind == "pong":
+                        last_pong = time.monotonic()
+                    elif kind == "subscribe":
+                        last_pong = time.monotonic()
+                        self.epoch += 1
+                        self.live = True
+                        backoff = _BACKOFF_FIRST
+                        # Anything published before now may have been missed.
+                        self._wake_everyone()
             except Exception as exc:
+                failed = True
                 if not self._closed:
                     logger.debug("cachewise: lease notifications interrupted: %r", exc)
             finally:
                 self.live = False
-                self._wake_everyone()  # they read again (or poll) rather than wait blind
+                # Waiters must not wait blind: a dead connection fails them (they
+                # load now); a close lets them read again.
+                self._wake_everyone(failed=failed)
                 if pubsub is not None:
                     try:
                         pubsub.close()
@@ -163,9 +194,9 @@ class Notifier:
         self._waiters = {}
 
 
-def _call(wake: Waker) -> None:
+def _call(wake: Waker, failed: bool) -> None:
     try:
-        wake()
+        wake(failed)
     except Exception:  # a waiter's loop closed: nobody waits there any more
         pass
 
@@ -173,29 +204,31 @@ def _call(wake: Waker) -> None:
 class ThreadWaiter:
     """One waiting thread: an event the listener sets."""
 
-    __slots__ = ("event",)
+    __slots__ = ("event", "failed")
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.failed = False
 
-    def __call__(self) -> None:
+    def __call__(self, failed: bool) -> None:
+        self.failed = self.failed or failed
         self.event.set()
 
 
 class LoopWaiter:
     """One waiting coroutine: a future on its event loop, resolved from the
-    listener thread."""
+    listener thread (its result says whether the notifications failed)."""
 
     __slots__ = ("future", "loop")
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self.future: asyncio.Future[None] = self.loop.create_future()
+        self.future: asyncio.Future[bool] = self.loop.create_future()
 
-    def __call__(self) -> None:
-        self.loop.call_soon_threadsafe(_resolve, self.future)
+    def __call__(self, failed: bool) -> None:
+        self.loop.call_soon_threadsafe(_resolve, self.future, failed)
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+def _resolve(future: asyncio.Future[bool], failed: bool) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(failed)

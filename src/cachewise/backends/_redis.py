@@ -268,7 +268,7 @@ class _RedisCommon:
                 return None
             with self._notify_lock:
                 if self._notify is None:
-                    self._notify = Notifier(client.pubsub)
+                    self._notify = Notifier(client.pubsub, timeout=_socket_timeout(client))
                 notifier = self._notify
         return notifier
 
@@ -529,7 +529,12 @@ class RedisBackend(_RedisCommon):
                 waiter.event.clear()  # (a release meanwhile is seen by the check)
             if not self._still_held(key):
                 return True
-            return waiter.event.wait(timeout)
+            ended = waiter.event.wait(timeout)
+            if waiter.failed:
+                # The listener lost its connection: this process cannot hear the
+                # release. Load now (one timeout), rather than wait it out blind.
+                raise BackendError("lease notifications lost: the backend went away")
+            return ended
         finally:
             notifier.unwatch(key, waiter)
 
@@ -855,6 +860,8 @@ class AsyncRedisBackend(_RedisCommon):
             if int(reply[2]) == 0:
                 return True
             done, _ = await asyncio.wait({waiter.future}, timeout=timeout)
+            if done and waiter.future.result():  # see RedisBackend.wait
+                raise BackendError("lease notifications lost: the backend went away")
             return bool(done)
         finally:
             notifier.unwatch(key, waiter)
