@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from cachewise import _forksafe
 from cachewise.backends._breaker import AsyncCircuitBreaker, CircuitBreaker
 from cachewise.backends._memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryBackend
 from cachewise.backends._pool import DEFAULT_POOL_TIMEOUT, bounded_pool_class
@@ -361,6 +362,13 @@ class _LazyClusterClient:
         self._lock = threading.Lock()
         # Readable without building the client (AsyncRedisBackend's queue limit).
         self.socket_timeout = (options or {}).get("socket_timeout")
+        _forksafe.register(self)
+
+    def _fork_locks(self) -> list[threading.Lock]:
+        return []
+
+    def _after_fork_child(self) -> None:
+        self._lock = threading.Lock()
 
     def _get(self) -> Any:
         client = self._client

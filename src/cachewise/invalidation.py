@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cachewise import _forksafe
+
 __all__ = ["REGISTRY", "ReadSpec", "Registry", "WriteSpec", "load_target"]
 
 _FIELD = re.compile(r"\{[^{}]*\}")
@@ -92,6 +94,13 @@ class Registry:
         self._dead: deque[_Registration] = deque()
         # > 0 inside retaining(): owners are ignored, registrations kept for good.
         self._retaining = 0
+        _forksafe.register(self)
+
+    def _fork_locks(self) -> list[threading.Lock]:
+        return [self._lock]
+
+    def _after_fork_child(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def reads(self) -> tuple[ReadSpec, ...]:

@@ -63,8 +63,10 @@ _SHARED_HELD_LOCK = threading.Lock()
 
 def _new_token_prefix() -> None:
     # A forked child must not reuse its parent's tokens: it would own its leases.
-    global _token_prefix
+    # (And a lock another thread held at the fork would be held forever there.)
+    global _token_prefix, _SHARED_HELD_LOCK
     _token_prefix = os.urandom(8).hex()
+    _SHARED_HELD_LOCK = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

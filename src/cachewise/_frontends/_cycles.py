@@ -15,6 +15,7 @@ path only (never on a hit, never for a leader).
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -63,3 +64,7 @@ def _reset_after_fork() -> None:
     global _lock
     _lock = threading.Lock()
     _waiting.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

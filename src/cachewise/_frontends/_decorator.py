@@ -9,6 +9,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
+from cachewise import _forksafe
 from cachewise._errors import CacheError
 from cachewise.keys import KeyTemplate, function_key, function_name
 
@@ -39,6 +40,7 @@ class KeyBuilder:
     """
 
     __slots__ = (
+        "__weakref__",
         "_lock",
         "_max_keys",
         "_name",
@@ -79,6 +81,13 @@ class KeyBuilder:
         self._on_max_keys = on_max_keys
         self._seen: set[str] = set()
         self._warned = False
+        self._lock = threading.Lock()
+        _forksafe.register(self)
+
+    def _fork_locks(self) -> list[threading.Lock]:
+        return []
+
+    def _after_fork_child(self) -> None:
         self._lock = threading.Lock()
 
     @property

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
 
+from cachewise import _forksafe
 from cachewise._core.entry import Entry
 
 if TYPE_CHECKING:
@@ -71,6 +72,13 @@ class HeldInvalidations:
         self._settled_tags: OrderedDict[str, int] = OrderedDict()
         self._everything_seq = 0
         self._floor = 0
+        _forksafe.register(self)
+
+    def _fork_locks(self) -> list[threading.Lock]:
+        return [self.lock]
+
+    def _after_fork_child(self) -> None:
+        self.lock = threading.Lock()
 
     @property
     def active(self) -> bool:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
+from cachewise import _forksafe
 from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable, LoadState
 from cachewise._core.policy import Read, decide_read, stale_servable, superseded
@@ -214,6 +216,7 @@ class AsyncCache(CacheBase):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._settler: asyncio.Task[Any] | None = None
         self._background = 0
+        _forksafe.register(self)
 
     @classmethod
     def from_url(
@@ -1124,6 +1127,18 @@ class AsyncCache(CacheBase):
             return wrapper
 
         return decorate
+
+    # -- fork ---------------------------------------------------------------------
+
+    def _fork_locks(self) -> list[threading.Lock]:
+        return []
+
+    def _after_fork_child(self) -> None:
+        # The parent's tasks and loop are not the child's (see _forksafe).
+        self._flights = FlightTable()
+        self._tasks = set()
+        self._settler = None
+        self._background = 0
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import inspect
+import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
+from cachewise import _forksafe
 from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable, JoinPoint, LoadState
 from cachewise._core.policy import Read, decide_read, stale_servable, superseded
@@ -43,6 +47,8 @@ from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import Backend, LeaseBackend, TagBackend
 from cachewise.keys import SHORT_KEY_CHARS, check_key
 from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
+
+logger = logging.getLogger("cachewise")
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -169,8 +175,9 @@ class Cache(CacheBase):
         self._flights: FlightTable[_Call] = FlightTable()
         self._executor: ThreadPoolExecutor | None = None
         self._futures: set[Future[None]] = set()
-        self._settler: Future[None] | None = None
+        self._settler: threading.Thread | None = None
         self._settle_wake = threading.Event()  # set by close() to stop the settler
+        _forksafe.register(self)
 
     @classmethod
     def from_url(cls, url: str, *, serializer: Serializer | None = None, **options: Any) -> Cache:
@@ -498,14 +505,18 @@ class Cache(CacheBase):
         self._settled(applied)
 
     def _start_settler(self) -> None:
-        """Run the background settler on the owned pool (once at a time)."""
+        """Run the background settler (once at a time) on a daemon thread of its
+        own: not on the refresh pool, whose threads the interpreter joins at exit
+        (a program that ends without ``close()`` while Redis is down must still
+        exit: break 6 of issue 9). ``_settle_at_exit`` makes one last attempt."""
         with self._lock:
             if self._closed or self._settler is not None:
                 return
-            executor = self._pool()
-            self._settler = executor.submit(self._settle_loop)
-            self._futures.add(self._settler)
-        self._settler.add_done_callback(self._forget_future)
+            self._settler = threading.Thread(
+                target=self._settle_loop, name="cachewise-settle", daemon=True
+            )
+            _SETTLING.add(self)
+        self._settler.start()
 
     def _settle_loop(self) -> None:
         try:
@@ -965,10 +976,10 @@ class Cache(CacheBase):
             self._futures.discard(future)
 
     def wait_background(self, timeout: float | None = None) -> bool:
-        """Wait for the background refreshes started so far; whether all finished."""
+        """Wait for the background refreshes started so far; whether all finished.
+        (Not the settler: it runs for as long as invalidations are held.)"""
         with self._lock:
-            # The settler runs for as long as invalidations are held: not "started so far".
-            pending = [f for f in self._futures if f is not self._settler]
+            pending = list(self._futures)
         _, not_done = wait_futures(pending, timeout=timeout)
         return not not_done
 
@@ -1045,6 +1056,21 @@ class Cache(CacheBase):
 
         return decorate
 
+    # -- fork ---------------------------------------------------------------------
+
+    def _fork_locks(self) -> list[threading.Lock]:
+        return [self._lock]
+
+    def _after_fork_child(self) -> None:
+        # See _forksafe: the parent's threads are not in the child. Their flights
+        # would never end (joiners would hang), their pool runs nothing.
+        self._lock = threading.Lock()
+        self._flights = FlightTable()
+        self._executor = None
+        self._futures = set()
+        self._settler = None
+        self._settle_wake = threading.Event()
+
     # -- lifecycle ----------------------------------------------------------------
 
     def close(self) -> None:
@@ -1056,6 +1082,9 @@ class Cache(CacheBase):
             self._closed = True
             executor = self._executor
         self._settle_wake.set()
+        settler = self._settler
+        if settler is not None:
+            settler.join(_SETTLER_JOIN)  # it stops at its next turn (one timeout at most)
         if executor is not None:
             executor.shutdown(wait=True)
         if self._owns_backend:
@@ -1078,6 +1107,29 @@ class Cache(CacheBase):
 
 # A backend failure quicker than this was not a timeout.
 _FAST_FAILURE = 0.05
+# How long close() waits for the settler to stop.
+_SETTLER_JOIN = 2.0
+
+# Caches whose settler ran: at exit, each gets one last try at what it still holds.
+_SETTLING: weakref.WeakSet[Cache] = weakref.WeakSet()
+
+
+def _settle_at_exit() -> None:
+    """One last attempt at held invalidations when the interpreter exits (the
+    settler is a daemon thread and dies with it). Bounded: one try per cache,
+    each at most one backend timeout."""
+    for cache in list(_SETTLING):
+        if cache._unsettled and not cache._closed:
+            cache._settle()
+            if cache._unsettled:
+                logger.error(
+                    "cachewise: exiting with %d invalidation(s) that never reached the "
+                    "backend; other processes may read the old values until they expire",
+                    max(cache._pending_count(), 0),
+                )
+
+
+atexit.register(_settle_at_exit)
 
 
 def _check_sync_callable(func: object, decorator: str) -> None:

@@ -29,6 +29,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from cachewise import _forksafe
 from cachewise._core.breaker import PASS, REFUSED, Breaker, BreakerPolicy, State
 from cachewise._core.entry import Entry
 from cachewise._errors import BackendError, BackpressureError, WeigherError
@@ -161,7 +162,14 @@ class _BreakerBase:
         self._clock = clock
         self._name = name or type(backend).__name__
         self._lock = threading.Lock()
+        _forksafe.register(self)
         self._rejected = 0
+
+    def _fork_locks(self) -> list[threading.Lock]:
+        return [self._lock]
+
+    def _after_fork_child(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def inner(self) -> Any:

@@ -20,6 +20,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
+from cachewise import _forksafe
 from cachewise._core.entry import Entry
 from cachewise._core.readflow import LeaseReply
 from cachewise._errors import WeigherError
@@ -114,6 +115,17 @@ class MemoryBackend:
         # Serialises writers: a write is several steps (weights, bytes, eviction).
         # Never held while calling out (weighers, wake-ups run outside it).
         self._lock = threading.Lock()
+        _forksafe.register(self)
+
+    def _fork_locks(self) -> list[threading.Lock]:
+        return [self._lock]
+
+    def _after_fork_child(self) -> None:
+        # The entries stay (a child of a preloaded server starts warm); the leases
+        # and waiters were the parent's threads': no one here would end them.
+        self._lock = threading.Lock()
+        self._leases.clear()
+        self._wakers.clear()
 
     # -- capabilities -------------------------------------------------------------
 

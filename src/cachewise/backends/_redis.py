@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from cachewise import _forksafe
 from cachewise._core import envelope
 from cachewise._core.entry import Entry
 from cachewise._core.policy import MAX_SECONDS
@@ -153,11 +154,21 @@ class _RedisCommon:
         self._notify: Notifier | None = None
         self._notify_unavailable = False
         self._notify_lock = threading.Lock()
+        _forksafe.register(self)
         self._read_sha = _lua.sha1(_lua.READ)
         self._set_leased_sha = _lua.sha1(_lua.SET_LEASED)
         self._release_sha = _lua.sha1(_lua.RELEASE)
         self._write_sha = _lua.sha1(_lua.WRITE)
         self._decode_errors = 0
+
+    def _fork_locks(self) -> list[threading.Lock]:
+        return []
+
+    def _after_fork_child(self) -> None:
+        # The listener thread is the parent's; a new one starts on the first wait
+        # (redis-py gives the child fresh connections: its pools check the pid).
+        self._notify = None
+        self._notify_lock = threading.Lock()
 
     @property
     def client(self) -> Any:
@@ -591,6 +602,14 @@ class AsyncRedisBackend(_RedisCommon):
         if offload:
             self._offloaded = RedisBackend(invalidation_client, codec=self.codec, **options)
             self._queue_limit = _socket_timeout(invalidation_client) / 2
+
+    def _after_fork_child(self) -> None:
+        super()._after_fork_child()
+        # The invalidation threads and whatever they had queued were the parent's.
+        self._pool = None
+        self._batch = []
+        self._batch_lock = threading.Lock()
+        self._draining = False
 
     def _threads(self) -> ThreadPoolExecutor:
         if self._pool is None:

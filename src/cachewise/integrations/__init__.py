@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from typing import Any, TypeVar
@@ -48,6 +49,16 @@ T = TypeVar("T")
 
 _errors = 0
 _errors_lock = threading.Lock()
+
+
+def _new_errors_lock() -> None:
+    # A forked child: the lock may have been held by a thread it does not have.
+    global _errors_lock
+    _errors_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_errors_lock)
 
 
 def invalidation_errors() -> int:

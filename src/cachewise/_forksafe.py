@@ -1,0 +1,71 @@
+"""Surviving ``fork()``: gunicorn ``--preload``, Celery prefork, multiprocessing.
+
+A forked child has one thread, the one that called ``fork()``. Everything else of
+the parent's threads is gone from it, but their state is copied: locks they held
+stay held forever, thread pools look alive but run nothing, loads in flight never
+finish, and leases they held in a ``MemoryBackend`` are never released. Breaks 21
+and 22 of issue 9: children hung in ``_join_or_lead`` (``with self._lock``), and a
+child that inherited a refresh pool never ran a refresh nor settled a held delete.
+
+So every object of cachewise with such state registers here, and
+``os.register_at_fork`` calls:
+
+- before the fork, ``_fork_locks()`` of each: the locks guarding multi-step state
+  (a flight table, a store's budgets) are taken, so no other thread is halfway
+  through changing it when the child is copied (each with a timeout: a lock that
+  cannot be had in time is simply replaced in the child);
+- after it, in the parent, those locks are released;
+- in the child, ``_after_fork_child()`` of each: fresh locks, no pools, no
+  threads, no flights, no leases or waiters of the parent's threads. Threads and
+  pools start again lazily on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Protocol
+
+#: How long the fork waits for one lock before giving up on it (the child then
+#: gets a fresh lock and whatever state the holder had left).
+_LOCK_WAIT = 1.0
+
+
+class ForkAware(Protocol):
+    def _fork_locks(self) -> list[threading.Lock]: ...
+    def _after_fork_child(self) -> None: ...
+
+
+_objects: weakref.WeakSet[ForkAware] = weakref.WeakSet()
+_held: list[threading.Lock] = []
+
+
+def register(obj: ForkAware) -> None:
+    """Reset ``obj`` in forked children (and hold its locks across the fork)."""
+    _objects.add(obj)
+
+
+def _before() -> None:
+    _held.clear()
+    for obj in list(_objects):
+        for lock in obj._fork_locks():
+            if lock.acquire(timeout=_LOCK_WAIT):
+                _held.append(lock)
+
+
+def _after_in_parent() -> None:
+    while _held:
+        _held.pop().release()
+
+
+def _after_in_child() -> None:
+    _held.clear()  # copies of the parent's locks: replaced below, never released
+    for obj in list(_objects):
+        obj._after_fork_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child
+    )

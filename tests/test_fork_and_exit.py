@@ -1,0 +1,226 @@
+"""Fork and exit (breaks 6, 21, 22 of issue 9).
+
+- A child forked while other threads use the cache (or while cachewise's own
+  threads hold its locks) must not hang: gunicorn --preload and Celery prefork
+  fork a process that already served requests.
+- A child forked after a background refresh must run refreshes and settle held
+  invalidations: it inherits a refresh pool whose threads are not there.
+- A program that ends without close() while a delete is held must still exit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from cachewise import AsyncCache, Cache, MemoryBackend
+from tests.support.redis_servers import free_port
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+
+CHILD_DEADLINE = 10.0
+
+
+def _fork_and_check(work: Callable[[], None]) -> int:
+    """Fork; run ``work`` in the child under an alarm; the child's exit status
+    (0: done, 1: failed, SIGALRM: hung)."""
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            signal.alarm(int(CHILD_DEADLINE))
+            work()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + CHILD_DEADLINE + 5
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)  # a child process: polling its exit is the only way
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return -1
+
+
+class Unreachable(MemoryBackend):
+    """A store whose deletes fail while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def delete(self, key: str) -> bool:
+        if self.down:
+            raise ConnectionError("down")
+        return super().delete(key)
+
+    def delete_many(self, keys: Any) -> int:
+        if self.down:
+            raise ConnectionError("down")
+        return super().delete_many(keys)
+
+
+def test_forks_while_application_threads_use_the_cache_never_hang() -> None:
+    store = MemoryBackend(max_entries=500)
+    cache = Cache(store, ttl=0.01, stale_ttl=0.05)
+    stop = threading.Event()
+
+    def busy(seed: int) -> None:
+        i = seed
+        while not stop.is_set():
+            i += 1
+            key = f"k{i % 50}"
+            cache.get_or_load(key, lambda n=i: time.sleep(0.0002) or n)
+            if i % 7 == 0:
+                cache.delete(key)
+            if i % 11 == 0:
+                cache.set(key, i)
+
+    threads = [threading.Thread(target=busy, args=(n * 1000,), daemon=True) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        statuses = []
+        for _ in range(40):
+            time.sleep(0.002)
+
+            def child() -> None:
+                for n in range(200):
+                    key = f"k{n % 50}"
+                    assert cache.get_or_load(key, lambda: "child") is not None
+                    cache.delete(key)
+                    cache.set(key, n)
+                    cache.get(key)
+                assert cache.wait_background(timeout=5)
+                cache.close()
+
+            statuses.append(_fork_and_check(child))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+        cache.close()
+    assert statuses == [0] * 40, statuses
+
+
+def test_a_child_forked_after_a_background_refresh_refreshes_and_settles() -> None:
+    store = Unreachable()
+    cache = Cache(store, ttl=0.05, stale_ttl=60)
+    cache.get_or_load("k", lambda: "v1")
+    time.sleep(0.06)  # stale: the next hit refreshes in the background
+    assert cache.get_or_load("k", lambda: "v2") == "v1"
+    assert cache.wait_background(timeout=5)  # the refresh pool now has threads
+
+    def child() -> None:
+        time.sleep(0.06)
+        assert cache.get_or_load("k", lambda: "child") in ("v2", "child")
+        assert cache.wait_background(timeout=5), "the child's refresh never ran"
+        assert cache.get("k") == "child"
+        store.down = True
+        cache.delete("k")  # held: the store is "down"
+        assert cache.stats().invalidations_pending == 1
+        store.down = False
+        deadline = time.monotonic() + 5
+        while cache.stats().invalidations_pending:
+            assert time.monotonic() < deadline, "the child's settler never ran"
+            time.sleep(0.01)
+        cache.close()
+
+    assert _fork_and_check(child) == 0
+    cache.close()
+
+
+def test_a_child_forked_while_a_load_is_in_flight_does_not_wait_for_it() -> None:
+    store = MemoryBackend()
+    cache = Cache(store)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        assert release.wait(30)
+        return "parent"
+
+    loader = threading.Thread(target=lambda: cache.get_or_load("k", slow), daemon=True)
+    loader.start()
+    assert started.wait(5)
+    try:
+
+        def child() -> None:
+            # The parent's loading thread is not here: its flight and its lease
+            # must not make the child wait.
+            assert cache.get_or_load("k", lambda: "child") == "child"
+            other = Cache(store)  # another front end on the same store
+            assert other.get_or_load("k2", lambda: "x") == "x"
+
+        assert _fork_and_check(child) == 0
+    finally:
+        release.set()
+        loader.join(5)
+        cache.close()
+
+
+def test_a_child_forked_from_a_process_with_an_async_cache_works() -> None:
+    import asyncio
+
+    async def warm() -> AsyncCache:
+        cache = AsyncCache(ttl=60)
+
+        async def one() -> int:
+            return 1
+
+        assert await cache.get_or_load("k", one) == 1
+        return cache
+
+    cache = asyncio.run(warm())
+
+    def child() -> None:
+        async def use() -> None:
+            async def two() -> int:
+                return 2
+
+            assert await cache.get_or_load("k", two) == 1
+            assert await cache.get_or_load("k2", two) == 2
+            await cache.aclose()
+
+        asyncio.run(use())
+
+    assert _fork_and_check(child) == 0
+
+
+def test_a_program_that_ends_without_close_while_a_delete_is_held_exits() -> None:
+    port = free_port()  # nothing listens there: Redis is down
+    script = textwrap.dedent(
+        f"""
+        import time
+        from cachewise import Cache
+        cache = Cache.from_url("redis://127.0.0.1:{port}/0")
+        cache.delete("k")
+        assert cache.stats().invalidations_pending == 1
+        time.sleep(0.2)  # the settler is retrying
+        print("done")
+        """
+    )
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "done" in result.stdout
+    assert took < 10, f"the program took {took:.1f} s to exit"
+    assert "never reached the backend" in result.stderr  # said so on the way out
