@@ -36,10 +36,12 @@ DEFAULT_OUTPUT = ROOT / ".bench" / "results.json"
 # Module names, run in this order. Each must define NAME and run(quick) -> dict.
 BENCHMARKS: list[str] = [
     "bench_hits",
+    "bench_hits_many",
     "bench_herd",
     "bench_redis_hits",
     "bench_redis_herd",
     "bench_tags",
+    "load_pool",
 ]
 
 # Reported with the results so figures can be compared across runs.
