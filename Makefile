@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint fmt docs clean
+.PHONY: demo test bench lint fmt docs clean history
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+# The long history-checker run: every configuration, HISTORY_SECONDS each.
+HISTORY_SECONDS ?= 30
+history: $(STAMP)
+	$(PY) -m tests.history --seconds $(HISTORY_SECONDS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

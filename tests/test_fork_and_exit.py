@@ -18,12 +18,12 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from cachewise import AsyncCache, Cache, MemoryBackend
 from tests.support.redis_servers import free_port
+from tests.support.stores import Unreachable
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 
@@ -55,24 +55,6 @@ def _fork_and_check(work: Callable[[], None]) -> int:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     return -1
-
-
-class Unreachable(MemoryBackend):
-    """A store whose deletes fail while ``down``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-
-    def delete(self, key: str) -> bool:
-        if self.down:
-            raise ConnectionError("down")
-        return super().delete(key)
-
-    def delete_many(self, keys: Any) -> int:
-        if self.down:
-            raise ConnectionError("down")
-        return super().delete_many(keys)
 
 
 def test_forks_while_application_threads_use_the_cache_never_hang() -> None:

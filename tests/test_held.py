@@ -8,27 +8,8 @@ import threading
 import tracemalloc
 from typing import Any
 
-from cachewise import MISSING, AsyncCache, Cache, Entry, MemoryBackend
-
-
-class Unreachable(MemoryBackend):
-    """A memory store whose invalidations fail while ``down`` (a stand-in for a
-    shared backend that cannot be reached for deletes)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.down = False
-
-    def delete(self, key: str) -> bool:
-        if self.down:
-            raise ConnectionError("down")
-        return super().delete(key)
-
-    def delete_many(self, keys: Any) -> int:
-        if self.down:
-            raise ConnectionError("down")
-        return super().delete_many(keys)
-
+from cachewise import MISSING, AsyncCache, Cache, Entry
+from tests.support.stores import Unreachable
 
 HELD = 9_000
 

@@ -20,6 +20,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -280,6 +281,9 @@ class _RedisCommon:
             with self._notify_lock:
                 if self._notify is None:
                     self._notify = Notifier(client.pubsub, timeout=_socket_timeout(client))
+                    # A backend dropped without close() must not leave its listener
+                    # (a thread and a connection) running for good.
+                    weakref.finalize(self, self._notify.close)
                 notifier = self._notify
         return notifier
 
