@@ -23,7 +23,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
 # The long history-checker run: every configuration, HISTORY_SECONDS each.
-HISTORY_SECONDS ?= 30
+HISTORY_SECONDS ?= 10
 history: $(STAMP)
 	$(PY) -m tests.history --seconds $(HISTORY_SECONDS)
 

@@ -100,6 +100,47 @@ def test_forks_while_application_threads_use_the_cache_never_hang() -> None:
     assert statuses == [0] * 40, statuses
 
 
+def test_forks_while_threads_use_a_redis_cache_never_hang(redis_url: str) -> None:
+    """Found by the history checker: redis-py resets an inherited connection pool
+    in the child under the pool's lock; a child forked while a parent thread held
+    that lock waited five seconds, then failed every call (ChildDeadlockedError)."""
+    cache = Cache.from_url(redis_url, ttl=0.05, stale_ttl=0.2)
+    stop = threading.Event()
+
+    def busy(seed: int) -> None:
+        i = seed
+        while not stop.is_set():
+            i += 1
+            key = f"k{i % 20}"
+            cache.get_or_load(key, lambda n=i: n)
+            if i % 5 == 0:
+                cache.delete(key)
+
+    threads = [threading.Thread(target=busy, args=(n * 1000,), daemon=True) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        statuses = []
+        for _ in range(25):
+            time.sleep(0.003)
+
+            def child() -> None:
+                for n in range(20):
+                    key = f"k{n}"
+                    cache.get_or_load(key, lambda: "child")
+                    cache.delete(key)
+                assert cache.stats().backend_errors == 0, cache.stats()
+                cache.close()
+
+            statuses.append(_fork_and_check(child))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+        cache.close()
+    assert statuses == [0] * 25, statuses
+
+
 def test_a_child_forked_after_a_background_refresh_refreshes_and_settles() -> None:
     store = Unreachable()
     cache = Cache(store, ttl=0.05, stale_ttl=60)

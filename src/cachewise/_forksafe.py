@@ -15,17 +15,21 @@ So every object of cachewise with such state registers here, and
   through changing it when the child is copied (each with a timeout: a lock that
   cannot be had in time is simply replaced in the child);
 - after it, in the parent, those locks are released;
-- in the child, ``_after_fork_child()`` of each: fresh locks, no pools, no
-  threads, no flights, no leases or waiters of the parent's threads. Threads and
-  pools start again lazily on first use.
+- in the child, the same locks are released, then ``_after_fork_child()`` of
+  each runs: fresh locks, no pools, no threads, no flights, no leases or waiters
+  of the parent's threads. Threads and pools start again lazily on first use.
+
+The locks may include redis-py's: a sync connection pool resets itself in a child
+under its ``_fork_lock``, and a child forked while another thread held that lock
+(resetting its own inherited pool) would wait five seconds on it and then fail
+every call with ``ChildDeadlockedError``.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
 
 #: How long the fork waits for one lock before giving up on it (the child then
 #: gets a fresh lock and whatever state the holder had left).
@@ -33,12 +37,12 @@ _LOCK_WAIT = 1.0
 
 
 class ForkAware(Protocol):
-    def _fork_locks(self) -> list[threading.Lock]: ...
+    def _fork_locks(self) -> list[Any]: ...
     def _after_fork_child(self) -> None: ...
 
 
 _objects: weakref.WeakSet[ForkAware] = weakref.WeakSet()
-_held: list[threading.Lock] = []
+_held: list[Any] = []  # locks (threading.Lock or RLock) taken before the fork
 
 
 def register(obj: ForkAware) -> None:
@@ -60,7 +64,9 @@ def _after_in_parent() -> None:
 
 
 def _after_in_child() -> None:
-    _held.clear()  # copies of the parent's locks: replaced below, never released
+    # The locks taken before the fork are held by this thread in the child too:
+    # give them back (ours are then replaced anyway; redis-py's pools keep theirs).
+    _after_in_parent()
     for obj in list(_objects):
         obj._after_fork_child()
 

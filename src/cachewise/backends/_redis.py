@@ -162,8 +162,17 @@ class _RedisCommon:
         self._write_sha = _lua.sha1(_lua.WRITE)
         self._decode_errors = 0
 
-    def _fork_locks(self) -> list[threading.Lock]:
-        return []
+    def _fork_locks(self) -> list[Any]:
+        # redis-py's sync pools (see _forksafe): no thread may be resetting one, or
+        # hold its connection lock, when the process forks. (A child resets an
+        # inherited pool under _fork_lock, and reset() takes the old _lock first:
+        # held by a parent thread at the fork, it would never be released.) The
+        # order is redis-py's own: _fork_lock, then _lock.
+        clients = [self._client, self._writer, self._listen_client()]
+        locks: list[Any] = []
+        for pool in _sync_pools(clients):
+            locks += [pool._fork_lock, pool._lock]
+        return locks
 
     def _after_fork_child(self) -> None:
         # The listener thread is the parent's; a new one starts on the first wait
@@ -916,6 +925,28 @@ def _cancels(task: asyncio.Task[Any] | None) -> int:
     """How many cancellations of ``task`` are pending (Python 3.11+; 0 before)."""
     cancelling = getattr(task, "cancelling", None)
     return int(cancelling()) if cancelling is not None else 0
+
+
+def _sync_pools(clients: list[Any]) -> list[Any]:
+    """The redis-py sync connection pools behind ``clients`` (each once; none for
+    async clients, or a cluster client not built yet)."""
+    pools: dict[int, Any] = {}
+    for client in clients:
+        if client is None or _looks_async_client(client):
+            continue
+        built = getattr(client, "__dict__", {}).get("_client", client)  # _LazyClusterClient
+        if built is None:
+            continue
+        candidates = [getattr(built, "connection_pool", None)]
+        nodes = getattr(getattr(built, "nodes_manager", None), "nodes_cache", None)
+        if isinstance(nodes, dict):
+            for node in list(nodes.values()):
+                connection = getattr(node, "redis_connection", None)
+                candidates.append(getattr(connection, "connection_pool", None))
+        for pool in candidates:
+            if pool is not None and hasattr(pool, "_fork_lock") and hasattr(pool, "_lock"):
+                pools[id(pool)] = pool
+    return list(pools.values())
 
 
 def _socket_timeout(client: Any) -> float:
