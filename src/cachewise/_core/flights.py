@@ -121,6 +121,7 @@ class LoadState:
         "stale",
         "started",
         "unreached",
+        "unwritten",
     )
 
     def __init__(self) -> None:
@@ -144,6 +145,11 @@ class LoadState:
         # fresh as one the joiner would send.
         self.reads = 0
         self.served_read = 0
+        # A load that reads nothing and writes nothing (the backend is unreachable,
+        # or a held invalidation covers the key). Callers covered by a held
+        # invalidation join only such a flight: any other may have read, or be
+        # about to write, what the invalidation removes.
+        self.unwritten = False
 
     def join_point(self) -> JoinPoint:
         """Where the load stands now (taken as a caller joins it)."""

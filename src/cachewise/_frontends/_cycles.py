@@ -58,12 +58,38 @@ def leave_wait(actor: object) -> None:
         _waiting.pop(actor, None)
 
 
+# Leases of in-process stores (MemoryBackend) are held by flights of this process:
+# (id(store), key) -> the flight holding the key's lease there. A caller that would
+# wait on such a lease waits, in effect, for that flight: two caches on one store
+# close a cycle through it (a's loader asks the other cache for a's own key).
+_lease_holders: dict[tuple[int, str], Flight[Any]] = {}
+
+
+def lease_taken(store: object, key: str, flight: Flight[Any]) -> None:
+    """``flight`` holds the lease on ``key`` in the in-process ``store``."""
+    with _lock:
+        _lease_holders[(id(store), key)] = flight
+
+
+def lease_ended(store: object, key: str, flight: Flight[Any]) -> None:
+    """``flight`` no longer holds the lease (it wrote, released or finished)."""
+    with _lock:
+        if _lease_holders.get((id(store), key)) is flight:
+            del _lease_holders[(id(store), key)]
+
+
+def lease_holder(store: object, key: str) -> Flight[Any] | None:
+    """The flight of this process holding the lease on ``key`` in ``store``."""
+    return _lease_holders.get((id(store), key))
+
+
 def _reset_after_fork() -> None:
     # The child has one thread: nobody in it waits, and the lock may have been
     # held by a thread that does not exist there.
     global _lock
     _lock = threading.Lock()
     _waiting.clear()
+    _lease_holders.clear()
 
 
 if hasattr(os, "register_at_fork"):

@@ -24,7 +24,12 @@ from cachewise._core.readflow import (
     Serve,
     leased_read,
 )
-from cachewise._errors import CacheClosedError, LoadCancelledError, WeigherError
+from cachewise._errors import (
+    CacheClosedError,
+    LoadCancelledError,
+    LoaderCycleError,
+    WeigherError,
+)
 from cachewise._frontends._base import (
     _SETTLE_EVERY,
     CacheBase,
@@ -33,7 +38,13 @@ from cachewise._frontends._base import (
     check_ttl,
     new_token,
 )
-from cachewise._frontends._cycles import enter_wait, leave_wait
+from cachewise._frontends._cycles import (
+    enter_wait,
+    lease_ended,
+    lease_holder,
+    lease_taken,
+    leave_wait,
+)
 from cachewise._frontends._decorator import (
     AsyncCachedFunction,
     Invalidator,
@@ -208,10 +219,13 @@ class AsyncCache(CacheBase):
         # does an in-process one (MemoryBackend), whose leases coordinate this
         # cache with every other front end on it.
         self._leases: AsyncLeaseBackend | None = None
+        # The store whose leases flights of this process hold (see _cycles).
+        self._inproc: InProcessLeaseBackend | None = None
         if self._remote is not None and isinstance(backend, AsyncLeaseBackend):
             self._leases = backend
         elif isinstance(self._local, InProcessLeaseBackend):
             self._leases = _LocalLeases(self._local)
+            self._inproc = self._local
         self._flights: FlightTable[_Task] = FlightTable()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._settler: asyncio.Task[Any] | None = None
@@ -618,8 +632,12 @@ class AsyncCache(CacheBase):
             except _Retry:
                 continue
 
-    async def _await_flight(self, flight: Flight[_Task], stale: Entry | None) -> Any:
-        """The outcome of ``flight`` for this caller; ``_Retry`` if it gave none."""
+    async def _await_flight(
+        self, flight: Flight[_Task], stale: Entry | None, leader: bool = False
+    ) -> Any:
+        """The outcome of ``flight`` for this caller; ``_Retry`` if it gave none.
+        Only the leader may fall back on the stale value the flight read: a joiner
+        came later, maybe after a delete (see Cache._outcome)."""
         future = flight.handle.future
         assert future is not None
         me = asyncio.current_task()
@@ -635,7 +653,8 @@ class AsyncCache(CacheBase):
         except _Retry:
             raise
         except Exception:
-            stale = stale or flight.handle.stale
+            if leader:
+                stale = stale or flight.handle.stale
             if stale_servable(stale, self._clock()):
                 assert stale is not None
                 self._counters.stale_served += 1
@@ -658,9 +677,16 @@ class AsyncCache(CacheBase):
         self._counters.misses += 1
         while True:
             flight = self._flights.get(full)
+            if flight is not None and not flight.handle.unwritten:
+                # Never join a flight that reads or writes the backend: see
+                # Cache._join_or_lead. Revoked, its old value is neither written
+                # nor handed to anyone after this.
+                self._flights.invalidate(full)
+                flight = None
             joined = flight is not None
             if flight is None:
                 flight = self._start(full, self._run_unwritten, loader, ttl, tags)
+                flight.handle.unwritten = True
             else:
                 flight.waiters += 1
                 self._counters.coalesced += 1
@@ -728,23 +754,23 @@ class AsyncCache(CacheBase):
         clock = self._clock
         counters.loads += 1
         handle = flight.handle
-        stamp = None
-        if flight.tags and (write or token is not None):
-            # Stamp first: an invalidation during the load makes its entry a miss.
-            try:
-                stamp = await self._stamp(flight.tags)
-            except Exception as exc:
-                if isinstance(exc, TypeError):
-                    self._flights.finish(flight)
-                    raise
-                self._degraded("tag_stamp", exc)
-                write = False  # an unstamped entry must not be written
-                await self._release(flight.key, token)
-                token = None
-        handle.started = True
-        if not write and token is None:
-            handle.confirmed = False  # nothing will be written: nothing confirms it
         try:
+            stamp = None
+            if flight.tags and (write or token is not None):
+                # Stamp first: an invalidation during the load makes its entry a miss.
+                try:
+                    stamp = await self._stamp(flight.tags)
+                except TypeError:
+                    await self._release(flight.key, token)
+                    raise  # the backend has no tags: the callers' error
+                except Exception as exc:
+                    self._degraded("tag_stamp", exc)
+                    write = False  # an unstamped entry must not be written
+                    await self._release(flight.key, token)
+                    token = None
+            handle.started = True
+            if not write and token is None:
+                handle.confirmed = False  # nothing will be written: nothing confirms it
             try:
                 start = clock()
                 awaitable = loader()
@@ -771,9 +797,6 @@ class AsyncCache(CacheBase):
                 counters.load_errors += 1
                 await self._release(flight.key, token)
                 raise
-            except BaseException:
-                await self._release(flight.key, token)
-                raise
             entry = self._new_entry(
                 value, end, ttl, max(end - start, 0.0), negative, flight.tags, stamp
             )
@@ -783,8 +806,14 @@ class AsyncCache(CacheBase):
             elif write:
                 await self._write_guarded(flight, entry)
             return value
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                # Cancelled (or interrupted) in the load or its write: the store's
+                # lease must not outlive us. Released without awaiting here.
+                self._release_soon(flight.key, token)
+            raise
         finally:
-            self._flights.finish(flight)
+            self._end(flight)
 
     async def _write_guarded(self, flight: Flight[_Task], entry: Entry | None) -> None:
         try:
@@ -832,6 +861,25 @@ class AsyncCache(CacheBase):
                 await self._release(flight.key, token)
             else:
                 self._release_later(flight.key, token)
+
+    def _end(self, flight: Flight[_Task]) -> None:
+        """The flight is over: out of the table (and of the lease-holder record)."""
+        if self._inproc is not None:
+            lease_ended(self._inproc, flight.key, flight)
+        self._flights.finish(flight)
+
+    def _release_soon(self, key: str, token: str | None) -> None:
+        """Release a lease without awaiting (from a cancellation): at once on an
+        in-process store, else in a tracked background task."""
+        if token is None or self._leases is None:
+            return
+        if self._inproc is not None:
+            try:
+                self._inproc.release(key, token)
+            except Exception as exc:
+                self._degraded("release", exc)
+        else:
+            self._release_later(key, token)
 
     def _release_later(self, key: str, token: str) -> None:
         """Release a lease in a tracked task (see Cache._release_later)."""
@@ -881,7 +929,7 @@ class AsyncCache(CacheBase):
                 flight.waiters += 1
                 counters.coalesced += 1
             try:
-                value: T = await self._await_flight(flight, stale)
+                value: T = await self._await_flight(flight, stale, leader)
             except _Retry:
                 continue
             if not leader:
@@ -925,10 +973,21 @@ class AsyncCache(CacheBase):
                         handle.unreached = True
                         outcome = LoadStep(leased=False, stale=None)
                         break
+                    if reply.granted and self._inproc is not None:
+                        lease_taken(self._inproc, full, flight)
                     step = flow.send(
                         Observed(reply, self._clock(), time.monotonic(), 1.0 - self._rng.random())
                     )
                 else:
+                    holder = lease_holder(self._inproc, full) if self._inproc is not None else None
+                    me = asyncio.current_task()
+                    if holder is not None:
+                        try:
+                            enter_wait(me, holder)  # the holder may be waiting for us
+                        except LoaderCycleError as exc:
+                            future.set_exception(exc)
+                            self._end(flight)
+                            return
                     try:
                         await leases.wait(full, step.seconds)
                     except Exception as exc:
@@ -939,17 +998,22 @@ class AsyncCache(CacheBase):
                         handle.unreached = True
                         outcome = LoadStep(leased=False, stale=None)
                         break
+                    finally:
+                        if holder is not None:
+                            leave_wait(me)
                     step = flow.send(None)
         except StopIteration as stop:
             outcome = stop.value
         except BaseException:
-            # Cancelled mid-read: the others read again without us.
+            # Cancelled mid-read: the others read again without us, and a lease
+            # granted to us must not stay held (release checks the token).
+            self._release_soon(full, token)
             if not future.done():
                 future.set_exception(_Retry())
                 # Retrieved here: with no other waiter nobody awaits it, and asyncio
                 # would log "Future exception was never retrieved" (break 25).
                 future.exception()
-            self._flights.finish(flight)
+            self._end(flight)
             raise
         if isinstance(outcome, Serve):
             entry = outcome.entry
@@ -959,7 +1023,7 @@ class AsyncCache(CacheBase):
             handle.negative = entry.negative
             self._count_served(handle.kind, handle.negative)
             future.set_result(entry.value)
-            self._flights.finish(flight)
+            self._end(flight)
             # After finish: the refresh needs the key's flight slot to itself.
             if outcome.refresh:
                 self._refresh_in_background(
@@ -972,7 +1036,7 @@ class AsyncCache(CacheBase):
         if self._closed:
             await self._release(full, token if outcome.leased else None)
             future.set_exception(CacheClosedError("AsyncCache is closed"))
-            self._flights.finish(flight)
+            self._end(flight)
             return
         task = self._spawn(
             flight,
@@ -1031,6 +1095,8 @@ class AsyncCache(CacheBase):
             if granted and reply is not None and superseded(trigger, reply.entry):
                 await self._release(flight.key, token)
                 granted = False
+            if granted and self._inproc is not None:
+                lease_taken(self._inproc, flight.key, flight)
         else:
             try:
                 current = await self._bread(flight.key)
@@ -1039,7 +1105,7 @@ class AsyncCache(CacheBase):
                 current = None
             granted = not superseded(trigger, current)
         if not granted:
-            self._flights.finish(flight)
+            self._end(flight)
             raise _Retry  # joiners (if any) read again
         if early:
             self._counters.early_refreshes += 1

@@ -20,7 +20,7 @@ from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable, JoinPoint, LoadState
 from cachewise._core.policy import Read, decide_read, stale_servable, superseded
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
-from cachewise._errors import CacheClosedError, WeigherError
+from cachewise._errors import CacheClosedError, LoaderCycleError, WeigherError
 from cachewise._frontends._base import (
     _SETTLE_EVERY,
     CacheBase,
@@ -29,7 +29,13 @@ from cachewise._frontends._base import (
     check_ttl,
     new_token,
 )
-from cachewise._frontends._cycles import enter_wait, leave_wait
+from cachewise._frontends._cycles import (
+    enter_wait,
+    lease_ended,
+    lease_holder,
+    lease_taken,
+    leave_wait,
+)
 from cachewise._frontends._decorator import (
     CachedFunction,
     Invalidator,
@@ -44,7 +50,12 @@ from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING
 from cachewise._url import backend_from_url, server_identity
 from cachewise.backends._memory import MemoryBackend
-from cachewise.backends._protocol import Backend, LeaseBackend, TagBackend
+from cachewise.backends._protocol import (
+    Backend,
+    InProcessLeaseBackend,
+    LeaseBackend,
+    TagBackend,
+)
 from cachewise.keys import SHORT_KEY_CHARS, check_key
 from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
 
@@ -168,6 +179,9 @@ class Cache(CacheBase):
         )
         # Shared backends with leases read through the in-process flight first.
         self._leases: LeaseBackend | None = backend if isinstance(backend, LeaseBackend) else None
+        # An in-process store's leases are held by flights of this process: waits
+        # on them join the loader-cycle check (see _cycles).
+        self._inproc = isinstance(backend, InProcessLeaseBackend)
         self._refresh_workers = refresh_workers
         # Guards the flight table, the executor and the pending-refresh bookkeeping.
         # Never held across a loader call or backend I/O.
@@ -553,14 +567,21 @@ class Cache(CacheBase):
     # -- single-flight ------------------------------------------------------------
 
     def _join_or_lead(
-        self, full: str, tags: tuple[str, ...]
+        self, full: str, tags: tuple[str, ...], unwritten: bool = False
     ) -> tuple[Flight[_Call], bool, JoinPoint]:
         """The flight for ``full``; whether the caller leads it; and where its load
-        stood as the caller joined (``LoadState.join_point``)."""
+        stood as the caller joined (``LoadState.join_point``). An ``unwritten``
+        caller (covered by a held invalidation, or cut off from the backend) never
+        joins a flight that reads or writes the backend: it revokes it instead, so
+        its old value is neither written nor handed to anyone after this."""
         with self._lock:
             flight = self._flights.get(full)
+            if flight is not None and unwritten and not flight.handle.unwritten:
+                self._flights.invalidate(full)
+                flight = None
             if flight is None:
                 call = _Call(guarded=self._leases is None)
+                call.unwritten = unwritten
                 flight = self._flights.start(full, call, tags)
                 flight.leader = threading.get_ident()  # the leader loads in this thread
                 return flight, True, call.join_point()
@@ -572,6 +593,8 @@ class Cache(CacheBase):
             return flight, False, call.join_point()
 
     def _finish(self, flight: Flight[_Call]) -> None:
+        if self._inproc:
+            lease_ended(self._leases, flight.key, flight)
         # Leave the table before waking waiters, so a woken caller that comes
         # straight back starts a new flight instead of joining this finished one.
         with self._lock:
@@ -606,7 +629,7 @@ class Cache(CacheBase):
         self._check_open()
         self._counters.misses += 1
         value: T = self._single_flight(
-            full, tags, lambda f: self._run(f, loader, ttl, write=False), None
+            full, tags, lambda f: self._run(f, loader, ttl, write=False), None, unwritten=True
         )
         return value
 
@@ -617,12 +640,13 @@ class Cache(CacheBase):
         lead: Callable[[Flight[_Call]], None],
         stale: Entry | None,
         unreached: Callable[[Flight[_Call]], None] | None = None,
+        unwritten: bool = False,
     ) -> Any:
         """Lead the flight for ``full`` (``lead(flight)``) or join it; its outcome.
         A joiner that may not take the outcome of a flight the backend failed leads
         with ``unreached`` (a load that neither reads nor writes) instead."""
         while True:
-            flight, leader, joined = self._join_or_lead(full, tags)
+            flight, leader, joined = self._join_or_lead(full, tags, unwritten)
             call = flight.handle
             if leader:
                 lead(flight)
@@ -642,19 +666,22 @@ class Cache(CacheBase):
                         # Read again: the value may predate a delete elsewhere;
                         # but not from a backend that just failed (LoadState.unreached).
                         if call.unreached and unreached is not None:
-                            lead = unreached
+                            lead, unwritten = unreached, True
                         continue
                     # On a lease backend the outcome decides hit, stale or miss.
                     self._count_served(call.kind, call.negative)
             if call.abandoned:
                 continue
-            return self._outcome(call, stale)
+            return self._outcome(call, stale, leader)
 
-    def _outcome(self, call: _Call, stale: Entry | None) -> Any:
-        """The value a finished flight gives this caller (stale-if-error included)."""
+    def _outcome(self, call: _Call, stale: Entry | None, leader: bool) -> Any:
+        """The value a finished flight gives this caller (stale-if-error included).
+        A joiner falls back on a stale value only from its own read: the leader's
+        was read before the joiner came, maybe before a delete the joiner saw."""
         if call.error is None:
             return call.value
-        stale = stale or call.stale
+        if leader:
+            stale = stale or call.stale
         if stale_servable(stale, self._clock()):
             assert stale is not None
             self._counters.stale_served += 1
@@ -681,58 +708,63 @@ class Cache(CacheBase):
         counters = self._counters
         clock = self._clock
         counters.loads += 1
-        stamp = None
-        if flight.tags and (write or token is not None):
-            # Stamp first: an invalidation during the load makes its entry a miss.
-            try:
-                stamp = self._stamp(flight.tags)
-            except Exception as exc:
-                if isinstance(exc, TypeError):
-                    raise
-                self._degraded("tag_stamp", exc)
-                write = False  # an unstamped entry must not be written
-                self._release(flight.key, token)
-                token = None
-        call.started = True
-        if not write and token is None:
-            call.confirmed = False  # nothing will be written: nothing confirms it
         try:
-            start = clock()
-            value = loader()
-            if inspect.isawaitable(value):
-                if inspect.iscoroutine(value):
-                    value.close()  # never awaited by anyone: close it quietly
-                raise TypeError(
-                    f"the loader returned {type(value).__name__}, an awaitable; Cache needs "
-                    "a sync loader (use AsyncCache for async loaders)"
-                )
-            negative = bool(self._policy.is_negative(value))
-            end = clock()
-        except Exception as exc:
-            counters.load_errors += 1
-            call.error = exc
-            self._release(flight.key, token)
-            self._finish(flight)
-            return
+            stamp = None
+            if flight.tags and (write or token is not None):
+                # Stamp first: an invalidation during the load makes its entry a miss.
+                try:
+                    stamp = self._stamp(flight.tags)
+                except TypeError as exc:  # the backend has no tags: the caller's error
+                    call.error = exc
+                    self._release(flight.key, token)
+                    return
+                except Exception as exc:
+                    self._degraded("tag_stamp", exc)
+                    write = False  # an unstamped entry must not be written
+                    self._release(flight.key, token)
+                    token = None
+            call.started = True
+            if not write and token is None:
+                call.confirmed = False  # nothing will be written: nothing confirms it
+            try:
+                start = clock()
+                value = loader()
+                if inspect.isawaitable(value):
+                    if inspect.iscoroutine(value):
+                        value.close()  # never awaited by anyone: close it quietly
+                    raise TypeError(
+                        f"the loader returned {type(value).__name__}, an awaitable; Cache "
+                        "needs a sync loader (use AsyncCache for async loaders)"
+                    )
+                negative = bool(self._policy.is_negative(value))
+                end = clock()
+            except Exception as exc:
+                counters.load_errors += 1
+                call.error = exc
+                self._release(flight.key, token)
+                return
+            entry = self._new_entry(
+                value, end, ttl, max(end - start, 0.0), negative, flight.tags, stamp
+            )
+            with self._lock:
+                call.sealed = True  # who joins from now on reads again rather than wait
+            try:
+                if token is not None:
+                    self._write_leased(flight, entry, token)
+                elif write:
+                    self._write_guarded(flight, entry)
+            except _REFUSED as exc:
+                call.error = exc  # unserializable: every waiter gets the TypeError
+            call.value = value
         except BaseException:
+            # A KeyboardInterrupt (or any BaseException) anywhere in the load or its
+            # write: the waiters read again rather than wait for good, and the
+            # store's lease must not outlive us (other front ends would wait on it).
             call.abandoned = True
             self._release(flight.key, token)
-            self._finish(flight)
             raise
-        entry = self._new_entry(
-            value, end, ttl, max(end - start, 0.0), negative, flight.tags, stamp
-        )
-        with self._lock:
-            call.sealed = True  # who joins from now on reads again rather than wait
-        try:
-            if token is not None:
-                self._write_leased(flight, entry, token)
-            elif write:
-                self._write_guarded(flight, entry)
-        except _REFUSED as exc:
-            call.error = exc  # unserializable: every waiter gets the TypeError
-        call.value = value
-        self._finish(flight)
+        finally:
+            self._finish(flight)
 
     def _write_guarded(self, flight: Flight[_Call], entry: Entry | None) -> None:
         guard = flight.handle.guard
@@ -848,10 +880,21 @@ class Cache(CacheBase):
                         call.unreached = True
                         outcome: Outcome = LoadStep(leased=False, stale=None)
                         break
+                    if reply.granted and self._inproc:
+                        lease_taken(leases, full, flight)
                     step = flow.send(
                         Observed(reply, self._clock(), time.monotonic(), 1.0 - self._rng.random())
                     )
                 else:
+                    holder = lease_holder(leases, full) if self._inproc else None
+                    me = threading.get_ident()
+                    if holder is not None:
+                        try:
+                            enter_wait(me, holder)  # the holder may be waiting for us
+                        except LoaderCycleError as exc:
+                            call.error = exc
+                            self._finish(flight)
+                            return
                     try:
                         leases.wait(full, step.seconds)
                     except Exception as exc:
@@ -862,11 +905,17 @@ class Cache(CacheBase):
                         call.unreached = True
                         outcome = LoadStep(leased=False, stale=None)
                         break
+                    finally:
+                        if holder is not None:
+                            leave_wait(me)
                     step = flow.send(None)
         except StopIteration as stop:
             outcome = stop.value
         except BaseException:
+            # Interrupted between reads: a lease granted to us must not stay held
+            # (release checks the token: harmless if we never had it).
             call.abandoned = True
+            self._release(full, token)
             self._finish(flight)
             raise
         if isinstance(outcome, Serve):
@@ -951,6 +1000,8 @@ class Cache(CacheBase):
             except Exception as exc:
                 self._degraded("read", exc)
                 granted, current = False, None
+            if granted and self._inproc:
+                lease_taken(self._leases, flight.key, flight)
             if granted and superseded(trigger, current):
                 self._release(flight.key, token)
                 granted = False

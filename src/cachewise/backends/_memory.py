@@ -17,6 +17,7 @@ import asyncio
 import math
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
@@ -31,16 +32,28 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 #: How many invalidated tags are remembered one by one (see invalidate_tags).
 DEFAULT_MAX_TAGS = 100_000
 #: How long a caller waits for another front end's load of the same key before it
-#: loads on its own (without writing). In-process holders never die silently (a
-#: load always ends by writing or releasing), so leases here do not expire.
+#: loads on its own (without writing).
 DEFAULT_WAIT_TIMEOUT = 10.0
-
-_NEVER = math.inf
+#: How long a lease holds against other front ends. In-process holders do not die
+#: silently (a load ends by writing or releasing, interrupted or not), so this is
+#: only a safety net: past it, another front end may take the lease over (the
+#: holder's write is then refused). If nobody does, the holder still writes.
+DEFAULT_LOCK_TIMEOUT = 30.0
+#: The longest wait or lease (a thread cannot block much longer than this).
+MAX_WAIT_SECONDS = 365 * 24 * 3600.0
 
 
 def _owner(token: str) -> str:
     # A token is "<owner>:<n>" (see _frontends._base.new_token).
     return token.rpartition(":")[0]
+
+
+def _check_wait(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds")
+    if not math.isfinite(value) or not 0 < value <= MAX_WAIT_SECONDS:
+        raise ValueError(f"{name} must be > 0 and at most one year, got {value!r}")
+    return float(value)
 
 
 def _wake_all(wakers: list[Callable[[], None]]) -> None:
@@ -80,13 +93,11 @@ class MemoryBackend:
         weigher: Weigher | None = None,
         max_tags: int = DEFAULT_MAX_TAGS,
         wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> None:
         self._max_entries = _check_limit("max_entries", max_entries)
-        if isinstance(wait_timeout, bool) or not isinstance(wait_timeout, (int, float)):
-            raise TypeError("wait_timeout must be a number of seconds")
-        if not math.isfinite(wait_timeout) or wait_timeout <= 0:
-            raise ValueError(f"wait_timeout must be > 0, got {wait_timeout!r}")
-        self._wait_timeout = float(wait_timeout)
+        self._wait_timeout = _check_wait("wait_timeout", wait_timeout)
+        self._lock_timeout = _check_wait("lock_timeout", lock_timeout)
         self._max_tags = _check_limit("max_tags", max_tags)
         self._max_bytes = _check_limit("max_bytes", max_bytes)
         if weigher is not None and not callable(weigher):
@@ -107,9 +118,10 @@ class MemoryBackend:
         self._seq = 0
         self._tag_seq: OrderedDict[str, int] = OrderedDict()
         self._tag_floor = 0
-        # Leases: key -> the holder's token. Revoked (removed) by every delete, set
-        # and clear of the key; the holder's set_leased then writes nothing.
-        self._leases: dict[str, str] = {}
+        # Leases: key -> (the holder's token, when it was granted: monotonic).
+        # Revoked (removed) by every delete, set and clear of the key; the holder's
+        # set_leased then writes nothing.
+        self._leases: dict[str, tuple[str, float]] = {}
         # Callers waiting for a key's lease holder: key -> wake-up callbacks.
         self._wakers: dict[str, list[Callable[[], None]]] = {}
         # Serialises writers: a write is several steps (weights, bytes, eviction).
@@ -367,8 +379,8 @@ class MemoryBackend:
         the lease whatever the value; ``"refresh"`` too, and comes with the current
         entry. A lease held by another token of the same owner (the same cache) is
         an orphan and is taken over: a cache asks only when no load of its own is
-        in flight for the key. A lease held by someone else never expires here
-        (``held_for`` is infinite): waiters give up after ``wait_timeout``.
+        in flight for the key. A lease held by someone else for longer than
+        ``lock_timeout`` is taken over too.
         """
         if mode not in ("lease", "take", "refresh"):
             raise ValueError(f"unknown lease mode {mode!r}")
@@ -380,11 +392,17 @@ class MemoryBackend:
             if mode == "lease" and entry is not None:
                 self._data.move_to_end(key)
                 return LeaseReply(entry, False, 0.0)
-            holder = self._leases.get(key)
-            if holder is None or _owner(holder) == _owner(token):
-                self._leases[key] = token
-                return LeaseReply(entry if mode == "refresh" else None, True, 0.0)
-        return LeaseReply(None, False, _NEVER)
+            now = time.monotonic()
+            lease = self._leases.get(key)
+            if lease is not None:
+                holder, granted_at = lease
+                held_for = granted_at + self._lock_timeout - now
+                if held_for > 0 and _owner(holder) != _owner(token):
+                    return LeaseReply(None, False, held_for)
+                # An orphan of this very cache (it asks only when none of its
+                # loads is in flight), or past lock_timeout: taken over.
+            self._leases[key] = (token, now)
+            return LeaseReply(entry if mode == "refresh" else None, True, 0.0)
 
     def set_leased(self, key: str, entry: Entry, token: str) -> bool:
         """Write ``entry`` only while ``token`` holds the lease and, for a tagged
@@ -392,8 +410,9 @@ class MemoryBackend:
         written. The lease ends either way and waiters wake."""
         weight = self._weigh(key, entry)
         with self._lock:
-            if self._leases.get(key) != token:
-                return False  # revoked by a delete, set or clear
+            lease = self._leases.get(key)
+            if lease is None or lease[0] != token:
+                return False  # revoked by a delete, set or clear (or taken over)
             del self._leases[key]
             wakers = self._wakers.pop(key, [])
             # Checked under the lock, with the write: a tag invalidation that
@@ -410,7 +429,8 @@ class MemoryBackend:
         """Give ``token``'s lease up (its load failed or was not written) and wake
         the waiters."""
         with self._lock:
-            if self._leases.get(key) != token:
+            lease = self._leases.get(key)
+            if lease is None or lease[0] != token:
                 return
             del self._leases[key]
             wakers = self._wakers.pop(key, [])

@@ -83,6 +83,18 @@ def tag_key(tag: str) -> str:
     return "{" + _escape(tag) + "}:tag"
 
 
+class _Stamp(tuple[bytes, ...]):
+    """Tag versions as read before a load, and when (``time.monotonic()``, taken
+    before the read was sent): ``_px`` caps the entry's lifetime from then."""
+
+    taken_at: float
+
+    def __new__(cls, versions: tuple[bytes, ...], taken_at: float) -> _Stamp:
+        stamp = super().__new__(cls, versions)
+        stamp.taken_at = taken_at
+        return stamp
+
+
 def _unescape(text: str) -> str:
     """The inverse of ``_escape``."""
     if "%" in text:
@@ -104,13 +116,18 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
-def _check_seconds(name: str, value: float) -> float:
+#: The longest wait (lease, wait and poll timeouts): a thread cannot block for
+#: much longer (threading.TIMEOUT_MAX), and no load should hold a lease that long.
+MAX_WAIT_SECONDS = 365 * 24 * 3600.0
+
+
+def _check_seconds(name: str, value: float, limit: float = MAX_SECONDS) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
-    if value > MAX_SECONDS:  # Redis takes milliseconds below 2**63
-        raise ValueError(f"{name} must be at most {MAX_SECONDS:g} seconds, got {value!r}")
+    if value > limit:  # Redis takes milliseconds below 2**63; threads wait less
+        raise ValueError(f"{name} must be at most {limit:g} seconds, got {value!r}")
     return float(value)
 
 
@@ -137,15 +154,15 @@ class _RedisCommon:
         # that gives up leaves the old value for every other process to read.
         self._writer = invalidation_client if invalidation_client is not None else client
         self.codec = codec or Codec()
-        self.lock_timeout = _check_seconds("lock_timeout", lock_timeout)
+        self.lock_timeout = _check_seconds("lock_timeout", lock_timeout, MAX_WAIT_SECONDS)
         # Waiters outlast the lease, so a dead holder is replaced before anyone
         # gives up and loads on its own.
         self.wait_timeout = (
             2.0 * self.lock_timeout
             if wait_timeout is None
-            else _check_seconds("wait_timeout", wait_timeout)
+            else _check_seconds("wait_timeout", wait_timeout, MAX_WAIT_SECONDS)
         )
-        self.poll_interval = _check_seconds("poll_interval", poll_interval)
+        self.poll_interval = _check_seconds("poll_interval", poll_interval, MAX_WAIT_SECONDS)
         self.margin = _check_seconds("margin", margin)
         self.tag_ttl = _check_seconds("tag_ttl", tag_ttl)
         self._tag_ttl_ms = int(self.tag_ttl * 1000)
@@ -206,9 +223,25 @@ class _RedisCommon:
             return None
 
     def _px(self, entry: Entry) -> int:
+        """The server TTL of a write, in ms; 0 if a tagged entry must not be written.
+
+        A tagged entry must never outlive the record of an invalidation its stamp
+        predates: once that record expires its version reads as "never
+        invalidated", and an entry stamped before it would be valid again. The
+        record of an invalidation after the stamp lives ``tag_ttl`` from then, so
+        the entry may live at most ``tag_ttl`` from its stamp, not from its write:
+        a load that spanned an invalidation and wrote (confirmed or not) would
+        otherwise outlive the record and come back as a hit.
+        """
         lifetime = max(entry.stale_until - entry.written_at, 0.0) + self.margin
         px = max(1, math.ceil(lifetime * 1000))
-        return min(px, self._tag_ttl_ms) if entry.tags else px
+        if not entry.tags:
+            return px
+        cap = self._tag_ttl_ms
+        stamp = entry.stamp
+        if isinstance(stamp, _Stamp):
+            cap -= math.ceil((time.monotonic() - stamp.taken_at) * 1000) + 1
+        return max(0, min(px, cap))
 
     # -- tags: pure helpers ---------------------------------------------------------
 
@@ -260,15 +293,23 @@ class _RedisCommon:
 
     def _write_args(self, key: str, entry: Entry | None) -> list[Any]:
         value, lease, waiters = _keys(key)
-        if entry is None:
-            return [3, value, lease, waiters, "del", "", 0, CHANNEL, key]
-        payload = self.codec.encode(entry)  # raises before any I/O: nothing half-written
-        return [3, value, lease, waiters, "set", payload, self._px(entry), CHANNEL, key]
+        if entry is not None:
+            payload = self.codec.encode(entry)  # raises before any I/O: nothing half-written
+            px = self._px(entry)
+            if px > 0:
+                return [3, value, lease, waiters, "set", payload, px, CHANNEL, key]
+            # (Stamped longer than tag_ttl ago: it may not be stored; see _px.)
+        return [3, value, lease, waiters, "del", "", 0, CHANNEL, key]
 
-    def _set_leased_args(self, key: str, entry: Entry, token: str) -> list[Any]:
+    def _set_leased_args(self, key: str, entry: Entry, token: str) -> list[Any] | None:
+        """The lease holder's write, or ``None`` when the entry may not be stored
+        (see ``_px``)."""
         value, lease, waiters = _keys(key)
         payload = self.codec.encode(entry)
-        return [3, value, lease, waiters, token, payload, self._px(entry), CHANNEL, key]
+        px = self._px(entry)
+        if px <= 0:
+            return None
+        return [3, value, lease, waiters, token, payload, px, CHANNEL, key]
 
     def _release_args(self, key: str, token: str) -> list[Any]:
         _, lease, waiters = _keys(key)
@@ -431,7 +472,10 @@ class RedisBackend(_RedisCommon):
 
     def tag_stamp(self, tags: Sequence[str]) -> tuple[bytes, ...]:
         """The tags' current versions, to record on an entry before loading it."""
-        return self._versions(self._mget([tag_key(t) for t in tags])) if tags else ()
+        if not tags:
+            return ()
+        taken_at = time.monotonic()  # before the read: an upper bound on its age
+        return _Stamp(self._versions(self._mget([tag_key(t) for t in tags])), taken_at)
 
     def invalidate_tags(self, tags: Sequence[str]) -> None:
         """Give each tag a new version: O(number of tags), whatever the number of
@@ -520,6 +564,9 @@ class RedisBackend(_RedisCommon):
         """Write only while ``token`` holds the lease; whether it did, and, for a
         tagged entry, whether its tags were still current after the write."""
         args = self._set_leased_args(key, entry, token)
+        if args is None:
+            self.release(key, token)
+            return False
         written = bool(self._script(_lua.SET_LEASED, self._set_leased_sha, args))
         if written and entry.tags:
             # A tag invalidation that returned before the write (in any process)
@@ -763,7 +810,8 @@ class AsyncRedisBackend(_RedisCommon):
         """The tags' current versions, to record on an entry before loading it."""
         if not tags:
             return ()
-        return self._versions(await self._mget([tag_key(t) for t in tags]))
+        taken_at = time.monotonic()
+        return _Stamp(self._versions(await self._mget([tag_key(t) for t in tags])), taken_at)
 
     async def invalidate_tags(self, tags: Sequence[str]) -> None:
         """Give each tag a new version: O(number of tags)."""
@@ -860,6 +908,9 @@ class AsyncRedisBackend(_RedisCommon):
     async def set_leased(self, key: str, entry: Entry, token: str) -> bool:
         """Write only while ``token`` holds the lease; see ``RedisBackend.set_leased``."""
         args = self._set_leased_args(key, entry, token)
+        if args is None:
+            await self.release(key, token)
+            return False
         written = bool(await self._script(_lua.SET_LEASED, self._set_leased_sha, args))
         if written and entry.tags:  # see RedisBackend.set_leased (break 3)
             raw = await self._mget([tag_key(t) for t in entry.tags])
