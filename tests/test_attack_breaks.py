@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import sys
 import threading
 import time
 from typing import Any
@@ -31,6 +32,7 @@ from cachewise import (
     MISSING,
     AsyncCache,
     Cache,
+    LoadCancelledError,
     LoaderCycleError,
     MemoryBackend,
     RedisBackend,
@@ -230,3 +232,352 @@ def test_an_entry_never_outlives_the_record_of_an_invalidation_its_stamp_predate
     assert cache.get_or_load("k", lambda: source["k"], tags=["t"]) == "v1"
     cache.close()
     other.close()
+
+
+# -- the second round of the attack ---------------------------------------------------
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_load_task_cancelled_before_its_first_step_leaves_nothing_stuck(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    """A shutdown idiom cancels every task: a load task that never ran its first
+    step never ran its own cleanup either; callers then spun on the dead flight."""
+    shared = MemoryBackend()
+    url = request.getfixturevalue("redis_url") if store == "redis" else None
+
+    async def main() -> None:
+        cache = AsyncCache.from_url(url) if url else AsyncCache(shared)
+
+        async def loader() -> str:
+            return "v"
+
+        leader = asyncio.create_task(cache.get_or_load("k", loader))
+        await asyncio.sleep(0)  # the leader spawned the load task; it has not run
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+        await asyncio.sleep(0)
+        assert leader.done()
+        assert await asyncio.wait_for(cache.get_or_load("k", loader), 5) == "v"
+        await cache.aclose()
+
+    asyncio.run(main())
+    assert shared.leases_held == 0
+
+
+def test_an_async_loader_raising_cancelled_error_before_awaiting_fails_once() -> None:
+    calls = []
+
+    async def main() -> None:
+        async with AsyncCache() as cache:
+
+            def loader() -> Any:
+                calls.append(1)
+                raise asyncio.CancelledError  # e.g. cancelled_future.result()
+
+            with pytest.raises(LoadCancelledError):
+                await asyncio.wait_for(cache.get_or_load("k", loader), 5)
+
+    asyncio.run(main())
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("how", ["gather", "create_task"])
+def test_a_loader_gathering_its_own_key_is_a_cycle(how: str) -> None:
+    async def main() -> None:
+        async with AsyncCache() as cache:
+
+            async def inner() -> int:
+                return 1
+
+            async def loader() -> int:
+                call = cache.get_or_load("k", inner)
+                if how == "gather":
+                    (value,) = await asyncio.gather(call)
+                    return int(value)
+                return await asyncio.create_task(call)
+
+            with pytest.raises(LoaderCycleError):
+                await asyncio.wait_for(cache.get_or_load("k", loader), 5)
+            assert await asyncio.wait_for(cache.get_or_load("k", inner), 5) == 1
+
+    asyncio.run(main())
+
+
+def test_a_held_tag_invalidation_keeps_callers_off_an_older_load(redis_url: str) -> None:
+    a = Cache.from_url(redis_url, ttl=60)
+    b = Cache.from_url(redis_url, ttl=60)
+    admin = redis.Redis.from_url(redis_url)
+    source = {"k": "v0"}
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        value = source["k"]
+        started.set()
+        assert release.wait(JOIN)
+        return value
+
+    first, _ = _run_in_thread(lambda: a.get_or_load("k", slow, tags=["t"]))
+    assert started.wait(JOIN)
+    admin.config_set("maxclients", admin.info("clients")["connected_clients"])
+    try:
+        source["k"] = "v1"
+        b.invalidate_tags("t")  # fails: held, shared with a
+        second, second_out = _run_in_thread(
+            lambda: a.get_or_load("k", lambda: source["k"], tags=["t"])
+        )
+        second.join(0.1)
+        release.set()
+        first.join(JOIN)
+        second.join(JOIN)
+    finally:
+        admin.config_set("maxclients", 10000)
+        release.set()
+    assert second_out.get("value") == "v1", second_out
+    admin.close()
+    a.close()
+    b.close()
+
+
+def test_an_evicted_tag_record_makes_its_entries_misses_not_hits(redis_url: str) -> None:
+    """Redis under maxmemory may evict a tag's version record (LFU evicts young,
+    rarely read keys first): a missing record must not read as "never
+    invalidated" for entries stamped before an invalidation."""
+    cache = Cache.from_url(redis_url, ttl=600, namespace="app")
+    admin = redis.Redis.from_url(redis_url)
+    cache.get_or_load("k", lambda: "old", tags=["t"])
+    cache.invalidate_tags("t")
+    assert cache.get("k") is MISSING
+    admin.delete("{app:t}:tag")  # evicted
+    assert cache.get("k") is MISSING
+    assert cache.get_or_load("k", lambda: "new", tags=["t"]) == "new"
+    admin.close()
+    cache.close()
+
+
+def test_a_commit_cancelled_midway_is_invalidated_anyway() -> None:
+    from cachewise.integrations.dbapi import async_transaction
+
+    class SlowCommit:
+        """A connection whose commit completes even if its caller is cancelled
+        (aiosqlite's thread, or the server, finishes it)."""
+
+        autocommit = False
+
+        def __init__(self) -> None:
+            self.committed = asyncio.Event()
+            self.started = asyncio.Event()
+
+        async def _commit(self) -> None:
+            self.started.set()
+            await asyncio.sleep(0.05)
+            self.committed.set()
+
+        async def commit(self) -> None:
+            await asyncio.shield(self._commit())
+
+        async def rollback(self) -> None:
+            pass
+
+    async def main() -> None:
+        async with AsyncCache() as cache:
+            await cache.set("k", "old")
+            connection = SlowCommit()
+
+            async def handler() -> None:
+                async with async_transaction(connection, cache, keys=["k"]):  # type: ignore[arg-type]
+                    pass
+
+            task = asyncio.create_task(handler())
+            await connection.started.wait()
+            task.cancel()  # a request timeout, during COMMIT
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await connection.committed.wait()
+            assert await cache.get("k") is MISSING
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_close_applies_held_invalidations_once_more(flavour: str, fresh_redis_server: Any) -> None:
+    url = fresh_redis_server.url
+    admin = redis.Redis.from_url(url)
+    if flavour == "sync":
+        cache = Cache.from_url(url, ttl=600)
+        cache.set("k", "old")
+        fresh_redis_server.pause()
+        cache.delete("k")  # held: Redis does not answer
+        fresh_redis_server.resume()
+        assert cache.stats().invalidations_pending == 1
+        cache.close()
+    else:
+
+        async def main() -> None:
+            cache = AsyncCache.from_url(url, ttl=600)
+            await cache.set("k", "old")
+            fresh_redis_server.pause()
+            await cache.delete("k")
+            fresh_redis_server.resume()
+            assert cache.stats().invalidations_pending == 1
+            await cache.aclose()
+
+        asyncio.run(main())
+    assert admin.get("{k}") is None, "close() left the old value in Redis"
+    admin.close()
+
+
+def test_an_async_program_that_exits_without_aclose_applies_what_it_held(
+    fresh_redis_server: Any,
+) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    url = fresh_redis_server.url
+    admin = redis.Redis.from_url(url)
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal
+        from cachewise import AsyncCache
+        async def main():
+            cache = AsyncCache.from_url("{url}", ttl=600)
+            await cache.set("k", "old")
+            os.kill({fresh_redis_server.pid}, signal.SIGSTOP)
+            await cache.delete("k")
+            os.kill({fresh_redis_server.pid}, signal.SIGCONT)
+            assert cache.stats().invalidations_pending == 1
+        asyncio.run(main())
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert admin.get("{k}") is None, "exit left the old value in Redis"
+    admin.close()
+
+
+def test_an_async_cache_works_again_from_a_second_asyncio_run(redis_url: str) -> None:
+    cache = AsyncCache.from_url(redis_url, ttl=60)
+
+    async def use(tag: str) -> tuple[list[str], Any]:
+        async def load() -> str:
+            return tag
+
+        before = cache.stats()
+        got = await asyncio.gather(*(cache.get_or_load(f"k{i}", load) for i in range(20)))
+        return got, cache.stats() - before
+
+    first, _ = asyncio.run(use("run1"))
+    second, delta = asyncio.run(use("run2"))
+    assert first == second == ["run1"] * 20
+    assert (delta.hits, delta.backend_errors, delta.breaker_opens) == (20, 0, 0)
+    asyncio.run(cache.aclose())
+
+
+def test_concurrent_first_calls_on_an_async_cluster_cache_fail_nothing(
+    redis_cluster_url: str,
+) -> None:
+    async def main() -> Any:
+        cache = AsyncCache.from_url(redis_cluster_url, ttl=60)
+
+        async def load() -> int:
+            await asyncio.sleep(0.001)
+            return 1
+
+        await asyncio.gather(*(cache.get_or_load(f"k{i}", load) for i in range(30)))
+        stats = cache.stats()
+        await cache.aclose()
+        return stats
+
+    stats = asyncio.run(main())
+    assert (stats.backend_errors, stats.breaker_opens) == (0, 0)
+
+
+def test_a_periodic_layout_does_not_fool_the_weigher() -> None:
+    from cachewise.backends import estimate_size
+
+    for n in (36_000, 45_000):
+        value = [f"k{i}" if i % 2 == 0 else "v" * 4096 + str(i) for i in range(n)]
+        exact = sys.getsizeof(value) + sum(sys.getsizeof(item) for item in value)
+        assert 0.9 * exact < estimate_size(value) < 1.1 * exact, n
+
+
+def test_functions_sharing_a_qualname_get_distinct_default_keys() -> None:
+    with Cache() as cache:
+
+        def make_getter(table: str) -> Any:
+            @cache.cached
+            def get(row: int) -> str:
+                return f"{table} {row}"
+
+            return get
+
+        users, orders = make_getter("users"), make_getter("orders")
+        assert users(1) == "users 1"
+        assert orders(1) == "orders 1"
+        double = cache.cached(lambda x: x * 2)
+        square = cache.cached(lambda x: x**2)
+        assert double(3) == 6
+        assert square(3) == 9
+
+
+def test_urls_naming_one_database_share_held_invalidations() -> None:
+    from cachewise._url import server_identity
+
+    same = [
+        "redis://127.0.0.1:7000",
+        "redis://127.0.0.1:7000/",
+        "redis://127.0.0.1:7000/0",
+        "redis://localhost:7000/0",
+    ]
+    assert len({server_identity(url) for url in same}) == 1
+    assert server_identity("redis://127.0.0.1:7000/1") != server_identity(same[0])
+
+
+def test_a_sync_call_on_the_loop_thread_waiting_for_that_loops_load_raises() -> None:
+    store = MemoryBackend(wait_timeout=30)
+    sync_cache = Cache(store)
+
+    async def main() -> None:
+        async_cache = AsyncCache(store)
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def slow() -> str:
+            started.set()
+            await release.wait()
+            return "v"
+
+        task = asyncio.create_task(async_cache.get_or_load("k", slow))
+        await started.wait()
+        began = time.monotonic()
+        with pytest.raises(LoaderCycleError, match="event loop"):
+            sync_cache.get_or_load("k", lambda: "sync")  # blocks the loop: misuse
+        assert time.monotonic() - began < 5
+        release.set()
+        assert await task == "v"
+
+    asyncio.run(main())
+
+
+def test_a_hung_cluster_node_costs_one_timeout_per_call() -> None:
+    from tests.support.redis_servers import RedisClusterProcess
+
+    with RedisClusterProcess() as cluster:
+        cache = Cache.from_url(cluster.url + "?breaker=off", ttl=60)
+        for i in range(30):
+            cache.set(f"k{i}", i)
+        victim = cluster.nodes[0]
+        victim.pause()
+        try:
+            slowest = 0.0
+            for i in range(30):
+                began = time.monotonic()
+                cache.get_or_load(f"k{i}", lambda: -1)
+                slowest = max(slowest, time.monotonic() - began)
+        finally:
+            victim.resume()
+            cache.close()
+    assert slowest < 0.25 + 0.2, f"a call took {slowest:.3f} s (more than one timeout)"

@@ -220,7 +220,7 @@ def _redis(
             "connect_timeout", query.get("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT))
         ),
     }
-    lease_options: dict[str, float] = {}
+    lease_options: dict[str, Any] = {}
     for name in ("lock_timeout", "wait_timeout", "tag_ttl"):
         if name in query:
             lease_options[name] = _seconds_option(name, query[name])
@@ -234,6 +234,11 @@ def _redis(
     # connection after a server restart): never for a timeout, so a dead or hung
     # server costs one timeout. The breaker stops calling one that keeps failing.
     no_backoff = _redis_module("redis.backoff").NoBackoff()
+    # A cluster client retries every connection error and timeout itself (after
+    # refreshing its slot table), whatever the Retry's error list says: one retry
+    # there would be two timeouts on a hung node. The next call reaches the new
+    # topology anyway.
+    retries = 0 if cluster else 1
     connection_error = _redis_module("redis.exceptions").ConnectionError
     # (Checked for the sync flavour too, which does not use it: a URL means the
     # same for both.)
@@ -260,7 +265,7 @@ def _redis(
         factory = module.RedisCluster if cluster else module.Redis
 
         def sync_client(options: dict[str, float]) -> Any:
-            retry = _redis_module("redis.retry").Retry(no_backoff, 1, (connection_error,))
+            retry = _redis_module("redis.retry").Retry(no_backoff, retries, (connection_error,))
             if cluster:  # it connects when built: see _LazyClusterClient
                 return _LazyClusterClient(
                     lambda: factory.from_url(client_url, retry=retry, **options)
@@ -276,13 +281,14 @@ def _redis(
         )
         return CircuitBreaker(backend, name=name) if breaker == "on" else backend
     module = _redis_module("redis.asyncio.cluster" if cluster else "redis.asyncio")
-    pool: Any = None
+    # The breaker's gate for calls queued on the pool (set once the breaker
+    # exists); every pool built, for each event loop the cache runs on, gets it.
+    gate: list[Callable[[], None] | None] = [None]
 
-    def async_client(options: dict[str, float]) -> Any:
-        nonlocal pool
-        retry = _redis_module("redis.asyncio.retry").Retry(no_backoff, 1, (connection_error,))
+    def async_client() -> Any:
+        retry = _redis_module("redis.asyncio.retry").Retry(no_backoff, retries, (connection_error,))
         if cluster:
-            return module.RedisCluster.from_url(client_url, retry=retry, **options)
+            return module.RedisCluster.from_url(client_url, retry=retry, **timeouts)
         # redis.asyncio's default pool raises once 100 connections are in use;
         # with many tasks, queue for a free one instead (for pool_timeout: under
         # load that wait is queueing, not the server being slow), without its
@@ -292,15 +298,16 @@ def _redis(
             max_connections=max_connections,
             timeout=pool_timeout,
             retry=retry,
-            **options,
+            **timeouts,
         )
+        pool.gate = gate[0]
         return module.Redis.from_pool(pool)  # the client owns (and closes) the pool
 
     # Invalidations go through a sync client on threads of the backend's own:
     # see AsyncRedisBackend (a busy event loop must not make a delete give up).
     sync_module = _redis_module("redis.cluster" if cluster else "redis")
     sync_factory = sync_module.RedisCluster if cluster else sync_module.Redis
-    sync_retry = _redis_module("redis.retry").Retry(no_backoff, 1, (connection_error,))
+    sync_retry = _redis_module("redis.retry").Retry(no_backoff, retries, (connection_error,))
     invalidation_client: Any
     if cluster:  # it connects when built: see _LazyClusterClient
         invalidation_client = _LazyClusterClient(
@@ -309,20 +316,23 @@ def _redis(
     else:
         invalidation_client = sync_factory.from_url(client_url, retry=sync_retry, **slow)
     backend = AsyncRedisBackend(
-        async_client(timeouts),
+        async_client(),
         codec=codec,
         owns_client=True,
         invalidation_client=invalidation_client,
+        client_factory=async_client,  # a fresh client for each new event loop
         **lease_options,
     )
     if breaker == "off":
         return backend
     guarded = AsyncCircuitBreaker(backend, name=name)
-    if pool is not None:
-        # Calls queued for a connection when the breaker opens fail at once when
-        # their turn comes. (A weak reference: the pool, which the breaker owns
-        # through the client, must not keep the breaker alive.)
-        pool.gate = _pool_gate(weakref.ref(guarded))
+    # Calls queued for a connection when the breaker opens fail at once when
+    # their turn comes. (A weak reference: the pool, which the breaker owns
+    # through the client, must not keep the breaker alive.)
+    gate[0] = _pool_gate(weakref.ref(guarded))
+    pool = getattr(backend.client, "connection_pool", None)
+    if pool is not None and hasattr(pool, "gate"):
+        pool.gate = gate[0]
     return guarded
 
 
@@ -401,8 +411,13 @@ def server_identity(url: str) -> str | None:
     base = "rediss" if scheme.startswith("rediss") else "redis"
     kind = "cluster" if scheme.endswith("+cluster") else "single"
     host = (parts.hostname or "localhost").lower()
+    if host == "localhost":  # the same server, spelled two ways
+        host = "127.0.0.1"
     port = parts.port or 6379
-    return f"{base}:{kind}://{host}:{port}{parts.path or '/0' if kind == 'single' else ''}"
+    database = ""
+    if kind == "single":
+        database = parts.path.rstrip("/") or "/0"  # "", "/" and "/0" all name db 0
+    return f"{base}:{kind}://{host}:{port}{database}"
 
 
 def redact(url: str) -> str:

@@ -23,6 +23,7 @@ __all__ = [
     "check_key_text",
     "check_namespace",
     "check_version",
+    "default_key_name",
     "encode_arg",
     "function_key",
     "normalize_key",
@@ -311,6 +312,56 @@ def function_name(func: Callable[..., Any]) -> str:
     qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", "?")
     # Functions built in a factory read as factory.name, not factory.<locals>.name.
     return f"{module}.{qualname}".replace(".<locals>.", ".")
+
+
+_MAX_CAPTURED_ITEMS = 32
+_SCALARS = (str, bytes, int, float, bool, type(None))
+
+
+def _is_name_part(value: object) -> bool:
+    if isinstance(value, _SCALARS):
+        return True
+    if isinstance(value, (tuple, frozenset)) and len(value) <= _MAX_CAPTURED_ITEMS:
+        return all(isinstance(item, _SCALARS) for item in value)
+    return False
+
+
+def default_key_name(func: Callable[..., Any]) -> str:
+    """The name a function's default keys start with: ``module.qualname``, and
+    what tells apart functions that share one (the same in every process):
+
+    - a lambda's line (``module.<lambda>@12``): every lambda of a module has the
+      qualname ``<lambda>``;
+    - a closure's captured values, where ``encode_arg`` can encode them
+      (``module.make_getter.get[table="users"]``): each function a factory makes
+      has the factory's qualname, and its results depend on what it captured.
+
+    A function that captures something else its results depend on (an object
+    without ``__cache_key__``) is not told apart: give it a key template.
+    """
+    name = function_name(func)
+    code = getattr(func, "__code__", None)
+    if getattr(func, "__name__", None) == "<lambda>" and code is not None:
+        name += f"@{code.co_firstlineno}"
+    cells = getattr(func, "__closure__", None) or ()
+    free = getattr(code, "co_freevars", ()) if code is not None else ()
+    captured: list[str] = []
+    for var, cell in zip(free, cells, strict=False):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        # Immutable values only, and small ones: what a factory was called with (a
+        # table name, an id). A list or dict a closure captures is state it
+        # mutates (a record of calls, a local cache), not part of its name.
+        if _is_name_part(value):
+            captured.append(f"{var}={encode_arg(value)}")
+    if captured:
+        text = ",".join(captured)
+        if len(text) > MAX_ARGS_CHARS:
+            text = "#" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        name += f"[{text}]"
+    return name
 
 
 def function_key(name: str, bound: inspect.BoundArguments) -> str:

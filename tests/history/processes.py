@@ -19,10 +19,11 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from tests.history.configs import Config
 from tests.history.recorder import Recorder, Watchdog, now
-from tests.history.stores import MemoryStore, SqliteStore, Store
+from tests.history.stores import MemoryStore, RedisStore, SqliteStore, Store
 from tests.history.workloads import COLD, KEYS, PEER_ACTORS, Env, World, run_world
 
 __all__ = ["peer_main", "run_config"]
@@ -240,7 +241,9 @@ def _touch(path: str | None) -> None:
 @contextlib.contextmanager
 def _store(config: Config, env: Env) -> Iterator[Store]:
     store: Store
-    if config.shared_store:
+    if config.frontend == "fork" and env.url is not None and config.shared_store:
+        store = RedisStore(_store_url(env.url), KEYS + COLD, create=True)
+    elif config.shared_store:
         store = SqliteStore(env.db_path, KEYS + COLD, create=True)
     else:
         store = MemoryStore(KEYS + COLD)
@@ -248,6 +251,12 @@ def _store(config: Config, env: Env) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+def _store_url(url: str) -> str:
+    """Database 15 of the run's Redis server: apart from the caches' database."""
+    parts = urlsplit(url)
+    return urlunsplit(("redis", parts.netloc, "/15", "", ""))
 
 
 def run_config(

@@ -4,6 +4,9 @@
 its own copy, as it gets its own copy of an in-memory cache). ``SqliteStore`` is a
 file in WAL mode that every process of a run shares; the after-commit workloads
 write to it through the DB-API and SQLAlchemy integrations, in a transaction.
+``RedisStore`` is for a parent and the child it forks while its threads write:
+SQLite must not cross a fork at all (its in-process lock bookkeeping is copied
+with the parent's locks in it, and the child's writers then wait on them).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 
-__all__ = ["UPDATE_RETURNING", "MemoryStore", "SqliteStore", "Store"]
+__all__ = ["UPDATE_RETURNING", "MemoryStore", "RedisStore", "SqliteStore", "Store"]
 
 #: Raise a key's version inside the caller's transaction; returns the new version.
 UPDATE_RETURNING = "UPDATE versions SET version = version + 1 WHERE key = ? RETURNING version"
@@ -120,3 +123,34 @@ class SqliteStore(Store):
         for conn in self._opened:
             conn.close()
         self._opened = []
+
+
+class RedisStore(Store):
+    """Versions as counters in a database of the run's own Redis server (``INCR``
+    commits a version); shared by a parent and its forked children."""
+
+    def __init__(self, url: str, keys: tuple[str, ...], *, create: bool = False) -> None:
+        import redis
+
+        self._url = url
+        self._redis = redis
+        self._client = redis.Redis.from_url(url)
+        if create:
+            self._client.delete(*(self._name(key) for key in keys))
+
+    @staticmethod
+    def _name(key: str) -> str:
+        return f"history:version:{key}"
+
+    def read(self, key: str) -> int:
+        return int(self._client.get(self._name(key)) or 0)
+
+    def write(self, key: str) -> int:
+        return int(self._client.incr(self._name(key)))
+
+    def after_fork(self) -> None:
+        # A client of the child's own: the parent's pool (and its locks) stay there.
+        self._client = self._redis.Redis.from_url(self._url)
+
+    def close(self) -> None:
+        self._client.close()

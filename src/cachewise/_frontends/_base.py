@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
@@ -71,6 +72,20 @@ def _new_token_prefix() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_token_prefix)
+
+
+# Caches that held an invalidation: at exit each gets one last try at what it still
+# holds (its settler is a daemon thread and dies with the interpreter).
+_HOLDING: weakref.WeakSet[CacheBase] = weakref.WeakSet()
+
+
+def _settle_at_exit() -> None:
+    for cache in list(_HOLDING):
+        if not cache._closed:
+            cache._last_settle()
+
+
+atexit.register(_settle_at_exit)
 
 
 def new_token(prefix: str = "") -> str:
@@ -446,6 +461,7 @@ class CacheBase:
         self, keys: Iterable[str] = (), tags: Iterable[str] = (), *, everything: bool = False
     ) -> None:
         self._held.hold(keys, tags, everything)
+        _HOLDING.add(self)  # the interpreter's exit gives it one last try
         now = time.monotonic()
         if now - self._last_unsettle_log >= _WARN_EVERY:
             self._last_unsettle_log = now
@@ -473,18 +489,45 @@ class CacheBase:
         applied before the read returns (it is the old value)."""
         return self._held.seq if self._unsettled else None
 
-    def _covered(self, view: HeldView, full: str, entry: Entry | None) -> bool:
-        """Whether a held invalidation (then or now) covers this key or entry."""
+    def _covered(
+        self, view: HeldView, full: str, entry: Entry | None, tags: Sequence[str] = ()
+    ) -> bool:
+        """Whether a held invalidation (then or now) covers this key or entry, or
+        the tags the caller reads it under."""
         if view is None and not self._unsettled:
             return False
-        return self._held.covers(view, full, entry)
+        return self._held.covers(view, full, entry, tags)
 
-    def _is_unsettled(self, full: str, entry: Entry | None) -> bool:
-        """Whether a held invalidation covers this key or entry now."""
-        return self._held.covers_now(full, entry)
+    def _is_unsettled(self, full: str, entry: Entry | None, tags: Sequence[str] = ()) -> bool:
+        """Whether a held invalidation covers this key, entry or tags now."""
+        return self._held.covers_now(full, entry, tags)
 
     def _held_snapshot(self) -> HeldSnapshot:
         return self._held.snapshot()
+
+    def _settle_once(self) -> None:
+        """Re-apply what is held, once, synchronously (the shells implement it)."""
+
+    def _last_settle(self, attempt: bool = True) -> None:
+        """One last try at held invalidations (at close, at exit; ``attempt=False``
+        when the caller just made it), then an ERROR naming what never reached the
+        backend: other processes may read those old values until they expire.
+        Never raises."""
+        if not self._unsettled:
+            return
+        if attempt:
+            try:
+                self._settle_once()
+            except Exception as exc:
+                self._degraded("settle", exc)
+        if self._unsettled:
+            logger.error(
+                "cachewise: %s (namespace %r) gives up %s invalidation(s) that never reached "
+                "the backend; other processes may read the old values until they expire",
+                type(self).__name__,
+                self._namespace,
+                "some" if self._pending_count() < 0 else self._pending_count(),
+            )
 
     def _settled(self, applied: HeldSnapshot) -> None:
         """Forget what was just applied; anything held again since stays held."""

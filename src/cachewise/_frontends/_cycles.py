@@ -15,6 +15,7 @@ path only (never on a hit, never for a leader).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from typing import Any
@@ -30,26 +31,65 @@ _waiting: dict[object, Flight[Any]] = {}
 def enter_wait(actor: object, flight: Flight[Any]) -> None:
     """Record that ``actor`` is about to wait for ``flight``; raise
     ``LoaderCycleError`` if that wait could never end."""
+    leader = flight.leader
+    if isinstance(leader, asyncio.Task) and not isinstance(actor, asyncio.Task):
+        # A blocking call (a sync Cache) on the event loop's own thread, waiting
+        # for a load that runs on that loop: the loop cannot run it while this
+        # thread blocks.
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and leader.get_loop() is running:
+            raise LoaderCycleError(
+                f"a blocking call on the event loop's thread would wait for {flight.key!r}, "
+                "whose load runs on that loop: call the AsyncCache from async code, or "
+                "the Cache from a worker thread (asyncio.to_thread)"
+            )
     with _lock:
-        path = [flight.key]
-        seen: set[int] = set()
-        current: Flight[Any] | None = flight
-        while current is not None:
-            leader = current.leader
-            if leader is None or id(leader) in seen:
-                break
-            if leader is actor or leader == actor:
-                chain = " -> ".join(repr(key) for key in path)
-                raise LoaderCycleError(
-                    f"loader cycle: this call would wait for {chain}, and that load "
-                    "waits for this call; a loader may not need, directly or through "
-                    "other loaders, the key it is loading"
-                )
-            seen.add(id(leader))
-            current = _waiting.get(leader)
-            if current is not None:
-                path.append(current.key)
+        if _reaches(flight.leader, actor):
+            raise LoaderCycleError(
+                f"loader cycle: this call would wait for {flight.key!r}, whose load waits "
+                "(directly or through other loads or tasks) for this call; a loader may "
+                "not need, directly or through other loaders, the key it is loading"
+            )
         _waiting[actor] = flight
+
+
+def _reaches(start: object, target: object) -> bool:
+    """Whether ``start`` waits, through any chain of waits this module can see,
+    for ``target``. Caller holds _lock."""
+    seen: set[int] = set()
+    pending = [start]
+    while pending:
+        actor = pending.pop()
+        if actor is None or id(actor) in seen:
+            continue
+        if actor is target or actor == target:
+            return True
+        seen.add(id(actor))
+        pending.extend(_blocked_on(actor))
+    return False
+
+
+def _blocked_on(actor: object) -> list[object]:
+    """What ``actor`` waits for right now: the leader of the flight it waits for
+    (recorded here), and, for an asyncio task, the tasks its pending ``await`` is
+    on: ``await task``, or ``asyncio.gather(...)``'s children (read from the
+    task's ``_fut_waiter``, as asyncio's own debugging aids do). A loader that
+    gathers a call for its own key is a cycle too."""
+    found: list[object] = []
+    flight = _waiting.get(actor)
+    if flight is not None:
+        found.append(flight.leader)
+    awaited = getattr(actor, "_fut_waiter", None)
+    if awaited is not None:
+        if isinstance(awaited, asyncio.Task):
+            found.append(awaited)
+        children = getattr(awaited, "_children", None)
+        if isinstance(children, list):
+            found.extend(child for child in children if isinstance(child, asyncio.Task))
+    return found
 
 
 def leave_wait(actor: object) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from cachewise import _forksafe
 from cachewise._errors import CacheError
-from cachewise.keys import KeyTemplate, function_key, function_name
+from cachewise.keys import KeyTemplate, default_key_name, function_key, function_name
 
 if TYPE_CHECKING:
     from cachewise._frontends.aio import AsyncCache
@@ -41,6 +41,7 @@ class KeyBuilder:
 
     __slots__ = (
         "__weakref__",
+        "_key_name",
         "_lock",
         "_max_keys",
         "_name",
@@ -62,6 +63,9 @@ class KeyBuilder:
     ) -> None:
         self._signature = inspect.signature(func)
         self._name = function_name(func)
+        # Default keys start with a name that tells apart functions sharing a
+        # qualname (lambdas, closures of one factory): see default_key_name.
+        self._key_name = default_key_name(func) if key is None else self._name
         params = list(self._signature.parameters)
         self._template = None if key is None else KeyTemplate(key)
         if self._template is not None:
@@ -110,7 +114,7 @@ class KeyBuilder:
         if self._template is not None:
             key = self._template.format(values)
         else:
-            key = function_key(self._name, bound)
+            key = function_key(self._key_name, bound)
         return key, tuple(t.format(values) for t in self._tags)
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ import itertools
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from cachewise import _forksafe
@@ -153,19 +153,27 @@ class HeldInvalidations:
             self._publish()
             return was and not self.active
 
-    def covers_now(self, full: str, entry: Entry | None) -> bool:
-        """Whether a held invalidation covers this key or entry now. Lock-free:
-        each lookup is one dict read, atomic under the GIL."""
+    def covers_now(self, full: str, entry: Entry | None, tags: Sequence[str] = ()) -> bool:
+        """Whether a held invalidation covers this key, or the entry's tags, or the
+        tags the caller reads under, now. Lock-free: each lookup is one dict read,
+        atomic under the GIL. (The caller's tags matter when there is no entry yet:
+        a load of them in flight elsewhere may predate the held invalidation.)"""
         if self.everything or full in self.keys:
             return True
-        tags = self.tags
-        return bool(entry is not None and entry.tags and any(t in tags for t in entry.tags))
+        held = self.tags
+        if not held:
+            return False
+        if entry is not None and entry.tags and any(t in held for t in entry.tags):
+            return True
+        return any(t in held for t in tags)
 
-    def covers(self, view: HeldView, full: str, entry: Entry | None) -> bool:
+    def covers(
+        self, view: HeldView, full: str, entry: Entry | None, tags: Sequence[str] = ()
+    ) -> bool:
         """Whether a read that took ``view`` before it read must not serve
         ``entry``: an invalidation of it is held now, or was applied while the
         read was in flight (the read may have returned the value from before)."""
-        if self.covers_now(full, entry):
+        if self.covers_now(full, entry, tags):
             return True
         if view is None or view == self.seq:
             return False
@@ -174,7 +182,7 @@ class HeldInvalidations:
                 return True
             if self._settled_keys.get(full, 0) > view:
                 return True
-            if entry is not None and entry.tags:
-                log = self._settled_tags
-                return any(log.get(tag, 0) > view for tag in entry.tags)
-            return False
+            log = self._settled_tags
+            if entry is not None and entry.tags and any(log.get(t, 0) > view for t in entry.tags):
+                return True
+            return any(log.get(t, 0) > view for t in tags)

@@ -378,10 +378,10 @@ class AsyncCache(CacheBase):
         view: HeldView = None,
     ) -> T:
         counters = self._counters
-        if (view is not None or self._unsettled) and self._covered(view, full, entry):
+        if (view is not None or self._unsettled) and self._covered(view, full, entry, tags):
             # Held invalidations are retried by the background settler, not here:
             # a miss must not wait on a backend that is failing.
-            if self._unsettled and self._is_unsettled(full, entry):
+            if self._unsettled and self._is_unsettled(full, entry, tags):
                 if self._settler is None:
                     self._start_settler()  # held by another cache sharing ours, maybe
                 pending: T = await self._load_unreached(full, loader, ttl, tags)
@@ -560,6 +560,26 @@ class AsyncCache(CacheBase):
             return
         self._settled(applied)
 
+    def _settle_once(self) -> None:
+        """Re-apply what is held without an event loop (at exit): on the local
+        backend, or on the sync client a URL-built Redis backend sends
+        invalidations with. Without one, nothing can be sent: it stays held."""
+        backend: Any = self._local
+        if backend is None:
+            remote = getattr(self._remote, "inner", self._remote)
+            backend = getattr(remote, "_offloaded", None)
+        if backend is None:
+            return
+        applied = self._held_snapshot()
+        if applied.everything:
+            backend.clear(self._prefix)
+        else:
+            if applied.keys:
+                backend.delete_many(list(applied.keys))
+            if applied.tags:
+                backend.invalidate_tags(list(applied.tags))
+        self._settled(applied)
+
     def _start_settler(self) -> None:
         """Run the background settler as a tracked task (once at a time)."""
         if self._closed or self._settler is not None:
@@ -648,7 +668,10 @@ class AsyncCache(CacheBase):
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             if future.cancelled() and not _cancelling():
-                raise _Retry from None  # the work itself was cancelled, not us
+                # The work itself was cancelled, not us: read again. The flight
+                # leaves the table now, or the retry would find it again at once.
+                self._end(flight)
+                raise _Retry from None
             raise
         except _Retry:
             raise
@@ -723,14 +746,27 @@ class AsyncCache(CacheBase):
         self._spawn(flight, body(flight, loader, ttl, *extra))
         return flight
 
-    def _spawn(self, flight: Flight[_Task], coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    def _spawn(
+        self, flight: Flight[_Task], coro: Coroutine[Any, Any, Any], token: str | None = None
+    ) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro, name=f"cachewise-load:{flight.key}")
         flight.leader = task  # the load runs in this task (see _cycles)
         if flight.handle.future is None:
             flight.handle.future = task
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        task.add_done_callback(lambda done: self._load_done(done, flight, token))
         return task
+
+    def _load_done(self, task: asyncio.Task[Any], flight: Flight[_Task], token: str | None) -> None:
+        """A load task that was cancelled, maybe before its first step (a shutdown
+        that cancels every task): its own cleanup never ran. The flight must not
+        stay in the table (callers would join a dead flight for good), nor its
+        in-process lease stay held. (A Redis lease expires on its own.)"""
+        if task.cancelled():
+            self._end(flight)
+            if self._inproc is not None and token is not None:
+                self._release_soon(flight.key, token)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -772,27 +808,28 @@ class AsyncCache(CacheBase):
             if not write and token is None:
                 handle.confirmed = False  # nothing will be written: nothing confirms it
             try:
-                start = clock()
-                awaitable = loader()
-                if not inspect.isawaitable(awaitable):
-                    raise TypeError(
-                        f"the loader returned {type(awaitable).__name__}, not an awaitable; "
-                        "AsyncCache needs an async loader (use Cache for sync loaders)"
-                    )
                 try:
+                    start = clock()
+                    awaitable = loader()
+                    if not inspect.isawaitable(awaitable):
+                        raise TypeError(
+                            f"the loader returned {type(awaitable).__name__}, not an "
+                            "awaitable; AsyncCache needs an async loader (use Cache for "
+                            "sync loaders)"
+                        )
                     value = await awaitable
+                    negative = bool(self._policy.is_negative(value))
+                    end = clock()
                 except asyncio.CancelledError as exc:
                     if _cancelling():
                         raise  # this load task itself is being cancelled
-                    # The loader raised CancelledError of its own (it awaited
-                    # something that was cancelled): a failed load, not a reason
-                    # to retry it forever (break 5).
+                    # The loader (or is_negative) raised CancelledError of its own
+                    # (it awaited, or read, something that was cancelled): a failed
+                    # load, not a reason to retry it forever (break 5).
                     raise LoadCancelledError(
                         "the loader raised CancelledError although its load was not "
                         "cancelled (it awaited something that was cancelled)"
                     ) from exc
-                negative = bool(self._policy.is_negative(value))
-                end = clock()
             except Exception:
                 counters.load_errors += 1
                 await self._release(flight.key, token)
@@ -1047,6 +1084,7 @@ class AsyncCache(CacheBase):
                 token=token if outcome.leased else None,
                 write=outcome.leased,
             ),
+            token if outcome.leased else None,
         )
         task.add_done_callback(lambda t: _copy_outcome(t, future))
 
@@ -1215,6 +1253,12 @@ class AsyncCache(CacheBase):
             return
         self._closed = True
         await self.wait_background()
+        if self._unsettled:  # one last try at held invalidations, or an ERROR
+            try:
+                await self._settle()
+            except Exception as exc:
+                self._degraded("settle", exc)
+            self._last_settle(attempt=False)  # (logs what is still held)
         if self._owns_backend:
             if self._remote is not None:
                 await self._remote.aclose()

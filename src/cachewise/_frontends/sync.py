@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import atexit
 import inspect
 import logging
 import random
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -331,10 +329,10 @@ class Cache(CacheBase):
         view: HeldView = None,
     ) -> T:
         counters = self._counters
-        if (view is not None or self._unsettled) and self._covered(view, full, entry):
+        if (view is not None or self._unsettled) and self._covered(view, full, entry, tags):
             # Held invalidations are retried by the background settler, not here:
             # a miss must not wait on a backend that is failing.
-            if self._unsettled and self._is_unsettled(full, entry):
+            if self._unsettled and self._is_unsettled(full, entry, tags):
                 if self._settler is None:
                     self._start_settler()  # held by another cache sharing ours, maybe
                 return self._load_unreached(full, loader, ttl, tags)
@@ -518,18 +516,21 @@ class Cache(CacheBase):
             return
         self._settled(applied)
 
+    def _settle_once(self) -> None:
+        self._settle()
+
     def _start_settler(self) -> None:
         """Run the background settler (once at a time) on a daemon thread of its
         own: not on the refresh pool, whose threads the interpreter joins at exit
         (a program that ends without ``close()`` while Redis is down must still
-        exit: break 6 of issue 9). ``_settle_at_exit`` makes one last attempt."""
+        exit: break 6 of issue 9). ``close()`` and the interpreter's exit make one
+        last attempt (``CacheBase._last_settle``)."""
         with self._lock:
             if self._closed or self._settler is not None:
                 return
             self._settler = threading.Thread(
                 target=self._settle_loop, name="cachewise-settle", daemon=True
             )
-            _SETTLING.add(self)
         self._settler.start()
 
     def _settle_loop(self) -> None:
@@ -1138,6 +1139,7 @@ class Cache(CacheBase):
             settler.join(_SETTLER_JOIN)  # it stops at its next turn (one timeout at most)
         if executor is not None:
             executor.shutdown(wait=True)
+        self._last_settle()  # held invalidations get one last try, or an ERROR
         if self._owns_backend:
             self._backend.close()
 
@@ -1160,27 +1162,6 @@ class Cache(CacheBase):
 _FAST_FAILURE = 0.05
 # How long close() waits for the settler to stop.
 _SETTLER_JOIN = 2.0
-
-# Caches whose settler ran: at exit, each gets one last try at what it still holds.
-_SETTLING: weakref.WeakSet[Cache] = weakref.WeakSet()
-
-
-def _settle_at_exit() -> None:
-    """One last attempt at held invalidations when the interpreter exits (the
-    settler is a daemon thread and dies with it). Bounded: one try per cache,
-    each at most one backend timeout."""
-    for cache in list(_SETTLING):
-        if cache._unsettled and not cache._closed:
-            cache._settle()
-            if cache._unsettled:
-                logger.error(
-                    "cachewise: exiting with %d invalidation(s) that never reached the "
-                    "backend; other processes may read the old values until they expire",
-                    max(cache._pending_count(), 0),
-                )
-
-
-atexit.register(_settle_at_exit)
 
 
 def _check_sync_callable(func: object, decorator: str) -> None:

@@ -104,6 +104,24 @@ return 0
 """
 )
 
+#: A tag's version, for an entry about to be loaded: created (a fresh random version)
+#: if the tag has no record, and its record kept alive at least tag_ttl from now.
+#: A stamp is therefore never "no record": a record that later disappears (Redis
+#: evicted it under maxmemory, or it expired) reads as a version no entry carries,
+#: so every entry of that tag becomes a miss, never a hit again.
+#: KEYS: the tag's key. ARGV: a new random version, tag_ttl in ms.
+STAMP = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return v
+"""
+
 #: clear()'s first pass: revoke a lease whoever holds it, and wake its waiters.
 #: KEYS: lease, waiters. ARGV: channel, message.
 REVOKE = (

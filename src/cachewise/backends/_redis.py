@@ -247,7 +247,8 @@ class _RedisCommon:
 
     @staticmethod
     def _versions(raw: Sequence[bytes | None]) -> tuple[bytes, ...]:
-        # A tag never invalidated (or whose record expired) has version b"".
+        # A tag with no record reads as b"", a version no stamp carries (stamps
+        # create the record: _lua.STAMP), so its entries are misses.
         return tuple(v or b"" for v in raw)
 
     def _tags_match(self, entry: Entry, tags: Sequence[str], raw: Sequence[bytes | None]) -> bool:
@@ -256,6 +257,9 @@ class _RedisCommon:
         if len(stamp) != len(entry.tags):
             return False
         return all(current.get(t) == v for t, v in zip(entry.tags, stamp, strict=True))
+
+    def _stamp_calls(self, tags: Sequence[str]) -> list[list[Any]]:
+        return [[1, tag_key(tag), os.urandom(8), self._tag_ttl_ms] for tag in tags]
 
     def _invalidate_args(self, tags: Sequence[str]) -> list[tuple[str, bytes]]:
         # A fresh random version per invalidation: versions never repeat, so a
@@ -471,11 +475,13 @@ class RedisBackend(_RedisCommon):
         return self._check_tags(entry)
 
     def tag_stamp(self, tags: Sequence[str]) -> tuple[bytes, ...]:
-        """The tags' current versions, to record on an entry before loading it."""
+        """The tags' current versions, to record on an entry before loading it
+        (each tag gets a record if it has none: see ``_lua.STAMP``)."""
         if not tags:
             return ()
         taken_at = time.monotonic()  # before the read: an upper bound on its age
-        return _Stamp(self._versions(self._mget([tag_key(t) for t in tags])), taken_at)
+        replies = self._pipeline_scripts(_lua.STAMP, self._stamp_calls(tags))
+        return _Stamp(self._versions(replies), taken_at)
 
     def invalidate_tags(self, tags: Sequence[str]) -> None:
         """Give each tag a new version: O(number of tags), whatever the number of
@@ -629,7 +635,10 @@ class AsyncRedisBackend(_RedisCommon):
         owns_client: bool = False,
         tag_ttl: float = DEFAULT_TAG_TTL,
         invalidation_client: Any = None,
+        client_factory: Callable[[], Any] | None = None,
     ) -> None:
+        """``client_factory`` (``from_url`` passes one) builds a fresh client: used
+        when the cache moves to another event loop (see ``_prepare``)."""
         if not _looks_async_client(client):
             raise TypeError("AsyncRedisBackend needs a redis.asyncio client; use RedisBackend")
         # A sync invalidation client is used from threads of our own. On a busy
@@ -654,6 +663,12 @@ class AsyncRedisBackend(_RedisCommon):
             **options,
         )
         self._offloaded: RedisBackend | None = None
+        self._factory = client_factory
+        # The event loop the client's connections belong to (see _prepare), and
+        # whether a cluster client still needs its one initialization on it.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._init_pending = False
+        self._prepare_lock: asyncio.Lock | None = None
         self._pool: ThreadPoolExecutor | None = None
         # Deletes waiting for the drain thread: (key, queued at, future, its loop).
         self._batch: list[_Queued] = []
@@ -670,6 +685,51 @@ class AsyncRedisBackend(_RedisCommon):
         self._batch = []
         self._batch_lock = threading.Lock()
         self._draining = False
+
+    async def _ready(self) -> Any:
+        """The client, ready on the running event loop."""
+        if self._loop is not asyncio.get_running_loop() or self._init_pending:
+            await self._prepare()
+        return self._client
+
+    async def _prepare(self) -> None:
+        """Bind the client to the running loop (once per loop).
+
+        redis.asyncio connections belong to the loop that opened them: used from a
+        second ``asyncio.run()`` they fail with "Event loop is closed", and every
+        read would count against the backend (the breaker opens, hits stop). A
+        client built by ``from_url`` is rebuilt for the new loop (the old one's
+        sockets are closed when it is collected); one you passed in gets its pool
+        reset. A cluster client is then initialized once, under a lock: concurrent
+        first calls initializing it at once fail in redis-py (a connection used
+        while another call replaces it).
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None:
+                self._rebind()
+            self._loop = loop
+            self._prepare_lock = asyncio.Lock()
+            self._init_pending = self._is_cluster() and hasattr(self._client, "initialize")
+        if self._init_pending:
+            assert self._prepare_lock is not None
+            async with self._prepare_lock:
+                if self._init_pending:
+                    await _kept(self._client.initialize())
+                    self._init_pending = False
+
+    def _rebind(self) -> None:
+        old = self._client
+        _close_abandoned(old)
+        if self._factory is not None:
+            self._client = self._factory()
+            if self._writer is old:
+                self._writer = self._client
+            return
+        pool = getattr(old, "connection_pool", None)
+        reset = getattr(pool, "reset", None)
+        if callable(reset):
+            reset()
 
     def _threads(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -754,7 +814,7 @@ class AsyncRedisBackend(_RedisCommon):
             raise
 
     async def _script(self, script: str, sha: str, args: list[Any], client: Any = None) -> Any:
-        client = client or self._client
+        client = client or await self._ready()
         try:
             return await _kept(client.execute_command("EVALSHA", sha, *args))
         except Exception as exc:
@@ -765,7 +825,7 @@ class AsyncRedisBackend(_RedisCommon):
     async def _pipeline_scripts(
         self, script: str, calls: list[list[Any]], client: Any = None
     ) -> list[Any]:
-        pipe = (client or self._client).pipeline(transaction=False)
+        pipe = (client or await self._ready()).pipeline(transaction=False)
         for args in calls:
             pipe.execute_command("EVAL", script, *args)
         result: list[Any] = await _kept(pipe.execute())
@@ -776,6 +836,8 @@ class AsyncRedisBackend(_RedisCommon):
         undecodable or invalidated entry is a miss."""
         task = asyncio.current_task()
         cancels = _cancels(task)
+        if self._loop is not asyncio.get_running_loop() or self._init_pending:
+            await self._prepare()  # (the hit path: inlined _ready)
         raw = await self._client.get(value_key(key))
         if _cancels(task) > cancels:
             raise asyncio.CancelledError  # see _kept: swallowed inside redis-py
@@ -783,9 +845,10 @@ class AsyncRedisBackend(_RedisCommon):
 
     async def _mget(self, names: list[str]) -> list[Any]:
         if self._is_cluster():
-            result: list[Any] = await _kept(self._client.mget_nonatomic(names))
+            client = await self._ready()
+            result: list[Any] = await _kept(client.mget_nonatomic(names))
         else:
-            result = await _kept(self._client.mget(names))
+            result = await _kept((await self._ready()).mget(names))
         return result
 
     async def _check_tags(self, entry: Entry | None) -> Entry | None:
@@ -798,7 +861,8 @@ class AsyncRedisBackend(_RedisCommon):
         """See ``RedisBackend.get_tagged``."""
         if not tags or self._is_cluster():
             return await self.get(key)
-        reply = await _kept(self._client.mget([value_key(key), *map(tag_key, tags)]))
+        client = await self._ready()
+        reply = await _kept(client.mget([value_key(key), *map(tag_key, tags)]))
         entry = self._decode(reply[0])
         if entry is None or not entry.tags:
             return entry
@@ -807,11 +871,12 @@ class AsyncRedisBackend(_RedisCommon):
         return await self._check_tags(entry)
 
     async def tag_stamp(self, tags: Sequence[str]) -> tuple[bytes, ...]:
-        """The tags' current versions, to record on an entry before loading it."""
+        """The tags' current versions (see ``RedisBackend.tag_stamp``)."""
         if not tags:
             return ()
         taken_at = time.monotonic()
-        return _Stamp(self._versions(await self._mget([tag_key(t) for t in tags])), taken_at)
+        replies = await self._pipeline_scripts(_lua.STAMP, self._stamp_calls(tags))
+        return _Stamp(self._versions(replies), taken_at)
 
     async def invalidate_tags(self, tags: Sequence[str]) -> None:
         """Give each tag a new version: O(number of tags)."""
@@ -820,6 +885,7 @@ class AsyncRedisBackend(_RedisCommon):
         if self._offloaded is not None:
             await self._offload(self._offloaded.invalidate_tags, list(tags))
             return
+        await self._ready()
         pipe = self._writer.pipeline(transaction=False)
         for name, version in self._invalidate_args(tags):
             pipe.set(name, version, px=self._tag_ttl_ms)
@@ -848,6 +914,7 @@ class AsyncRedisBackend(_RedisCommon):
         if self._offloaded is not None:
             return await self._delete_batched(key)
         args = self._write_args(key, None)
+        await self._ready()
         return bool(await self._script(_lua.WRITE, self._write_sha, args, self._writer))
 
     async def delete_many(self, keys: Sequence[str]) -> int:
@@ -857,6 +924,7 @@ class AsyncRedisBackend(_RedisCommon):
         if self._offloaded is not None:
             return await self._offload(self._offloaded.delete_many, list(keys))
         calls = [self._write_args(k, None) for k in keys]
+        await self._ready()
         replies = await self._pipeline_scripts(_lua.WRITE, calls, self._writer)
         return sum(int(r) for r in replies)
 
@@ -866,14 +934,13 @@ class AsyncRedisBackend(_RedisCommon):
         if self._offloaded is not None:
             return await self._offload(self._offloaded.clear, prefix)
         pattern = self._clear_pattern(prefix)
-        names = [name async for name in self._client.scan_iter(match=pattern, count=1000)]
+        client = await self._ready()
+        names = [name async for name in client.scan_iter(match=pattern, count=1000)]
         leases = [n for n in names if _is_lease(n)]
         for start in range(0, len(leases), 500):
             calls = [self._revoke_args(name) for name in leases[start : start + 500]]
             await self._pipeline_scripts(_lua.REVOKE, calls, self._writer)
-        values = [
-            n async for n in self._client.scan_iter(match=pattern, count=1000) if _is_value(n)
-        ]
+        values = [n async for n in client.scan_iter(match=pattern, count=1000) if _is_value(n)]
         count = 0
         for start in range(0, len(values), 500):
             count += await _kept(self._writer.delete(*values[start : start + 500]))
@@ -890,6 +957,10 @@ class AsyncRedisBackend(_RedisCommon):
         if self._offloaded is not None:
             self._offloaded.close()  # closes the sync client if we own it
         if self._owns_client:
+            if self._loop is not None and self._loop is not asyncio.get_running_loop():
+                # Connections of an event loop that is gone (see _prepare).
+                _close_abandoned(self._client)
+                return
             await self._client.aclose()
             if self._writer is not self._client:
                 await self._writer.aclose()
@@ -976,6 +1047,40 @@ def _cancels(task: asyncio.Task[Any] | None) -> int:
     """How many cancellations of ``task`` are pending (Python 3.11+; 0 before)."""
     cancelling = getattr(task, "cancelling", None)
     return int(cancelling()) if cancelling is not None else 0
+
+
+def _close_abandoned(client: Any) -> None:
+    """Close the sockets of a redis.asyncio client whose event loop is gone.
+
+    Its transports cannot be closed the usual way (that needs their loop), and
+    left to the collector each would leak until then and warn ("unclosed
+    socket"). So each socket is closed by hand, and its transport told so.
+    """
+    connections: list[Any] = []
+    pool = getattr(client, "connection_pool", None)
+    for name in ("_available_connections", "_in_use_connections"):
+        connections += list(getattr(pool, name, None) or ())
+    nodes = getattr(getattr(client, "nodes_manager", None), "nodes_cache", None)
+    if isinstance(nodes, dict):  # a cluster client: each node's connections
+        for node in nodes.values():
+            connections += list(getattr(node, "_connections", None) or ())
+    for connection in connections:
+        transport = getattr(getattr(connection, "_writer", None), "transport", None)
+        if transport is None:
+            continue
+        try:
+            transport.abort()  # marks it closing; then fails to schedule on the dead loop
+        except RuntimeError:
+            pass
+        sock = getattr(transport, "_sock", None)
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+            transport._sock = None  # (closed by hand: its loop is gone)
+        # redis-py's connection is closed now too (its own close needs the loop).
+        connection._writer = connection._reader = None
 
 
 def _sync_pools(clients: list[Any]) -> list[Any]:

@@ -16,7 +16,9 @@ The block is the rest of the connection's current transaction: at its end the
 connection is committed, then the cache invalidated. If the block raises, the
 connection is rolled back, nothing is invalidated, and the exception propagates.
 If the commit raises, the connection is rolled back (best effort) and nothing is
-invalidated. The connection must not be in autocommit mode (each statement would
+invalidated. If the commit is interrupted (a cancellation, a KeyboardInterrupt), its
+outcome is unknown, so the invalidation runs anyway before the interruption
+propagates. The connection must not be in autocommit mode (each statement would
 commit on its own, and a rollback could not undo it): ``ValueError``. Blocks do not
 nest on one connection (``RuntimeError``): the inner one would commit the outer
 one's half-done work.
@@ -145,6 +147,7 @@ def transaction(
     after = AfterCommit(cache)
     after.invalidate(keys, tags)
     _enter(connection)
+    interrupted: BaseException | None = None
     try:
         try:
             yield after
@@ -153,15 +156,19 @@ def transaction(
             raise
         try:
             connection.commit()
-        except BaseException:
+        except Exception:
             # A commit that raised is treated as a rollback: nothing to invalidate.
             with contextlib.suppress(Exception):
                 connection.rollback()
             raise
+        except BaseException as exc:
+            interrupted = exc  # see async_transaction: the outcome is unknown
     finally:
         after._open = False
         _active.discard(id(connection))
     after._batch.run()
+    if interrupted is not None:
+        raise interrupted
 
 
 @contextlib.asynccontextmanager
@@ -182,6 +189,7 @@ async def async_transaction(
     after = AfterCommit(cache)
     after.invalidate(keys, tags)
     _enter(connection)
+    interrupted: BaseException | None = None
     try:
         try:
             yield after
@@ -190,12 +198,22 @@ async def async_transaction(
             raise
         try:
             await connection.commit()
-        except BaseException:
+        except Exception:
+            # The database said the commit failed: a rollback, nothing to invalidate.
             with contextlib.suppress(Exception):
                 await connection.rollback()
             raise
+        except BaseException as exc:
+            # Cancelled (a request timeout) or interrupted while committing: the
+            # outcome is unknown, and the commit may well finish anyway (aiosqlite's
+            # thread, or the server, completes it). Invalidate as if it committed:
+            # an extra invalidation costs one miss, a missing one a stale value for
+            # a whole TTL. Then the interruption propagates.
+            interrupted = exc
     finally:
         after._open = False
         _active.discard(id(connection))
     if after._batch:
         await _run_to_completion(after._batch.arun)
+    if interrupted is not None:
+        raise interrupted
