@@ -57,13 +57,35 @@ def _fork_and_check(work: Callable[[], None]) -> int:
     return -1
 
 
-def test_forks_while_application_threads_use_the_cache_never_hang() -> None:
-    store = MemoryBackend(max_entries=500)
-    cache = Cache(store, ttl=0.01, stale_ttl=0.05)
+def _fork_under_load(
+    cache: Cache,
+    busy: Callable[[threading.Event, int], None],
+    child: Callable[[], None],
+    forks: int,
+) -> list[int]:
+    """Fork ``forks`` children while four threads run ``busy`` on ``cache``; each
+    child runs ``child``. Their exit statuses."""
     stop = threading.Event()
+    threads = [threading.Thread(target=busy, args=(stop, n * 1000), daemon=True) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        statuses = []
+        for _ in range(forks):
+            time.sleep(0.002)
+            statuses.append(_fork_and_check(child))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+        cache.close()
+    return statuses
 
-    def busy(seed: int) -> None:
-        i = seed
+
+def test_forks_while_application_threads_use_the_cache_never_hang() -> None:
+    cache = Cache(MemoryBackend(max_entries=500), ttl=0.01, stale_ttl=0.05)
+
+    def busy(stop: threading.Event, i: int) -> None:
         while not stop.is_set():
             i += 1
             key = f"k{i % 50}"
@@ -73,30 +95,17 @@ def test_forks_while_application_threads_use_the_cache_never_hang() -> None:
             if i % 11 == 0:
                 cache.set(key, i)
 
-    threads = [threading.Thread(target=busy, args=(n * 1000,), daemon=True) for n in range(6)]
-    for thread in threads:
-        thread.start()
-    try:
-        statuses = []
-        for _ in range(40):
-            time.sleep(0.002)
-
-            def child() -> None:
-                for n in range(200):
-                    key = f"k{n % 50}"
-                    assert cache.get_or_load(key, lambda: "child") is not None
-                    cache.delete(key)
-                    cache.set(key, n)
-                    cache.get(key)
-                assert cache.wait_background(timeout=5)
-                cache.close()
-
-            statuses.append(_fork_and_check(child))
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(5)
+    def child() -> None:
+        for n in range(200):
+            key = f"k{n % 50}"
+            assert cache.get_or_load(key, lambda: "child") is not None
+            cache.delete(key)
+            cache.set(key, n)
+            cache.get(key)
+        assert cache.wait_background(timeout=5)
         cache.close()
+
+    statuses = _fork_under_load(cache, busy, child, forks=40)
     assert statuses == [0] * 40, statuses
 
 
@@ -105,10 +114,8 @@ def test_forks_while_threads_use_a_redis_cache_never_hang(redis_url: str) -> Non
     in the child under the pool's lock; a child forked while a parent thread held
     that lock waited five seconds, then failed every call (ChildDeadlockedError)."""
     cache = Cache.from_url(redis_url, ttl=0.05, stale_ttl=0.2)
-    stop = threading.Event()
 
-    def busy(seed: int) -> None:
-        i = seed
+    def busy(stop: threading.Event, i: int) -> None:
         while not stop.is_set():
             i += 1
             key = f"k{i % 20}"
@@ -116,28 +123,15 @@ def test_forks_while_threads_use_a_redis_cache_never_hang(redis_url: str) -> Non
             if i % 5 == 0:
                 cache.delete(key)
 
-    threads = [threading.Thread(target=busy, args=(n * 1000,), daemon=True) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
-        statuses = []
-        for _ in range(25):
-            time.sleep(0.003)
-
-            def child() -> None:
-                for n in range(20):
-                    key = f"k{n}"
-                    cache.get_or_load(key, lambda: "child")
-                    cache.delete(key)
-                assert cache.stats().backend_errors == 0, cache.stats()
-                cache.close()
-
-            statuses.append(_fork_and_check(child))
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(5)
+    def child() -> None:
+        for n in range(20):
+            key = f"k{n}"
+            cache.get_or_load(key, lambda: "child")
+            cache.delete(key)
+        assert cache.stats().backend_errors == 0, cache.stats()
         cache.close()
+
+    statuses = _fork_under_load(cache, busy, child, forks=25)
     assert statuses == [0] * 25, statuses
 
 

@@ -81,8 +81,13 @@ class MemoryBackend:
     Values are stored by reference, not copied: mutating a value you got from the
     cache mutates the cached value (as with ``functools.lru_cache`` and cachetools).
 
-    Every call is O(1) (``clear`` is O(n)) and non-blocking, so the same backend can
-    serve a ``Cache`` and an ``AsyncCache`` in one process.
+    Every call is O(1) (``clear`` is O(n)) and non-blocking but ``wait`` (a thread
+    waiting for another front end's load; ``wait_async`` for a coroutine), so the
+    same backend can serve several ``Cache``s and ``AsyncCache``s in one process.
+    They coordinate through its leases (see the module docstring): a caller waits
+    at most ``wait_timeout`` seconds for another front end's load of a key, then
+    loads on its own without writing; a lease held longer than ``lock_timeout``
+    may be taken over (its holder's write is then refused).
     """
 
     def __init__(
