@@ -241,3 +241,60 @@ def test_a_program_that_ends_without_close_while_a_delete_is_held_exits() -> Non
     assert "done" in result.stdout
     assert took < 10, f"the program took {took:.1f} s to exit"
     assert "never reached the backend" in result.stderr  # said so on the way out
+
+
+def test_two_threads_forking_at_once_leave_no_lock_held() -> None:
+    """Found by the attack: the locks held across a fork were kept in one list for
+    the process; two threads forking at once (multiprocessing from two request
+    threads) mixed them up, and the parent kept some held for good: the next
+    write hung. (concurrent.futures, imported first as apps do, does not
+    serialise forks then: its fork hook runs after ours.)"""
+    script = textwrap.dedent(
+        """
+        from concurrent.futures import ThreadPoolExecutor  # first, as most apps do
+        import os, threading, time
+        from cachewise import Cache, MemoryBackend, _forksafe
+
+        stores = [MemoryBackend(max_entries=200_000) for _ in range(4)]
+        caches = [Cache(store, namespace="big") for store in stores]
+        for cache in caches:
+            cache.set_many({f"k{i}": i for i in range(60_000)})
+        stop = threading.Event()
+
+        def clearer(store):
+            while not stop.is_set():
+                store.clear("other:")  # O(n) under the store's lock, removes nothing
+                time.sleep(0.002)
+
+        def forker():
+            for _ in range(4):
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0)
+                os.waitpid(pid, 0)
+
+        helpers = [threading.Thread(target=clearer, args=(s,), daemon=True) for s in stores]
+        forkers = [threading.Thread(target=forker, daemon=True) for _ in range(2)]
+        for thread in helpers + forkers:
+            thread.start()
+        for thread in forkers:
+            thread.join(30)
+        stop.set()
+        for thread in helpers:
+            thread.join(5)
+        held = [o for o in list(_forksafe._objects) for lock in o._fork_locks() if lock.locked()]
+        assert not held, held
+        done = threading.Event()
+        threading.Thread(
+            target=lambda: ([c.set("k1", 1) for c in caches], done.set()), daemon=True
+        ).start()
+        assert done.wait(5), "a write hung on a lock held for good"
+        print("ok")
+        os._exit(0)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ok" in result.stdout

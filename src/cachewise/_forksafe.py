@@ -28,6 +28,7 @@ every call with ``ChildDeadlockedError``.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
 from typing import Any, Protocol
 
@@ -42,7 +43,10 @@ class ForkAware(Protocol):
 
 
 _objects: weakref.WeakSet[ForkAware] = weakref.WeakSet()
-_held: list[Any] = []  # locks (threading.Lock or RLock) taken before the fork
+# The locks each forking thread took before its fork, by thread: two threads may
+# fork at once (their hooks interleave whenever one waits for a lock), and each
+# must release exactly what it took.
+_held: dict[int, list[Any]] = {}
 
 
 def register(obj: ForkAware) -> None:
@@ -51,22 +55,29 @@ def register(obj: ForkAware) -> None:
 
 
 def _before() -> None:
-    _held.clear()
+    taken: list[Any] = []
+    _held[threading.get_ident()] = taken
     for obj in list(_objects):
         for lock in obj._fork_locks():
             if lock.acquire(timeout=_LOCK_WAIT):
-                _held.append(lock)
+                taken.append(lock)
 
 
 def _after_in_parent() -> None:
-    while _held:
-        _held.pop().release()
+    taken = _held.pop(threading.get_ident(), [])
+    while taken:
+        taken.pop().release()
 
 
 def _after_in_child() -> None:
-    # The locks taken before the fork are held by this thread in the child too:
+    # The locks this thread took before the fork are held by it in the child too:
     # give them back (ours are then replaced anyway; redis-py's pools keep theirs).
-    _after_in_parent()
+    # Whatever other threads had taken for forks of their own is theirs, in the
+    # parent: the child only forgets it.
+    taken = _held.pop(threading.get_ident(), [])
+    _held.clear()
+    while taken:
+        taken.pop().release()
     for obj in list(_objects):
         obj._after_fork_child()
 
