@@ -37,6 +37,7 @@ def test_all_is_pinned() -> None:
             "LoaderCycleError",
             "MemoryBackend",
             "MissingType",
+            "NotificationsLostError",
             "Policy",
             "PoolTimeoutError",
             "RedisBackend",

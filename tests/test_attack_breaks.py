@@ -560,3 +560,222 @@ def test_a_hung_cluster_node_costs_one_timeout_per_call() -> None:
             victim.resume()
             cache.close()
     assert slowest < 0.25 + 0.2, f"a call took {slowest:.3f} s (more than one timeout)"
+
+
+# -- the third round of the attack ----------------------------------------------------
+
+
+def test_a_delete_held_in_one_asyncio_run_is_retried_in_the_next(
+    fresh_redis_server: Any,
+) -> None:
+    """asyncio.run cancels the settler when its run ends: the next run must start
+    it again, not leave the delete held (and other processes reading the old
+    value) until a read of that very key comes."""
+    url = fresh_redis_server.url
+    cache = AsyncCache.from_url(url, ttl=600)
+    admin = redis.Redis.from_url(url)
+
+    async def first() -> None:
+        await cache.set("user:1", "old")
+        fresh_redis_server.pause()
+        await cache.delete("user:1")  # held
+        fresh_redis_server.resume()
+        assert cache.stats().invalidations_pending == 1
+
+    asyncio.run(first())
+
+    async def later() -> None:
+        async def load() -> str:
+            return "x"
+
+        for _ in range(40):
+            await cache.get_or_load("other", load)
+            if not cache.stats().invalidations_pending:
+                return
+            await asyncio.sleep(0.05)
+
+    asyncio.run(later())
+    assert cache.stats().invalidations_pending == 0
+    assert admin.get("{user:1}") is None
+    asyncio.run(cache.aclose())
+    admin.close()
+
+
+def test_a_load_left_on_a_closed_loop_does_not_poison_its_key() -> None:
+    import warnings
+
+    cache = AsyncCache(ttl=60)
+    gate = asyncio.Event()
+    left: list[Any] = []
+
+    async def stuck() -> str:
+        await gate.wait()
+        return "never"
+
+    async def start() -> None:
+        left.append(asyncio.ensure_future(cache.get_or_load("k", stuck)))
+        await asyncio.sleep(0.01)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(start())
+    loop.close()  # its pending tasks are never run again, nor cancelled
+
+    async def next_loop() -> str:
+        async def fresh() -> str:
+            return "new"
+
+        value = await asyncio.wait_for(cache.get_or_load("k", fresh), 5)
+        await asyncio.wait_for(cache.aclose(), 5)
+        return str(value)
+
+    # (The closed loop's task is destroyed pending when collected: the point of
+    # the test, not its failure.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert asyncio.run(next_loop()) == "new"
+        left.clear()
+
+
+def test_a_clear_held_again_while_an_earlier_one_settles_stays_held() -> None:
+    """A held clear() had no generation: one held again while the settler was
+    re-applying an earlier one was forgotten when that settle finished, and a
+    load that read the old row (another front end's) stayed in the cache."""
+
+    class SlowFlakyClear(MemoryBackend):
+        fail_next = 0
+        cleared = threading.Event()
+        go_on = threading.Event()
+
+        def clear(self, prefix: str = "") -> int:
+            if self.fail_next:
+                self.fail_next -= 1
+                raise ConnectionError("transient")
+            count = super().clear(prefix)
+            if not self.cleared.is_set():
+                self.cleared.set()
+                assert self.go_on.wait(JOIN)  # the rest of a long SCAN
+            return count
+
+    store = SlowFlakyClear()
+    a, b = Cache(store, ttl=60, namespace="n"), Cache(store, ttl=60, namespace="n")
+    source = {"k": "1"}
+    store.fail_next = 1
+    a.clear()  # held; the settler re-applies it
+    assert store.cleared.wait(JOIN)  # ... and is in the middle of it
+    slow = SlowRead(source)
+    loader, _ = _run_in_thread(lambda: b.get_or_load("k", slow))
+    assert slow.started.wait(JOIN)
+    source["k"] = "2"
+    store.fail_next = 1
+    a.clear()  # fails again: held again, after the settle began
+    slow.release.set()
+    loader.join(JOIN)  # b writes "1": its lease was never revoked (clear failed)
+    store.go_on.set()  # the first settle finishes
+    deadline = time.monotonic() + JOIN
+    while a.stats().invalidations_pending and time.monotonic() < deadline:
+        time.sleep(0.01)  # the settler re-applies the second clear() too
+    assert a.get("k") in (MISSING, "2")
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("how", ["taskgroup", "wait"])
+def test_a_loader_awaiting_its_own_key_through_any_task_is_a_cycle(how: str) -> None:
+    async def main() -> None:
+        async with AsyncCache() as cache:
+
+            async def inner() -> int:
+                return 1
+
+            async def loader() -> int:
+                if how == "taskgroup":
+                    async with asyncio.TaskGroup() as group:
+                        task = group.create_task(cache.get_or_load("a", inner))
+                    return task.result()
+                task = asyncio.ensure_future(cache.get_or_load("a", inner))
+                await asyncio.wait({task})
+                return task.result()
+
+            group = ExceptionGroup  # noqa: F821 (Python 3.11+, as TaskGroup)
+            with pytest.raises((LoaderCycleError, group)) as raised:
+                await asyncio.wait_for(cache.get_or_load("a", loader), 5)
+            if isinstance(raised.value, group):
+                assert raised.value.subgroup(LoaderCycleError) is not None
+            assert await asyncio.wait_for(cache.get_or_load("a", inner), 5) == 1
+
+    asyncio.run(main())
+
+
+def test_a_cycle_through_two_caches_on_one_redis_raises_at_once(redis_url: str) -> None:
+    one, two = Cache.from_url(redis_url), Cache.from_url(redis_url)
+    began = time.monotonic()
+    with pytest.raises(LoaderCycleError):
+        one.get_or_load("a", lambda: two.get_or_load("a", lambda: 1))
+    assert time.monotonic() - began < 2  # not after lock_timeout
+    one.close()
+    two.close()
+
+
+def test_a_stalled_process_does_not_fail_its_lease_waiters(redis_url: str) -> None:
+    """The listener thread could not run while the GIL was held by a long C call:
+    it took the server's silence for a dead connection and failed every waiter
+    (each a backend error: the breaker opened)."""
+    holder = Cache.from_url(redis_url, ttl=60)
+    waiter = Cache.from_url(redis_url, ttl=60)
+    slow = SlowRead({"k": "v"})
+    lead, _ = _run_in_thread(lambda: holder.get_or_load("k", slow))
+    assert slow.started.wait(JOIN)
+    waiting, out = _run_in_thread(lambda: waiter.get_or_load("k", lambda: "own"))
+    time.sleep(0.3)  # the waiter waits on the holder's lease
+    import json
+
+    body = json.dumps([{"i": i, "s": "x" * 20} for i in range(300_000)])
+    json.loads(body)  # about half a second inside one C call, holding the GIL
+    slow.release.set()
+    lead.join(JOIN)
+    waiting.join(JOIN)
+    assert out.get("value") == "v"
+    stats = waiter.stats()
+    assert (stats.backend_errors, stats.breaker_opens, stats.loads) == (0, 0, 0)
+    holder.close()
+    waiter.close()
+
+
+def test_default_keys_tell_apart_lambdas_on_one_line_partials_and_instances() -> None:
+    import functools
+
+    with Cache() as cache:
+        square, negate = cache.cached(lambda x: x * x), cache.cached(lambda x: -x)
+        assert square(3) == 9
+        assert negate(3) == -3
+
+        def load(table: str, row: int) -> str:
+            return f"{table}:{row}"
+
+        users = cache.cached(functools.partial(load, "users"))
+        orders = cache.cached(functools.partial(load, "orders"))
+        assert users(row=1) == "users:1"
+        assert orders(row=1) == "orders:1"
+
+        class Repo:
+            def __init__(self, table: str) -> None:
+                self.table = table
+
+            def get(self, row: int) -> str:
+                return f"{self.table}:{row}"
+
+        with pytest.raises(TypeError, match="__cache_key__"):
+            cache.cached(Repo("users").get)
+
+
+def test_an_entry_with_more_tags_than_the_wire_holds_is_refused_at_the_call(
+    redis_url: str,
+) -> None:
+    with Cache.from_url(redis_url) as cache:
+        tags = [f"t{i}" for i in range(70_000)]
+        with pytest.raises(ValueError, match="at most"):
+            cache.set("k", 1, tags=tags)
+        with pytest.raises(ValueError, match="at most"):
+            cache.get_or_load("k", lambda: 1, tags=tags)
+        stats = cache.stats()
+        assert (stats.backend_errors, stats.invalidations_pending) == (0, 0)

@@ -21,6 +21,7 @@ from cachewise._errors import (
     CacheError,
     LoadCancelledError,
     LoaderCycleError,
+    NotificationsLostError,
     PoolTimeoutError,
     WeigherError,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "LoaderCycleError",
     "MemoryBackend",
     "MissingType",
+    "NotificationsLostError",
     "Policy",
     "PoolTimeoutError",
     "RedisBackend",

@@ -44,3 +44,10 @@ class WeigherError(CacheError, ValueError):
     """A ``MemoryBackend`` weigher raised, or returned something other than an int
     ``>= 0``. The weigher is the application's code: like an unserializable value,
     this is the caller's error, raised at the write, never a backend failure."""
+
+
+class NotificationsLostError(BackendError):
+    """A wait for another process's load gave up: the connection that tells this
+    process when leases end went silent. The waiter loads on its own at once.
+    Circuit breakers do not count it: the wait sent nothing to the backend, and
+    the calls that do will tell whether it is down."""

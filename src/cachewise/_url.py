@@ -277,6 +277,7 @@ def _redis(
             codec=codec,
             owns_client=True,
             invalidation_client=sync_client(slow),
+            lease_scope=server_identity(url),
             **lease_options,
         )
         return CircuitBreaker(backend, name=name) if breaker == "on" else backend
@@ -321,6 +322,7 @@ def _redis(
         owns_client=True,
         invalidation_client=invalidation_client,
         client_factory=async_client,  # a fresh client for each new event loop
+        lease_scope=server_identity(url),
         **lease_options,
     )
     if breaker == "off":

@@ -8,6 +8,7 @@ applied), never from ``repr`` or ``hash``, which may differ between processes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import math
@@ -328,21 +329,42 @@ def _is_name_part(value: object) -> bool:
 
 def default_key_name(func: Callable[..., Any]) -> str:
     """The name a function's default keys start with: ``module.qualname``, and
-    what tells apart functions that share one (the same in every process):
+    what tells apart callables that share one (the same in every process):
 
-    - a lambda's line (``module.<lambda>@12``): every lambda of a module has the
-      qualname ``<lambda>``;
-    - a closure's captured values, where ``encode_arg`` can encode them
-      (``module.make_getter.get[table="users"]``): each function a factory makes
-      has the factory's qualname, and its results depend on what it captured.
+    - a lambda's line and column (``module.<lambda>@12:8``): every lambda of a
+      module has the qualname ``<lambda>``, two may share a line;
+    - a closure's captured immutable values (``module.make_getter.get[table="users"]``):
+      each function a factory makes has the factory's qualname, and its results
+      depend on what it captured;
+    - a bound method's instance, and a ``functools.partial``'s bound arguments,
+      which must then be encodable (``encode_arg``: a ``__cache_key__()`` method,
+      say), else ``TypeError``: two instances would share every entry;
+    - a callable object, likewise.
 
-    A function that captures something else its results depend on (an object
+    A function whose results depend on anything else it captured (an object
     without ``__cache_key__``) is not told apart: give it a key template.
     """
+    if isinstance(func, functools.partial):
+        try:
+            bound = [encode_arg(arg) for arg in func.args]
+            bound += [f"{k}={encode_arg(v)}" for k, v in sorted(func.keywords.items())]
+        except TypeError as exc:
+            raise TypeError(
+                f"{exc}: a functools.partial's bound arguments are part of its default "
+                "key; pass key='...' with a template"
+            ) from None
+        return f"{default_key_name(func.func)}[partial({','.join(bound)})]"
+    if inspect.ismethod(func):
+        owner = func.__self__
+        return f"{default_key_name(func.__func__)}[self={_instance_name(owner)}]"
+    if not (inspect.isfunction(func) or inspect.isbuiltin(func) or isinstance(func, type)):
+        call = type(func).__call__
+        return f"{function_name(call)}[self={_instance_name(func)}]"
     name = function_name(func)
     code = getattr(func, "__code__", None)
     if getattr(func, "__name__", None) == "<lambda>" and code is not None:
-        name += f"@{code.co_firstlineno}"
+        columns = [col for _, _, col, _ in code.co_positions() if col]
+        name += f"@{code.co_firstlineno}" + (f":{min(columns)}" if columns else "")
     cells = getattr(func, "__closure__", None) or ()
     free = getattr(code, "co_freevars", ()) if code is not None else ()
     captured: list[str] = []
@@ -362,6 +384,20 @@ def default_key_name(func: Callable[..., Any]) -> str:
             text = "#" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
         name += f"[{text}]"
     return name
+
+
+def _instance_name(owner: object) -> str:
+    """What names the instance a method is bound to, in a default key."""
+    if isinstance(owner, type):  # a classmethod: the class is the name
+        return f"{owner.__module__}.{owner.__qualname__}"
+    try:
+        return encode_arg(owner)
+    except TypeError:
+        raise TypeError(
+            f"a default key for a method of a {type(owner).__name__} instance needs the "
+            f"instance in it (two instances would share every entry): give "
+            f"{type(owner).__name__} a __cache_key__() method, or pass key='...'"
+        ) from None
 
 
 def function_key(name: str, bound: inspect.BoundArguments) -> str:

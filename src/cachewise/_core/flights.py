@@ -26,7 +26,7 @@ H = TypeVar("H")
 class Flight(Generic[H]):
     """One in-flight load of one key."""
 
-    __slots__ = ("handle", "key", "leader", "tags", "valid", "waiters")
+    __slots__ = ("ended", "handle", "key", "leader", "tags", "valid", "waiters")
 
     def __init__(self, key: str, handle: H, tags: tuple[str, ...] = ()) -> None:
         self.key = key
@@ -40,6 +40,9 @@ class Flight(Generic[H]):
         self.valid = True
         # Callers that joined instead of loading (for stats and tests).
         self.waiters = 0
+        # Set once the load is over (its outcome published): a wait recorded
+        # against it ends soon, whatever its leader does next.
+        self.ended = False
 
 
 class FlightTable(Generic[H]):
@@ -94,6 +97,7 @@ class FlightTable(Generic[H]):
 
     def finish(self, flight: Flight[H]) -> None:
         """Remove a completed flight, unless a newer one has already replaced it."""
+        flight.ended = True
         if self._flights.get(flight.key) is flight:
             del self._flights[flight.key]
 

@@ -42,6 +42,8 @@ _SETTLE_EVERY = 0.05
 
 # How many distinct tag tuples _full_tags remembers.
 _TAG_MEMO = 4096
+#: The most tags one entry may carry.
+MAX_ENTRY_TAGS = 1000
 
 # At most one warning per this many seconds per cache for degraded backend calls;
 # every failure is still counted.
@@ -231,6 +233,18 @@ class CacheBase:
             if len(self._tag_memo) >= _TAG_MEMO:
                 self._tag_memo.clear()  # bounded; a hit rate that low is not worth more
             self._tag_memo[key] = full
+        return full
+
+    def _entry_tags(self, tags: Iterable[str]) -> tuple[str, ...]:
+        """``_full_tags`` for the tags an entry will carry: at most
+        ``MAX_ENTRY_TAGS`` of them (each is checked on every read of the entry,
+        and the wire envelope counts them in 16 bits)."""
+        full = self._full_tags(tags)
+        if len(full) > MAX_ENTRY_TAGS:
+            raise ValueError(
+                f"an entry may carry at most {MAX_ENTRY_TAGS} tags, got {len(full)}; "
+                "tag it with a broader tag instead"
+            )
         return full
 
     def _build_tags(self, tags: Iterable[str]) -> tuple[str, ...]:

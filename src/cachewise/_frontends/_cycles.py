@@ -16,6 +16,7 @@ path only (never on a hit, never for a leader).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import threading
 from typing import Any
@@ -24,6 +25,34 @@ from cachewise._core.flights import Flight
 from cachewise._errors import LoaderCycleError
 
 _lock = threading.Lock()
+
+# The loads this code runs inside of (innermost last): set around each loader call
+# and inherited by every task the loader creates (asyncio copies the context), so
+# a call from such a task for one of these keys is a cycle however the loader
+# awaits the task (TaskGroup, asyncio.wait, a future: waits this module cannot
+# follow). A task a loader starts and never awaits would wait harmlessly: it is
+# refused too, the price of finding the cycles no graph here can see.
+_loading: contextvars.ContextVar[tuple[Flight[Any], ...]] = contextvars.ContextVar(
+    "cachewise_loading", default=()
+)
+
+
+def loading(flight: Flight[Any]) -> contextvars.Token[tuple[Flight[Any], ...]]:
+    """Mark the code that runs from now on (a loader, and the tasks it creates) as
+    running inside ``flight``'s load; give the token back to ``done_loading``."""
+    return _loading.set((*_loading.get(), flight))
+
+
+def done_loading(token: contextvars.Token[tuple[Flight[Any], ...]]) -> None:
+    _loading.reset(token)
+
+
+def outside_loads() -> None:
+    """A background refresh is no part of the load that happened to start it: its
+    task forgets the loads it was created inside of."""
+    _loading.set(())
+
+
 # actor (thread id or asyncio task) -> the flight it waits for right now.
 _waiting: dict[object, Flight[Any]] = {}
 
@@ -46,8 +75,14 @@ def enter_wait(actor: object, flight: Flight[Any]) -> None:
                 "whose load runs on that loop: call the AsyncCache from async code, or "
                 "the Cache from a worker thread (asyncio.to_thread)"
             )
+    if flight in _loading.get():
+        raise LoaderCycleError(
+            f"loader cycle: this call runs inside the load of {flight.key!r} (in a task its "
+            "loader started) and would wait for that very load; a loader may not need, "
+            "directly or through other loaders or tasks, the key it is loading"
+        )
     with _lock:
-        if _reaches(flight.leader, actor):
+        if not flight.ended and _reaches(flight.leader, actor):
             raise LoaderCycleError(
                 f"loader cycle: this call would wait for {flight.key!r}, whose load waits "
                 "(directly or through other loads or tasks) for this call; a loader may "
@@ -80,7 +115,9 @@ def _blocked_on(actor: object) -> list[object]:
     gathers a call for its own key is a cycle too."""
     found: list[object] = []
     flight = _waiting.get(actor)
-    if flight is not None:
+    if flight is not None and not flight.ended:
+        # (An ended flight's waiters are about to wake: its leader, now free to
+        # do anything, even wait for us, is no part of a cycle through it.)
         found.append(flight.leader)
     awaited = getattr(actor, "_fut_waiter", None)
     if awaited is not None:
@@ -98,29 +135,36 @@ def leave_wait(actor: object) -> None:
         _waiting.pop(actor, None)
 
 
-# Leases of in-process stores (MemoryBackend) are held by flights of this process:
-# (id(store), key) -> the flight holding the key's lease there. A caller that would
-# wait on such a lease waits, in effect, for that flight: two caches on one store
-# close a cycle through it (a's loader asks the other cache for a's own key).
-_lease_holders: dict[tuple[int, str], Flight[Any]] = {}
+# Leases held by flights of this process, by store: (the store's lease scope, key)
+# -> the flight holding the key's lease there. A caller that would wait on such a
+# lease waits, in effect, for that flight: two caches on one store (a MemoryBackend,
+# or one Redis) close a cycle through it (a's loader asks the other cache for a's
+# own key). A scope names the store the same way for every cache on it.
+_lease_holders: dict[tuple[object, str], Flight[Any]] = {}
 
 
-def lease_taken(store: object, key: str, flight: Flight[Any]) -> None:
-    """``flight`` holds the lease on ``key`` in the in-process ``store``."""
+def lease_taken(scope: object, key: str, flight: Flight[Any]) -> None:
+    """``flight`` holds the lease on ``key`` in the store ``scope`` names."""
     with _lock:
-        _lease_holders[(id(store), key)] = flight
+        _lease_holders[(scope, key)] = flight
 
 
-def lease_ended(store: object, key: str, flight: Flight[Any]) -> None:
+def lease_ended(scope: object, key: str, flight: Flight[Any]) -> None:
     """``flight`` no longer holds the lease (it wrote, released or finished)."""
     with _lock:
-        if _lease_holders.get((id(store), key)) is flight:
-            del _lease_holders[(id(store), key)]
+        if _lease_holders.get((scope, key)) is flight:
+            del _lease_holders[(scope, key)]
 
 
-def lease_holder(store: object, key: str) -> Flight[Any] | None:
-    """The flight of this process holding the lease on ``key`` in ``store``."""
-    return _lease_holders.get((id(store), key))
+def lease_holder(scope: object, key: str) -> Flight[Any] | None:
+    """The flight of this process holding the lease on ``key`` in ``scope``."""
+    return _lease_holders.get((scope, key))
+
+
+def lease_scope(backend: object) -> object:
+    """How ``backend``'s leases are named (its ``lease_scope``, else itself)."""
+    scope = getattr(backend, "lease_scope", None)
+    return backend if scope is None else scope
 
 
 def _reset_after_fork() -> None:

@@ -48,7 +48,8 @@ class HeldSnapshot(NamedTuple):
 
     keys: dict[str, int]
     tags: dict[str, int]
-    everything: bool
+    #: The generation of a held clear() of the namespace (0: none).
+    everything: int
 
 
 class HeldInvalidations:
@@ -61,7 +62,9 @@ class HeldInvalidations:
         self.lock = threading.Lock()
         self.keys: dict[str, int] = {}
         self.tags: dict[str, int] = {}
-        self.everything = False
+        # The generation of a held clear() (0: none): a clear held again while a
+        # settle re-applies an earlier one must stay held after that settle.
+        self.everything = 0
         self._gen = itertools.count(1)
         self.members: weakref.WeakSet[CacheBase] = weakref.WeakSet()
         # Invariant: seq counts finished settles; _settled_keys/_settled_tags map a
@@ -118,7 +121,7 @@ class HeldInvalidations:
             for tag in tags:
                 self.tags[tag] = gen
             if everything or len(self.keys) + len(self.tags) > MAX_LISTED:
-                self.everything = True
+                self.everything = gen
                 self.keys.clear()
                 self.tags.clear()
             self._publish()
@@ -135,8 +138,8 @@ class HeldInvalidations:
             was = self.active
             self.seq += 1
             seq = self.seq
-            if applied.everything:
-                self.everything = False
+            if applied.everything and self.everything == applied.everything:
+                self.everything = 0
                 self._everything_seq = seq
             for table, log, names in (
                 (self.keys, self._settled_keys, applied.keys),

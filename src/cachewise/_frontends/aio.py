@@ -39,11 +39,15 @@ from cachewise._frontends._base import (
     new_token,
 )
 from cachewise._frontends._cycles import (
+    done_loading,
     enter_wait,
     lease_ended,
     lease_holder,
+    lease_scope,
     lease_taken,
     leave_wait,
+    loading,
+    outside_loads,
 )
 from cachewise._frontends._decorator import (
     AsyncCachedFunction,
@@ -226,10 +230,14 @@ class AsyncCache(CacheBase):
         elif isinstance(self._local, InProcessLeaseBackend):
             self._leases = _LocalLeases(self._local)
             self._inproc = self._local
+        # See Cache: the store's name for the leases of this process's flights.
+        self._scope = lease_scope(backend) if self._leases is not None else None
         self._flights: FlightTable[_Task] = FlightTable()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._settler: asyncio.Task[Any] | None = None
         self._background = 0
+        # The event loop the flights, tasks and settler belong to (_check_loop).
+        self._loop: asyncio.AbstractEventLoop | None = None
         _forksafe.register(self)
 
     @classmethod
@@ -298,7 +306,10 @@ class AsyncCache(CacheBase):
         full = self._prefix + key if key.__class__ is str else ""
         if not 0 < len(full) <= SHORT_KEY_CHARS:
             full = self._hit_key(key)
-        view = self._held_view() if self._unsettled else None
+        view = None
+        if self._unsettled:
+            view = self._held_view()
+            self._start_settler()  # (after a loop change, it may need starting again)
         try:
             entry = self._lget(full) if self._lget is not None else await self._bread(full)
         except Exception as exc:
@@ -321,6 +332,7 @@ class AsyncCache(CacheBase):
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The fresh values among ``keys``, as ``{key: value}``; misses are left out."""
+        self._check_loop()
         self._check_keys(keys)
         wanted = [check_key(key) for key in keys]
         view = self._held_view()
@@ -346,7 +358,7 @@ class AsyncCache(CacheBase):
             check_loader(loader)
         if ttl is not None:
             ttl = check_ttl(ttl)
-        ftags = self._full_tags(tags) if tags else ()
+        ftags = self._entry_tags(tags) if tags else ()
         lget = self._lget
         view = self._held_view() if self._unsettled else None
         try:
@@ -378,12 +390,13 @@ class AsyncCache(CacheBase):
         view: HeldView = None,
     ) -> T:
         counters = self._counters
+        self._check_loop()
+        if self._unsettled:
+            self._start_settler()  # (a no-op while it runs: held by a sibling, maybe)
         if (view is not None or self._unsettled) and self._covered(view, full, entry, tags):
             # Held invalidations are retried by the background settler, not here:
             # a miss must not wait on a backend that is failing.
             if self._unsettled and self._is_unsettled(full, entry, tags):
-                if self._settler is None:
-                    self._start_settler()  # held by another cache sharing ours, maybe
                 pending: T = await self._load_unreached(full, loader, ttl, tags)
                 return pending
             entry = None  # read before the invalidation just applied: not to be served
@@ -422,10 +435,11 @@ class AsyncCache(CacheBase):
         self, key: str, value: Any, *, ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
         """Store ``value`` under ``key``; a load in flight will not overwrite it."""
+        self._check_loop()
         self._check_value(value)
         full = self._full_key(key)
         ttl = check_ttl(ttl)
-        ftags = self._full_tags(tags)
+        ftags = self._entry_tags(tags)
         self._check_open()
         self._need_tags(ftags)
         await self._revoke([full])
@@ -447,6 +461,7 @@ class AsyncCache(CacheBase):
         self, items: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
     ) -> None:
         """``set`` for several keys with one TTL (and the same tags)."""
+        self._check_loop()
         if not isinstance(items, Mapping):
             raise TypeError(
                 f"set_many takes a mapping of keys to values, not {type(items).__name__}"
@@ -454,7 +469,7 @@ class AsyncCache(CacheBase):
         for value in items.values():
             self._check_value(value)
         ttl = check_ttl(ttl)
-        ftags = self._full_tags(tags)
+        ftags = self._entry_tags(tags)
         self._check_open()
         self._need_tags(ftags)
         full_keys = [self._full_key(key) for key in items]
@@ -474,6 +489,7 @@ class AsyncCache(CacheBase):
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; whether it was cached. A load in flight will not write."""
+        self._check_loop()
         full = self._full_key(key)
         await self._revoke([full])
         result = await self._send_invalidation("delete", full)
@@ -484,6 +500,7 @@ class AsyncCache(CacheBase):
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """``delete`` for several keys; how many were cached."""
+        self._check_loop()
         self._check_keys(keys)
         full = [self._full_key(key) for key in keys]
         if not full:
@@ -498,6 +515,7 @@ class AsyncCache(CacheBase):
     async def invalidate_tags(self, *tags: str) -> None:
         """Invalidate every entry carrying any of ``tags``, in O(number of tags);
         loads in flight for them are revoked (see ``Cache.invalidate_tags``)."""
+        self._check_loop()
         ftags = self._full_tags(tags)
         if not ftags:
             return
@@ -581,13 +599,19 @@ class AsyncCache(CacheBase):
         self._settled(applied)
 
     def _start_settler(self) -> None:
-        """Run the background settler as a tracked task (once at a time)."""
-        if self._closed or self._settler is not None:
+        """Run the background settler as a tracked task (once at a time, on the
+        running loop: a settler of a loop that ended, cancelled by asyncio.run or
+        left pending on a closed loop, is replaced)."""
+        if self._closed:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no loop running here: misses and writes retry instead
+        self._check_loop(loop)
+        settler = self._settler
+        if settler is not None and not settler.done():
+            return
         self._settler = loop.create_task(self._settle_loop(), name="cachewise-settle")
         self._tasks.add(self._settler)
         self._settler.add_done_callback(self._task_done)
@@ -602,6 +626,7 @@ class AsyncCache(CacheBase):
 
     async def clear(self) -> int:
         """Remove every entry of this cache's namespace; how many."""
+        self._check_loop()
         for flight in self._flights.invalidate_all():
             await self._pass_guard(flight)
         result = await self._bcall("clear", self._prefix)
@@ -807,6 +832,7 @@ class AsyncCache(CacheBase):
             handle.started = True
             if not write and token is None:
                 handle.confirmed = False  # nothing will be written: nothing confirms it
+            entered = loading(flight)  # (see _cycles: tasks and calls inside the load)
             try:
                 try:
                     start = clock()
@@ -834,6 +860,8 @@ class AsyncCache(CacheBase):
                 counters.load_errors += 1
                 await self._release(flight.key, token)
                 raise
+            finally:
+                done_loading(entered)
             entry = self._new_entry(
                 value, end, ttl, max(end - start, 0.0), negative, flight.tags, stamp
             )
@@ -899,10 +927,30 @@ class AsyncCache(CacheBase):
             else:
                 self._release_later(flight.key, token)
 
+    def _check_loop(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """One event loop at a time, and then the next: when calls come from a new
+        loop, what belonged to the old one (its load and settler tasks, the flights
+        they ran) will never run again; forget it, as a fork does. A load left
+        pending on a closed loop would otherwise poison its key for good, and a
+        settler cancelled when asyncio.run ended would never retry what is held.
+        Called on the slow paths only (the memory hit path has no per-loop state)."""
+        if loop is None:
+            loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        if self._loop is not None:
+            for flight in self._flights.invalidate_all():
+                if self._scope is not None:
+                    lease_ended(self._scope, flight.key, flight)
+            self._after_fork_child()  # (the same reset: nothing of before remains)
+        self._loop = loop
+        if self._unsettled:
+            self._start_settler()
+
     def _end(self, flight: Flight[_Task]) -> None:
         """The flight is over: out of the table (and of the lease-holder record)."""
-        if self._inproc is not None:
-            lease_ended(self._inproc, flight.key, flight)
+        if self._scope is not None:
+            lease_ended(self._scope, flight.key, flight)
         self._flights.finish(flight)
 
     def _release_soon(self, key: str, token: str | None) -> None:
@@ -1010,13 +1058,13 @@ class AsyncCache(CacheBase):
                         handle.unreached = True
                         outcome = LoadStep(leased=False, stale=None)
                         break
-                    if reply.granted and self._inproc is not None:
-                        lease_taken(self._inproc, full, flight)
+                    if reply.granted and self._scope is not None:
+                        lease_taken(self._scope, full, flight)
                     step = flow.send(
                         Observed(reply, self._clock(), time.monotonic(), 1.0 - self._rng.random())
                     )
                 else:
-                    holder = lease_holder(self._inproc, full) if self._inproc is not None else None
+                    holder = lease_holder(self._scope, full) if self._scope is not None else None
                     me = asyncio.current_task()
                     if holder is not None:
                         try:
@@ -1120,6 +1168,7 @@ class AsyncCache(CacheBase):
         trigger: Entry,
         early: bool,
     ) -> Any:
+        outside_loads()  # (this task's own context: see _cycles)
         token = None
         if self._leases is not None:
             # Across processes, one refresh per key: only the lease holder runs it.
@@ -1133,8 +1182,8 @@ class AsyncCache(CacheBase):
             if granted and reply is not None and superseded(trigger, reply.entry):
                 await self._release(flight.key, token)
                 granted = False
-            if granted and self._inproc is not None:
-                lease_taken(self._inproc, flight.key, flight)
+            if granted and self._scope is not None:
+                lease_taken(self._scope, flight.key, flight)
         else:
             try:
                 current = await self._bread(flight.key)
@@ -1163,6 +1212,7 @@ class AsyncCache(CacheBase):
         """Wait for the load and refresh tasks (including any they start); whether
         all finished within ``timeout`` seconds (``None``: no limit)."""
         loop = asyncio.get_running_loop()
+        self._check_loop(loop)
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             # The settler is not "background work started so far": it runs for as

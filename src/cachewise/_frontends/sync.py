@@ -28,11 +28,14 @@ from cachewise._frontends._base import (
     new_token,
 )
 from cachewise._frontends._cycles import (
+    done_loading,
     enter_wait,
     lease_ended,
     lease_holder,
+    lease_scope,
     lease_taken,
     leave_wait,
+    loading,
 )
 from cachewise._frontends._decorator import (
     CachedFunction,
@@ -180,6 +183,9 @@ class Cache(CacheBase):
         # An in-process store's leases are held by flights of this process: waits
         # on them join the loader-cycle check (see _cycles).
         self._inproc = isinstance(backend, InProcessLeaseBackend)
+        # Leases of flights of this process are recorded under this name of the
+        # store, shared by every cache on it (see _cycles: cycles through leases).
+        self._scope = lease_scope(backend) if self._leases is not None else None
         self._refresh_workers = refresh_workers
         # Guards the flight table, the executor and the pending-refresh bookkeeping.
         # Never held across a loader call or backend I/O.
@@ -284,7 +290,7 @@ class Cache(CacheBase):
             check_loader(loader)
         if ttl is not None:
             ttl = check_ttl(ttl)
-        ftags = self._full_tags(tags) if tags else ()
+        ftags = self._entry_tags(tags) if tags else ()
         view = self._held_view() if self._unsettled else None
         data = self._mdata
         try:
@@ -380,7 +386,7 @@ class Cache(CacheBase):
         self._check_value(value)
         full = self._full_key(key)
         ttl = check_ttl(ttl)
-        ftags = self._full_tags(tags)
+        ftags = self._entry_tags(tags)
         self._check_open()
         self._need_tags(ftags)
         self._revoke([full])
@@ -409,7 +415,7 @@ class Cache(CacheBase):
         for value in items.values():
             self._check_value(value)
         ttl = check_ttl(ttl)
-        ftags = self._full_tags(tags)
+        ftags = self._entry_tags(tags)
         self._check_open()
         self._need_tags(ftags)
         full_keys = [self._full_key(key) for key in items]
@@ -594,8 +600,8 @@ class Cache(CacheBase):
             return flight, False, call.join_point()
 
     def _finish(self, flight: Flight[_Call]) -> None:
-        if self._inproc:
-            lease_ended(self._leases, flight.key, flight)
+        if self._scope is not None:
+            lease_ended(self._scope, flight.key, flight)
         # Leave the table before waking waiters, so a woken caller that comes
         # straight back starts a new flight instead of joining this finished one.
         with self._lock:
@@ -727,6 +733,7 @@ class Cache(CacheBase):
             call.started = True
             if not write and token is None:
                 call.confirmed = False  # nothing will be written: nothing confirms it
+            entered = loading(flight)  # (see _cycles: tasks and calls inside the load)
             try:
                 start = clock()
                 value = loader()
@@ -744,6 +751,8 @@ class Cache(CacheBase):
                 call.error = exc
                 self._release(flight.key, token)
                 return
+            finally:
+                done_loading(entered)
             entry = self._new_entry(
                 value, end, ttl, max(end - start, 0.0), negative, flight.tags, stamp
             )
@@ -881,13 +890,13 @@ class Cache(CacheBase):
                         call.unreached = True
                         outcome: Outcome = LoadStep(leased=False, stale=None)
                         break
-                    if reply.granted and self._inproc:
-                        lease_taken(leases, full, flight)
+                    if reply.granted and self._scope is not None:
+                        lease_taken(self._scope, full, flight)
                     step = flow.send(
                         Observed(reply, self._clock(), time.monotonic(), 1.0 - self._rng.random())
                     )
                 else:
-                    holder = lease_holder(leases, full) if self._inproc else None
+                    holder = lease_holder(self._scope, full) if self._scope is not None else None
                     me = threading.get_ident()
                     if holder is not None:
                         try:
@@ -1001,8 +1010,8 @@ class Cache(CacheBase):
             except Exception as exc:
                 self._degraded("read", exc)
                 granted, current = False, None
-            if granted and self._inproc:
-                lease_taken(self._leases, flight.key, flight)
+            if granted and self._scope is not None:
+                lease_taken(self._scope, flight.key, flight)
             if granted and superseded(trigger, current):
                 self._release(flight.key, token)
                 granted = False

@@ -32,7 +32,12 @@ from typing import Any
 from cachewise import _forksafe
 from cachewise._core.breaker import PASS, REFUSED, Breaker, BreakerPolicy, State
 from cachewise._core.entry import Entry
-from cachewise._errors import BackendError, BackpressureError, WeigherError
+from cachewise._errors import (
+    BackendError,
+    BackpressureError,
+    NotificationsLostError,
+    WeigherError,
+)
 from cachewise.serialization import SerializationError, ValueTooLargeError
 
 logger = logging.getLogger("cachewise")
@@ -132,6 +137,7 @@ _NOT_FAILURES = (
     WeigherError,
     UnicodeError,
     BackpressureError,
+    NotificationsLostError,
     CircuitOpenError,
 )
 

@@ -152,6 +152,11 @@ class MemoryBackend:
         return True
 
     @property
+    def lease_scope(self) -> object:
+        """What names this store's leases for every cache on it: the store itself."""
+        return self
+
+    @property
     def wait_timeout(self) -> float:
         """Seconds a caller waits for another front end's load of a key before it
         loads on its own (and does not write)."""

@@ -132,9 +132,15 @@ class Notifier:
             try:
                 pubsub = self._connect()
                 pubsub.subscribe(CHANNEL)
-                last_ping = last_pong = time.monotonic()
+                last_ping = last_pong = last_turn = time.monotonic()
                 while not self._closed:
                     now = time.monotonic()
+                    if now - last_turn > 2 * _PING_EVERY:
+                        # This thread did not run for a while (the GIL held by a long
+                        # C call, a busy process): the server was not silent, we were
+                        # not listening. Give it a fresh ping's time before judging.
+                        last_pong = now
+                    last_turn = now
                     if now - last_pong > self._timeout:
                         raise TimeoutError("no pong from the server: the connection is gone")
                     if now - last_ping >= _PING_EVERY:

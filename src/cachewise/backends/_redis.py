@@ -30,7 +30,7 @@ from cachewise._core import envelope
 from cachewise._core.entry import Entry
 from cachewise._core.policy import MAX_SECONDS
 from cachewise._core.readflow import LeaseReply
-from cachewise._errors import BackendError, BackpressureError
+from cachewise._errors import BackendError, BackpressureError, NotificationsLostError
 from cachewise.backends import _lua
 from cachewise.backends._notify import CHANNEL, LoopWaiter, Notifier, ThreadWaiter
 from cachewise.serialization import Codec
@@ -146,6 +146,7 @@ class _RedisCommon:
         owns_client: bool,
         tag_ttl: float = DEFAULT_TAG_TTL,
         invalidation_client: Any = None,
+        lease_scope: object = None,
     ) -> None:
         if codec is not None and not isinstance(codec, Codec):
             raise TypeError("codec must be a cachewise.serialization.Codec")
@@ -172,6 +173,7 @@ class _RedisCommon:
         self._notify: Notifier | None = None
         self._notify_unavailable = False
         self._notify_lock = threading.Lock()
+        self._scope = lease_scope
         _forksafe.register(self)
         self._read_sha = _lua.sha1(_lua.READ)
         self._set_leased_sha = _lua.sha1(_lua.SET_LEASED)
@@ -196,6 +198,17 @@ class _RedisCommon:
         # (redis-py gives the child fresh connections: its pools check the pid).
         self._notify = None
         self._notify_lock = threading.Lock()
+
+    @property
+    def lease_scope(self) -> object:
+        """What names this server's leases for every cache of the process on it
+        (``from_url`` passes the server's identity; else the client's address)."""
+        if self._scope is not None:
+            return self._scope
+        kwargs = getattr(getattr(self._client, "connection_pool", None), "connection_kwargs", {})
+        if kwargs.get("host") is not None:
+            return ("redis", kwargs.get("host"), kwargs.get("port"), kwargs.get("db", 0))
+        return self._client
 
     @property
     def client(self) -> Any:
@@ -400,6 +413,7 @@ class RedisBackend(_RedisCommon):
         owns_client: bool = False,
         tag_ttl: float = DEFAULT_TAG_TTL,
         invalidation_client: Any = None,
+        lease_scope: object = None,
     ) -> None:
         if _looks_async_client(client):
             raise TypeError("RedisBackend needs a sync redis-py client; use AsyncRedisBackend")
@@ -413,6 +427,7 @@ class RedisBackend(_RedisCommon):
             owns_client=owns_client,
             tag_ttl=tag_ttl,
             invalidation_client=invalidation_client,
+            lease_scope=lease_scope,
         )
 
     def _script(self, script: str, sha: str, args: list[Any], client: Any = None) -> Any:
@@ -610,7 +625,7 @@ class RedisBackend(_RedisCommon):
             if waiter.failed:
                 # The listener lost its connection: this process cannot hear the
                 # release. Load now (one timeout), rather than wait it out blind.
-                raise BackendError("lease notifications lost: the backend went away")
+                raise NotificationsLostError("lease notifications lost: the connection died")
             return ended
         finally:
             notifier.unwatch(key, waiter)
@@ -636,6 +651,7 @@ class AsyncRedisBackend(_RedisCommon):
         tag_ttl: float = DEFAULT_TAG_TTL,
         invalidation_client: Any = None,
         client_factory: Callable[[], Any] | None = None,
+        lease_scope: object = None,
     ) -> None:
         """``client_factory`` (``from_url`` passes one) builds a fresh client: used
         when the cache moves to another event loop (see ``_prepare``)."""
@@ -660,6 +676,7 @@ class AsyncRedisBackend(_RedisCommon):
             client,
             codec=codec,
             invalidation_client=None if offload else invalidation_client,
+            lease_scope=lease_scope,
             **options,
         )
         self._offloaded: RedisBackend | None = None
@@ -1015,7 +1032,7 @@ class AsyncRedisBackend(_RedisCommon):
                 return True
             done, _ = await asyncio.wait({waiter.future}, timeout=timeout)
             if done and waiter.future.result():  # see RedisBackend.wait
-                raise BackendError("lease notifications lost: the backend went away")
+                raise NotificationsLostError("lease notifications lost: the connection died")
             return bool(done)
         finally:
             notifier.unwatch(key, waiter)
