@@ -233,34 +233,26 @@ class World:
         return options
 
     def new_sync_cache(self, version: int | None = None) -> Cache:
-        options = self._options("sync")
-        owner = next((c for c in self.caches if isinstance(c, Cache)), None)
-        if version is not None:
-            options["version"] = version
-        if self.memory is not None:
-            cache = Cache(self.memory, **options)
-        elif owner is not None:  # a version bump: the new cache shares the backend
-            cache = Cache(owner.backend, **options)
-        else:
-            assert self.url is not None
-            cache = Cache.from_url(self.url, **options)
-        self.caches.append(cache)
+        cache: Cache = self._new_cache(Cache, "sync", version)
         return cache
 
     def new_async_cache(self, version: int | None = None) -> AsyncCache:
         """Called in the world's event loop."""
-        options = self._options("async")
-        owner = next((c for c in self.caches if isinstance(c, AsyncCache)), None)
+        cache: AsyncCache = self._new_cache(AsyncCache, "async", version)
+        return cache
+
+    def _new_cache(self, cls: Any, flavour: str, version: int | None) -> Any:
+        options = self._options(flavour)
+        owner = next((c for c in self.caches if isinstance(c, cls)), None)
         if version is not None:
             options["version"] = version
         if self.memory is not None:
-            cache = AsyncCache(self.memory, **options)
-        elif owner is not None:
-            backend: Any = owner.backend  # a version bump: the new cache shares it
-            cache = AsyncCache(backend, **options)
+            cache = cls(self.memory, **options)
+        elif owner is not None:  # a version bump: the new cache shares the backend
+            cache = cls(owner.backend, **options)
         else:
             assert self.url is not None
-            cache = AsyncCache.from_url(self.url, **options)
+            cache = cls.from_url(self.url, **options)
         self.caches.append(cache)
         return cache
 
