@@ -1278,3 +1278,31 @@ def test_a_missing_framework_names_the_extra() -> None:
         "        raise AssertionError(name + ' imported')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_sqlalchemy_helper_works_for_plain_sessions_without_greenlet() -> None:
+    """SQLAlchemy 2.1 no longer installs greenlet; its asyncio layer then cannot
+    be imported. The helper must still serve plain Sessions."""
+    program = """
+import sys
+sys.modules["greenlet"] = None  # as if it were not installed
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+from cachewise import MISSING, Cache, MemoryBackend
+from cachewise.integrations.sqlalchemy import invalidate_after_commit
+engine = create_engine("sqlite://")
+cache = Cache(MemoryBackend())
+cache.set("k", 1)
+with Session(engine) as session:
+    session.execute(text("select 1"))
+    invalidate_after_commit(session, cache, keys=["k"])
+    assert cache.get("k") == 1
+    session.commit()
+assert cache.get("k") is MISSING
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", program], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -18,16 +18,33 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 try:
     from sqlalchemy import event
     from sqlalchemy.exc import InvalidRequestError, MissingGreenlet
-    from sqlalchemy.ext.asyncio import AsyncSession, async_session
     from sqlalchemy.orm import Session, SessionTransaction
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "cachewise.integrations.sqlalchemy needs SQLAlchemy 2: pip install 'cachewise[sqlalchemy]'"
     ) from exc
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_session
+else:
+    try:
+        from sqlalchemy.ext.asyncio import AsyncSession, async_session
+    except ImportError:
+        # SQLAlchemy's asyncio layer needs greenlet, which SQLAlchemy 2.1 no longer
+        # installs by default. Without it no AsyncSession can exist, so plain
+        # Sessions keep working and nothing is an AsyncSession.
+
+        class AsyncSession:
+            pass
+
+        def async_session(session: Any) -> None:
+            return None
+
 
 try:
     from sqlalchemy.util import await_ as _await  # SQLAlchemy 2.1+
