@@ -779,3 +779,256 @@ def test_an_entry_with_more_tags_than_the_wire_holds_is_refused_at_the_call(
             cache.get_or_load("k", lambda: 1, tags=tags)
         stats = cache.stats()
         assert (stats.backend_errors, stats.invalidations_pending) == (0, 0)
+
+
+# -- the fourth round of the attack ---------------------------------------------------
+
+
+def test_functions_a_factory_makes_never_share_default_keys() -> None:
+    """A closure over an object, a function, a dict or a big or nested tuple got
+    the factory's bare name: every function it made read the others' entries."""
+    with Cache() as cache:
+
+        class Table:  # no __cache_key__: nothing tells two of them apart
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+        def over_object(table: Table) -> Any:
+            @cache.cached
+            def get(uid: int) -> str:
+                return f"{table.name}:{uid}"
+
+            return get
+
+        with pytest.raises(TypeError, match="__cache_key__"):
+            over_object(Table("users"))  # two would share every entry: refused
+
+        def wrap(fn: Any) -> Any:
+            @cache.cached
+            def wrapped(x: int) -> Any:
+                return fn(x)
+
+            return wrapped
+
+        def as_a(x: int) -> str:
+            return f"A{x}"
+
+        def as_b(x: int) -> str:
+            return f"B{x}"
+
+        assert (wrap(as_a)(1), wrap(as_b)(1)) == ("A1", "B1")
+
+        def lookup(table: Any) -> Any:
+            @cache.cached
+            def look(k: int) -> Any:
+                return table[k] if not isinstance(table, tuple) else table[0]
+
+            return look
+
+        assert (lookup({1: "one"})(1), lookup({1: "uno"})(1)) == ("one", "uno")
+        big_a, big_b = tuple(f"a{i}" for i in range(40)), tuple(f"b{i}" for i in range(40))
+        assert (lookup(big_a)(1), lookup(big_b)(1)) == ("a0", "b0")
+        assert (lookup((("x",),))(1), lookup((("y",),))(1)) == (("x",), ("y",))
+
+        def recursive() -> Any:
+            @cache.cached
+            def countdown(n: int) -> int:  # captures itself: no endless naming
+                return 0 if n == 0 else countdown(n - 1)
+
+            return countdown
+
+        assert recursive()(3) == 0
+
+
+def test_a_cycle_across_a_url_cache_and_a_client_cache_on_one_redis_raises(
+    redis_url: str,
+) -> None:
+    """A client spelled `localhost` and a URL spelled `127.0.0.1` name one server:
+    the cycle between their caches waited lock_timeout instead of raising."""
+    from urllib.parse import urlsplit
+
+    port = urlsplit(redis_url).port
+    by_url = Cache.from_url(f"redis://127.0.0.1:{port}/0")
+    client = redis.Redis(host="localhost", port=port, socket_timeout=1)
+    by_client = Cache(RedisBackend(client))
+    began = time.monotonic()
+    with pytest.raises(LoaderCycleError):
+        by_url.get_or_load("a", lambda: by_client.get_or_load("a", lambda: 1))
+    assert time.monotonic() - began < 2  # not after lock_timeout
+    by_url.close()
+    by_client.close()
+    client.close()
+
+
+def test_a_busy_release_channel_does_not_fail_lease_waiters(redis_url: str) -> None:
+    """Other processes' releases fill the channel; the pong waits behind them. The
+    listener took the late pong for a dead connection and failed every waiter
+    (NotificationsLostError: each loaded on its own, a backend error apiece)."""
+    import subprocess
+
+    spam = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import redis, sys, time\n"
+            "r = redis.Redis.from_url(sys.argv[1])\n"
+            "end = time.monotonic() + 6\n"
+            "while time.monotonic() < end:\n"
+            "    p = r.pipeline(transaction=False)\n"
+            "    for i in range(200): p.publish('cachewise:lease-released', f'x:{i}')\n"
+            "    p.execute()\n",
+            redis_url,
+        ]
+    )
+    holder = Cache.from_url(redis_url, ttl=60)
+    waiter = Cache.from_url(redis_url, ttl=60)
+    stop = threading.Event()
+
+    def burn() -> None:  # ordinary CPU work in the waiting process
+        x = 0
+        while not stop.is_set():
+            for i in range(1000):
+                x += i * i
+
+    keys = [f"k{i}" for i in range(8)]
+    try:
+        time.sleep(0.5)  # the channel is busy
+        loads = [SlowRead({k: f"held:{k}"}, k) for k in keys]
+        leads = [_run_in_thread(lambda s=s: holder.get_or_load(s.key, s)) for s in loads]
+        assert all(s.started.wait(JOIN) for s in loads)
+        burners = [threading.Thread(target=burn, daemon=True) for _ in range(2)]
+        for b in burners:
+            b.start()
+        waits = [_run_in_thread(lambda k=k: waiter.get_or_load(k, lambda: "own")) for k in keys]
+        time.sleep(2.0)  # the waiters wait on the holder's leases, on a busy channel
+        for s in loads:
+            s.release.set()
+        for thread, _ in leads + waits:
+            thread.join(JOIN)
+        stop.set()
+        assert [out.get("value") for _, out in waits] == [f"held:{k}" for k in keys]
+        stats = waiter.stats()
+        assert (stats.backend_errors, stats.loads) == (0, 0)
+    finally:
+        stop.set()
+        spam.kill()
+        spam.wait()
+        holder.close()
+        waiter.close()
+
+
+def test_a_delete_held_by_an_async_cache_is_applied_after_its_run_ends(
+    fresh_redis_server: Any,
+) -> None:
+    """asyncio.run ended with a delete held; the program went on without another
+    loop: nothing ever re-applied it, and other processes read the old value."""
+    url = fresh_redis_server.url
+    cache = AsyncCache.from_url(url, ttl=600)
+    admin = redis.Redis.from_url(url)
+
+    async def write() -> None:
+        await cache.set("user:1", "old")
+        fresh_redis_server.pause()
+        await cache.delete("user:1")  # held
+        fresh_redis_server.resume()
+        assert cache.stats().invalidations_pending == 1
+
+    asyncio.run(write())
+    deadline = time.monotonic() + JOIN
+    while cache.stats().invalidations_pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cache.stats().invalidations_pending == 0
+    assert admin.get("{user:1}") is None
+    asyncio.run(cache.aclose())
+    admin.close()
+
+
+def test_a_sync_call_on_the_loop_thread_waiting_through_another_thread_raises() -> None:
+    """The loop's thread waits for a thread's load, which waits for a load on that
+    loop: no task of the loop can run, so it waited out wait_timeout (10 s)."""
+    store = MemoryBackend()
+    acache, cache = AsyncCache(store), Cache(store)
+
+    async def slow_a() -> str:
+        await asyncio.sleep(0.3)
+        return "a"
+
+    async def main() -> None:
+        first = asyncio.create_task(acache.get_or_load("a", slow_a))
+        await asyncio.sleep(0.05)
+        worker, _ = _run_in_thread(
+            lambda: cache.get_or_load("b", lambda: "b+" + cache.get_or_load("a", lambda: "?"))
+        )
+        await asyncio.sleep(0.1)  # the worker leads "b" and waits for "a"
+        began = time.monotonic()
+        with pytest.raises(LoaderCycleError):
+            cache.get_or_load("b", lambda: "direct")  # blocks the loop's thread
+        assert time.monotonic() - began < 2
+        assert await first == "a"
+        worker.join(JOIN)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "path", ["/-1", "/abc", "/0/1", "/%EF%BC%90", "/\u0663", "/99999999999", "/1.0"]
+)
+def test_a_redis_url_naming_no_database_is_refused(path: str) -> None:
+    """redis-py read these its own way (db -1, db 0, db 1...): backend errors and
+    held invalidations, or the wrong database."""
+    from cachewise._url import server_identity
+
+    url = f"redis://127.0.0.1:6399{path}"
+    with pytest.raises(ValueError, match="database"):
+        Cache.from_url(url)
+    with pytest.raises(ValueError, match="database"):
+        server_identity(url)
+
+
+def test_redis_urls_and_clients_naming_one_database_have_one_identity() -> None:
+    from cachewise._url import client_identity, server_identity
+
+    same = {
+        server_identity(u)
+        for u in ["redis://localhost", "redis://127.0.0.1:6379/", "redis://LOCALHOST/00"]
+    }
+    same.add(client_identity(redis.Redis(host="localhost")))
+    assert len(same) == 1
+    assert server_identity("redis://h/1") != server_identity("redis://h/2")
+
+
+def test_a_commit_that_raises_after_committing_is_invalidated() -> None:
+    """The server committed, then the connection was lost: commit() raised, and
+    the block took it for a rollback, leaving the old value cached."""
+    import sqlite3
+    import tempfile
+
+    from cachewise.integrations.dbapi import transaction
+
+    class LostAfterCommit:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self._conn = conn
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._conn, name)
+
+        def commit(self) -> None:
+            self._conn.commit()
+            raise sqlite3.OperationalError("connection lost")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        conn = sqlite3.connect(f"{tmp}/db.sqlite")
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO users VALUES (1, 'old')")
+        conn.commit()
+        with Cache() as cache:
+            cache.set("user:1", "old")
+            lossy = LostAfterCommit(conn)
+            with (
+                pytest.raises(sqlite3.OperationalError),
+                transaction(lossy, cache, keys=["user:1"]),
+            ):
+                conn.execute("UPDATE users SET name = 'new' WHERE id = 1")
+            assert conn.execute("SELECT name FROM users").fetchone() == ("new",)
+            assert cache.get("user:1") is MISSING
+        conn.close()

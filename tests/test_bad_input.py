@@ -216,6 +216,10 @@ class Loader:
         self.calls += 1
         return self.value
 
+    def __cache_key__(self) -> str:
+        # A decorated closure over a Loader is named by it (see default_key_name).
+        return repr(self.value)
+
     def of(self, facade: Facade) -> Callable[[], Any]:
         if facade.flavour == "sync":
             return self

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -186,8 +187,7 @@ def _redis(
     except ValueError:
         raise ValueError(f"invalid port in {url!r}") from None
     cluster = scheme.endswith("+cluster")
-    if cluster and parts.path not in ("", "/", "/0"):
-        raise ValueError(f"Redis Cluster has no databases; drop the path in {url!r}")
+    database = _database(url, parts.path, cluster)
     if serializer is None:
         name = query.get("serializer", "json")
         if name == "pickle":
@@ -228,7 +228,7 @@ def _redis(
     if breaker not in ("on", "off"):
         raise ValueError(f"query option breaker must be on or off, got {breaker!r}")
     base_scheme = "rediss" if scheme.startswith("rediss") else "redis"
-    client_url = urlunsplit((base_scheme, parts.netloc, "" if cluster else parts.path, "", ""))
+    client_url = urlunsplit((base_scheme, parts.netloc, "" if cluster else f"/{database}", "", ""))
     name = redact(urlunsplit((scheme, parts.netloc, parts.path, "", "")))
     # One retry, and only for a connection that turned out dead (a pooled
     # connection after a server restart): never for a timeout, so a dead or hung
@@ -411,15 +411,67 @@ def server_identity(url: str) -> str | None:
         return None
     parts = urlsplit(url)
     base = "rediss" if scheme.startswith("rediss") else "redis"
-    kind = "cluster" if scheme.endswith("+cluster") else "single"
-    host = (parts.hostname or "localhost").lower()
+    cluster = scheme.endswith("+cluster")
+    database = _database(url, parts.path, cluster)  # validated for a cluster too
+    return _identity(base, parts.hostname, parts.port, None if cluster else database)
+
+
+def _identity(base: str, host: str | None, port: int | None, database: int | None) -> str:
+    """One spelling per server: the host lower-cased, ``localhost`` as 127.0.0.1,
+    the default port and database filled in; ``database`` None for a cluster."""
+    host = (host or "localhost").lower()
     if host == "localhost":  # the same server, spelled two ways
         host = "127.0.0.1"
-    port = parts.port or 6379
-    database = ""
-    if kind == "single":
-        database = parts.path.rstrip("/") or "/0"  # "", "/" and "/0" all name db 0
-    return f"{base}:{kind}://{host}:{port}{database}"
+    kind = "single" if database is not None else "cluster"
+    tail = f"/{database}" if database is not None else ""
+    return f"{base}:{kind}://{host}:{port or 6379}{tail}"
+
+
+def client_identity(client: object) -> str | None:
+    """The ``server_identity`` of what a redis-py client (sync or asyncio, not a
+    cluster) connects to, from its pool's connection settings; None if unknown."""
+    pool = getattr(client, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return None
+    database = kwargs.get("db", 0)
+    if not isinstance(database, int) or isinstance(database, bool):
+        try:
+            database = int(database)
+        except (TypeError, ValueError):
+            return None
+    connection_class = getattr(pool, "connection_class", None)
+    tls = "SSL" in getattr(connection_class, "__name__", "")
+    if kwargs.get("path"):  # a Unix socket
+        path = os.path.realpath(str(kwargs["path"]))
+        return f"{'rediss' if tls else 'redis'}:unix://{path}/{database}"
+    host, port = kwargs.get("host"), kwargs.get("port")
+    if not isinstance(host, str) or not isinstance(port, (int, type(None))):
+        return None
+    return _identity("rediss" if tls else "redis", host, port, database)
+
+
+# Redis numbers its databases 0 to `databases - 1` (a signed int in its config).
+_MAX_DATABASE = 2**31 - 1
+
+
+def _database(url: str, path: str, cluster: bool) -> int:
+    """The database a Redis URL's path names: "", "/" and "/N" with N in ASCII
+    digits; anything else (a sign, letters, other digits, more segments) is a
+    ValueError, not left for redis-py to read its own way."""
+    text = path[1:] if path.startswith("/") else path
+    if text == "":
+        return 0
+    if cluster:
+        if text == "0":
+            return 0
+        raise ValueError(f"Redis Cluster has no databases; drop the path in {url!r}")
+    if not (text.isascii() and text.isdigit()) or int(text) > _MAX_DATABASE:
+        raise ValueError(
+            f"invalid database in {url!r}: the path must be /N with N a number from 0 "
+            f"to {_MAX_DATABASE}"
+        )
+    return int(text)
 
 
 def redact(url: str) -> str:

@@ -315,16 +315,7 @@ def function_name(func: Callable[..., Any]) -> str:
     return f"{module}.{qualname}".replace(".<locals>.", ".")
 
 
-_MAX_CAPTURED_ITEMS = 32
 _SCALARS = (str, bytes, int, float, bool, type(None))
-
-
-def _is_name_part(value: object) -> bool:
-    if isinstance(value, _SCALARS):
-        return True
-    if isinstance(value, (tuple, frozenset)) and len(value) <= _MAX_CAPTURED_ITEMS:
-        return all(isinstance(item, _SCALARS) for item in value)
-    return False
 
 
 def default_key_name(func: Callable[..., Any]) -> str:
@@ -333,17 +324,24 @@ def default_key_name(func: Callable[..., Any]) -> str:
 
     - a lambda's line and column (``module.<lambda>@12:8``): every lambda of a
       module has the qualname ``<lambda>``, two may share a line;
-    - a closure's captured immutable values (``module.make_getter.get[table="users"]``):
-      each function a factory makes has the factory's qualname, and its results
-      depend on what it captured;
+    - a closure's captured values (``module.make_getter.get[table="users"]``): each
+      function a factory makes has the factory's qualname, and its results depend
+      on what it captured. Values are encoded as arguments are (a list, dict or
+      set by its contents at decoration), captured functions and classes by their
+      own names, objects by ``__cache_key__()``; anything else (an object without
+      ``__cache_key__``) raises ``TypeError``: two such functions would share every
+      entry;
     - a bound method's instance, and a ``functools.partial``'s bound arguments,
-      which must then be encodable (``encode_arg``: a ``__cache_key__()`` method,
-      say), else ``TypeError``: two instances would share every entry;
+      which must be encodable likewise;
     - a callable object, likewise.
 
-    A function whose results depend on anything else it captured (an object
-    without ``__cache_key__``) is not told apart: give it a key template.
+    A captured cachewise cache is left out (its entries are its own). Give any
+    other function a key template.
     """
+    return _callable_name(func, set())
+
+
+def _callable_name(func: Callable[..., Any], seen: set[int]) -> str:
     if isinstance(func, functools.partial):
         try:
             bound = [encode_arg(arg) for arg in func.args]
@@ -353,10 +351,10 @@ def default_key_name(func: Callable[..., Any]) -> str:
                 f"{exc}: a functools.partial's bound arguments are part of its default "
                 "key; pass key='...' with a template"
             ) from None
-        return f"{default_key_name(func.func)}[partial({','.join(bound)})]"
+        return f"{_callable_name(func.func, seen)}[partial({','.join(bound)})]"
     if inspect.ismethod(func):
         owner = func.__self__
-        return f"{default_key_name(func.__func__)}[self={_instance_name(owner)}]"
+        return f"{_callable_name(func.__func__, seen)}[self={_instance_name(owner)}]"
     if not (inspect.isfunction(func) or inspect.isbuiltin(func) or isinstance(func, type)):
         call = type(func).__call__
         return f"{function_name(call)}[self={_instance_name(func)}]"
@@ -365,6 +363,9 @@ def default_key_name(func: Callable[..., Any]) -> str:
     if getattr(func, "__name__", None) == "<lambda>" and code is not None:
         columns = [col for _, _, col, _ in code.co_positions() if col]
         name += f"@{code.co_firstlineno}" + (f":{min(columns)}" if columns else "")
+    if id(func) in seen:  # a closure that captures itself (a recursive inner function)
+        return name
+    seen = seen | {id(func)}
     cells = getattr(func, "__closure__", None) or ()
     free = getattr(code, "co_freevars", ()) if code is not None else ()
     captured: list[str] = []
@@ -373,17 +374,47 @@ def default_key_name(func: Callable[..., Any]) -> str:
             value = cell.cell_contents
         except ValueError:  # an empty cell
             continue
-        # Immutable values only, and small ones: what a factory was called with (a
-        # table name, an id). A list or dict a closure captures is state it
-        # mutates (a record of calls, a local cache), not part of its name.
-        if _is_name_part(value):
-            captured.append(f"{var}={encode_arg(value)}")
+        part = _captured_part(func, var, value, seen)
+        if part is not None:
+            captured.append(f"{var}={part}")
     if captured:
         text = ",".join(captured)
         if len(text) > MAX_ARGS_CHARS:
             text = "#" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
         name += f"[{text}]"
     return name
+
+
+def _captured_part(func: object, var: str, value: object, seen: set[int]) -> str | None:
+    """How a closure's captured ``value`` enters its default key name (None: it
+    does not), or TypeError when it cannot be told apart from another value."""
+    from cachewise._frontends._base import CacheBase  # keys is imported by the front ends
+
+    if isinstance(value, CacheBase) or inspect.ismodule(value):
+        return None  # a cache's entries are its own; a module is one per process
+    if isinstance(value, type):
+        return f"class:{value.__module__}.{value.__qualname__}"
+    if callable(value) and (
+        inspect.isfunction(value)
+        or inspect.isbuiltin(value)
+        or inspect.ismethod(value)
+        or isinstance(value, functools.partial)
+    ):
+        # A decorator factory's wrapped function: the wrapper's results are its.
+        return f"fn:{_callable_name(value, seen)}"
+    # Everything else by its encoding: a list, dict or set by its contents as they
+    # are now, at decoration (a lookup table tells its functions apart; an empty
+    # log of calls is just "[]"), an object by its __cache_key__().
+    try:
+        return encode_arg(value)
+    except TypeError:
+        reason = f"a {type(value).__name__} without __cache_key__()"
+    qualname = getattr(func, "__qualname__", "?")
+    raise TypeError(
+        f"{qualname} captures {var!r} ({reason}): functions made by one factory would "
+        "share their default keys; pass key='...' with a template, or give the captured "
+        "type a __cache_key__() method"
+    )
 
 
 def _instance_name(owner: object) -> str:

@@ -55,26 +55,29 @@ def outside_loads() -> None:
 
 # actor (thread id or asyncio task) -> the flight it waits for right now.
 _waiting: dict[object, Flight[Any]] = {}
+# An event loop whose own thread is blocked in a wait (a sync Cache call made on
+# it) -> that thread's actor: every task of the loop waits for it, in effect.
+_loop_blocked_by: dict[asyncio.AbstractEventLoop, object] = {}
 
 
 def enter_wait(actor: object, flight: Flight[Any]) -> None:
     """Record that ``actor`` is about to wait for ``flight``; raise
     ``LoaderCycleError`` if that wait could never end."""
     leader = flight.leader
-    if isinstance(leader, asyncio.Task) and not isinstance(actor, asyncio.Task):
-        # A blocking call (a sync Cache) on the event loop's own thread, waiting
-        # for a load that runs on that loop: the loop cannot run it while this
-        # thread blocks.
+    # A blocking call (a sync Cache) on an event loop's own thread: while it
+    # blocks, no task of that loop runs, so it waits for none of them.
+    running: asyncio.AbstractEventLoop | None = None
+    if not isinstance(actor, asyncio.Task):
         try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is not None and leader.get_loop() is running:
-            raise LoaderCycleError(
-                f"a blocking call on the event loop's thread would wait for {flight.key!r}, "
-                "whose load runs on that loop: call the AsyncCache from async code, or "
-                "the Cache from a worker thread (asyncio.to_thread)"
-            )
+    if isinstance(leader, asyncio.Task) and running is not None and leader.get_loop() is running:
+        raise LoaderCycleError(
+            f"a blocking call on the event loop's thread would wait for {flight.key!r}, "
+            "whose load runs on that loop: call the AsyncCache from async code, or "
+            "the Cache from a worker thread (asyncio.to_thread)"
+        )
     if flight in _loading.get():
         raise LoaderCycleError(
             f"loader cycle: this call runs inside the load of {flight.key!r} (in a task its "
@@ -82,18 +85,24 @@ def enter_wait(actor: object, flight: Flight[Any]) -> None:
             "directly or through other loaders or tasks, the key it is loading"
         )
     with _lock:
-        if not flight.ended and _reaches(flight.leader, actor):
+        if not flight.ended and _reaches(flight.leader, actor, running):
             raise LoaderCycleError(
                 f"loader cycle: this call would wait for {flight.key!r}, whose load waits "
                 "(directly or through other loads or tasks) for this call; a loader may "
                 "not need, directly or through other loaders, the key it is loading"
             )
         _waiting[actor] = flight
+        if running is not None:
+            _loop_blocked_by[running] = actor
 
 
-def _reaches(start: object, target: object) -> bool:
+def _reaches(
+    start: object, target: object, blocked_loop: asyncio.AbstractEventLoop | None = None
+) -> bool:
     """Whether ``start`` waits, through any chain of waits this module can see,
-    for ``target``. Caller holds _lock."""
+    for ``target``; or for any task of ``blocked_loop``, the loop ``target``'s
+    thread runs and would block (a thread's load waiting for a load on that
+    loop). Caller holds _lock."""
     seen: set[int] = set()
     pending = [start]
     while pending:
@@ -101,6 +110,12 @@ def _reaches(start: object, target: object) -> bool:
         if actor is None or id(actor) in seen:
             continue
         if actor is target or actor == target:
+            return True
+        if (
+            blocked_loop is not None
+            and isinstance(actor, asyncio.Task)
+            and actor.get_loop() is blocked_loop
+        ):
             return True
         seen.add(id(actor))
         pending.extend(_blocked_on(actor))
@@ -119,6 +134,10 @@ def _blocked_on(actor: object) -> list[object]:
         # (An ended flight's waiters are about to wake: its leader, now free to
         # do anything, even wait for us, is no part of a cycle through it.)
         found.append(flight.leader)
+    if isinstance(actor, asyncio.Task):
+        blocker = _loop_blocked_by.get(actor.get_loop())
+        if blocker is not None:
+            found.append(blocker)  # its loop's thread is blocked: it cannot run
     awaited = getattr(actor, "_fut_waiter", None)
     if awaited is not None:
         if isinstance(awaited, asyncio.Task):
@@ -133,6 +152,10 @@ def leave_wait(actor: object) -> None:
     """The wait of ``actor`` is over."""
     with _lock:
         _waiting.pop(actor, None)
+        if not isinstance(actor, asyncio.Task):
+            for loop, blocker in list(_loop_blocked_by.items()):
+                if blocker == actor:
+                    del _loop_blocked_by[loop]
 
 
 # Leases held by flights of this process, by store: (the store's lease scope, key)
@@ -173,6 +196,7 @@ def _reset_after_fork() -> None:
     global _lock
     _lock = threading.Lock()
     _waiting.clear()
+    _loop_blocked_by.clear()
     _lease_holders.clear()
 
 

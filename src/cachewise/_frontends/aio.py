@@ -235,6 +235,9 @@ class AsyncCache(CacheBase):
         self._flights: FlightTable[_Task] = FlightTable()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._settler: asyncio.Task[Any] | None = None
+        # Settles from a thread while no loop runs the settler (_settle_loop).
+        self._thread_settler: threading.Thread | None = None
+        self._thread_settler_lock = threading.Lock()
         self._background = 0
         # The event loop the flights, tasks and settler belong to (_check_loop).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -578,14 +581,20 @@ class AsyncCache(CacheBase):
             return
         self._settled(applied)
 
+    def _loopless_backend(self) -> Any:
+        """What held invalidations can be sent through without an event loop: the
+        local backend, or the sync client a URL-built Redis backend sends
+        invalidations with; None for a client you built."""
+        if self._local is not None:
+            return self._local
+        remote = getattr(self._remote, "inner", self._remote)
+        return getattr(remote, "_offloaded", None)
+
     def _settle_once(self) -> None:
-        """Re-apply what is held without an event loop (at exit): on the local
-        backend, or on the sync client a URL-built Redis backend sends
-        invalidations with. Without one, nothing can be sent: it stays held."""
-        backend: Any = self._local
-        if backend is None:
-            remote = getattr(self._remote, "inner", self._remote)
-            backend = getattr(remote, "_offloaded", None)
+        """Re-apply what is held without an event loop (at exit, or once the loop
+        the settler ran on has ended). Without a loopless backend, nothing can be
+        sent: it stays held."""
+        backend = self._loopless_backend()
         if backend is None:
             return
         applied = self._held_snapshot()
@@ -617,12 +626,45 @@ class AsyncCache(CacheBase):
         self._settler.add_done_callback(self._task_done)
 
     async def _settle_loop(self) -> None:
+        me = asyncio.current_task()
         try:
             while self._unsettled and not self._closed:
                 await self._settle()
                 await asyncio.sleep(_SETTLE_EVERY)
         finally:
-            self._settler = None
+            if self._settler is me:  # (a later loop's settler may have replaced it)
+                self._settler = None
+            if self._unsettled and not self._closed:
+                # Cancelled with its loop (asyncio.run ending, a loop closing): no
+                # task runs here again until another loop uses this cache, which
+                # may be never, while other processes read what this cache holds
+                # deleted. Keep settling from a thread until a loop takes over.
+                self._start_thread_settler()
+
+    def _start_thread_settler(self) -> None:
+        if self._loopless_backend() is None:
+            return  # nothing to send through: held until a loop or the exit tries
+        with self._thread_settler_lock:
+            thread = self._thread_settler
+            if self._closed or (thread is not None and thread.is_alive()):
+                return
+            thread = threading.Thread(
+                target=self._thread_settle_loop, name="cachewise-settle", daemon=True
+            )
+            self._thread_settler = thread
+        thread.start()
+
+    def _thread_settle_loop(self) -> None:
+        while self._unsettled and not self._closed:
+            task = self._settler
+            if task is not None and not task.done():
+                return  # a running loop settles again
+            try:
+                self._settle_once()
+            except Exception as exc:
+                self._degraded("settle", exc)
+            if self._unsettled:
+                time.sleep(_SETTLE_EVERY)
 
     async def clear(self) -> int:
         """Remove every entry of this cache's namespace; how many."""
@@ -1292,6 +1334,8 @@ class AsyncCache(CacheBase):
         self._flights = FlightTable()
         self._tasks = set()
         self._settler = None
+        self._thread_settler = None
+        self._thread_settler_lock = threading.Lock()
         self._background = 0
 
     # -- lifecycle ----------------------------------------------------------------

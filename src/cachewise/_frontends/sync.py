@@ -242,6 +242,10 @@ class Cache(CacheBase):
         now = self._clock()
         if (view is not None or self._unsettled) and self._covered(view, full, entry):
             entry = None  # an invalidation of it has not reached the backend yet
+            if self._unsettled and self._settler is None:
+                # Held by another cache sharing ours, maybe one whose settler cannot
+                # run (an AsyncCache whose loop ended): settle it from here.
+                self._start_settler()
         if entry is not None and now < entry.expires_at:  # policy.is_fresh, inlined
             counters.hits += 1
             if entry.negative:
@@ -259,6 +263,8 @@ class Cache(CacheBase):
         full = [self._full_key(key) for key in wanted]
         entries: list[Entry | None] | None
         view = self._held_view()
+        if view is not None and self._settler is None:
+            self._start_settler()  # (held by a sibling, maybe: see get)
         try:
             entries = self._backend.get_many(full)
         except Exception as exc:

@@ -149,6 +149,11 @@ class Notifier:
                     message = pubsub.get_message(timeout=_PING_EVERY)
                     if message is None:
                         continue
+                    # Anything read proves the connection alive: on a busy channel
+                    # (a fleet's releases for other keys) the pong waits in line
+                    # behind them, and judging by pongs alone would call a live
+                    # connection dead.
+                    last_pong = time.monotonic()
                     kind = message.get("type")
                     if kind == "message":
                         data = message.get("data")
@@ -156,10 +161,7 @@ class Notifier:
                             data = data.decode("utf-8", "replace")
                         if isinstance(data, str):
                             self._wake(data)
-                    elif kind == "pong":
-                        last_pong = time.monotonic()
                     elif kind == "subscribe":
-                        last_pong = time.monotonic()
                         self.epoch += 1
                         self.live = True
                         backoff = _BACKOFF_FIRST

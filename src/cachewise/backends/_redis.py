@@ -31,6 +31,7 @@ from cachewise._core.entry import Entry
 from cachewise._core.policy import MAX_SECONDS
 from cachewise._core.readflow import LeaseReply
 from cachewise._errors import BackendError, BackpressureError, NotificationsLostError
+from cachewise._url import client_identity
 from cachewise.backends import _lua
 from cachewise.backends._notify import CHANNEL, LoopWaiter, Notifier, ThreadWaiter
 from cachewise.serialization import Codec
@@ -205,10 +206,10 @@ class _RedisCommon:
         (``from_url`` passes the server's identity; else the client's address)."""
         if self._scope is not None:
             return self._scope
-        kwargs = getattr(getattr(self._client, "connection_pool", None), "connection_kwargs", {})
-        if kwargs.get("host") is not None:
-            return ("redis", kwargs.get("host"), kwargs.get("port"), kwargs.get("db", 0))
-        return self._client
+        # The same spelling from_url gives, so a cache on a client you built and
+        # one from a URL see each other's leases (a cluster client: itself).
+        identity = client_identity(self._client)
+        return identity if identity is not None else self._client
 
     @property
     def client(self) -> Any:

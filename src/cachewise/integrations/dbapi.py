@@ -15,11 +15,13 @@
 The block is the rest of the connection's current transaction: at its end the
 connection is committed, then the cache invalidated. If the block raises, the
 connection is rolled back, nothing is invalidated, and the exception propagates.
-If the commit raises, the connection is rolled back (best effort) and nothing is
-invalidated. If the commit is interrupted (a cancellation, a KeyboardInterrupt), its
-outcome is unknown, so the invalidation runs anyway before the interruption
-propagates. The connection must not be in autocommit mode (each statement would
-commit on its own, and a rollback could not undo it): ``ValueError``. Blocks do not
+If the commit raises or is interrupted (a lost connection, a cancellation, a
+KeyboardInterrupt), its outcome is unknown (the server may have committed before
+the connection failed), so the connection is rolled back (best effort) and the
+invalidation runs anyway before the exception propagates: an extra invalidation
+costs one miss, a missing one a stale value for a whole TTL. The connection must
+not be in autocommit mode (each statement would commit on its own, and a rollback
+could not undo it): ``ValueError``. Blocks do not
 nest on one connection (``RuntimeError``): the inner one would commit the outer
 one's half-done work.
 
@@ -156,13 +158,13 @@ def transaction(
             raise
         try:
             connection.commit()
-        except Exception:
-            # A commit that raised is treated as a rollback: nothing to invalidate.
+        except Exception as exc:
+            # See async_transaction: the outcome is unknown, invalidate anyway.
             with contextlib.suppress(Exception):
                 connection.rollback()
-            raise
+            interrupted = exc
         except BaseException as exc:
-            interrupted = exc  # see async_transaction: the outcome is unknown
+            interrupted = exc
     finally:
         after._open = False
         _active.discard(id(connection))
@@ -198,11 +200,12 @@ async def async_transaction(
             raise
         try:
             await connection.commit()
-        except Exception:
-            # The database said the commit failed: a rollback, nothing to invalidate.
+        except Exception as exc:
+            # A commit that raised may have committed all the same (the server
+            # committed, then the connection was lost): the outcome is unknown.
             with contextlib.suppress(Exception):
                 await connection.rollback()
-            raise
+            interrupted = exc
         except BaseException as exc:
             # Cancelled (a request timeout) or interrupted while committing: the
             # outcome is unknown, and the commit may well finish anyway (aiosqlite's

@@ -67,6 +67,8 @@ __all__ = ["invalidate_after_commit"]
 # session.info key: {SessionTransaction: _Batch} for the root transaction and each
 # open savepoint that has registrations.
 _PENDING = "cachewise.pending_invalidations"
+# session.info key: the root transactions whose commit has begun (_before_commit).
+_COMMITTING = "cachewise.committing"
 
 
 def invalidate_after_commit(
@@ -104,8 +106,11 @@ def invalidate_after_commit(
     given as one str, non-str names (``TypeError``), names the cache would refuse
     (empty, whitespace or control characters: ``ValueError``, by the cache's own
     validation), an ``AsyncCache`` with a plain ``Session`` (``TypeError``).
-    If the commit itself fails, nothing is invalidated (the transaction is
-    rolled back or still open).
+    If the commit itself fails (a lost connection, a deferred constraint), its
+    outcome may be unknown (the server may have committed before the connection
+    failed), so the registrations are invalidated anyway when the transaction
+    ends (its rollback or close): an extra invalidation costs one miss, a missing
+    one a stale value for a whole TTL.
 
     With an ``AsyncCache``, a cancellation that arrives while the invalidation
     runs waits for it to finish, then propagates out of ``await session.commit()``;
@@ -171,8 +176,19 @@ def _enclosing(transaction: SessionTransaction) -> SessionTransaction | None:
 def _listen(session: Session) -> None:
     # Listeners on this one session object (not the class): other sessions pay nothing.
     if not event.contains(session, "after_commit", _after_commit):
+        event.listen(session, "before_commit", _before_commit)
         event.listen(session, "after_commit", _after_commit)
         event.listen(session, "after_transaction_end", _after_transaction_end)
+
+
+def _before_commit(session: Session) -> None:
+    # A commit is under way: if it then fails, whether the database committed is
+    # unknown (a connection lost after the server's COMMIT), so the root's batch
+    # runs anyway when its transaction ends (_after_transaction_end).
+    pending: dict[SessionTransaction, _Batch] | None = session.info.get(_PENDING)
+    root = session.get_transaction()
+    if pending and root is not None and root in pending:
+        session.info.setdefault(_COMMITTING, set()).add(root)
 
 
 def _after_commit(session: Session) -> None:
@@ -197,8 +213,12 @@ def _after_commit(session: Session) -> None:
         return
     root = session.get_transaction()
     batch = pending.pop(root, None) if root is not None else None
-    if not batch:
-        return
+    if batch:
+        _run(batch)
+
+
+def _run(batch: _Batch) -> None:
+    """Invalidate what ``batch`` holds, before the commit call returns."""
     if not batch.needs_await:
         batch.run()
         return
@@ -220,5 +240,9 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
     # here. A committed root or released savepoint was already popped by
     # _after_commit; anything still pending was rolled back or abandoned.
     pending: dict[SessionTransaction, _Batch] | None = session.info.get(_PENDING)
-    if pending:
-        pending.pop(transaction, None)
+    batch = pending.pop(transaction, None) if pending else None
+    committing: set[SessionTransaction] | None = session.info.get(_COMMITTING)
+    if committing and transaction in committing:
+        committing.discard(transaction)
+        if batch:
+            _run(batch)  # its commit failed midway: the outcome is unknown
