@@ -1032,3 +1032,43 @@ def test_a_commit_that_raises_after_committing_is_invalidated() -> None:
             assert conn.execute("SELECT name FROM users").fetchone() == ("new",)
             assert cache.get("user:1") is MISSING
         conn.close()
+
+
+def test_a_lease_left_by_a_load_on_a_closed_loop_is_released_by_its_waiter() -> None:
+    """A loop closed with a load pending (run_until_complete(wait_for(...)), then
+    close()): its lease in the shared store was never released, so a sync Cache
+    waited wait_timeout (10 s) and could not write for lock_timeout (30 s)."""
+    import gc
+    import warnings
+
+    store = MemoryBackend()
+    acache, cache = AsyncCache(store), Cache(store)
+
+    async def forever() -> str:
+        await asyncio.sleep(3600)
+        return "never"
+
+    def abandon(key: str) -> None:
+        loop = asyncio.new_event_loop()
+        with pytest.raises(asyncio.TimeoutError):
+            loop.run_until_complete(asyncio.wait_for(acache.get_or_load(key, forever), 0.05))
+        loop.close()  # the load task is still pending on it
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        abandon("k")
+        began = time.monotonic()
+        assert cache.get_or_load("k", lambda: "sync") == "sync"
+        assert time.monotonic() - began < 2
+        assert cache.get("k") == "sync"  # and written: the lease was released
+
+        abandon("k2")
+
+        async def fresh() -> str:
+            return "async"
+
+        began = time.monotonic()
+        assert asyncio.run(acache.get_or_load("k2", fresh)) == "async"
+        assert time.monotonic() - began < 2
+        assert cache.get("k2") == "async"
+        gc.collect()

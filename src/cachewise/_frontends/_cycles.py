@@ -44,7 +44,12 @@ def loading(flight: Flight[Any]) -> contextvars.Token[tuple[Flight[Any], ...]]:
 
 
 def done_loading(token: contextvars.Token[tuple[Flight[Any], ...]]) -> None:
-    _loading.reset(token)
+    try:
+        _loading.reset(token)
+    except ValueError:
+        # A load coroutine closed by the garbage collector (its loop was closed
+        # with it pending) ends in another context: there is nothing to restore.
+        pass
 
 
 def outside_loads() -> None:
@@ -163,25 +168,45 @@ def leave_wait(actor: object) -> None:
 # lease waits, in effect, for that flight: two caches on one store (a MemoryBackend,
 # or one Redis) close a cycle through it (a's loader asks the other cache for a's
 # own key). A scope names the store the same way for every cache on it.
-_lease_holders: dict[tuple[object, str], Flight[Any]] = {}
+_lease_holders: dict[tuple[object, str], tuple[Flight[Any], str]] = {}
 
 
-def lease_taken(scope: object, key: str, flight: Flight[Any]) -> None:
-    """``flight`` holds the lease on ``key`` in the store ``scope`` names."""
+def lease_taken(scope: object, key: str, flight: Flight[Any], token: str) -> None:
+    """``flight`` holds the lease on ``key`` in the store ``scope`` names, as
+    ``token``."""
     with _lock:
-        _lease_holders[(scope, key)] = flight
+        _lease_holders[(scope, key)] = (flight, token)
 
 
 def lease_ended(scope: object, key: str, flight: Flight[Any]) -> None:
     """``flight`` no longer holds the lease (it wrote, released or finished)."""
     with _lock:
-        if _lease_holders.get((scope, key)) is flight:
+        held = _lease_holders.get((scope, key))
+        if held is not None and held[0] is flight:
             del _lease_holders[(scope, key)]
 
 
 def lease_holder(scope: object, key: str) -> Flight[Any] | None:
     """The flight of this process holding the lease on ``key`` in ``scope``."""
-    return _lease_holders.get((scope, key))
+    held = _lease_holders.get((scope, key))
+    return held[0] if held is not None else None
+
+
+def dead_lease(scope: object, key: str) -> str | None:
+    """The token of the lease on ``key`` if a load of this process holds it that
+    can never finish: its task's event loop was closed under it (a loop closed
+    with tasks pending). Nothing will write or release it; whoever would wait for
+    it releases it instead (the record is dropped here), then reads again."""
+    with _lock:
+        held = _lease_holders.get((scope, key))
+        if held is None:
+            return None
+        flight, token = held
+        leader = flight.leader
+        if isinstance(leader, asyncio.Task) and leader.get_loop().is_closed():
+            del _lease_holders[(scope, key)]
+            return token
+        return None
 
 
 def lease_scope(backend: object) -> object:

@@ -39,6 +39,7 @@ from cachewise._frontends._base import (
     new_token,
 )
 from cachewise._frontends._cycles import (
+    dead_lease,
     done_loading,
     enter_wait,
     lease_ended,
@@ -980,12 +981,21 @@ class AsyncCache(CacheBase):
             loop = asyncio.get_running_loop()
         if loop is self._loop:
             return
+        dead: list[tuple[str, str]] = []
         if self._loop is not None:
             for flight in self._flights.invalidate_all():
                 if self._scope is not None:
+                    # A load of a closed loop still holding its lease never
+                    # releases it: release it for it (after the reset below, so the
+                    # release task is one of this loop's).
+                    token = dead_lease(self._scope, flight.key)
+                    if token is not None:
+                        dead.append((flight.key, token))
                     lease_ended(self._scope, flight.key, flight)
             self._after_fork_child()  # (the same reset: nothing of before remains)
         self._loop = loop
+        for key, token in dead:
+            self._release_soon(key, token)
         if self._unsettled:
             self._start_settler()
 
@@ -1101,11 +1111,18 @@ class AsyncCache(CacheBase):
                         outcome = LoadStep(leased=False, stale=None)
                         break
                     if reply.granted and self._scope is not None:
-                        lease_taken(self._scope, full, flight)
+                        lease_taken(self._scope, full, flight, token)
                     step = flow.send(
                         Observed(reply, self._clock(), time.monotonic(), 1.0 - self._rng.random())
                     )
                 else:
+                    dead = dead_lease(self._scope, full) if self._scope is not None else None
+                    if dead is not None:
+                        # Held by a load whose event loop was closed under it: it
+                        # will never write or release. Release it, and read again.
+                        await self._release(full, dead)
+                        step = flow.send(None)
+                        continue
                     holder = lease_holder(self._scope, full) if self._scope is not None else None
                     me = asyncio.current_task()
                     if holder is not None:
@@ -1225,7 +1242,7 @@ class AsyncCache(CacheBase):
                 await self._release(flight.key, token)
                 granted = False
             if granted and self._scope is not None:
-                lease_taken(self._scope, flight.key, flight)
+                lease_taken(self._scope, flight.key, flight, token)
         else:
             try:
                 current = await self._bread(flight.key)

@@ -28,6 +28,7 @@ from cachewise._frontends._base import (
     new_token,
 )
 from cachewise._frontends._cycles import (
+    dead_lease,
     done_loading,
     enter_wait,
     lease_ended,
@@ -897,11 +898,18 @@ class Cache(CacheBase):
                         outcome: Outcome = LoadStep(leased=False, stale=None)
                         break
                     if reply.granted and self._scope is not None:
-                        lease_taken(self._scope, full, flight)
+                        lease_taken(self._scope, full, flight, token)
                     step = flow.send(
                         Observed(reply, self._clock(), time.monotonic(), 1.0 - self._rng.random())
                     )
                 else:
+                    dead = dead_lease(self._scope, full) if self._scope is not None else None
+                    if dead is not None:
+                        # Held by a load whose event loop was closed under it: it
+                        # will never write or release. Release it, and read again.
+                        self._release(full, dead)
+                        step = flow.send(None)
+                        continue
                     holder = lease_holder(self._scope, full) if self._scope is not None else None
                     me = threading.get_ident()
                     if holder is not None:
@@ -1017,7 +1025,7 @@ class Cache(CacheBase):
                 self._degraded("read", exc)
                 granted, current = False, None
             if granted and self._scope is not None:
-                lease_taken(self._scope, flight.key, flight)
+                lease_taken(self._scope, flight.key, flight, token)
             if granted and superseded(trigger, current):
                 self._release(flight.key, token)
                 granted = False
