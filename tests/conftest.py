@@ -9,6 +9,7 @@ Concurrency tests that depend on threads or tasks live in their own modules.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import random
 from collections.abc import Callable, Iterator
@@ -30,6 +31,30 @@ from tests.support.redis_servers import (
 __all__ = ["fresh_redis_server", "redis_cluster", "redis_cluster_url", "redis_server", "redis_url"]
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+#: The last line of defence against a hang. pytest-timeout (120 s per phase, the
+#: signal method) fails a stuck test, but a test whose clean-up then waits
+#: forever, or that swallows the timeout, is beyond it: this watchdog dumps every
+#: thread's stack and ends the run, so CI fails in minutes instead of hanging.
+HARD_LIMIT = float(os.environ.get("CACHEWISE_TEST_HARD_LIMIT", "420"))
+_watchdog_file: Any = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _watchdog_file
+    # A duplicate of the real stderr: pytest's capturing replaces fd 2 per test.
+    _watchdog_file = os.fdopen(os.dup(2), "w")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    if _watchdog_file is not None:
+        faulthandler.dump_traceback_later(HARD_LIMIT, exit=True, file=_watchdog_file)
+    try:
+        return (yield)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.hookimpl(wrapper=True)

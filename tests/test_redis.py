@@ -868,15 +868,33 @@ def test_an_async_delete_whose_caller_is_cancelled_still_lands(redis_url: str, r
             owns_client=True,
         )
         cache = AsyncCache(backend, ttl=60)
+        # The sender thread is held at the door until the caller was cancelled:
+        # watching the queue instead raced (on a busy machine the sender could
+        # take the delete and finish before the test looked, and it waited forever).
+        sender = backend._offloaded
+        assert sender is not None
+        sending, cancelled = threading.Event(), threading.Event()
+        send = sender._delete_each
+
+        def gated(keys: list[str]) -> list[bool]:
+            sending.set()
+            assert cancelled.wait(10)
+            return send(keys)
+
+        sender._delete_each = gated  # type: ignore[method-assign]
         try:
             await cache.set("k", "old")
             task = asyncio.create_task(cache.delete("k"))
-            while not backend._batch and not backend._draining:
-                await asyncio.sleep(0)  # until it is queued for the sender
+            deadline = time.monotonic() + 10
+            while not sending.is_set():  # until the sender has it (bounded)
+                assert time.monotonic() < deadline, "the delete never reached the sender"
+                await asyncio.sleep(0.001)
             task.cancel()
+            cancelled.set()
             with pytest.raises(asyncio.CancelledError):
                 await task
         finally:
+            cancelled.set()
             await cache.aclose()
             await backend.aclose()  # waits for what was already queued
 
