@@ -33,7 +33,7 @@ __all__ = ["fresh_redis_server", "redis_cluster", "redis_cluster_url", "redis_se
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-#: The last line of defence against a hang. pytest-timeout (120 s per phase, the
+#: The last line of defence against a hang. pytest-timeout (120 s per test, the
 #: signal method) fails a stuck test, but a test whose clean-up then waits
 #: forever, or that swallows the timeout, is beyond it: this watchdog dumps every
 #: thread's stack and ends the run, so CI fails in minutes instead of hanging.

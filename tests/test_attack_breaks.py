@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import functools
 import sys
 import threading
 import time
@@ -133,14 +134,29 @@ def test_an_async_loader_asking_another_cache_for_its_own_key_is_a_cycle() -> No
     asyncio.run(main())
 
 
+_interrupted: list[bool] = []
+
+
+def interrupt_once() -> None:
+    """A Ctrl-C that lands here, in the middle of the write: raised in the main
+    thread (by its next bytecode) wherever the write has got to. Raised from the
+    write itself rather than by a timer, which a loaded machine may run late, once
+    the call has returned and pytest itself would get the KeyboardInterrupt."""
+    if not _interrupted and threading.current_thread() is threading.main_thread():
+        _interrupted.append(True)
+        _thread.interrupt_main()
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("store", ["memory", "redis"])
 def test_an_interrupt_during_the_write_leaves_nothing_stuck(
     store: str, request: pytest.FixtureRequest
 ) -> None:
+    _interrupted.clear()
     if store == "memory":
 
         def slow_weigher(value: Any) -> int:
-            time.sleep(0.5)  # the write is under way when the interrupt lands
+            interrupt_once()  # the write is under way when the interrupt lands
             return 100
 
         shared: Any = MemoryBackend(weigher=slow_weigher, wait_timeout=5)
@@ -149,17 +165,14 @@ def test_an_interrupt_during_the_write_leaves_nothing_stuck(
 
         class SlowWrites(RedisBackend):
             def set_leased(self, key: str, entry: Any, token: str) -> bool:
-                time.sleep(0.5)
+                interrupt_once()
                 return super().set_leased(key, entry, token)
 
         url = request.getfixturevalue("redis_url")
         cache = Cache(SlowWrites(redis.Redis.from_url(url), owns_client=True, wait_timeout=5))
         other = Cache.from_url(url)
-    timer = threading.Timer(0.2, _thread.interrupt_main)
-    timer.start()
     with pytest.raises(KeyboardInterrupt):
         cache.get_or_load("k", lambda: "v")
-    timer.join()
     later, out = _run_in_thread(lambda: cache.get_or_load("k", lambda: "v2"))
     later.join(JOIN)
     assert not later.is_alive(), "the key stayed stuck in its flight"
@@ -785,7 +798,7 @@ def test_an_entry_with_more_tags_than_the_wire_holds_is_refused_at_the_call(
 
 
 def test_functions_a_factory_makes_never_share_default_keys() -> None:
-    """A closure over an object, a function, a dict or a big or nested tuple got
+    """A closure over an object, a function, a table or a big or nested tuple got
     the factory's bare name: every function it made read the others' entries."""
     with Cache() as cache:
 
@@ -825,7 +838,7 @@ def test_functions_a_factory_makes_never_share_default_keys() -> None:
 
             return look
 
-        assert (lookup({1: "one"})(1), lookup({1: "uno"})(1)) == ("one", "uno")
+        assert (lookup(("one", "one"))(1), lookup(("uno", "uno"))(1)) == ("one", "uno")
         big_a, big_b = tuple(f"a{i}" for i in range(40)), tuple(f"b{i}" for i in range(40))
         assert (lookup(big_a)(1), lookup(big_b)(1)) == ("a0", "b0")
         assert (lookup((("x",),))(1), lookup((("y",),))(1)) == (("x",), ("y",))
@@ -949,21 +962,35 @@ def test_a_sync_call_on_the_loop_thread_waiting_through_another_thread_raises() 
     store = MemoryBackend()
     acache, cache = AsyncCache(store), Cache(store)
 
+    from cachewise._frontends import _cycles
+
+    release_a = asyncio.Event()
+    a_loading = threading.Event()
+
     async def slow_a() -> str:
-        await asyncio.sleep(0.3)
+        a_loading.set()
+        await asyncio.wait_for(release_a.wait(), JOIN)
         return "a"
 
     async def main() -> None:
         first = asyncio.create_task(acache.get_or_load("a", slow_a))
-        await asyncio.sleep(0.05)
+        while not a_loading.is_set():
+            await asyncio.sleep(0.001)
         worker, _ = _run_in_thread(
             lambda: cache.get_or_load("b", lambda: "b+" + cache.get_or_load("a", lambda: "?"))
         )
-        await asyncio.sleep(0.1)  # the worker leads "b" and waits for "a"
+        # Until the worker leads "b" and waits for "a" (bounded; no fixed sleep).
+        deadline = time.monotonic() + JOIN
+        while worker.ident not in _cycles._waiting:
+            assert time.monotonic() < deadline, "the worker never waited for 'a'"
+            time.sleep(0.001)  # (the loop's thread: nothing of it needs to run)
         began = time.monotonic()
-        with pytest.raises(LoaderCycleError):
-            cache.get_or_load("b", lambda: "direct")  # blocks the loop's thread
-        assert time.monotonic() - began < 2
+        try:
+            with pytest.raises(LoaderCycleError):
+                cache.get_or_load("b", lambda: "direct")  # blocks the loop's thread
+            assert time.monotonic() - began < 2
+        finally:
+            release_a.set()
         assert await first == "a"
         worker.join(JOIN)
 
@@ -1072,3 +1099,251 @@ def test_a_lease_left_by_a_load_on_a_closed_loop_is_released_by_its_waiter() -> 
         assert time.monotonic() - began < 2
         assert cache.get("k2") == "async"
         gc.collect()
+
+
+# ----------------------------------------------------------------- fifth round
+
+
+def test_default_keys_refuse_what_cannot_tell_two_closures_apart() -> None:
+    """Each of these made two functions share one default key, so one returned the
+    other's value (a tenant's data served to another): a builtin bound method
+    named without its instance, a helper's defaults ignored, a helper not yet
+    bound at decoration dropped, classes a factory makes sharing one name, a
+    captured table filled after decoration keyed as it was then."""
+    import sqlite3
+
+    with Cache() as cache:
+
+        def over_execute(conn: Any) -> Any:
+            execute = conn.execute
+
+            @cache.cached
+            def name(uid: int) -> Any:
+                return execute("select ?", (uid,)).fetchone()[0]
+
+            return name
+
+        conn = sqlite3.connect(":memory:")
+        with pytest.raises(TypeError, match="Connection"):
+            over_execute(conn)
+        conn.close()
+        with pytest.raises(TypeError, match="dict"):
+            cache.cached({"a": 1}.get)  # a builtin bound method, decorated itself
+
+        def with_default(table: Any) -> Any:
+            def lookup(i: int, _table: Any = table) -> Any:
+                return _table[i]
+
+            @cache.cached
+            def get(i: int) -> Any:
+                return lookup(i)
+
+            return get
+
+        assert (with_default(("u",))(0), with_default(("o",))(0)) == ("u", "o")
+        with pytest.raises(TypeError, match="dict"):
+            with_default({0: "user"})
+
+        def late_helper(table: tuple[str, ...]) -> Any:
+            @cache.cached
+            def get(i: int) -> Any:
+                return lookup(i)
+
+            def lookup(i: int) -> Any:
+                return table[i]
+
+            return get
+
+        with pytest.raises(TypeError, match="not yet bound"):
+            late_helper(("u",))
+
+        def local_class(table: tuple[str, ...]) -> Any:
+            class Repo:
+                rows = table
+
+            @cache.cached
+            def get(i: int) -> Any:
+                return Repo.rows[i]
+
+            return get
+
+        with pytest.raises(TypeError, match="inside a function"):
+            local_class(("u",))
+
+        def over_table(table: dict[str, str]) -> Any:
+            @cache.cached
+            def get(key: str) -> Any:
+                return table[key]
+
+            return get
+
+        with pytest.raises(TypeError, match="can change after decoration"):
+            over_table({})
+        with pytest.raises(TypeError, match="can change after decoration"):
+            cache.cached(functools.partial(lambda t, k: t[k], {"a": 1}))
+
+        def recursive() -> Any:
+            @cache.cached
+            def countdown(n: int) -> int:  # its own cell is empty at decoration: fine
+                return 0 if n == 0 else countdown(n - 1)
+
+            return countdown
+
+        assert recursive()(3) == 0
+
+
+def test_default_keys_tell_apart_closures_over_caches_and_modules() -> None:
+    """A captured cache (a tenant's) and a captured module were left out of the key."""
+    import json
+    import pickle
+
+    with Cache() as front, Cache(namespace="acme") as acme, Cache(namespace="globex") as globex:
+        acme.set("plan", "gold")
+        globex.set("plan", "free")
+
+        def reader(tenant: Any) -> Any:
+            @front.cached
+            def setting(name: str) -> Any:
+                return tenant.get(name)
+
+            return setting
+
+        assert (reader(acme)("plan"), reader(globex)("plan")) == ("gold", "free")
+
+        def dumper(module: Any) -> Any:
+            @front.cached
+            def name() -> str:
+                return str(module.__name__)
+
+            return name
+
+        assert (dumper(json)(), dumper(pickle)()) == ("json", "pickle")
+
+
+def test_a_self_holding_argument_is_a_type_error_not_a_recursion_error() -> None:
+    with Cache() as cache:
+
+        @cache.cached
+        def f(items: list[Any]) -> int:
+            return len(items)
+
+        loop: list[Any] = []
+        loop.append(loop)
+        with pytest.raises(TypeError, match="nested too deeply"):
+            f(loop)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_generators_are_refused_not_cached_exhausted(flavour: str) -> None:
+    """A cached generator came back empty from the second call on."""
+    if flavour == "sync":
+        with Cache() as cache:
+            with pytest.raises(TypeError, match="generator"):
+
+                @cache.cached
+                def rows(n: int) -> Any:
+                    yield from range(n)
+
+            with pytest.raises(TypeError, match="only once"):
+                cache.get_or_load("k", lambda: iter([1, 2]))
+            with pytest.raises(TypeError, match="only once"):
+                cache.set("k", (i for i in range(3)))
+            assert cache.get_or_load("k", lambda: [1, 2]) == [1, 2]  # the key is fine
+        return
+
+    async def main() -> None:
+        cache = AsyncCache()
+        with pytest.raises(TypeError, match="generator"):
+
+            @cache.cached
+            async def rows(n: int) -> Any:
+                for i in range(n):
+                    yield i
+
+        async def gen() -> Any:
+            return (i for i in range(3))
+
+        with pytest.raises(TypeError, match="only once"):
+            await cache.get_or_load("k", gen)
+
+        async def fine() -> list[int]:
+            return [1]
+
+        assert await cache.get_or_load("k", fine) == [1]
+        await cache.aclose()
+
+    asyncio.run(main())
+
+
+def test_every_spelling_of_the_loopback_is_one_server() -> None:
+    """127.0.0.1, [::1], 127.1 and 0.0.0.0 got identities of their own: a delete
+    held by one cache was not seen by another on the same server, which served
+    the old value."""
+    from cachewise._url import client_identity, server_identity
+
+    spellings = ["127.0.0.1", "[::1]", "127.1", "0.0.0.0", "localhost", "[::ffff:127.0.0.1]"]
+    same = {server_identity(f"redis://{host}:7001/2") for host in spellings}
+    same.add(client_identity(redis.Redis(host="::1", port=7001, db=2)))
+    assert len(same) == 1
+    assert server_identity("redis://10.0.0.1:7001") != server_identity("redis://10.0.0.2:7001")
+    assert server_identity("redis://10.0.0.1:7001") == server_identity("redis://10.00.0.1:7001")
+
+
+def test_port_zero_is_refused_not_read_as_the_default_port() -> None:
+    """redis-py reads port 0 as "no port" and talks to 6379: another server."""
+    with pytest.raises(ValueError, match="port"):
+        Cache.from_url("redis://127.0.0.1:0")
+
+
+def test_a_delete_held_on_a_loop_closed_without_cancelling_is_applied(
+    fresh_redis_server: Any,
+) -> None:
+    """run_until_complete, then loop.close(): the settler task stayed pending on
+    the closed loop and nothing re-applied the held delete."""
+    import warnings
+
+    url = fresh_redis_server.url
+    cache = AsyncCache.from_url(url, ttl=600)
+    admin = redis.Redis.from_url(url)
+
+    async def write() -> None:
+        await cache.set("user:1", "old")
+        fresh_redis_server.pause()
+        await cache.delete("user:1")  # held
+        fresh_redis_server.resume()
+        assert cache.stats().invalidations_pending == 1
+
+    loop = asyncio.new_event_loop()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor any "Task was destroyed" noise
+        loop.run_until_complete(write())
+        loop.close()
+    deadline = time.monotonic() + JOIN
+    while cache.stats().invalidations_pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cache.stats().invalidations_pending == 0
+    assert admin.get("{user:1}") is None
+    asyncio.run(cache.aclose())
+    admin.close()
+
+
+def test_an_empty_key_in_a_namespace_is_refused_on_the_hit_path_too() -> None:
+    """ "ns" + "" is the raw key "ns:", which the raw namespace may hold: the empty
+    key hit that entry instead of raising ValueError."""
+    store = MemoryBackend()
+    Cache(store).set("ns:", "raw")
+    cache, acache = Cache(store, namespace="ns"), AsyncCache(store, namespace="ns")
+    for call in (lambda: cache.get(""), lambda: cache.get_or_load("", lambda: "x")):
+        with pytest.raises(ValueError, match="non-empty"):
+            call()
+
+    async def loader() -> str:
+        return "x"
+
+    async def main() -> None:
+        with pytest.raises(ValueError, match="non-empty"):
+            await acache.get("")
+        with pytest.raises(ValueError, match="non-empty"):
+            await acache.get_or_load("", loader)
+
+    asyncio.run(main())

@@ -25,7 +25,9 @@ class Gate:
         self.calls += 1
         n = self.calls
         self.started.set()
-        await self.release.wait()
+        # Bounded: a test that fails before releasing must not leave the cache's
+        # aclose() waiting for this load forever.
+        await asyncio.wait_for(self.release.wait(), 30)
         if self.error is not None:
             raise self.error
         return f"v{n}"

@@ -7,6 +7,7 @@ to order two threads.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ JOIN = 10.0  # generous upper bound for a thread join; never reached when correc
 
 def run_threads(n: int, target: Callable[[int], Any]) -> list[Any]:
     """Run ``target(i)`` in n threads released together; results (or exceptions)."""
-    barrier = threading.Barrier(n)
+    barrier = threading.Barrier(n, timeout=JOIN)  # a thread that never starts: no hang
     results: list[Any] = [None] * n
 
     def body(i: int) -> None:
@@ -31,7 +32,7 @@ def run_threads(n: int, target: Callable[[int], Any]) -> list[Any]:
         except BaseException as exc:
             results[i] = exc
 
-    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    threads = [threading.Thread(target=body, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
@@ -308,13 +309,11 @@ def test_counters_are_exact_under_thread_contention() -> None:
 def _wait_for(predicate: Callable[[], bool], timeout: float = JOIN) -> None:
     """Poll a condition that another thread will make true (no fixed sleeps)."""
     done = threading.Event()
-    deadline = timeout
-    step = 0.001
+    deadline = time.monotonic() + timeout  # wall time: a loaded machine oversleeps
     while not predicate():
-        if deadline <= 0:
+        if time.monotonic() > deadline:
             raise AssertionError("condition never became true")
-        done.wait(step)
-        deadline -= step
+        done.wait(0.001)
 
 
 def test_a_tag_invalidation_during_a_load_keeps_its_result_out() -> None:

@@ -1209,8 +1209,8 @@ def test_a_lease_orphaned_by_a_partition_does_not_block_reads_after_the_heal(
         return "old"
 
     with LatencyProxy(fresh_redis_server.port) as proxy, raw_client(fresh_redis_server.port) as raw:
-        # lock_timeout=2 keeps a regression short; by default the wait would be 5 s.
-        cache = Cache.from_url(proxy.url + "?lock_timeout=2", ttl=60)
+        # lock_timeout=5: the lease must outlive the partition even on a slow machine.
+        cache = Cache.from_url(proxy.url + "?lock_timeout=5", ttl=60)
         thread = threading.Thread(target=lambda: cache.get_or_load("k", load))
         try:
             thread.start()
@@ -1218,6 +1218,9 @@ def test_a_lease_orphaned_by_a_partition_does_not_block_reads_after_the_heal(
             proxy.blackhole()  # the leased write and the release are lost
             release.set()
             thread.join(10)
+            # The release runs in the background: it must be lost in the partition
+            # too, not land after the heal (which it did on a loaded machine).
+            assert cache.wait_background(10)
             proxy.forward()
             assert raw.exists("{k}:lease"), "the lease was not orphaned"
             assert cache.stats().breaker_state == "closed"  # a couple of failures only
@@ -1455,8 +1458,10 @@ def test_an_async_late_joiner_of_a_load_whose_write_timed_out_waits_one_timeout(
             leader = asyncio.create_task(cache.get_or_load("k", load))
             await asyncio.wait_for(loading.wait(), 5)
             joiner = asyncio.create_task(cache.get_or_load("k", load))
+            deadline = time.monotonic() + 5
             while cache.stats().coalesced < 1:  # the joiner joins the started load
-                await asyncio.sleep(0)
+                assert time.monotonic() < deadline, "the joiner never joined"
+                await asyncio.sleep(0.001)
             proxy.blackhole()
             released = time.monotonic()
             release.set()
@@ -1465,6 +1470,7 @@ def test_an_async_late_joiner_of_a_load_whose_write_timed_out_waits_one_timeout(
             first = await asyncio.wait_for(leader, 10)
             return first, second, took
         finally:
+            release.set()  # a body that failed halfway must not leave aclose() waiting
             await cache.aclose()
 
     with LatencyProxy(fresh_redis_server.port) as proxy:

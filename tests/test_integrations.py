@@ -631,11 +631,13 @@ def test_async_sqlalchemy_cancelled_during_invalidation_still_finishes_it(
                 await arename(session, 1, "zed")
                 invalidate_after_commit(session, cache, keys=["user:1"])
                 committing = asyncio.create_task(session.commit())
-                await cache.entered.wait()
+                await asyncio.wait_for(cache.entered.wait(), 10)
                 committing.cancel()
                 await asyncio.sleep(0)
-                assert not committing.done()  # waits for the invalidation
-                cache.gate.set()
+                try:
+                    assert not committing.done()  # waits for the invalidation
+                finally:
+                    cache.gate.set()  # never left waiting, whatever failed
                 with pytest.raises(asyncio.CancelledError):
                     await committing
                 assert await cache.get("user:1") is MISSING

@@ -232,16 +232,33 @@ def test_subclasses_encode_as_their_base_value() -> None:
 
 def test_default_keys_accept_strings_with_whitespace() -> None:
     cache = Cache()
-    calls: list[str] = []
 
     @cache.cached()
     def echo(text: str) -> str:
-        calls.append(text)
+        CALLS.append(text)
         return text
 
+    CALLS.clear()
     for text in ["a b", "a\tb", "a\u3000b", "a b", "a\tb"]:
         assert echo(text) == text
-    assert calls == ["a b", "a\tb", "a\u3000b"]
+    assert CALLS == ["a b", "a\tb", "a\u3000b"]
+    cache.close()
+
+
+#: A module's list: a global, not a captured value, so not part of default keys.
+CALLS: list[str] = []
+
+
+def test_a_captured_list_is_refused_with_a_clear_error() -> None:
+    cache = Cache()
+    calls: list[str] = []
+    with pytest.raises(TypeError, match=r"'calls' \(a list, whose contents can change"):
+
+        @cache.cached()
+        def echo(text: str) -> str:
+            calls.append(text)
+            return text
+
     cache.close()
 
 

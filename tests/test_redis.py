@@ -340,7 +340,7 @@ def test_a_loader_failure_releases_the_lease_for_the_next_caller(redis_url: str,
 def test_one_lease_request_per_process_for_many_threads(redis_url: str, raw: Any) -> None:
     cache = Cache.from_url(redis_url)
     gate = Gate()
-    barrier = threading.Barrier(20)
+    barrier = threading.Barrier(20, timeout=30)
     raw.config_resetstat()
 
     def body() -> None:
@@ -429,7 +429,13 @@ def test_a_herd_across_processes_and_threads_makes_exactly_one_load(
 ) -> None:
     start_at = time.time() + 3.0  # time for four interpreters to start
     procs = [_worker(redis_url, "hot", 10, start_at, 0.3) for _ in range(4)]
-    outputs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    try:
+        outputs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    finally:
+        for p in procs:  # none outlives the test, whatever failed
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
     assert all(p.returncode == 0 for p in procs)
     assert raw.get("loads:hot") == b"1"
     values = {r["value"] for out in outputs for r in out["results"]}
@@ -456,6 +462,8 @@ def test_a_sigkilled_holder_delays_others_by_at_most_lock_timeout(redis_url: str
     holder.communicate(timeout=10)
     t.join(30)
     finished = time.time()
+    if holder.poll() is None:  # (killed above; this only matters if that failed)
+        holder.kill()
     assert got == ["taken over"]
     # The lease expires lock_timeout after the dead holder took it; then one
     # waiter takes it over and loads (instantly here). Allow for process noise.
@@ -720,12 +728,15 @@ def test_async_joiners_take_a_value_their_leader_read_after_they_joined(
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.002)
             joiners = [asyncio.create_task(cache.get_or_load("k", own)) for _ in range(5)]
+            deadline = time.monotonic() + 5
             while cache.stats().coalesced < 5:
-                await asyncio.sleep(0)
+                assert time.monotonic() < deadline, "the joiners never joined"
+                await asyncio.sleep(0.002)
             release.set()
             values = await asyncio.wait_for(asyncio.gather(leader, *joiners), 10)
             return list(values), counting.reads
         finally:
+            release.set()  # before aclose(), which waits for the leader
             await cache.aclose()
             await counting.inner.aclose()
 

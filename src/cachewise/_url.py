@@ -33,8 +33,10 @@ year.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import math
 import os
+import socket
 import threading
 import weakref
 from collections.abc import Callable
@@ -183,9 +185,11 @@ def _redis(
     if not parts.hostname:
         raise ValueError(f"{scheme}:// URLs need a host, got {url!r}")
     try:
-        parts.port  # noqa: B018 - validates the port
+        port = parts.port
     except ValueError:
         raise ValueError(f"invalid port in {url!r}") from None
+    if port == 0:  # redis-py would read it as "no port" and connect to 6379
+        raise ValueError(f"invalid port in {url!r}: ports are 1 to 65535")
     cluster = scheme.endswith("+cluster")
     database = _database(url, parts.path, cluster)
     if serializer is None:
@@ -417,14 +421,37 @@ def server_identity(url: str) -> str | None:
 
 
 def _identity(base: str, host: str | None, port: int | None, database: int | None) -> str:
-    """One spelling per server: the host lower-cased, ``localhost`` as 127.0.0.1,
-    the default port and database filled in; ``database`` None for a cluster."""
-    host = (host or "localhost").lower()
-    if host == "localhost":  # the same server, spelled two ways
-        host = "127.0.0.1"
+    """One spelling per server: the host lower-cased, every spelling of this
+    machine (``localhost``, ``127.x.x.x``, ``::1``, ``0.0.0.0``) as one, the default
+    port and database filled in; ``database`` None for a cluster."""
+    host = _host_identity(host or "localhost")
     kind = "single" if database is not None else "cluster"
     tail = f"/{database}" if database is not None else ""
     return f"{base}:{kind}://{host}:{port or 6379}{tail}"
+
+
+def _host_identity(host: str) -> str:
+    """A host as the identity spells it. Addresses are normalized (``127.1`` and
+    ``127.0.0.1``, IPv6 in any spelling); the loopback in all its spellings is one
+    host: a port there is one server (two servers on one port, one per address
+    family, would be merged: the safe direction, a delete applied twice). Other
+    names are not resolved: a server reached by two names is two servers to us."""
+    host = host.strip("[]").lower()
+    if host in ("localhost", "localhost.", "ip6-localhost", "ip6-loopback"):
+        return "loopback"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # the short IPv4 forms the resolver accepts too (127.1, 2130706433)
+            address = ipaddress.ip_address(socket.inet_aton(host))
+        except OSError:
+            return host
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        address = mapped
+    if address.is_loopback or address.is_unspecified:  # 0.0.0.0 reaches this machine
+        return "loopback"
+    return address.compressed
 
 
 def client_identity(client: object) -> str | None:

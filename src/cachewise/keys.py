@@ -326,23 +326,33 @@ def default_key_name(func: Callable[..., Any]) -> str:
       module has the qualname ``<lambda>``, two may share a line;
     - a closure's captured values (``module.make_getter.get[table="users"]``): each
       function a factory makes has the factory's qualname, and its results depend
-      on what it captured. Values are encoded as arguments are (a list, dict or
-      set by its contents at decoration), captured functions and classes by their
-      own names, objects by ``__cache_key__()``; anything else (an object without
-      ``__cache_key__``) raises ``TypeError``: two such functions would share every
-      entry;
-    - a bound method's instance, and a ``functools.partial``'s bound arguments,
-      which must be encodable likewise;
+      on what it captured. Immutable values are encoded as arguments are (tuples
+      and frozensets by their contents), objects by ``__cache_key__()``, captured
+      functions by their own names, defaults and captures (recursively), module-
+      level classes by name, modules by name, cachewise caches by namespace;
+    - a bound method's instance (a builtin one's too: ``conn.execute``), and a
+      ``functools.partial``'s bound arguments, which must be encodable likewise;
     - a callable object, likewise.
 
-    A captured cachewise cache is left out (its entries are its own). Give any
-    other function a key template.
+    Refused with ``TypeError`` at decoration, because two functions would share
+    entries they must not: a captured list, dict, set or bytearray (its contents
+    can change after decoration, and keys must not), an object without
+    ``__cache_key__``, a class defined inside a function (each call of the factory
+    makes another), and a name the function uses that is not yet bound when it is
+    decorated (a helper defined below it). Give such a function a key template.
     """
     return _callable_name(func, set())
 
 
-def _callable_name(func: Callable[..., Any], seen: set[int]) -> str:
+def _callable_name(func: Callable[..., Any], seen: set[int], helper: bool = False) -> str:
     if isinstance(func, functools.partial):
+        fixed = [*func.args, *func.keywords.values()]
+        reason = next(filter(None, map(_unstable, fixed)), None)
+        if reason is not None:
+            raise TypeError(
+                f"a functools.partial binds {reason}; its default key would be fixed at "
+                "decoration: pass key='...' with a template"
+            )
         try:
             bound = [encode_arg(arg) for arg in func.args]
             bound += [f"{k}={encode_arg(v)}" for k, v in sorted(func.keywords.items())]
@@ -351,13 +361,26 @@ def _callable_name(func: Callable[..., Any], seen: set[int]) -> str:
                 f"{exc}: a functools.partial's bound arguments are part of its default "
                 "key; pass key='...' with a template"
             ) from None
-        return f"{_callable_name(func.func, seen)}[partial({','.join(bound)})]"
+        return f"{_callable_name(func.func, seen, helper)}[partial({','.join(bound)})]"
     if inspect.ismethod(func):
         owner = func.__self__
-        return f"{_callable_name(func.__func__, seen)}[self={_instance_name(owner)}]"
-    if not (inspect.isfunction(func) or inspect.isbuiltin(func) or isinstance(func, type)):
+        return f"{_callable_name(func.__func__, seen, helper)}[self={_instance_name(owner)}]"
+    if inspect.isbuiltin(func):
+        # A builtin bound method (conn.execute, table.get) is named by its class's
+        # method: its instance tells two apart. A builtin function's __self__ is
+        # its module (or None).
+        owner = getattr(func, "__self__", None)
+        name = function_name(func)
+        if owner is None or inspect.ismodule(owner):
+            return name
+        if not isinstance(owner, type):
+            name = f"{_class_name(owner)}.{func.__name__}"
+        return f"{name}[self={_instance_name(owner)}]"
+    if not (inspect.isfunction(func) or isinstance(func, type)):
         call = type(func).__call__
         return f"{function_name(call)}[self={_instance_name(func)}]"
+    if isinstance(func, type):
+        return _class_part(func)
     name = function_name(func)
     code = getattr(func, "__code__", None)
     if getattr(func, "__name__", None) == "<lambda>" and code is not None:
@@ -372,11 +395,30 @@ def _callable_name(func: Callable[..., Any], seen: set[int]) -> str:
     for var, cell in zip(free, cells, strict=False):
         try:
             value = cell.cell_contents
-        except ValueError:  # an empty cell
-            continue
+        except ValueError:  # an empty cell: bound later in the enclosing function
+            if var == getattr(func, "__name__", None):
+                continue  # the function itself, being decorated (recursion)
+            raise TypeError(
+                f"{getattr(func, '__qualname__', '?')} uses {var!r}, which is not yet "
+                "bound when it is decorated (defined below it?): its value cannot be "
+                "part of the default key; define it first, or pass key='...' with a "
+                "template"
+            ) from None
         part = _captured_part(func, var, value, seen)
         if part is not None:
             captured.append(f"{var}={part}")
+    # A captured helper's defaults shape its results as much as its captures do
+    # (``def lookup(key, _table=table)``). The decorated function's own defaults
+    # are applied to each call's arguments instead (see function_key).
+    if helper:
+        defaults = getattr(func, "__defaults__", None) or ()
+        kwdefaults = getattr(func, "__kwdefaults__", None) or {}
+        for index, value in enumerate(defaults):
+            part = _captured_part(func, f"default {index}", value, seen)
+            captured.append(f"*{index}={part}")
+        for var, value in sorted(kwdefaults.items()):
+            part = _captured_part(func, var, value, seen)
+            captured.append(f"*{var}={part}")
     if captured:
         text = ",".join(captured)
         if len(text) > MAX_ARGS_CHARS:
@@ -390,10 +432,13 @@ def _captured_part(func: object, var: str, value: object, seen: set[int]) -> str
     does not), or TypeError when it cannot be told apart from another value."""
     from cachewise._frontends._base import CacheBase  # keys is imported by the front ends
 
-    if isinstance(value, CacheBase) or inspect.ismodule(value):
-        return None  # a cache's entries are its own; a module is one per process
+    if isinstance(value, CacheBase):
+        # Two caches with one namespace (and version) name the same entries.
+        return f"cache:{_quote(value._prefix)}"
+    if inspect.ismodule(value):
+        return f"module:{value.__name__}"
     if isinstance(value, type):
-        return f"class:{value.__module__}.{value.__qualname__}"
+        return _class_part(value)
     if callable(value) and (
         inspect.isfunction(value)
         or inspect.isbuiltin(value)
@@ -401,14 +446,15 @@ def _captured_part(func: object, var: str, value: object, seen: set[int]) -> str
         or isinstance(value, functools.partial)
     ):
         # A decorator factory's wrapped function: the wrapper's results are its.
-        return f"fn:{_callable_name(value, seen)}"
-    # Everything else by its encoding: a list, dict or set by its contents as they
-    # are now, at decoration (a lookup table tells its functions apart; an empty
-    # log of calls is just "[]"), an object by its __cache_key__().
-    try:
-        return encode_arg(value)
-    except TypeError:
-        reason = f"a {type(value).__name__} without __cache_key__()"
+        return f"fn:{_callable_name(value, seen, helper=True)}"
+    reason = _unstable(value)
+    if reason is None:
+        try:
+            return encode_arg(value)
+        except TypeError:
+            reason = f"a {type(value).__name__} without __cache_key__()"
+        except RecursionError:
+            reason = "a value nested too deeply"
     qualname = getattr(func, "__qualname__", "?")
     raise TypeError(
         f"{qualname} captures {var!r} ({reason}): functions made by one factory would "
@@ -417,13 +463,49 @@ def _captured_part(func: object, var: str, value: object, seen: set[int]) -> str
     )
 
 
+#: Containers whose contents can change after decoration: a key taken from them
+#: then would be wrong (two factories' functions over tables filled later share it).
+_MUTABLE = (list, dict, set, bytearray)
+
+
+def _unstable(value: object, depth: int = 0) -> str | None:
+    """Why ``value`` cannot stand for itself in a key fixed at decoration (None: it can)."""
+    if isinstance(value, _MUTABLE):
+        return f"a {type(value).__name__}, whose contents can change after decoration"
+    if isinstance(value, (tuple, frozenset)):
+        if depth > 50:
+            return "a value nested too deeply"
+        for item in value:
+            reason = _unstable(item, depth + 1)
+            if reason is not None:
+                return reason
+    return None
+
+
+def _class_part(cls: type) -> str:
+    """A captured or decorated class, by name: only a class one per process has one."""
+    if "<locals>" in cls.__qualname__:
+        raise TypeError(
+            f"{cls.__qualname__} is a class defined inside a function: every call of "
+            "that function makes another class with the same name, so its name cannot "
+            "stand for it in a default key; pass key='...' with a template"
+        )
+    return f"class:{cls.__module__}.{cls.__qualname__}"
+
+
 def _instance_name(owner: object) -> str:
     """What names the instance a method is bound to, in a default key."""
     if isinstance(owner, type):  # a classmethod: the class is the name
         return f"{owner.__module__}.{owner.__qualname__}"
+    reason = _unstable(owner)
+    if reason is not None:
+        raise TypeError(
+            f"a default key for a method of {reason} would be fixed at decoration; "
+            "pass key='...' with a template"
+        )
     try:
         return encode_arg(owner)
-    except TypeError:
+    except (TypeError, RecursionError):
         raise TypeError(
             f"a default key for a method of a {type(owner).__name__} instance needs the "
             f"instance in it (two instances would share every entry): give "
@@ -441,6 +523,11 @@ def function_key(name: str, bound: inspect.BoundArguments) -> str:
     for param_name, value in bound.arguments.items():
         try:
             parts.append(f"{param_name}={encode_arg(value)}")
+        except RecursionError:  # a list that holds itself, or nested thousands deep
+            raise TypeError(
+                f"argument {param_name!r} of {name} is nested too deeply (or holds "
+                "itself) to be part of a default key; pass key='...' with a template"
+            ) from None
         except TypeError as exc:
             raise TypeError(
                 f"{exc} (argument {param_name!r} of {name}); pass key='...' with a "

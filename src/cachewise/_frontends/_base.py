@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import inspect
 import itertools
 import logging
 import os
@@ -10,7 +11,15 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 from cachewise._core.entry import Entry
@@ -62,6 +71,25 @@ _SHARED_HELD: weakref.WeakValueDictionary[tuple[str, str], HeldInvalidations] = 
     weakref.WeakValueDictionary()
 )
 _SHARED_HELD_LOCK = threading.Lock()
+
+
+def check_reusable(value: object) -> None:
+    """Refuse a value that can be used only once (a generator, an iterator, an
+    un-awaited coroutine): the first reader would consume it, every later hit
+    would get it exhausted. Cheap for the common values (one type check)."""
+    if type(value) in _PLAIN_VALUES:
+        return
+    if isinstance(value, (Iterator, AsyncIterator, Coroutine)):
+        if inspect.iscoroutine(value):
+            value.close()  # never awaited by anyone: close it quietly
+        raise TypeError(
+            f"a {type(value).__name__} can be used only once, so it cannot be cached "
+            "(every hit after the first would get it exhausted); cache a list of its "
+            "items instead"
+        )
+
+
+_PLAIN_VALUES = frozenset({str, bytes, int, float, bool, type(None), list, dict, tuple, set})
 
 
 def _new_token_prefix() -> None:
@@ -383,6 +411,7 @@ class CacheBase:
     def _check_value(value: object) -> None:
         if value is MISSING:
             raise TypeError("MISSING marks a miss; it cannot be stored as a value")
+        check_reusable(value)
 
     @staticmethod
     def _check_keys(keys: object, what: str = "keys") -> None:

@@ -309,6 +309,20 @@ class _BoundCached:
         return getattr(self._func, name)
 
 
+def check_not_generator(func: object, decorator: str) -> None:
+    """Refuse a generator function: its result is consumed once, so a cached one
+    would come back exhausted (an empty iterator) from the second call on, and an
+    invalidating one would write after its invalidation."""
+    call = getattr(func, "__call__", None)  # noqa: B004 - we want the method itself
+    if any(inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f) for f in (func, call)):
+        raise TypeError(
+            f"{getattr(func, '__qualname__', func)!s} is a generator function: its body "
+            "runs only as the generator is consumed, after the cache is done with the "
+            "call (a cached generator comes back exhausted); "
+            f"{decorator}() a function that returns a list instead"
+        )
+
+
 def is_async_callable(func: object) -> bool:
     """Whether calling ``func`` gives a coroutine (functions, partials, callables)."""
     if inspect.iscoroutinefunction(func):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import random
 import threading
@@ -35,6 +36,7 @@ from cachewise._frontends._base import (
     CacheBase,
     Clock,
     check_loader,
+    check_reusable,
     check_ttl,
     new_token,
 )
@@ -58,6 +60,7 @@ from cachewise._frontends._decorator import (
     P,
     R,
     async_invalidating,
+    check_not_generator,
     is_async_callable,
 )
 from cachewise._frontends._held import HeldView
@@ -307,7 +310,8 @@ class AsyncCache(CacheBase):
 
     async def get(self, key: str, default: Any = MISSING) -> Any:
         """The fresh value under ``key``, or ``default`` (``MISSING``)."""
-        full = self._prefix + key if key.__class__ is str else ""
+        # (An empty key must not hit the entry named by the bare prefix: validated.)
+        full = self._prefix + key if key.__class__ is str and key else ""
         if not 0 < len(full) <= SHORT_KEY_CHARS:
             full = self._hit_key(key)
         view = None
@@ -355,7 +359,8 @@ class AsyncCache(CacheBase):
 
         Concurrent tasks on one key share one load; see ``Cache.get_or_load``.
         """
-        full = self._prefix + key if key.__class__ is str else ""
+        # (An empty key must not hit the entry named by the bare prefix: validated.)
+        full = self._prefix + key if key.__class__ is str and key else ""
         if not 0 < len(full) <= SHORT_KEY_CHARS:
             full = self._hit_key(key)
         if not callable(loader):
@@ -622,9 +627,17 @@ class AsyncCache(CacheBase):
         settler = self._settler
         if settler is not None and not settler.done():
             return
-        self._settler = loop.create_task(self._settle_loop(), name="cachewise-settle")
-        self._tasks.add(self._settler)
-        self._settler.add_done_callback(self._task_done)
+        self._settler = settler = loop.create_task(self._settle_loop(), name="cachewise-settle")
+        # A loop closed without cancelling its tasks (run_until_complete, then
+        # close()) leaves this one pending for good: expected, not worth asyncio's
+        # "Task was destroyed but it is pending" error when it is collected.
+        with contextlib.suppress(AttributeError):
+            settler._log_destroy_pending = False  # type: ignore[attr-defined]
+        self._tasks.add(settler)
+        settler.add_done_callback(self._task_done)
+        # And a thread stands by: when this loop stops running (closed without
+        # cancelling the settler, or just stopped), the thread settles instead.
+        self._start_thread_settler()
 
     async def _settle_loop(self) -> None:
         me = asyncio.current_task()
@@ -656,14 +669,16 @@ class AsyncCache(CacheBase):
         thread.start()
 
     def _thread_settle_loop(self) -> None:
+        # Runs while anything is held; settles whenever no running loop runs the
+        # settler task. Both may settle at once as a loop starts again: a delete
+        # or a tag invalidation applied twice is still right.
         while self._unsettled and not self._closed:
             task = self._settler
-            if task is not None and not task.done():
-                return  # a running loop settles again
-            try:
-                self._settle_once()
-            except Exception as exc:
-                self._degraded("settle", exc)
+            if task is None or task.done() or not task.get_loop().is_running():
+                try:
+                    self._settle_once()
+                except Exception as exc:
+                    self._degraded("settle", exc)
             if self._unsettled:
                 time.sleep(_SETTLE_EVERY)
 
@@ -887,6 +902,7 @@ class AsyncCache(CacheBase):
                             "sync loaders)"
                         )
                     value = await awaitable
+                    check_reusable(value)
                     negative = bool(self._policy.is_negative(value))
                     end = clock()
                 except asyncio.CancelledError as exc:
@@ -1402,6 +1418,7 @@ _FAST_FAILURE = 0.05
 def _check_async_callable(func: object, decorator: str) -> None:
     if not callable(func):
         raise TypeError(f"{decorator}() decorates callables, not {type(func).__name__}")
+    check_not_generator(func, decorator)
     if not is_async_callable(func):
         raise TypeError(
             f"{getattr(func, '__qualname__', func)!s} is not a coroutine function; "

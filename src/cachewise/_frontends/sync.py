@@ -24,6 +24,7 @@ from cachewise._frontends._base import (
     CacheBase,
     Clock,
     check_loader,
+    check_reusable,
     check_ttl,
     new_token,
 )
@@ -45,6 +46,7 @@ from cachewise._frontends._decorator import (
     OnMaxKeys,
     P,
     R,
+    check_not_generator,
     invalidating,
     is_async_callable,
 )
@@ -229,7 +231,8 @@ class Cache(CacheBase):
 
         Never returns a stale value: with no loader there is nothing to revalidate.
         """
-        full = self._prefix + key if key.__class__ is str else ""
+        # (An empty key must not hit the entry named by the bare prefix: validated.)
+        full = self._prefix + key if key.__class__ is str and key else ""
         if not 0 < len(full) <= SHORT_KEY_CHARS:
             full = self._hit_key(key)
         view = self._held_view() if self._unsettled else None
@@ -290,7 +293,8 @@ class Cache(CacheBase):
         # The hit path, kept to one dict lookup, one clock read and one comparison.
         # refresh_at is the instant before which the entry is certainly fresh and
         # needs no XFetch draw; everything else goes to the decision core.
-        full = self._prefix + key if key.__class__ is str else ""
+        # (An empty key must not hit the entry named by the bare prefix: validated.)
+        full = self._prefix + key if key.__class__ is str and key else ""
         if not 0 < len(full) <= SHORT_KEY_CHARS:
             full = self._hit_key(key)
         if not callable(loader):
@@ -775,6 +779,7 @@ class Cache(CacheBase):
                         f"the loader returned {type(value).__name__}, an awaitable; Cache "
                         "needs a sync loader (use AsyncCache for async loaders)"
                     )
+                check_reusable(value)
                 negative = bool(self._policy.is_negative(value))
                 end = clock()
             except Exception as exc:
@@ -1214,6 +1219,7 @@ _SETTLER_JOIN = 2.0
 def _check_sync_callable(func: object, decorator: str) -> None:
     if not callable(func):
         raise TypeError(f"{decorator}() decorates callables, not {type(func).__name__}")
+    check_not_generator(func, decorator)
     if is_async_callable(func):
         raise TypeError(
             f"{getattr(func, '__qualname__', func)!s} is a coroutine function; "
