@@ -24,6 +24,7 @@ import functools
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -578,24 +579,41 @@ def test_a_hung_cluster_node_costs_one_timeout_per_call() -> None:
 # -- the third round of the attack ----------------------------------------------------
 
 
+def _a_held_delete(server: Any) -> tuple[AsyncCache, Any, Callable[[], Awaitable[None]]]:
+    """An AsyncCache on ``server``, a raw client, and a coroutine function that
+    writes user:1 and deletes it while the server is paused: the delete is held."""
+    cache = AsyncCache.from_url(server.url, ttl=600)
+    admin = redis.Redis.from_url(server.url)
+
+    async def hold() -> None:
+        await cache.set("user:1", "old")
+        server.pause()
+        await cache.delete("user:1")  # held
+        server.resume()
+        assert cache.stats().invalidations_pending == 1
+
+    return cache, admin, hold
+
+
+def _assert_settled(cache: AsyncCache, admin: Any, wait: bool) -> None:
+    """The held delete was applied (``wait``: within JOIN seconds); then closes both."""
+    deadline = time.monotonic() + (JOIN if wait else 0)
+    while cache.stats().invalidations_pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cache.stats().invalidations_pending == 0
+    assert admin.get("{user:1}") is None
+    asyncio.run(cache.aclose())
+    admin.close()
+
+
 def test_a_delete_held_in_one_asyncio_run_is_retried_in_the_next(
     fresh_redis_server: Any,
 ) -> None:
     """asyncio.run cancels the settler when its run ends: the next run must start
     it again, not leave the delete held (and other processes reading the old
     value) until a read of that very key comes."""
-    url = fresh_redis_server.url
-    cache = AsyncCache.from_url(url, ttl=600)
-    admin = redis.Redis.from_url(url)
-
-    async def first() -> None:
-        await cache.set("user:1", "old")
-        fresh_redis_server.pause()
-        await cache.delete("user:1")  # held
-        fresh_redis_server.resume()
-        assert cache.stats().invalidations_pending == 1
-
-    asyncio.run(first())
+    cache, admin, hold = _a_held_delete(fresh_redis_server)
+    asyncio.run(hold())
 
     async def later() -> None:
         async def load() -> str:
@@ -608,10 +626,7 @@ def test_a_delete_held_in_one_asyncio_run_is_retried_in_the_next(
             await asyncio.sleep(0.05)
 
     asyncio.run(later())
-    assert cache.stats().invalidations_pending == 0
-    assert admin.get("{user:1}") is None
-    asyncio.run(cache.aclose())
-    admin.close()
+    _assert_settled(cache, admin, wait=False)
 
 
 def test_a_load_left_on_a_closed_loop_does_not_poison_its_key() -> None:
@@ -935,25 +950,9 @@ def test_a_delete_held_by_an_async_cache_is_applied_after_its_run_ends(
 ) -> None:
     """asyncio.run ended with a delete held; the program went on without another
     loop: nothing ever re-applied it, and other processes read the old value."""
-    url = fresh_redis_server.url
-    cache = AsyncCache.from_url(url, ttl=600)
-    admin = redis.Redis.from_url(url)
-
-    async def write() -> None:
-        await cache.set("user:1", "old")
-        fresh_redis_server.pause()
-        await cache.delete("user:1")  # held
-        fresh_redis_server.resume()
-        assert cache.stats().invalidations_pending == 1
-
+    cache, admin, write = _a_held_delete(fresh_redis_server)
     asyncio.run(write())
-    deadline = time.monotonic() + JOIN
-    while cache.stats().invalidations_pending and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert cache.stats().invalidations_pending == 0
-    assert admin.get("{user:1}") is None
-    asyncio.run(cache.aclose())
-    admin.close()
+    _assert_settled(cache, admin, wait=True)
 
 
 def test_a_sync_call_on_the_loop_thread_waiting_through_another_thread_raises() -> None:
@@ -1302,29 +1301,13 @@ def test_a_delete_held_on_a_loop_closed_without_cancelling_is_applied(
     the closed loop and nothing re-applied the held delete."""
     import warnings
 
-    url = fresh_redis_server.url
-    cache = AsyncCache.from_url(url, ttl=600)
-    admin = redis.Redis.from_url(url)
-
-    async def write() -> None:
-        await cache.set("user:1", "old")
-        fresh_redis_server.pause()
-        await cache.delete("user:1")  # held
-        fresh_redis_server.resume()
-        assert cache.stats().invalidations_pending == 1
-
+    cache, admin, write = _a_held_delete(fresh_redis_server)
     loop = asyncio.new_event_loop()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nor any "Task was destroyed" noise
         loop.run_until_complete(write())
         loop.close()
-    deadline = time.monotonic() + JOIN
-    while cache.stats().invalidations_pending and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert cache.stats().invalidations_pending == 0
-    assert admin.get("{user:1}") is None
-    asyncio.run(cache.aclose())
-    admin.close()
+    _assert_settled(cache, admin, wait=True)
 
 
 def test_an_empty_key_in_a_namespace_is_refused_on_the_hit_path_too() -> None:
