@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import enum
 import functools
 import sys
 import threading
@@ -1274,18 +1275,72 @@ def test_generators_are_refused_not_cached_exhausted(flavour: str) -> None:
     asyncio.run(main())
 
 
-def test_every_spelling_of_the_loopback_is_one_server() -> None:
-    """127.0.0.1, [::1], 127.1 and 0.0.0.0 got identities of their own: a delete
-    held by one cache was not seen by another on the same server, which served
-    the old value."""
+def test_every_spelling_of_one_address_is_one_server() -> None:
+    """127.0.0.1, 127.1 and 0.0.0.0 got identities of their own: a delete held by
+    one cache was not seen by another on the same server, which served the old
+    value. And two addresses stay two servers (round 6): merged, a held delete
+    settled through one server counted for the other, which kept the old value."""
     from cachewise._url import client_identity, server_identity
 
-    spellings = ["127.0.0.1", "[::1]", "127.1", "0.0.0.0", "localhost", "[::ffff:127.0.0.1]"]
+    spellings = ["127.0.0.1", "127.1", "0.0.0.0", "localhost", "[::ffff:127.0.0.1]"]
     same = {server_identity(f"redis://{host}:7001/2") for host in spellings}
-    same.add(client_identity(redis.Redis(host="::1", port=7001, db=2)))
+    same.add(client_identity(redis.Redis(host="127.0.0.1", port="7001", db=2)))  # type: ignore[arg-type]
     assert len(same) == 1
+    assert server_identity("redis://[::1]:7001") == server_identity("redis://[0:0::1]:7001")
+    assert server_identity("redis://[::1]:7001") != server_identity("redis://127.0.0.1:7001")
+    assert server_identity("redis://127.0.0.2:7001") != server_identity("redis://127.0.0.1:7001")
     assert server_identity("redis://10.0.0.1:7001") != server_identity("redis://10.0.0.2:7001")
     assert server_identity("redis://10.0.0.1:7001") == server_identity("redis://10.00.0.1:7001")
+
+
+def test_a_delete_held_for_one_server_is_not_settled_through_another() -> None:
+    """Two servers on one port of 127.0.0.1 and 127.0.0.2, caches with one
+    namespace: the second cache's settler applied the first's held delete to its
+    own server and forgot it; the first server kept the old value for good."""
+    import subprocess
+
+    from tests.support.redis_servers import RedisServer, find_binary
+
+    binary = find_binary("redis-server")
+    assert binary is not None
+    with RedisServer() as x:
+        # The second server: same port, another loopback address (not 127.0.0.1,
+        # where the RedisServer helper checks its own).
+        argv = [binary, "--port", str(x.port), "--bind", "127.0.0.2", "--save", ""]
+        y = subprocess.Popen([*argv, "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        try:
+            probe = redis.Redis(host="127.0.0.2", port=x.port)
+            deadline = time.monotonic() + JOIN
+            while True:
+                try:
+                    probe.ping()
+                    break
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, "the second server never started"
+                    time.sleep(0.02)
+            probe.close()
+            a = Cache.from_url(f"redis://127.0.0.1:{x.port}", namespace="app")
+            b = Cache.from_url(f"redis://127.0.0.2:{x.port}", namespace="app")
+            a.set("k", "old")
+            x.pause()
+            try:
+                a.delete("k")  # held
+                assert a.stats().invalidations_pending == 1
+                b.get("k")  # b's settler runs on the healthy server
+                b.wait_background(1)
+                time.sleep(0.3)  # (several settle periods)
+                assert a.stats().invalidations_pending == 1
+            finally:
+                x.resume()
+            deadline = time.monotonic() + JOIN
+            while a.stats().invalidations_pending and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert a.get("k") is MISSING
+            a.close()
+            b.close()
+        finally:
+            y.kill()
+            y.wait()
 
 
 def test_port_zero_is_refused_not_read_as_the_default_port() -> None:
@@ -1330,3 +1385,207 @@ def test_an_empty_key_in_a_namespace_is_refused_on_the_hit_path_too() -> None:
             await acache.get_or_load("", loader)
 
     asyncio.run(main())
+
+
+# ----------------------------------------------------------------- sixth round
+
+
+def test_two_live_functions_with_one_default_name_and_different_code_are_refused() -> None:
+    """Defined under an if in a factory, or two functools.wraps wrappers of one
+    function: one name, different code, and each read the other's entries."""
+    with Cache() as cache:
+
+        def make_direct(kind: str) -> Any:
+            if kind == "a":
+
+                @cache.cached
+                def get(x: str) -> str:
+                    return "A" + x
+            else:
+
+                @cache.cached
+                def get(x: str) -> str:
+                    return "B" + x
+
+            return get
+
+        first = make_direct("a")
+        assert make_direct("a")("1") == "A1"  # the same code again: fine
+        with pytest.raises(TypeError, match="different code"):
+            make_direct("b")
+
+        def as_upper(fn: Any) -> Any:
+            @functools.wraps(fn)
+            def wrapper(name: str) -> str:
+                return str(fn(name)).upper()
+
+            return wrapper
+
+        def as_lower(fn: Any) -> Any:
+            @functools.wraps(fn)
+            def wrapper(name: str) -> str:
+                return str(fn(name)).lower()
+
+            return wrapper
+
+        def greeting(name: str) -> str:
+            return "Hello " + name
+
+        loud = cache.cached(as_upper(greeting))
+        with pytest.raises(TypeError, match="different code"):
+            cache.cached(as_lower(greeting))
+        assert loud("Ann") == "HELLO ANN"
+        del first
+
+
+def test_a_captured_name_rebound_before_the_first_call_counts_as_then() -> None:
+    """A placeholder set below the decorated function: every function the factory
+    made was keyed by the placeholder (None), and all shared one entry."""
+    with Cache() as cache:
+
+        def make_repo(table_name: str) -> Any:
+            table = None  # set below
+
+            @cache.cached
+            def get(i: int) -> str:
+                return f"{table}:{i}"
+
+            table = table_name
+            return get
+
+        users, orders = make_repo("users"), make_repo("orders")
+        assert (users(1), orders(1)) == ("users:1", "orders:1")
+        assert users.key_for(1) != orders.key_for(1)
+
+
+def test_local_classes_are_refused_through_classmethods_too() -> None:
+    with Cache() as cache:
+
+        def make_repo(table: str) -> Any:
+            class Repo:
+                TABLE = table
+
+                @classmethod
+                def fetch(cls, i: int) -> str:
+                    return f"{cls.TABLE}:{i}"
+
+            return cache.cached(Repo.fetch)
+
+        with pytest.raises(TypeError, match="inside a function"):
+            make_repo("users")
+
+
+def test_captured_caches_on_two_stores_do_not_share_default_keys() -> None:
+    with Cache() as front, Cache(MemoryBackend()) as eu, Cache(MemoryBackend()) as us:
+        eu.set("price", "EUR 10")
+        us.set("price", "USD 12")
+
+        def make_price(region: Any) -> Any:
+            @front.cached
+            def price(k: str) -> Any:
+                return region.get(k)
+
+            return price
+
+        assert (make_price(eu)("price"), make_price(us)("price")) == ("EUR 10", "USD 12")
+
+
+class Region(enum.Enum):
+    EU = "eu"
+    US = "us"
+
+
+class Repo:
+    @classmethod
+    def table(cls) -> str:
+        return cls.__name__
+
+
+def test_everyday_captures_and_decorators_are_not_refused() -> None:
+    """Refused before: a cached function calling another in an app factory, a
+    captured logger, enum member or lru_cache function, a staticmethod under
+    cached, a classmethod over cached (its cls argument)."""
+    import logging
+
+    with Cache() as cache:
+
+        def create_app() -> Any:
+            log = logging.getLogger("app")
+
+            @cache.cached
+            def user(uid: int) -> dict[str, int]:
+                log.debug("loading %s", uid)
+                return {"id": uid}
+
+            @cache.cached
+            def profile(uid: int) -> Any:
+                return user(uid)
+
+            return profile
+
+        assert create_app()(1) == {"id": 1}
+
+        def price_in(region: Region) -> Any:
+            @cache.cached
+            def price(sku: str) -> tuple[str, str]:
+                return (region.value, sku)
+
+            return price
+
+        assert (price_in(Region.EU)("x"), price_in(Region.US)("x")) == (("eu", "x"), ("us", "x"))
+
+        @functools.lru_cache
+        def rate(currency: str) -> float:
+            return 1.5 if currency == "EUR" else 1.0
+
+        def converter() -> Any:
+            r = rate
+
+            @cache.cached
+            def convert(x: int) -> float:
+                return x * r("EUR")
+
+            return convert
+
+        assert converter()(2) == 3.0
+
+        class Holder:
+            @cache.cached
+            @staticmethod
+            def get(i: int) -> int:
+                return i * 2
+
+        assert Holder.get(2) == 4
+
+        @cache.cached
+        def by_class(cls: type, region: Region) -> str:
+            return f"{cls.__name__}:{region.value}"
+
+        assert by_class(Repo, Region.EU) == "Repo:eu"
+        assert by_class.key_for(Repo, Region.EU) != by_class.key_for(Repo, Region.US)
+
+
+def test_closures_nested_too_deeply_are_a_type_error_and_shared_helpers_are_named_once() -> None:
+    with Cache() as cache:
+
+        def chain(n: int) -> Any:
+            def wrap(g: Any) -> Any:
+                return lambda x: g(x)  # noqa: PLW0108 - a closure per level
+
+            f: Any = abs
+            for _ in range(n):
+                f = wrap(f)
+            return f
+
+        with pytest.raises(TypeError, match="nested too deeply"):
+            cache.cached(chain(2000))
+
+        def both(f: Any, g: Any) -> Any:
+            return lambda x: f(x) + g(x)
+
+        h: Any = lambda x: 1  # noqa: E731
+        for _ in range(40):  # 2**40 paths: named once per helper, not per path
+            h = both(h, h)
+        began = time.monotonic()
+        cache.cached(h)
+        assert time.monotonic() - began < 2

@@ -431,14 +431,16 @@ def _identity(base: str, host: str | None, port: int | None, database: int | Non
 
 
 def _host_identity(host: str) -> str:
-    """A host as the identity spells it. Addresses are normalized (``127.1`` and
-    ``127.0.0.1``, IPv6 in any spelling); the loopback in all its spellings is one
-    host: a port there is one server (two servers on one port, one per address
-    family, would be merged: the safe direction, a delete applied twice). Other
-    names are not resolved: a server reached by two names is two servers to us."""
-    host = host.strip("[]").lower()
-    if host in ("localhost", "localhost.", "ip6-localhost", "ip6-loopback"):
-        return "loopback"
+    """A host as the identity spells it: only spellings of one address are merged,
+    never two addresses (two servers may listen on one port of 127.0.0.1 and
+    127.0.0.2, or of 127.0.0.1 and ::1, and a held delete settled through one must
+    not count for the other). ``localhost`` is 127.0.0.1 (the hosts file's rule);
+    ``127.1`` is 127.0.0.1; ``0.0.0.0`` and ``::`` connect to the loopback
+    (127.0.0.1, ::1); IPv6 in any spelling, IPv4-mapped as IPv4. Other names are
+    not resolved: a server reached by two names is two servers to us."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return "127.0.0.1"
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -449,8 +451,8 @@ def _host_identity(host: str) -> str:
     mapped = getattr(address, "ipv4_mapped", None)
     if mapped is not None:
         address = mapped
-    if address.is_loopback or address.is_unspecified:  # 0.0.0.0 reaches this machine
-        return "loopback"
+    if address.is_unspecified:  # a connect to "any" reaches the loopback
+        return "127.0.0.1" if address.version == 4 else "::1"
     return address.compressed
 
 
@@ -473,6 +475,8 @@ def client_identity(client: object) -> str | None:
         path = os.path.realpath(str(kwargs["path"]))
         return f"{'rediss' if tls else 'redis'}:unix://{path}/{database}"
     host, port = kwargs.get("host"), kwargs.get("port")
+    if isinstance(port, str) and port.isascii() and port.isdigit():
+        port = int(port)  # redis-py takes "6379" too
     if not isinstance(host, str) or not isinstance(port, (int, type(None))):
         return None
     return _identity("rediss" if tls else "redis", host, port, database)

@@ -8,13 +8,19 @@ applied), never from ``repr`` or ``hash``, which may differ between processes.
 
 from __future__ import annotations
 
+import enum
 import functools
+import gc
 import hashlib
 import inspect
+import logging
 import math
 import re
 import string
+import threading
+import weakref
 from collections.abc import Callable, Collection, Mapping
+from types import CodeType
 from typing import Any
 
 __all__ = [
@@ -215,9 +221,12 @@ def encode_arg(value: Any) -> str:
     """Encode one argument canonically, for default keys.
 
     Supports None, bool, int, float, str, bytes and bytearray; lists, tuples, sets,
-    frozensets and dicts of those; and any object with a ``__cache_key__()`` method
-    that returns a str. Anything else is a ``TypeError``: its ``repr`` may hold a
-    memory address, and a key that differs per process is a silent miss.
+    frozensets and dicts of those; any object with a ``__cache_key__()`` method
+    that returns a str; classes defined at module level (``class:module.Class``, a
+    classmethod's ``cls``) and enum members (``enum:module.Class.NAME``; an int or
+    str enum's member is encoded as its plain value). Anything else is a
+    ``TypeError``: its ``repr`` may hold a memory address, and a key that differs
+    per process is a silent miss.
 
     Deterministic: equal values give equal strings, in every process (no ``hash``,
     no ``repr`` of arbitrary objects; sets and dicts are sorted by encoding).
@@ -265,7 +274,11 @@ def encode_arg(value: Any) -> str:
     if isinstance(value, dict):
         items = sorted((encode_arg(k), encode_arg(v)) for k, v in dict.items(value))
         return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
+    if isinstance(value, type):  # a class (a classmethod's cls): by its name
+        return _class_part(value)
     hook = getattr(value, "__cache_key__", None)
+    if not callable(hook) and isinstance(value, enum.Enum):
+        return f"enum:{_class_part(type(value))[6:]}.{value.name}"
     if callable(hook):
         result = hook()
         if not isinstance(result, str):
@@ -329,7 +342,9 @@ def default_key_name(func: Callable[..., Any]) -> str:
       on what it captured. Immutable values are encoded as arguments are (tuples
       and frozensets by their contents), objects by ``__cache_key__()``, captured
       functions by their own names, defaults and captures (recursively), module-
-      level classes by name, modules by name, cachewise caches by namespace;
+      level classes, enum members, loggers and modules by name, cachewise caches by
+      store and namespace, decorated functions (``functools.wraps``, ``lru_cache``,
+      cachewise's own) by what they wrap;
     - a bound method's instance (a builtin one's too: ``conn.execute``), and a
       ``functools.partial``'s bound arguments, which must be encodable likewise;
     - a callable object, likewise.
@@ -340,127 +355,237 @@ def default_key_name(func: Callable[..., Any]) -> str:
     ``__cache_key__``, a class defined inside a function (each call of the factory
     makes another), and a name the function uses that is not yet bound when it is
     decorated (a helper defined below it). Give such a function a key template.
+
+    Captured names rebound between decoration and the first call (a placeholder
+    set afterwards) count as they are at the first call (see ``KeyBuilder``). Two
+    live functions whose names agree but whose code differs (defined under an
+    ``if`` in a factory, two ``functools.wraps`` wrappers of one function) are
+    refused by ``claim_default_name``.
     """
-    return _callable_name(func, set())
+    return default_key_naming(func)[0]
 
 
-def _callable_name(func: Callable[..., Any], seen: set[int], helper: bool = False) -> str:
-    if isinstance(func, functools.partial):
-        fixed = [*func.args, *func.keywords.values()]
-        reason = next(filter(None, map(_unstable, fixed)), None)
-        if reason is not None:
-            raise TypeError(
-                f"a functools.partial binds {reason}; its default key would be fixed at "
-                "decoration: pass key='...' with a template"
-            )
-        try:
-            bound = [encode_arg(arg) for arg in func.args]
-            bound += [f"{k}={encode_arg(v)}" for k, v in sorted(func.keywords.items())]
-        except TypeError as exc:
-            raise TypeError(
-                f"{exc}: a functools.partial's bound arguments are part of its default "
-                "key; pass key='...' with a template"
-            ) from None
-        return f"{_callable_name(func.func, seen, helper)}[partial({','.join(bound)})]"
-    if inspect.ismethod(func):
-        owner = func.__self__
-        return f"{_callable_name(func.__func__, seen, helper)}[self={_instance_name(owner)}]"
-    if inspect.isbuiltin(func):
-        # A builtin bound method (conn.execute, table.get) is named by its class's
-        # method: its instance tells two apart. A builtin function's __self__ is
-        # its module (or None).
-        owner = getattr(func, "__self__", None)
+def default_key_naming(func: Callable[..., Any]) -> tuple[str, str]:
+    """``default_key_name`` and a fingerprint of the code it stands for (the
+    function's and every captured helper's bytecode, constants and names)."""
+    namer = _Namer()
+    try:
+        name = namer.name(func, frozenset())
+    except RecursionError:
+        raise TypeError(
+            f"{getattr(func, '__qualname__', func)!s} captures functions nested too deeply "
+            "to name them in a default key; pass key='...' with a template"
+        ) from None
+    digest = hashlib.blake2b(digest_size=16)
+    for code in namer.codes:
+        _digest_code(digest, code)
+    return name, digest.hexdigest()
+
+
+def _digest_code(digest: Any, code: CodeType) -> None:
+    # Not marshal: that holds file names and line numbers, which differ between two
+    # runs of one cell or one file moved, and are not what the function computes.
+    digest.update(code.co_code)
+    digest.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            _digest_code(digest, const)
+        else:
+            digest.update(repr(const).encode())
+
+
+class _Namer:
+    """One naming pass: what it named (memoized, so a helper captured by many
+    closures is named once) and the code objects it met."""
+
+    def __init__(self) -> None:
+        self.memo: dict[tuple[int, bool], str] = {}
+        self.codes: list[CodeType] = []
+
+    def name(self, func: Callable[..., Any], seen: frozenset[int], helper: bool = False) -> str:
+        # Unwrap what only decorates: a staticmethod/classmethod object's function.
+        if isinstance(func, (staticmethod, classmethod)):
+            func = func.__func__
+        memo_key = (id(func), helper)
+        known = self.memo.get(memo_key)
+        if known is None:
+            known = self.memo[memo_key] = self._name(func, seen, helper)
+        return known
+
+    def _name(self, func: Callable[..., Any], seen: frozenset[int], helper: bool) -> str:
+        if isinstance(func, functools.partial):
+            fixed = [*func.args, *func.keywords.values()]
+            reason = next(filter(None, map(_unstable, fixed)), None)
+            if reason is not None:
+                raise TypeError(
+                    f"a functools.partial binds {reason}; its default key would be fixed "
+                    "at decoration: pass key='...' with a template"
+                )
+            try:
+                bound = [encode_arg(arg) for arg in func.args]
+                bound += [f"{k}={encode_arg(v)}" for k, v in sorted(func.keywords.items())]
+            except TypeError as exc:
+                raise TypeError(
+                    f"{exc}: a functools.partial's bound arguments are part of its default "
+                    "key; pass key='...' with a template"
+                ) from None
+            return f"{self.name(func.func, seen, helper)}[partial({','.join(bound)})]"
+        if inspect.ismethod(func):
+            owner = func.__self__
+            return f"{self.name(func.__func__, seen, helper)}[self={_instance_name(owner)}]"
+        if inspect.isbuiltin(func):
+            # A builtin bound method (conn.execute, table.get) is named by its class's
+            # method: its instance tells two apart. A builtin function's __self__ is
+            # its module (or None).
+            owner = getattr(func, "__self__", None)
+            name = function_name(func)
+            if owner is None or inspect.ismodule(owner):
+                return name
+            if not isinstance(owner, type):
+                name = f"{_class_name(owner)}.{func.__name__}"
+            return f"{name}[self={_instance_name(owner)}]"
+        if isinstance(func, type):
+            return _class_part(func)
+        if not inspect.isfunction(func):
+            wrapped = getattr(func, "__wrapped__", None)
+            if wrapped is not None and callable(wrapped) and not isinstance(func, type):
+                # lru_cache, a cachewise CachedFunction: the results are what it wraps.
+                return f"{function_name(type(func))}({self.name(wrapped, seen, helper)})"
+            call = type(func).__call__
+            return f"{function_name(call)}[self={_instance_name(func)}]"
         name = function_name(func)
-        if owner is None or inspect.ismodule(owner):
+        code = func.__code__
+        self.codes.append(code)
+        if func.__name__ == "<lambda>":
+            positions: Any = getattr(code, "co_positions")()  # noqa: B009 - (3.11+; typeshed lacks it)
+            columns = [col for _, _, col, _ in positions if col]
+            name += f"@{code.co_firstlineno}" + (f":{min(columns)}" if columns else "")
+        if id(func) in seen:  # a closure that captures itself (a recursive inner function)
             return name
-        if not isinstance(owner, type):
-            name = f"{_class_name(owner)}.{func.__name__}"
-        return f"{name}[self={_instance_name(owner)}]"
-    if not (inspect.isfunction(func) or isinstance(func, type)):
-        call = type(func).__call__
-        return f"{function_name(call)}[self={_instance_name(func)}]"
-    if isinstance(func, type):
-        return _class_part(func)
-    name = function_name(func)
-    code = getattr(func, "__code__", None)
-    if getattr(func, "__name__", None) == "<lambda>" and code is not None:
-        columns = [col for _, _, col, _ in code.co_positions() if col]
-        name += f"@{code.co_firstlineno}" + (f":{min(columns)}" if columns else "")
-    if id(func) in seen:  # a closure that captures itself (a recursive inner function)
+        seen = seen | {id(func)}
+        captured: list[str] = []
+        for var, cell in zip(code.co_freevars, func.__closure__ or (), strict=False):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell: bound later in the enclosing function
+                if var == func.__name__:
+                    continue  # the function itself, being decorated (recursion)
+                raise TypeError(
+                    f"{func.__qualname__} uses {var!r}, which is not yet bound when it is "
+                    "decorated (defined below it?): its value cannot be part of the "
+                    "default key; define it first, or pass key='...' with a template"
+                ) from None
+            part = self.captured(func, var, value, seen)
+            if part is not None:
+                captured.append(f"{var}={part}")
+        # A captured helper's defaults shape its results as much as its captures do
+        # (``def lookup(key, _table=table)``). The decorated function's own defaults
+        # are applied to each call's arguments instead (see function_key).
+        if helper:
+            for index, value in enumerate(func.__defaults__ or ()):
+                part = self.captured(func, f"default {index}", value, seen)
+                captured.append(f"*{index}={part}")
+            for var, value in sorted((func.__kwdefaults__ or {}).items()):
+                part = self.captured(func, var, value, seen)
+                captured.append(f"*{var}={part}")
+        if captured:
+            text = ",".join(captured)
+            if len(text) > MAX_ARGS_CHARS:
+                text = "#" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+            name += f"[{text}]"
         return name
-    seen = seen | {id(func)}
-    cells = getattr(func, "__closure__", None) or ()
-    free = getattr(code, "co_freevars", ()) if code is not None else ()
-    captured: list[str] = []
-    for var, cell in zip(free, cells, strict=False):
-        try:
-            value = cell.cell_contents
-        except ValueError:  # an empty cell: bound later in the enclosing function
-            if var == getattr(func, "__name__", None):
-                continue  # the function itself, being decorated (recursion)
-            raise TypeError(
-                f"{getattr(func, '__qualname__', '?')} uses {var!r}, which is not yet "
-                "bound when it is decorated (defined below it?): its value cannot be "
-                "part of the default key; define it first, or pass key='...' with a "
-                "template"
-            ) from None
-        part = _captured_part(func, var, value, seen)
-        if part is not None:
-            captured.append(f"{var}={part}")
-    # A captured helper's defaults shape its results as much as its captures do
-    # (``def lookup(key, _table=table)``). The decorated function's own defaults
-    # are applied to each call's arguments instead (see function_key).
-    if helper:
-        defaults = getattr(func, "__defaults__", None) or ()
-        kwdefaults = getattr(func, "__kwdefaults__", None) or {}
-        for index, value in enumerate(defaults):
-            part = _captured_part(func, f"default {index}", value, seen)
-            captured.append(f"*{index}={part}")
-        for var, value in sorted(kwdefaults.items()):
-            part = _captured_part(func, var, value, seen)
-            captured.append(f"*{var}={part}")
-    if captured:
-        text = ",".join(captured)
-        if len(text) > MAX_ARGS_CHARS:
-            text = "#" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-        name += f"[{text}]"
-    return name
+
+    def captured(self, func: object, var: str, value: object, seen: frozenset[int]) -> str | None:
+        """How a closure's captured ``value`` enters its default key name, or
+        TypeError when it cannot be told apart from another value."""
+        from cachewise._frontends._base import CacheBase  # keys is imported by them
+
+        if isinstance(value, CacheBase):
+            # Two caches name the same entries when they share a store and a
+            # namespace (and version): a server's identity, or this process's
+            # memory store (the entries live only here anyway).
+            return f"cache:{_quote(_store_name(value) + '/' + value._prefix)}"
+        if inspect.ismodule(value):
+            return f"module:{value.__name__}"
+        if isinstance(value, type):
+            return _class_part(value)
+        if isinstance(value, enum.Enum):
+            return f"enum:{_class_part(type(value))[6:]}.{value.name}"
+        if isinstance(value, logging.Logger):  # one per name in a process
+            return f"logger:{_quote(value.name)}"
+        if isinstance(value, (staticmethod, classmethod)) or (
+            callable(value)
+            and (
+                inspect.isfunction(value)
+                or inspect.isbuiltin(value)
+                or inspect.ismethod(value)
+                or isinstance(value, functools.partial)
+                or callable(getattr(value, "__wrapped__", None))
+            )
+        ):
+            # A decorator factory's wrapped function: the wrapper's results are its.
+            return f"fn:{self.name(value, seen, helper=True)}"  # type: ignore[arg-type]
+        reason = _unstable(value)
+        if reason is None:
+            try:
+                return encode_arg(value)
+            except TypeError:
+                reason = f"a {type(value).__name__} without __cache_key__()"
+            except RecursionError:
+                reason = "a value nested too deeply"
+        qualname = getattr(func, "__qualname__", "?")
+        raise TypeError(
+            f"{qualname} captures {var!r} ({reason}): functions made by one factory would "
+            "share their default keys; pass key='...' with a template, or give the captured "
+            "type a __cache_key__() method"
+        )
 
 
-def _captured_part(func: object, var: str, value: object, seen: set[int]) -> str | None:
-    """How a closure's captured ``value`` enters its default key name (None: it
-    does not), or TypeError when it cannot be told apart from another value."""
-    from cachewise._frontends._base import CacheBase  # keys is imported by the front ends
+# Default key names in use by live functions: name -> (code fingerprint, the
+# functions using it). An entry goes when its last function does.
+_claimed: dict[str, tuple[str, weakref.WeakSet[Any]]] = {}
+_claimed_lock = threading.Lock()
 
-    if isinstance(value, CacheBase):
-        # Two caches with one namespace (and version) name the same entries.
-        return f"cache:{_quote(value._prefix)}"
-    if inspect.ismodule(value):
-        return f"module:{value.__name__}"
-    if isinstance(value, type):
-        return _class_part(value)
-    if callable(value) and (
-        inspect.isfunction(value)
-        or inspect.isbuiltin(value)
-        or inspect.ismethod(value)
-        or isinstance(value, functools.partial)
-    ):
-        # A decorator factory's wrapped function: the wrapper's results are its.
-        return f"fn:{_callable_name(value, seen, helper=True)}"
-    reason = _unstable(value)
-    if reason is None:
-        try:
-            return encode_arg(value)
-        except TypeError:
-            reason = f"a {type(value).__name__} without __cache_key__()"
-        except RecursionError:
-            reason = "a value nested too deeply"
-    qualname = getattr(func, "__qualname__", "?")
+
+def claim_default_name(name: str, fingerprint: str, owner: object) -> None:
+    """Record that ``owner`` (a decorated function) uses the default key name
+    ``name`` for code with ``fingerprint``; ``TypeError`` when other live
+    functions already use it for different code (two definitions of one name
+    under an ``if`` in a factory, two ``functools.wraps`` wrappers of one
+    function): they would read each other's entries. The same code decorated
+    again (a second cache, a factory called twice) is fine."""
+    for attempt in (1, 2):
+        with _claimed_lock:
+            held = _claimed.get(name)
+            if held is None or not held[1] or held[0] == fingerprint:
+                if held is None or held[0] != fingerprint:
+                    held = _claimed[name] = (fingerprint, weakref.WeakSet())
+                held[1].add(owner)
+                weakref.finalize(owner, _forget, name)
+                return
+        if attempt == 1:
+            gc.collect()  # the others may be garbage not yet collected (a cycle)
     raise TypeError(
-        f"{qualname} captures {var!r} ({reason}): functions made by one factory would "
-        "share their default keys; pass key='...' with a template, or give the captured "
-        "type a __cache_key__() method"
+        f"two different functions would share the default key name {name!r} (same "
+        "name and captures, different code: defined under an if, or two wrappers of "
+        "one function); they would read each other's entries: pass key='...' with a "
+        "template to one of them"
     )
+
+
+def _forget(name: str) -> None:
+    with _claimed_lock:
+        held = _claimed.get(name)
+        if held is not None and not held[1]:
+            del _claimed[name]
+
+
+def _store_name(cache: Any) -> str:
+    """A cache's store, for a default key that captures the cache."""
+    scope = getattr(cache, "_scope", None)  # a Redis server's identity, if it has one
+    if isinstance(scope, str):
+        return scope
+    return f"local@{id(scope if scope is not None else cache.backend):x}"
 
 
 #: Containers whose contents can change after decoration: a key taken from them
@@ -496,7 +621,7 @@ def _class_part(cls: type) -> str:
 def _instance_name(owner: object) -> str:
     """What names the instance a method is bound to, in a default key."""
     if isinstance(owner, type):  # a classmethod: the class is the name
-        return f"{owner.__module__}.{owner.__qualname__}"
+        return _class_part(owner)[6:]  # (refused if defined inside a function)
     reason = _unstable(owner)
     if reason is not None:
         raise TypeError(

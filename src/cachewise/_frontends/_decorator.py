@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from cachewise import _forksafe
 from cachewise._errors import CacheError
-from cachewise.keys import KeyTemplate, default_key_name, function_key, function_name
+from cachewise.keys import (
+    KeyTemplate,
+    claim_default_name,
+    default_key_naming,
+    function_key,
+    function_name,
+)
 
 if TYPE_CHECKING:
     from cachewise._frontends.aio import AsyncCache
@@ -41,6 +47,8 @@ class KeyBuilder:
 
     __slots__ = (
         "__weakref__",
+        "_cells",
+        "_func",
         "_key_name",
         "_lock",
         "_max_keys",
@@ -63,9 +71,18 @@ class KeyBuilder:
     ) -> None:
         self._signature = inspect.signature(func)
         self._name = function_name(func)
+        self._func = func
         # Default keys start with a name that tells apart functions sharing a
         # qualname (lambdas, closures of one factory): see default_key_name.
-        self._key_name = default_key_name(func) if key is None else self._name
+        self._key_name = self._name
+        # The closure's cells as they were named: a name rebound before the first
+        # call (a placeholder set below the decorated function) is named again then.
+        self._cells: list[tuple[Any, Any]] | None = None
+        if key is None:
+            self._key_name = self._claim()
+            closure = getattr(func, "__closure__", None)
+            if closure:
+                self._cells = [(cell, _contents(cell)) for cell in closure]
         params = list(self._signature.parameters)
         self._template = None if key is None else KeyTemplate(key)
         if self._template is not None:
@@ -87,6 +104,18 @@ class KeyBuilder:
         self._warned = False
         self._lock = threading.Lock()
         _forksafe.register(self)
+
+    def _claim(self) -> str:
+        name, fingerprint = default_key_naming(self._func)
+        claim_default_name(name, fingerprint, self)
+        return name
+
+    def _first_call(self) -> None:
+        with self._lock:  # (concurrent first calls: every one gets the final name)
+            cells = self._cells
+            if cells is not None and any(_contents(c) is not v for c, v in cells):
+                self._key_name = self._claim()
+            self._cells = None
 
     def _fork_locks(self) -> list[threading.Lock]:
         return []
@@ -114,6 +143,8 @@ class KeyBuilder:
         if self._template is not None:
             key = self._template.format(values)
         else:
+            if self._cells is not None:
+                self._first_call()
             key = function_key(self._key_name, bound)
         return key, tuple(t.format(values) for t in self._tags)
 
@@ -307,6 +338,16 @@ class _BoundCached:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._func, name)
+
+
+_UNBOUND = object()
+
+
+def _contents(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # empty: not bound yet
+        return _UNBOUND
 
 
 def check_not_generator(func: object, decorator: str) -> None:
