@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -241,6 +242,42 @@ def test_a_program_that_ends_without_close_while_a_delete_is_held_exits() -> Non
     assert "done" in result.stdout
     assert took < 10, f"the program took {took:.1f} s to exit"
     assert "never reached the backend" in result.stderr  # said so on the way out
+
+
+def test_the_last_tries_at_exit_run_side_by_side() -> None:
+    """A cache per tenant, each holding a delete, the server a black hole: the
+    exit tried them one after another, a socket timeout each (10 s for 40)."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(128)  # connections complete in the backlog; nothing ever answers
+    port = hole.getsockname()[1]
+    script = textwrap.dedent(
+        f"""
+        import atexit, asyncio, time
+        # Registered first, so it runs after cachewise's exit hook (LIFO).
+        atexit.register(lambda: print("exit", time.monotonic(), flush=True))
+        from cachewise import AsyncCache
+        url = "redis://127.0.0.1:{port}/0?socket_timeout=0.25"
+        caches = [AsyncCache.from_url(url, namespace=f"t{{i}}") for i in range(20)]
+
+        async def main():
+            await asyncio.gather(*(c.delete("k") for c in caches))
+
+        asyncio.run(main())
+        assert sum(c.stats().invalidations_pending for c in caches) == 20
+        print("main", time.monotonic(), flush=True)
+        """
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        hole.close()
+    assert result.returncode == 0, result.stderr
+    marks = dict(line.split() for line in result.stdout.splitlines())
+    took = float(marks["exit"]) - float(marks["main"])
+    assert took < 2.5, f"the exit took {took:.2f} s (one after another: >= 5 s)"
 
 
 def test_two_threads_forking_at_once_leave_no_lock_held() -> None:

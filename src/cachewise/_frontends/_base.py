@@ -109,10 +109,28 @@ if hasattr(os, "register_at_fork"):
 _HOLDING: weakref.WeakSet[CacheBase] = weakref.WeakSet()
 
 
+#: How long the exit waits for the last tries, all caches together.
+_EXIT_SETTLE_LIMIT = 5.0
+
+
 def _settle_at_exit() -> None:
-    for cache in list(_HOLDING):
-        if not cache._closed:
+    # The last tries run side by side: while the server is down each waits out
+    # its socket timeout, and one after another, a cache per tenant would hold the
+    # exit for seconds. Where the interpreter refuses new threads this late
+    # (3.12+), one after another it is.
+    caches = [cache for cache in list(_HOLDING) if not cache._closed]
+    threads: list[threading.Thread] = []
+    for cache in caches:
+        thread = threading.Thread(target=cache._last_settle, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:
             cache._last_settle()
+        else:
+            threads.append(thread)
+    deadline = time.monotonic() + _EXIT_SETTLE_LIMIT
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0.0))
 
 
 atexit.register(_settle_at_exit)
