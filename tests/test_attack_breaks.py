@@ -1589,3 +1589,34 @@ def test_closures_nested_too_deeply_are_a_type_error_and_shared_helpers_are_name
         began = time.monotonic()
         cache.cached(h)
         assert time.monotonic() - began < 2
+
+
+def test_a_lease_left_by_a_load_on_a_stopped_loop_is_released_and_its_write_refused() -> None:
+    """run_until_complete returned with a load still pending on the loop (stopped,
+    not closed): every sync call waited wait_timeout (10 s) for it, for up to
+    lock_timeout (30 s). Released now; and when the loop runs again, that load's
+    late write does not replace the newer value."""
+    store = MemoryBackend()
+    acache, cache = AsyncCache(store), Cache(store)
+    loop = asyncio.new_event_loop()
+    finish = asyncio.Event()
+
+    async def slow() -> str:
+        await finish.wait()
+        return "late"
+
+    async def start() -> Any:
+        task = asyncio.ensure_future(acache.get_or_load("k", slow))
+        await asyncio.sleep(0.01)  # the load has its lease
+        return task
+
+    try:
+        task = loop.run_until_complete(start())
+        began = time.monotonic()
+        assert cache.get_or_load("k", lambda: "fresh") == "fresh"
+        assert time.monotonic() - began < 2
+        finish.set()
+        assert loop.run_until_complete(asyncio.wait_for(task, JOIN)) == "late"
+        assert cache.get("k") == "fresh"
+    finally:
+        loop.close()

@@ -194,16 +194,19 @@ def lease_holder(scope: object, key: str) -> Flight[Any] | None:
 
 def dead_lease(scope: object, key: str) -> str | None:
     """The token of the lease on ``key`` if a load of this process holds it that
-    can never finish: its task's event loop was closed under it (a loop closed
-    with tasks pending). Nothing will write or release it; whoever would wait for
-    it releases it instead (the record is dropped here), then reads again."""
+    cannot finish now: its task's event loop was closed under it (a loop closed
+    with tasks pending), or has stopped (``run_until_complete`` returned with the
+    load still pending). Nothing would write or release it until that loop runs
+    again, maybe never; whoever would wait for it releases it instead (the record
+    is dropped here), then reads again. Safe if the loop does run again: that
+    load's write needs the lease it no longer holds, so it is not stored."""
     with _lock:
         held = _lease_holders.get((scope, key))
         if held is None:
             return None
         flight, token = held
         leader = flight.leader
-        if isinstance(leader, asyncio.Task) and leader.get_loop().is_closed():
+        if isinstance(leader, asyncio.Task) and not leader.get_loop().is_running():
             del _lease_holders[(scope, key)]
             return token
         return None
