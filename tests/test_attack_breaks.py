@@ -1620,3 +1620,159 @@ def test_a_lease_left_by_a_load_on_a_stopped_loop_is_released_and_its_write_refu
         assert cache.get("k") == "fresh"
     finally:
         loop.close()
+
+
+# --------------------------------------------------------------- seventh round
+
+
+def test_a_placeholder_a_captured_helper_uses_counts_as_at_the_first_call() -> None:
+    with Cache() as cache:
+
+        def make(table: str) -> Any:
+            lookup: Any = None  # a placeholder, bound below
+
+            def inner(x: int) -> str:
+                return str(lookup(x))
+
+            @cache.cached
+            def get(x: int) -> str:
+                return inner(x)
+
+            def lookup(x: int) -> str:  # noqa: F811 - the placeholder's value
+                return f"{table}:{x}"
+
+            return get
+
+        users, orders = make("users"), make("orders")
+        assert (users(1), orders(1)) == ("users:1", "orders:1")
+
+
+def test_a_wrapper_passing_its_function_as_a_default_keeps_it_in_the_key() -> None:
+    with Cache() as cache:
+
+        def logged(fn: Any) -> Any:
+            @functools.wraps(fn)
+            def wrapper(*args: Any, _fn: Any = fn, **kwargs: Any) -> Any:
+                return _fn(*args, **kwargs)
+
+            return wrapper
+
+        def make(table: str) -> Any:
+            @cache.cached
+            @logged
+            def get(x: int) -> str:
+                return f"{table}:{x}"
+
+            return get
+
+        assert (make("users")(1), make("orders")(1)) == ("users:1", "orders:1")
+
+
+def test_a_class_based_decorator_is_named_by_its_instance_like_any_callable_object() -> None:
+    with Cache() as cache:
+
+        class Scaled:
+            def __init__(self, fn: Any, factor: int) -> None:
+                self.factor = factor
+                functools.update_wrapper(self, fn)
+
+            def __call__(self, x: int) -> int:
+                return int(self.__wrapped__(x)) * self.factor  # type: ignore[attr-defined]
+
+        def price(x: int) -> int:
+            return x
+
+        with pytest.raises(TypeError, match="Scaled"):
+            cache.cached(Scaled(price, 2))
+
+        def make(factor: int) -> Any:
+            scaled = Scaled(price, factor)
+
+            @cache.cached
+            def get(x: int) -> int:
+                return scaled(x)
+
+            return get
+
+        with pytest.raises(TypeError, match="Scaled"):
+            make(2)
+
+
+def test_a_local_cache_captured_by_a_shared_cache_is_named_alike_in_every_process(
+    redis_url: str,
+) -> None:
+    """Named by its id in this process: another process computed another key, and
+    its invalidate() missed the entry this one read."""
+    shared = Cache.from_url(redis_url, namespace="app")
+
+    def make_profile(l1: Cache) -> Any:
+        @shared.cached
+        def profile(uid: int) -> Any:
+            return l1.get(f"name:{uid}")
+
+        return profile
+
+    # Two local caches stand for the one each process has.
+    here, there = Cache(namespace="l1"), Cache(namespace="l1")
+    assert make_profile(here).key_for(1) == make_profile(there).key_for(1)
+    shared.close()
+
+
+def test_the_default_name_registry_forgets_dropped_functions() -> None:
+    import gc
+
+    from cachewise import keys
+
+    with Cache() as cache:
+        before = len(keys._claimed)
+
+        def make(i: int) -> Any:
+            @cache.cached
+            def get(x: int) -> int:
+                return x + i
+
+            return get
+
+        for i in range(500):
+            make(i)(1)
+        gc.collect()
+        assert len(keys._claimed) <= before + 1
+
+
+def test_a_name_replaced_at_the_first_call_is_not_held_against_others() -> None:
+    with Cache() as cache:
+
+        def make(kind: str, table: str) -> Any:
+            fmt: Any = None  # a placeholder, bound below
+            if kind == "loud":
+
+                @cache.cached
+                def get(x: int) -> str:
+                    return str(fmt(x)) + "!"
+            else:
+
+                @cache.cached
+                def get(x: int) -> str:
+                    return str(fmt(x)) + "."
+
+            def fmt(x: int) -> str:  # noqa: F811
+                return f"{table}:{x}"
+
+            return get
+
+        loud = make("loud", "users")
+        assert loud(1) == "users:1!"
+        quiet = make("quiet", "orders")  # its final name differs: not refused
+        assert quiet(1) == "orders:1."
+
+
+def test_enum_member_names_are_quoted_in_keys() -> None:
+    region = enum.Enum("Region", ["eu", "eu,2", "in progress"], module=__name__)  # type: ignore[misc]
+    with Cache() as cache:
+
+        @cache.cached
+        def f(items: Any) -> str:
+            return repr(items)
+
+        assert f((region["eu"], 2)) != f((region["eu,2"],))
+        assert "in progress" in f(region["in progress"])

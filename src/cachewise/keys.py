@@ -223,7 +223,7 @@ def encode_arg(value: Any) -> str:
     Supports None, bool, int, float, str, bytes and bytearray; lists, tuples, sets,
     frozensets and dicts of those; any object with a ``__cache_key__()`` method
     that returns a str; classes defined at module level (``class:module.Class``, a
-    classmethod's ``cls``) and enum members (``enum:module.Class.NAME``; an int or
+    classmethod's ``cls``) and enum members (``enum:module.Class."NAME"``; an int or
     str enum's member is encoded as its plain value). Anything else is a
     ``TypeError``: its ``repr`` may hold a memory address, and a key that differs
     per process is a silent miss.
@@ -278,7 +278,7 @@ def encode_arg(value: Any) -> str:
         return _class_part(value)
     hook = getattr(value, "__cache_key__", None)
     if not callable(hook) and isinstance(value, enum.Enum):
-        return f"enum:{_class_part(type(value))[6:]}.{value.name}"
+        return f"enum:{_class_part(type(value))[6:]}.{_quote(value.name)}"
     if callable(hook):
         result = hook()
         if not isinstance(result, str):
@@ -365,10 +365,12 @@ def default_key_name(func: Callable[..., Any]) -> str:
     return default_key_naming(func)[0]
 
 
-def default_key_naming(func: Callable[..., Any]) -> tuple[str, str]:
+def default_key_naming(func: Callable[..., Any], shared: bool = False) -> tuple[str, str]:
     """``default_key_name`` and a fingerprint of the code it stands for (the
-    function's and every captured helper's bytecode, constants and names)."""
-    namer = _Namer()
+    function's and every captured helper's bytecode, constants and names).
+    ``shared``: the entries live in a store other processes share (so a captured
+    process-local cache is named by its namespace, the same in every process)."""
+    namer = _Namer(shared)
     try:
         name = namer.name(func, frozenset())
     except RecursionError:
@@ -398,9 +400,10 @@ class _Namer:
     """One naming pass: what it named (memoized, so a helper captured by many
     closures is named once) and the code objects it met."""
 
-    def __init__(self) -> None:
+    def __init__(self, shared: bool = False) -> None:
         self.memo: dict[tuple[int, bool], str] = {}
         self.codes: list[CodeType] = []
+        self.shared = shared
 
     def name(self, func: Callable[..., Any], seen: frozenset[int], helper: bool = False) -> str:
         # Unwrap what only decorates: a staticmethod/classmethod object's function.
@@ -448,8 +451,10 @@ class _Namer:
             return _class_part(func)
         if not inspect.isfunction(func):
             wrapped = getattr(func, "__wrapped__", None)
-            if wrapped is not None and callable(wrapped) and not isinstance(func, type):
+            if callable(wrapped) and _is_pure_wrapper(func):
                 # lru_cache, a cachewise CachedFunction: the results are what it wraps.
+                # (Any other object is named by its __cache_key__, as callable objects
+                # are: a class-based decorator's state is its own.)
                 return f"{function_name(type(func))}({self.name(wrapped, seen, helper)})"
             call = type(func).__call__
             return f"{function_name(call)}[self={_instance_name(func)}]"
@@ -480,8 +485,10 @@ class _Namer:
                 captured.append(f"{var}={part}")
         # A captured helper's defaults shape its results as much as its captures do
         # (``def lookup(key, _table=table)``). The decorated function's own defaults
-        # are applied to each call's arguments instead (see function_key).
-        if helper:
+        # are applied to each call's arguments instead (see function_key), unless it
+        # is a functools.wraps wrapper: its call signature is the wrapped function's,
+        # and its own defaults (``_fn=fn``) would be left out.
+        if helper or getattr(func, "__wrapped__", None) is not None:
             for index, value in enumerate(func.__defaults__ or ()):
                 part = self.captured(func, f"default {index}", value, seen)
                 captured.append(f"*{index}={part}")
@@ -504,13 +511,13 @@ class _Namer:
             # Two caches name the same entries when they share a store and a
             # namespace (and version): a server's identity, or this process's
             # memory store (the entries live only here anyway).
-            return f"cache:{_quote(_store_name(value) + '/' + value._prefix)}"
+            return f"cache:{_quote(_store_name(value, self.shared) + '/' + value._prefix)}"
         if inspect.ismodule(value):
             return f"module:{value.__name__}"
         if isinstance(value, type):
             return _class_part(value)
         if isinstance(value, enum.Enum):
-            return f"enum:{_class_part(type(value))[6:]}.{value.name}"
+            return f"enum:{_class_part(type(value))[6:]}.{_quote(value.name)}"
         if isinstance(value, logging.Logger):  # one per name in a process
             return f"logger:{_quote(value.name)}"
         if isinstance(value, (staticmethod, classmethod)) or (
@@ -541,15 +548,17 @@ class _Namer:
         )
 
 
-# Default key names in use by live functions: name -> (code fingerprint, the
-# functions using it). An entry goes when its last function does.
-_claimed: dict[str, tuple[str, weakref.WeakSet[Any]]] = {}
+# Default key names in use by live functions: name -> (code fingerprint, how many
+# live functions use it). Counted, not a WeakSet: an entry must go the moment its
+# last function does (a WeakSet still counts a function while its finalizer runs).
+_claimed: dict[str, tuple[str, int]] = {}
 _claimed_lock = threading.Lock()
 
 
-def claim_default_name(name: str, fingerprint: str, owner: object) -> None:
+def claim_default_name(name: str, fingerprint: str, owner: object) -> Callable[[], Any]:
     """Record that ``owner`` (a decorated function) uses the default key name
-    ``name`` for code with ``fingerprint``; ``TypeError`` when other live
+    ``name`` for code with ``fingerprint``, until ``owner`` is collected or the
+    returned function is called (a rename); ``TypeError`` when other live
     functions already use it for different code (two definitions of one name
     under an ``if`` in a factory, two ``functools.wraps`` wrappers of one
     function): they would read each other's entries. The same code decorated
@@ -557,12 +566,9 @@ def claim_default_name(name: str, fingerprint: str, owner: object) -> None:
     for attempt in (1, 2):
         with _claimed_lock:
             held = _claimed.get(name)
-            if held is None or not held[1] or held[0] == fingerprint:
-                if held is None or held[0] != fingerprint:
-                    held = _claimed[name] = (fingerprint, weakref.WeakSet())
-                held[1].add(owner)
-                weakref.finalize(owner, _forget, name)
-                return
+            if held is None or held[0] == fingerprint:
+                _claimed[name] = (fingerprint, (held[1] if held else 0) + 1)
+                return weakref.finalize(owner, _unclaim, name, fingerprint)
         if attempt == 1:
             gc.collect()  # the others may be garbage not yet collected (a cycle)
     raise TypeError(
@@ -573,19 +579,37 @@ def claim_default_name(name: str, fingerprint: str, owner: object) -> None:
     )
 
 
-def _forget(name: str) -> None:
+def _unclaim(name: str, fingerprint: str) -> None:
     with _claimed_lock:
         held = _claimed.get(name)
-        if held is not None and not held[1]:
+        if held is None or held[0] != fingerprint:
+            return
+        if held[1] <= 1:
             del _claimed[name]
+        else:
+            _claimed[name] = (fingerprint, held[1] - 1)
 
 
-def _store_name(cache: Any) -> str:
-    """A cache's store, for a default key that captures the cache."""
-    scope = getattr(cache, "_scope", None)  # a Redis server's identity, if it has one
+def _store_name(cache: Any, shared: bool) -> str:
+    """A cache's store, for a default key that captures the cache: a Redis
+    server's identity; a process-local store by its identity in this process, or
+    (when the key goes to a shared store, where every process must spell it
+    alike) just "local": two local caches captured there need two namespaces."""
+    scope = getattr(cache, "_scope", None)
     if isinstance(scope, str):
         return scope
+    if shared:
+        return "local"
     return f"local@{id(scope if scope is not None else cache.backend):x}"
+
+
+def _is_pure_wrapper(func: object) -> bool:
+    """A wrapper whose results are exactly its wrapped function's (memoized):
+    ``functools.lru_cache``/``cache`` and cachewise's own decorated functions."""
+    if isinstance(func, functools._lru_cache_wrapper):
+        return True
+    module = type(func).__module__ or ""
+    return module.startswith("cachewise.")
 
 
 #: Containers whose contents can change after decoration: a key taken from them

@@ -47,17 +47,19 @@ class KeyBuilder:
 
     __slots__ = (
         "__weakref__",
-        "_cells",
         "_func",
         "_key_name",
         "_lock",
         "_max_keys",
         "_name",
+        "_named_once",
         "_on_max_keys",
         "_seen",
+        "_shared",
         "_signature",
         "_tags",
         "_template",
+        "_unclaim",
         "_warned",
     )
 
@@ -68,6 +70,7 @@ class KeyBuilder:
         tags: Sequence[str] = (),
         max_keys: int | None = None,
         on_max_keys: OnMaxKeys = "warn",
+        shared: bool = False,
     ) -> None:
         self._signature = inspect.signature(func)
         self._name = function_name(func)
@@ -75,14 +78,14 @@ class KeyBuilder:
         # Default keys start with a name that tells apart functions sharing a
         # qualname (lambdas, closures of one factory): see default_key_name.
         self._key_name = self._name
-        # The closure's cells as they were named: a name rebound before the first
-        # call (a placeholder set below the decorated function) is named again then.
-        self._cells: list[tuple[Any, Any]] | None = None
+        # Named at decoration (so that what cannot be named fails there), and again
+        # at the first call: a name the closure (or a helper it captures) uses may
+        # be bound only after decoration (a placeholder set below it).
+        self._shared = shared
+        self._unclaim: Callable[[], Any] | None = None
+        self._named_once = key is None
         if key is None:
             self._key_name = self._claim()
-            closure = getattr(func, "__closure__", None)
-            if closure:
-                self._cells = [(cell, _contents(cell)) for cell in closure]
         params = list(self._signature.parameters)
         self._template = None if key is None else KeyTemplate(key)
         if self._template is not None:
@@ -106,16 +109,20 @@ class KeyBuilder:
         _forksafe.register(self)
 
     def _claim(self) -> str:
-        name, fingerprint = default_key_naming(self._func)
-        claim_default_name(name, fingerprint, self)
+        name, fingerprint = default_key_naming(self._func, self._shared)
+        if self._unclaim is not None and name == self._key_name:
+            return name  # (claimed already)
+        unclaim = claim_default_name(name, fingerprint, self)
+        if self._unclaim is not None:
+            self._unclaim()  # the name taken at decoration, now replaced
+        self._unclaim = unclaim
         return name
 
     def _first_call(self) -> None:
         with self._lock:  # (concurrent first calls: every one gets the final name)
-            cells = self._cells
-            if cells is not None and any(_contents(c) is not v for c, v in cells):
+            if self._named_once:
                 self._key_name = self._claim()
-            self._cells = None
+                self._named_once = False
 
     def _fork_locks(self) -> list[threading.Lock]:
         return []
@@ -143,7 +150,7 @@ class KeyBuilder:
         if self._template is not None:
             key = self._template.format(values)
         else:
-            if self._cells is not None:
+            if self._named_once:
                 self._first_call()
             key = function_key(self._key_name, bound)
         return key, tuple(t.format(values) for t in self._tags)
@@ -338,16 +345,6 @@ class _BoundCached:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._func, name)
-
-
-_UNBOUND = object()
-
-
-def _contents(cell: Any) -> Any:
-    try:
-        return cell.cell_contents
-    except ValueError:  # empty: not bound yet
-        return _UNBOUND
 
 
 def check_not_generator(func: object, decorator: str) -> None:

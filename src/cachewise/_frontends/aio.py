@@ -1335,7 +1335,9 @@ class AsyncCache(CacheBase):
 
         def decorate(func: Callable[P, Awaitable[R]]) -> AsyncCachedFunction[P, R]:
             _check_async_callable(func, "cached")
-            keys = KeyBuilder(func, key, tags, max_keys, on_max_keys)
+            # (Shared: entries other processes read, so keys all processes spell alike.)
+            shared = not isinstance(self._backend, MemoryBackend)
+            keys = KeyBuilder(func, key, tags, max_keys, on_max_keys, shared)
             cached = AsyncCachedFunction(self, func, keys, ttl)
             self._declare_read(func, keys, ttl, owner=cached)
             return cached

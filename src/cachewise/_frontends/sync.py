@@ -1128,7 +1128,9 @@ class Cache(CacheBase):
 
         def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
             _check_sync_callable(func, "cached")
-            keys = KeyBuilder(func, key, tags, max_keys, on_max_keys)
+            # (Shared: entries other processes read, so keys all processes spell alike.)
+            shared = not isinstance(self._backend, MemoryBackend)
+            keys = KeyBuilder(func, key, tags, max_keys, on_max_keys, shared)
             cached = CachedFunction(self, func, keys, ttl)
             self._declare_read(func, keys, ttl, owner=cached)
             return cached
