@@ -290,7 +290,7 @@ class Cache(CacheBase):
         its exception. Stale and early-refresh handling follow the cache's options.
         ``tags``: the entry is invalidated by ``invalidate_tags`` of any of them.
         """
-        # The hit path, kept to one dict lookup, one clock read and one comparison.
+        # The hit path, kept to one backend call, one clock read and one comparison.
         # refresh_at is the instant before which the entry is certainly fresh and
         # needs no XFetch draw; everything else goes to the decision core.
         # (An empty key must not hit the entry named by the bare prefix: validated.)
@@ -301,30 +301,6 @@ class Cache(CacheBase):
             check_loader(loader)
         if ttl is not None:
             ttl = check_ttl(ttl)
-        data = self._mdata
-        if data is not None and not tags and not self._unsettled:
-            # MemoryBackend.get, inlined (a call is a sixth of a hit's cost), for
-            # an untagged entry: it only needs marking as recently used. (Checked
-            # before the read, as _held_view is: see _read_slow.)
-            entry = data.get(full)
-            if entry is not None and not entry.tags and self._clock() < entry.refresh_at:
-                try:
-                    data.move_to_end(full)
-                except KeyError:
-                    pass  # removed meanwhile: this read is ordered before that
-                counters = self._counters
-                counters.hits += 1
-                if entry.negative:
-                    counters.negative_hits += 1
-                value: T = entry.value
-                return value
-        return self._read(full, loader, ttl, tags)
-
-    def _read(
-        self, full: str, loader: Callable[[], T], ttl: float | None, tags: Iterable[str]
-    ) -> T:
-        """get_or_load past its fast path: tags, a held invalidation, another
-        backend, or an entry that is not certainly fresh."""
         ftags = self._entry_tags(tags) if tags else ()
         view = self._held_view() if self._unsettled else None
         data = self._mdata
