@@ -1776,3 +1776,51 @@ def test_enum_member_names_are_quoted_in_keys() -> None:
 
         assert f((region["eu"], 2)) != f((region["eu,2"],))
         assert "in progress" in f(region["in progress"])
+
+
+# ---------------------------------------------------------------- eighth round
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async", "sync-clear"])
+def test_a_set_that_got_no_answer_cannot_land_after_a_later_delete(
+    fresh_redis_server: Any, flavour: str
+) -> None:
+    """set() timed out (its request held up on the wire: a lost packet TCP
+    retransmits late), then delete() returned and the held invalidation settled;
+    the late SET landed afterwards and the old value was served for the TTL."""
+    from tests.support.faults import LatencyProxy
+
+    raw = redis.Redis(port=fresh_redis_server.port)
+    with LatencyProxy(fresh_redis_server.port) as proxy:
+        proxy.hold_requests(b"ZOMBIE", 1.0)
+        url = proxy.url + "?socket_timeout=0.25"
+        if flavour.startswith("sync"):
+            cache = Cache.from_url(url, ttl=60)
+            cache.set("item", "ZOMBIE-v1")  # no answer: held, maybe still on the wire
+            if flavour == "sync-clear":
+                cache.clear()
+            else:
+                cache.delete("item")  # the write that followed it
+        else:
+            acache = AsyncCache.from_url(url, ttl=60)
+
+            async def write() -> None:
+                await acache.set("item", "ZOMBIE-v1")
+                await acache.delete("item")
+
+            asyncio.run(write())
+        stats: Any = cache.stats if flavour.startswith("sync") else acache.stats
+        deadline = time.monotonic() + JOIN
+        while stats().invalidations_pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stats().invalidations_pending == 0
+        # The held-up SET reaches Redis about a second after it was sent.
+        watch_until = time.monotonic() + 3.0
+        while time.monotonic() < watch_until:
+            assert raw.get("{item}") is None, "a set older than the delete landed"
+            time.sleep(0.05)
+        if flavour.startswith("sync"):
+            cache.close()
+        else:
+            asyncio.run(acache.aclose())
+    raw.close()

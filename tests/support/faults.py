@@ -255,6 +255,12 @@ class LatencyProxy:
         """Reset every connection, current and new, until ``forward()``."""
         self._set_mode("refuse")
 
+    def hold_requests(self, marker: bytes, seconds: float) -> None:
+        """From now on, hold each request that contains ``marker`` ``seconds`` on
+        its way to the server (its connection's later bytes wait behind it): a
+        lost packet, retransmitted late, while other connections are fine."""
+        self._command(f"hold {marker.hex()} {float(seconds)!r}")
+
     def reset_connections(self) -> None:
         """Reset the current connections once (new ones are served as usual)."""
         self._command("reset")
@@ -366,15 +372,20 @@ class _Direction:
 class _Link:
     """One proxied connection: the client's socket and ours to the server."""
 
-    __slots__ = ("client", "down", "server", "up")
+    __slots__ = ("client", "closing", "down", "server", "up")
 
     def __init__(self, client: socket.socket, server: socket.socket | None) -> None:
         self.client = client
+        # The client has gone with requests still held: as a kernel does with a
+        # closed socket's unsent data, they are delivered, then the link closes.
+        self.closing = False
         self.server = server  # None: accepted during a black hole, goes nowhere
         self.up = _Direction(server) if server is not None else None
         self.down = _Direction(client) if server is not None else None
 
     def sockets(self) -> list[socket.socket]:
+        if self.closing:
+            return [] if self.server is None else [self.server]
         return [self.client] if self.server is None else [self.client, self.server]
 
 
@@ -385,6 +396,10 @@ class _ProxyLoop:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.delay = 0.0
+        # Requests holding this marker are held that long on their way to the
+        # server (a lost packet TCP retransmits late), the rest of their
+        # connection behind them.
+        self.hold: tuple[bytes, float] | None = None
         self.mode = "forward"
         self.accepted = 0
         self.dropped = 0
@@ -439,6 +454,8 @@ class _ProxyLoop:
     def _apply(self, words: list[str]) -> str:
         if words[:1] == ["delay"] and len(words) == 2:
             self.delay = float(words[1])
+        elif words[:1] == ["hold"] and len(words) == 3:
+            self.hold = (bytes.fromhex(words[1]), float(words[2]))
         elif words[:1] == ["mode"] and len(words) == 2 and words[1] in _MODES:
             self.mode = words[1]
             if self.mode == "refuse":
@@ -501,14 +518,27 @@ class _ProxyLoop:
         except OSError:
             data = b""
         if not data:  # one side closed: close the other side too
+            up = link.up
+            if sock is link.client and up is not None and (up.held or up.out):
+                self._selector.unregister(sock)
+                sock.close()
+                link.closing = True  # after the held requests (see _flush)
+                return
             self._drop(link, reset=False)
             return
         if self.mode != "forward" or link.up is None or link.down is None:
             self.dropped += len(data)
             return
         if sock is link.client:
-            link.up.out += data  # requests reach the server at once
-            self._want_write(link, link.up.dst)
+            held = self.hold is not None and self.hold[0] in data
+            if not held and not link.up.held:
+                link.up.out += data  # requests reach the server at once
+                self._want_write(link, link.up.dst)
+                return
+            due = time.monotonic() + (self.hold[1] if held and self.hold else 0.0)
+            if link.up.held:  # in order behind a held request
+                due = max(due, link.up.held[-1][0])
+            link.up.held.append((due, data))
             return
         due = time.monotonic() + self.delay
         if link.down.held:  # never overtake a chunk held for longer
@@ -520,19 +550,22 @@ class _ProxyLoop:
         now = time.monotonic()
         wait = _TICK
         for link in list(self._links):
-            down = link.down
-            if down is None:
+            if link.closing and link.up is not None and not (link.up.held or link.up.out):
+                self._drop(link, reset=False)
                 continue
-            if self.mode != "forward":
-                self.dropped += sum(len(data) for _, data in down.held)
-                down.held.clear()
-                continue
-            while down.held and down.held[0][0] <= now:
-                down.out += down.held.popleft()[1]
-            if down.out:
-                self._want_write(link, down.dst)
-            if down.held:
-                wait = min(wait, max(down.held[0][0] - now, 0.0))
+            for way in (link.down, link.up):
+                if way is None or (link.closing and way is link.down):
+                    continue
+                if self.mode != "forward":
+                    self.dropped += sum(len(data) for _, data in way.held)
+                    way.held.clear()
+                    continue
+                while way.held and way.held[0][0] <= now:
+                    way.out += way.held.popleft()[1]
+                if way.out:
+                    self._want_write(link, way.dst)
+                if way.held:
+                    wait = min(wait, max(way.held[0][0] - now, 0.0))
         return wait
 
     def _send(self, link: _Link, sock: socket.socket) -> None:

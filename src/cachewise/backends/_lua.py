@@ -140,12 +140,28 @@ return existed
 WRITE = (
     _NOTIFY
     + """
+-- KEYS: value, lease, waiters, fence. ARGV: 'set' or 'del', payload, px, channel,
+-- key, then for a set its issue time (microseconds), for a delete the fence to
+-- leave ('' for none), and the fence's lifetime (ms).
+-- A set whose answer never came may still be on the wire (a lost packet, TCP
+-- retransmitting it for seconds) when a later delete has returned: that delete
+-- leaves a fence at the set's issue time, and a set issued no later is refused.
 local result
 if ARGV[1] == 'set' then
+  local fence = redis.call('GET', KEYS[4])
+  if fence and tonumber(fence) >= tonumber(ARGV[6]) then
+    return -1
+  end
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   result = 1
 else
   result = redis.call('DEL', KEYS[1])
+  if ARGV[6] ~= '' then
+    local old = redis.call('GET', KEYS[4])
+    if not old or tonumber(old) < tonumber(ARGV[6]) then
+      redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[7])
+    end
+  end
 end
 redis.call('DEL', KEYS[2])
 notify(KEYS[3], ARGV[4], ARGV[5])

@@ -77,6 +77,11 @@ def _keys(key: str) -> tuple[str, str, str]:
     return base, base + ":lease", base + ":waiters"
 
 
+#: How long a delete's fence against a set that may still be on the wire lives:
+#: longer than TCP keeps retransmitting a segment (about 15 minutes by default).
+FENCE_MS = 3_600_000
+
+
 def tag_key(tag: str) -> str:
     """The Redis key holding a tag's current version (its own hash slot)."""
     if not tag:
@@ -181,6 +186,10 @@ class _RedisCommon:
         self._release_sha = _lua.sha1(_lua.RELEASE)
         self._write_sha = _lua.sha1(_lua.WRITE)
         self._decode_errors = 0
+        # Keys whose set got no answer (timed out, cancelled): the set may land
+        # later, after a delete. The next delete of such a key leaves a fence at
+        # the set's issue time (see _lua.WRITE). key -> issue time (µs).
+        self._fences: dict[str, int] = {}
 
     def _fork_locks(self) -> list[Any]:
         # redis-py's sync pools (see _forksafe): no thread may be resetting one, or
@@ -311,13 +320,31 @@ class _RedisCommon:
 
     def _write_args(self, key: str, entry: Entry | None) -> list[Any]:
         value, lease, waiters = _keys(key)
+        keys = [4, value, lease, waiters, value + ":fence"]
         if entry is not None:
             payload = self.codec.encode(entry)  # raises before any I/O: nothing half-written
             px = self._px(entry)
             if px > 0:
-                return [3, value, lease, waiters, "set", payload, px, CHANNEL, key]
+                issued = time.time_ns() // 1000
+                return [*keys, "set", payload, px, CHANNEL, key, issued, FENCE_MS]
             # (Stamped longer than tag_ttl ago: it may not be stored; see _px.)
-        return [3, value, lease, waiters, "del", "", 0, CHANNEL, key]
+        fence = self._fences.get(key)
+        return [*keys, "del", "", 0, CHANNEL, key, "" if fence is None else fence, FENCE_MS]
+
+    def _unanswered(self, calls: list[list[Any]]) -> None:
+        """Sets sent without an answer (a timeout, a cancellation): remember their
+        issue times, for the fence of the next delete of each key."""
+        for args in calls:
+            if args[5] == "set":
+                key, issued = args[9], args[10]
+                self._fences[key] = max(self._fences.get(key, 0), issued)
+
+    def _fenced(self, calls: list[list[Any]]) -> None:
+        """Deletes that landed: their fences are in Redis now."""
+        for args in calls:
+            fence = args[10]
+            if fence != "" and self._fences.get(args[9]) == fence:
+                self._fences.pop(args[9], None)
 
     def _set_leased_args(self, key: str, entry: Entry, token: str) -> list[Any] | None:
         """The lease holder's write, or ``None`` when the entry may not be stored
@@ -453,7 +480,9 @@ class RedisBackend(_RedisCommon):
     def _delete_each(self, keys: Sequence[str]) -> list[bool]:
         """``delete`` for several keys, pipelined; for each, whether it existed."""
         calls = [self._write_args(k, None) for k in keys]
-        return [bool(r) for r in self._pipeline_scripts(_lua.WRITE, calls, self._writer)]
+        replies = self._pipeline_scripts(_lua.WRITE, calls, self._writer)
+        self._fenced(calls)
+        return [bool(r) for r in replies]
 
     # -- Backend ------------------------------------------------------------------
 
@@ -518,18 +547,31 @@ class RedisBackend(_RedisCommon):
         return self._keep_valid(entries, tags, self._mget(list(map(tag_key, tags))) if tags else [])
 
     def set(self, key: str, entry: Entry) -> None:
-        """Write the entry and drop any lease on the key."""
-        self._script(_lua.WRITE, self._write_sha, self._write_args(key, entry))
+        """Write the entry and drop any lease on the key (refused if a later
+        delete fenced it: see ``_lua.WRITE``)."""
+        args = self._write_args(key, entry)
+        try:
+            self._script(_lua.WRITE, self._write_sha, args)
+        except BaseException:
+            self._unanswered([args])
+            raise
 
     def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
         """``set`` for several keys, pipelined."""
         if items:
-            self._pipeline_scripts(_lua.WRITE, [self._write_args(k, e) for k, e in items])
+            calls = [self._write_args(k, e) for k, e in items]
+            try:
+                self._pipeline_scripts(_lua.WRITE, calls)
+            except BaseException:
+                self._unanswered(calls)
+                raise
 
     def delete(self, key: str) -> bool:
         """Delete the value and its lease; whether the value existed."""
         args = self._write_args(key, None)
-        return bool(self._script(_lua.WRITE, self._write_sha, args, self._writer))
+        existed = bool(self._script(_lua.WRITE, self._write_sha, args, self._writer))
+        self._fenced([args])
+        return existed
 
     def delete_many(self, keys: Sequence[str]) -> int:
         """``delete`` for several keys, pipelined; how many existed."""
@@ -537,6 +579,7 @@ class RedisBackend(_RedisCommon):
             return 0
         calls = [self._write_args(k, None) for k in keys]
         replies = self._pipeline_scripts(_lua.WRITE, calls, self._writer)
+        self._fenced(calls)
         return sum(int(r) for r in replies)
 
     def clear(self, prefix: str = "") -> int:
@@ -558,6 +601,9 @@ class RedisBackend(_RedisCommon):
                     batch = []
         if batch:
             count += self._writer.delete(*batch)
+        fenced = [key for key in list(self._fences) if key.startswith(prefix)]
+        if fenced:  # sets of this prefix that got no answer: fence them too
+            self._delete_each(fenced)
         return int(count)
 
     def close(self) -> None:
@@ -694,6 +740,7 @@ class AsyncRedisBackend(_RedisCommon):
         self._draining = False
         if offload:
             self._offloaded = RedisBackend(invalidation_client, codec=self.codec, **options)
+            self._offloaded._fences = self._fences  # its deletes fence our sets
             self._queue_limit = _socket_timeout(invalidation_client) / 2
 
     def _after_fork_child(self) -> None:
@@ -919,13 +966,23 @@ class AsyncRedisBackend(_RedisCommon):
         return self._keep_valid(entries, tags, versions)
 
     async def set(self, key: str, entry: Entry) -> None:
-        """Write the entry and drop any lease on the key."""
-        await self._script(_lua.WRITE, self._write_sha, self._write_args(key, entry))
+        """Write the entry and drop any lease on the key (see ``RedisBackend.set``)."""
+        args = self._write_args(key, entry)
+        try:
+            await self._script(_lua.WRITE, self._write_sha, args)
+        except BaseException:  # a cancelled set may be on the wire too
+            self._unanswered([args])
+            raise
 
     async def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
         """``set`` for several keys, pipelined."""
         if items:
-            await self._pipeline_scripts(_lua.WRITE, [self._write_args(k, e) for k, e in items])
+            calls = [self._write_args(k, e) for k, e in items]
+            try:
+                await self._pipeline_scripts(_lua.WRITE, calls)
+            except BaseException:
+                self._unanswered(calls)
+                raise
 
     async def delete(self, key: str) -> bool:
         """Delete the value and its lease; whether the value existed."""
@@ -933,7 +990,9 @@ class AsyncRedisBackend(_RedisCommon):
             return await self._delete_batched(key)
         args = self._write_args(key, None)
         await self._ready()
-        return bool(await self._script(_lua.WRITE, self._write_sha, args, self._writer))
+        existed = bool(await self._script(_lua.WRITE, self._write_sha, args, self._writer))
+        self._fenced([args])
+        return existed
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         """``delete`` for several keys, pipelined; how many existed."""
@@ -944,6 +1003,7 @@ class AsyncRedisBackend(_RedisCommon):
         calls = [self._write_args(k, None) for k in keys]
         await self._ready()
         replies = await self._pipeline_scripts(_lua.WRITE, calls, self._writer)
+        self._fenced(calls)
         return sum(int(r) for r in replies)
 
     async def clear(self, prefix: str = "") -> int:
@@ -962,6 +1022,9 @@ class AsyncRedisBackend(_RedisCommon):
         count = 0
         for start in range(0, len(values), 500):
             count += await _kept(self._writer.delete(*values[start : start + 500]))
+        fenced = [key for key in list(self._fences) if key.startswith(prefix)]
+        if fenced:  # (see RedisBackend.clear)
+            await self.delete_many(fenced)
         return int(count)
 
     async def aclose(self) -> None:
