@@ -1824,3 +1824,86 @@ def test_a_set_that_got_no_answer_cannot_land_after_a_later_delete(
         else:
             asyncio.run(acache.aclose())
     raw.close()
+
+
+# ----------------------------------------------------------------- ninth round
+
+
+def test_a_cancelled_async_set_cannot_land_after_another_front_ends_delete(
+    fresh_redis_server: Any,
+) -> None:
+    """A cancelled AsyncCache.set was not held, and only its own backend knew of
+    it: a sync Cache's delete (how Django pairs them) carried no fence, and the
+    late set landed for the TTL."""
+    from tests.support.faults import LatencyProxy
+
+    raw = redis.Redis(port=fresh_redis_server.port)
+    with LatencyProxy(fresh_redis_server.port) as proxy:
+        proxy.hold_requests(b"ZOMBIE", 1.0)
+        acache = AsyncCache.from_url(proxy.url, ttl=600)
+        cache = Cache.from_url(proxy.url, ttl=600)
+
+        async def write() -> None:
+            await acache.set("item", "warm")
+            task = asyncio.create_task(acache.set("item", "ZOMBIE-old"))
+            await asyncio.sleep(0.1)  # sent, held on the wire
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            cache.delete("item")  # the other front end's write
+            await asyncio.sleep(1.5)  # the held-up set arrives meanwhile
+
+        asyncio.run(write())
+        assert raw.get("{item}") is None, "a cancelled set older than the delete landed"
+        cache.close()
+        asyncio.run(acache.aclose())
+    raw.close()
+
+
+def test_backends_of_one_server_fence_each_others_unanswered_sets(
+    fresh_redis_server: Any,
+) -> None:
+    """Caches on one server share held invalidations, so a sibling may apply one:
+    its delete carried no fence (the fences were per backend)."""
+    from cachewise.backends import RedisBackend
+    from tests.support.faults import LatencyProxy
+
+    raw = redis.Redis(port=fresh_redis_server.port)
+    with LatencyProxy(fresh_redis_server.port) as proxy:
+        proxy.hold_requests(b"ZOMBIE", 1.0)
+        # Both name the server 127.0.0.1:<port>: one through the proxy.
+        slow = RedisBackend(
+            redis.Redis(port=proxy.port, socket_timeout=0.25),
+            owns_client=True,
+            lease_scope=f"test:{fresh_redis_server.port}",
+        )
+        other = RedisBackend(
+            redis.Redis(port=fresh_redis_server.port),
+            owns_client=True,
+            lease_scope=f"test:{fresh_redis_server.port}",
+        )
+        with Cache(other) as sibling:
+            entry = sibling._new_entry("ZOMBIE-old", sibling._clock(), 600, 0.0, False)
+            with pytest.raises(redis.TimeoutError):
+                slow.set("item", entry)  # no answer (and no front end to hold it)
+            other.delete("item")  # the sibling settles it: fenced
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                assert raw.get("{item}") is None, "the late set landed"
+                time.sleep(0.05)
+            assert sibling.get("item") is MISSING
+        slow.close()
+    raw.close()
+
+
+def test_a_set_refused_by_a_fence_leaves_a_miss_not_the_old_value(redis_url: str) -> None:
+    """The refused set kept the old value (and any load's lease): a stale hit."""
+    raw = redis.Redis.from_url(redis_url)
+    with Cache.from_url(redis_url, ttl=600) as cache:
+        cache.set("k", "old")
+        future = (time.time_ns() // 1000) + 60_000_000  # a fence a minute ahead
+        raw.set("{k}:fence", future)  # (as left by a delete fencing a set issued then)
+        cache.set("k", "new")  # issued before that fence: refused
+        assert cache.get("k") is MISSING
+        raw.delete("{k}:fence")
+    raw.close()

@@ -459,10 +459,16 @@ class AsyncCache(CacheBase):
             self._unsettle(keys=[full])
             return
         entry = self._new_entry(value, self._clock(), ttl, 0.0, False, ftags, stamp)
-        if entry is None:
-            result = await self._bcall("delete", full)
-        else:
-            result = await self._bcall("set", full, entry)
+        try:
+            if entry is None:
+                result = await self._bcall("delete", full)
+            else:
+                result = await self._bcall("set", full, entry)
+        except asyncio.CancelledError:
+            # Cancelled mid-write: the set may still land (on the wire). Held, so
+            # the settler deletes the key again, fenced against that late set.
+            self._unsettle(keys=[full])
+            raise
         if result is _FAILED:
             self._unsettle(keys=[full])  # the old value may still be there
 
@@ -490,9 +496,13 @@ class AsyncCache(CacheBase):
             self._unsettle(keys=full_keys)
             return
         pairs, dropped = self._entries_for(items, ttl, ftags, stamp)
-        failed = pairs and await self._bcall("set_many", pairs) is _FAILED
-        if dropped and await self._bcall("delete_many", dropped) is _FAILED:
-            failed = True
+        try:
+            failed = pairs and await self._bcall("set_many", pairs) is _FAILED
+            if dropped and await self._bcall("delete_many", dropped) is _FAILED:
+                failed = True
+        except asyncio.CancelledError:
+            self._unsettle(keys=full_keys)  # (see set)
+            raise
         if failed:
             self._unsettle(keys=full_keys)
 

@@ -146,14 +146,18 @@ WRITE = (
 -- A set whose answer never came may still be on the wire (a lost packet, TCP
 -- retransmitting it for seconds) when a later delete has returned: that delete
 -- leaves a fence at the set's issue time, and a set issued no later is refused.
+-- A refused set still deletes what it meant to replace (and revokes any load in
+-- flight, below): a miss, never the value before it.
 local result
 if ARGV[1] == 'set' then
   local fence = redis.call('GET', KEYS[4])
   if fence and tonumber(fence) >= tonumber(ARGV[6]) then
-    return -1
+    redis.call('DEL', KEYS[1])
+    result = -1
+  else
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    result = 1
   end
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  result = 1
 else
   result = redis.call('DEL', KEYS[1])
   if ARGV[6] ~= '' then

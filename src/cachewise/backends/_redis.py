@@ -80,6 +80,18 @@ def _keys(key: str) -> tuple[str, str, str]:
 #: How long a delete's fence against a set that may still be on the wire lives:
 #: longer than TCP keeps retransmitting a segment (about 15 minutes by default).
 FENCE_MS = 3_600_000
+_FENCES_PRUNE_AT = 10_000
+
+# One table of unanswered sets per Redis server (see _RedisCommon._fences).
+_fence_tables: dict[str, dict[str, int]] = {}
+_fence_tables_lock = threading.Lock()
+
+
+def _fence_table(scope: str | None) -> dict[str, int]:
+    if scope is None:
+        return {}
+    with _fence_tables_lock:
+        return _fence_tables.setdefault(scope, {})
 
 
 def tag_key(tag: str) -> str:
@@ -188,8 +200,10 @@ class _RedisCommon:
         self._decode_errors = 0
         # Keys whose set got no answer (timed out, cancelled): the set may land
         # later, after a delete. The next delete of such a key leaves a fence at
-        # the set's issue time (see _lua.WRITE). key -> issue time (µs).
-        self._fences: dict[str, int] = {}
+        # the set's issue time (see _lua.WRITE). key -> issue time (µs). Shared by
+        # the backends of one server in this process: the caches on it share their
+        # held invalidations, and whichever settles one must fence it.
+        self._fence_table: dict[str, int] | None = None  # (see _fences; found lazily)
 
     def _fork_locks(self) -> list[Any]:
         # redis-py's sync pools (see _forksafe): no thread may be resetting one, or
@@ -208,6 +222,18 @@ class _RedisCommon:
         # (redis-py gives the child fresh connections: its pools check the pid).
         self._notify = None
         self._notify_lock = threading.Lock()
+
+    @property
+    def _fences(self) -> dict[str, int]:
+        # Found on first use: naming the server may build a lazy client (a cluster
+        # URL's), which must not happen, nor fail, when the backend is made.
+        if self._fence_table is None:
+            try:
+                scope = self.lease_scope
+            except Exception:
+                scope = None
+            self._fence_table = _fence_table(scope if isinstance(scope, str) else None)
+        return self._fence_table
 
     @property
     def lease_scope(self) -> object:
@@ -334,10 +360,17 @@ class _RedisCommon:
     def _unanswered(self, calls: list[list[Any]]) -> None:
         """Sets sent without an answer (a timeout, a cancellation): remember their
         issue times, for the fence of the next delete of each key."""
+        fences = self._fences
         for args in calls:
             if args[5] == "set":
                 key, issued = args[9], args[10]
-                self._fences[key] = max(self._fences.get(key, 0), issued)
+                fences[key] = max(fences.get(key, 0), issued)
+        if len(fences) > _FENCES_PRUNE_AT:
+            # Past a fence's lifetime a late set cannot arrive any more.
+            oldest = time.time_ns() // 1000 - FENCE_MS * 1000
+            for key, issued in list(fences.items()):
+                if issued < oldest:
+                    fences.pop(key, None)
 
     def _fenced(self, calls: list[list[Any]]) -> None:
         """Deletes that landed: their fences are in Redis now."""
@@ -739,9 +772,18 @@ class AsyncRedisBackend(_RedisCommon):
         self._batch_lock = threading.Lock()
         self._draining = False
         if offload:
-            self._offloaded = RedisBackend(invalidation_client, codec=self.codec, **options)
-            self._offloaded._fences = self._fences  # its deletes fence our sets
+            self._offloaded = RedisBackend(
+                invalidation_client, codec=self.codec, lease_scope=lease_scope, **options
+            )
             self._queue_limit = _socket_timeout(invalidation_client) / 2
+
+    @property
+    def _fences(self) -> dict[str, int]:
+        # One table with the sync backend that sends our invalidations: its deletes
+        # must fence our sets.
+        if self._offloaded is not None:
+            return self._offloaded._fences
+        return super()._fences
 
     def _after_fork_child(self) -> None:
         super()._after_fork_child()
