@@ -704,7 +704,10 @@ def test_joiners_take_a_value_their_leader_read_after_they_joined(redis_url: str
         cache.close()
         counting.inner.close()
     assert got == ["v"] * 6
-    assert counting.reads == 2  # the lease request, and the read after the wait
+    # The lease request and the read after the wait; one more if the listener
+    # reconnected meanwhile (a loaded machine: it wakes its waiters to read again,
+    # since messages may have been lost). One read per joiner would be 7 or more.
+    assert counting.reads in (2, 3), counting.reads
 
 
 def test_async_joiners_take_a_value_their_leader_read_after_they_joined(
@@ -747,7 +750,7 @@ def test_async_joiners_take_a_value_their_leader_read_after_they_joined(
         thread.join(10)
         holder.close()
     assert values == ["v"] * 6
-    assert reads == 2
+    assert reads in (2, 3), reads  # (as in the sync test above)
 
 
 def test_the_async_pool_bounds_connections_and_waits_for_a_free_one(
