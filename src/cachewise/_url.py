@@ -421,9 +421,9 @@ def server_identity(url: str) -> str | None:
 
 
 def _identity(base: str, host: str | None, port: int | None, database: int | None) -> str:
-    """One spelling per server: the host lower-cased, every spelling of this
-    machine (``localhost``, ``127.x.x.x``, ``::1``, ``0.0.0.0``) as one, the default
-    port and database filled in; ``database`` None for a cluster."""
+    """One spelling per server: the host as ``_host_identity`` spells it (the
+    spellings of one address merged, never two addresses), the default port and
+    database filled in; ``database`` None for a cluster."""
     host = _host_identity(host or "localhost")
     kind = "single" if database is not None else "cluster"
     tail = f"/{database}" if database is not None else ""

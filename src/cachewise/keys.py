@@ -278,7 +278,7 @@ def encode_arg(value: Any) -> str:
         return _class_part(value)
     hook = getattr(value, "__cache_key__", None)
     if not callable(hook) and isinstance(value, enum.Enum):
-        return f"enum:{_class_part(type(value))[6:]}.{_quote(value.name)}"
+        return f"enum:{_class_path(type(value))}.{_quote(value.name)}"
     if callable(hook):
         result = hook()
         if not isinstance(result, str):
@@ -326,9 +326,6 @@ def function_name(func: Callable[..., Any]) -> str:
     qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", "?")
     # Functions built in a factory read as factory.name, not factory.<locals>.name.
     return f"{module}.{qualname}".replace(".<locals>.", ".")
-
-
-_SCALARS = (str, bytes, int, float, bool, type(None))
 
 
 def default_key_name(func: Callable[..., Any]) -> str:
@@ -516,8 +513,6 @@ class _Namer:
             return f"module:{value.__name__}"
         if isinstance(value, type):
             return _class_part(value)
-        if isinstance(value, enum.Enum):
-            return f"enum:{_class_part(type(value))[6:]}.{_quote(value.name)}"
         if isinstance(value, logging.Logger):  # one per name in a process
             return f"logger:{_quote(value.name)}"
         if isinstance(value, (staticmethod, classmethod)) or (
@@ -631,21 +626,27 @@ def _unstable(value: object, depth: int = 0) -> str | None:
     return None
 
 
-def _class_part(cls: type) -> str:
-    """A captured or decorated class, by name: only a class one per process has one."""
+def _class_path(cls: type) -> str:
+    """``module.qualname`` of a class that has one name per process (``TypeError``
+    for a class defined inside a function: every call makes another)."""
     if "<locals>" in cls.__qualname__:
         raise TypeError(
             f"{cls.__qualname__} is a class defined inside a function: every call of "
             "that function makes another class with the same name, so its name cannot "
             "stand for it in a default key; pass key='...' with a template"
         )
-    return f"class:{cls.__module__}.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _class_part(cls: type) -> str:
+    """A class in a key: ``class:module.qualname``."""
+    return f"class:{_class_path(cls)}"
 
 
 def _instance_name(owner: object) -> str:
     """What names the instance a method is bound to, in a default key."""
     if isinstance(owner, type):  # a classmethod: the class is the name
-        return _class_part(owner)[6:]  # (refused if defined inside a function)
+        return _class_path(owner)
     reason = _unstable(owner)
     if reason is not None:
         raise TypeError(

@@ -25,10 +25,12 @@ from typing import Any
 from cachewise._core.entry import Entry
 from cachewise._core.policy import Policy, check_seconds, is_fresh, make_entry
 from cachewise._errors import CacheClosedError
+from cachewise._frontends._decorator import KeyBuilder, OnMaxKeys
 from cachewise._frontends._held import HeldInvalidations, HeldSnapshot, HeldView
 from cachewise._sentinel import MISSING
 from cachewise._stats import CacheStats, Counters
 from cachewise.backends._breaker import CircuitOpenError
+from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import BackendStats
 from cachewise.invalidation import REGISTRY, ReadSpec, WriteSpec
 from cachewise.keys import (
@@ -157,6 +159,8 @@ def check_loader(loader: object) -> None:
 
 class CacheBase:
     """Options, keys, entry creation and counters, shared by both front ends."""
+
+    _backend: Any  # (set by each front end)
 
     def __init__(
         self,
@@ -424,6 +428,19 @@ class CacheBase:
         for key in keys:
             self._full_key(key)
         self._build_tags(tags)
+
+    def _key_builder(
+        self,
+        func: Callable[..., Any],
+        key: str | None,
+        tags: Sequence[str],
+        max_keys: int | None,
+        on_max_keys: OnMaxKeys,
+    ) -> KeyBuilder:
+        """The keys of a ``cached`` function of this cache. Entries in a store other
+        processes share need default keys every process spells alike."""
+        shared = not isinstance(self._backend, MemoryBackend)
+        return KeyBuilder(func, key, tags, max_keys, on_max_keys, shared)
 
     @staticmethod
     def _check_value(value: object) -> None:

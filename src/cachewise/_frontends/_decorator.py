@@ -47,12 +47,12 @@ class KeyBuilder:
 
     __slots__ = (
         "__weakref__",
+        "_first_call_pending",
         "_func",
         "_key_name",
         "_lock",
         "_max_keys",
         "_name",
-        "_named_once",
         "_on_max_keys",
         "_seen",
         "_shared",
@@ -83,7 +83,7 @@ class KeyBuilder:
         # be bound only after decoration (a placeholder set below it).
         self._shared = shared
         self._unclaim: Callable[[], Any] | None = None
-        self._named_once = key is None
+        self._first_call_pending = key is None
         if key is None:
             self._key_name = self._claim()
         params = list(self._signature.parameters)
@@ -120,9 +120,9 @@ class KeyBuilder:
 
     def _first_call(self) -> None:
         with self._lock:  # (concurrent first calls: every one gets the final name)
-            if self._named_once:
+            if self._first_call_pending:
                 self._key_name = self._claim()
-                self._named_once = False
+                self._first_call_pending = False
 
     def _fork_locks(self) -> list[threading.Lock]:
         return []
@@ -150,7 +150,7 @@ class KeyBuilder:
         if self._template is not None:
             key = self._template.format(values)
         else:
-            if self._named_once:
+            if self._first_call_pending:
                 self._first_call()
             key = function_key(self._key_name, bound)
         return key, tuple(t.format(values) for t in self._tags)

@@ -55,7 +55,6 @@ from cachewise._frontends._cycles import (
 from cachewise._frontends._decorator import (
     AsyncCachedFunction,
     Invalidator,
-    KeyBuilder,
     OnMaxKeys,
     P,
     R,
@@ -1144,8 +1143,8 @@ class AsyncCache(CacheBase):
                 else:
                     dead = dead_lease(self._scope, full) if self._scope is not None else None
                     if dead is not None:
-                        # Held by a load whose event loop was closed under it: it
-                        # will never write or release. Release it, and read again.
+                        # Held by a load whose event loop was closed or stopped
+                        # under it (see dead_lease). Release it, and read again.
                         await self._release(full, dead)
                         step = flow.send(None)
                         continue
@@ -1345,9 +1344,7 @@ class AsyncCache(CacheBase):
 
         def decorate(func: Callable[P, Awaitable[R]]) -> AsyncCachedFunction[P, R]:
             _check_async_callable(func, "cached")
-            # (Shared: entries other processes read, so keys all processes spell alike.)
-            shared = not isinstance(self._backend, MemoryBackend)
-            keys = KeyBuilder(func, key, tags, max_keys, on_max_keys, shared)
+            keys = self._key_builder(func, key, tags, max_keys, on_max_keys)
             cached = AsyncCachedFunction(self, func, keys, ttl)
             self._declare_read(func, keys, ttl, owner=cached)
             return cached

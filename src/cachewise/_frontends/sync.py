@@ -42,7 +42,6 @@ from cachewise._frontends._cycles import (
 from cachewise._frontends._decorator import (
     CachedFunction,
     Invalidator,
-    KeyBuilder,
     OnMaxKeys,
     P,
     R,
@@ -910,8 +909,8 @@ class Cache(CacheBase):
                 else:
                     dead = dead_lease(self._scope, full) if self._scope is not None else None
                     if dead is not None:
-                        # Held by a load whose event loop was closed under it: it
-                        # will never write or release. Release it, and read again.
+                        # Held by a load whose event loop was closed or stopped
+                        # under it (see dead_lease). Release it, and read again.
                         self._release(full, dead)
                         step = flow.send(None)
                         continue
@@ -1104,9 +1103,7 @@ class Cache(CacheBase):
 
         def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
             _check_sync_callable(func, "cached")
-            # (Shared: entries other processes read, so keys all processes spell alike.)
-            shared = not isinstance(self._backend, MemoryBackend)
-            keys = KeyBuilder(func, key, tags, max_keys, on_max_keys, shared)
+            keys = self._key_builder(func, key, tags, max_keys, on_max_keys)
             cached = CachedFunction(self, func, keys, ttl)
             self._declare_read(func, keys, ttl, owner=cached)
             return cached

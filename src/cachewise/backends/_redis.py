@@ -80,18 +80,30 @@ def _keys(key: str) -> tuple[str, str, str]:
 #: How long a delete's fence against a set that may still be on the wire lives:
 #: longer than TCP keeps retransmitting a segment (about 15 minutes by default).
 FENCE_MS = 3_600_000
-_FENCES_PRUNE_AT = 10_000
+
+# Where _write_args puts what _unanswered and _fenced read back: the operation,
+# the key, and the set's issue time (or the delete's fence).
+_OP, _KEY, _STAMP = 5, 9, 10
+
+
+class _FenceTable(dict[str, int]):
+    """Unanswered sets of one server: key -> issue time (µs). Pruned of entries
+    past a fence's lifetime whenever it has doubled since the last pruning (so
+    an outage's many entries cost amortized O(1) each, not a scan per set)."""
+
+    prune_at = 10_000
+
 
 # One table of unanswered sets per Redis server (see _RedisCommon._fences).
-_fence_tables: dict[str, dict[str, int]] = {}
+_fence_tables: dict[str, _FenceTable] = {}
 _fence_tables_lock = threading.Lock()
 
 
-def _fence_table(scope: str | None) -> dict[str, int]:
+def _fence_table(scope: str | None) -> _FenceTable:
     if scope is None:
-        return {}
+        return _FenceTable()
     with _fence_tables_lock:
-        return _fence_tables.setdefault(scope, {})
+        return _fence_tables.setdefault(scope, _FenceTable())
 
 
 def tag_key(tag: str) -> str:
@@ -203,7 +215,7 @@ class _RedisCommon:
         # the set's issue time (see _lua.WRITE). key -> issue time (µs). Shared by
         # the backends of one server in this process: the caches on it share their
         # held invalidations, and whichever settles one must fence it.
-        self._fence_table: dict[str, int] | None = None  # (see _fences; found lazily)
+        self._fence_table: _FenceTable | None = None  # (see _fences; found lazily)
 
     def _fork_locks(self) -> list[Any]:
         # redis-py's sync pools (see _forksafe): no thread may be resetting one, or
@@ -224,7 +236,7 @@ class _RedisCommon:
         self._notify_lock = threading.Lock()
 
     @property
-    def _fences(self) -> dict[str, int]:
+    def _fences(self) -> _FenceTable:
         # Found on first use: naming the server may build a lazy client (a cluster
         # URL's), which must not happen, nor fail, when the backend is made.
         if self._fence_table is None:
@@ -346,6 +358,7 @@ class _RedisCommon:
 
     def _write_args(self, key: str, entry: Entry | None) -> list[Any]:
         value, lease, waiters = _keys(key)
+        # (Positions _OP, _KEY and _STAMP of these lists are read back later.)
         keys = [4, value, lease, waiters, value + ":fence"]
         if entry is not None:
             payload = self.codec.encode(entry)  # raises before any I/O: nothing half-written
@@ -362,22 +375,23 @@ class _RedisCommon:
         issue times, for the fence of the next delete of each key."""
         fences = self._fences
         for args in calls:
-            if args[5] == "set":
-                key, issued = args[9], args[10]
+            if args[_OP] == "set":
+                key, issued = args[_KEY], args[_STAMP]
                 fences[key] = max(fences.get(key, 0), issued)
-        if len(fences) > _FENCES_PRUNE_AT:
+        if len(fences) > fences.prune_at:
             # Past a fence's lifetime a late set cannot arrive any more.
             oldest = time.time_ns() // 1000 - FENCE_MS * 1000
             for key, issued in list(fences.items()):
                 if issued < oldest:
                     fences.pop(key, None)
+            fences.prune_at = max(_FenceTable.prune_at, 2 * len(fences))
 
     def _fenced(self, calls: list[list[Any]]) -> None:
         """Deletes that landed: their fences are in Redis now."""
         for args in calls:
-            fence = args[10]
-            if fence != "" and self._fences.get(args[9]) == fence:
-                self._fences.pop(args[9], None)
+            key, fence = args[_KEY], args[_STAMP]
+            if fence != "" and self._fences.get(key) == fence:
+                self._fences.pop(key, None)
 
     def _set_leased_args(self, key: str, entry: Entry, token: str) -> list[Any] | None:
         """The lease holder's write, or ``None`` when the entry may not be stored
@@ -778,7 +792,7 @@ class AsyncRedisBackend(_RedisCommon):
             self._queue_limit = _socket_timeout(invalidation_client) / 2
 
     @property
-    def _fences(self) -> dict[str, int]:
+    def _fences(self) -> _FenceTable:
         # One table with the sync backend that sends our invalidations: its deletes
         # must fence our sets.
         if self._offloaded is not None:
