@@ -280,6 +280,49 @@ def test_the_last_tries_at_exit_run_side_by_side() -> None:
     assert took < 2.5, f"the exit took {took:.2f} s (one after another: >= 5 s)"
 
 
+@pytest.mark.parametrize("threads", ["allowed", "refused"])
+def test_the_exit_limit_cuts_the_last_tries_off_and_names_what_was_held(threads: str) -> None:
+    """Past the limit the exit went on waiting (where the interpreter refuses new
+    threads at exit, 3.12+: each cache's timeout in turn), or ended without the
+    ERROR naming what was never applied (a try cut off died silently)."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(128)  # nothing ever answers
+    port = hole.getsockname()[1]
+    refuse = threads == "refused"
+    script = textwrap.dedent(
+        f"""
+        import atexit, threading, time
+        atexit.register(lambda: print("exit", time.monotonic(), flush=True))
+        from cachewise import Cache
+        from cachewise._frontends import _base
+        _base._EXIT_SETTLE_LIMIT = 0.5
+        url = "redis://127.0.0.1:{port}/0?invalidation_timeout=1.0&breaker=off"
+        caches = [Cache.from_url(url, namespace=f"t{{i}}") for i in range(3)]
+        for c in caches:
+            c.delete("k")
+
+        def refuse_threads(*args, **kwargs):
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+
+        if {refuse!r}:  # runs before cachewise's exit hook (registered after it)
+            atexit.register(lambda: setattr(threading.Thread, "start", refuse_threads))
+        print("main", time.monotonic(), flush=True)
+        """
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        hole.close()
+    assert result.returncode == 0, result.stderr
+    marks = dict(line.split() for line in result.stdout.splitlines())
+    took = float(marks["exit"]) - float(marks["main"])
+    assert took < 2.5, f"the exit took {took:.2f} s past a 0.5 s limit"
+    assert result.stderr.count("never reached the backend") == 3, result.stderr
+
+
 def test_two_threads_forking_at_once_leave_no_lock_held() -> None:
     """Found by the attack: the locks held across a fork were kept in one list for
     the process; two threads forking at once (multiprocessing from two request

@@ -120,19 +120,23 @@ def _settle_at_exit() -> None:
     # its socket timeout, and one after another, a cache per tenant would hold the
     # exit for seconds. Where the interpreter refuses new threads this late
     # (3.12+), one after another it is.
+    # Past the limit nothing more is tried, and whatever is still held is named in
+    # an ERROR (a try cut off at the limit dies with its daemon thread, silently).
+    deadline = time.monotonic() + _EXIT_SETTLE_LIMIT
     caches = [cache for cache in list(_HOLDING) if not cache._closed]
-    threads: list[threading.Thread] = []
+    started: list[tuple[CacheBase, threading.Thread]] = []
     for cache in caches:
         thread = threading.Thread(target=cache._last_settle, daemon=True)
         try:
             thread.start()
         except RuntimeError:
-            cache._last_settle()
+            cache._last_settle(attempt=time.monotonic() < deadline)
         else:
-            threads.append(thread)
-    deadline = time.monotonic() + _EXIT_SETTLE_LIMIT
-    for thread in threads:
+            started.append((cache, thread))
+    for cache, thread in started:
         thread.join(max(deadline - time.monotonic(), 0.0))
+        if thread.is_alive():
+            cache._last_settle(attempt=False)  # (only logs what it still holds)
 
 
 atexit.register(_settle_at_exit)
