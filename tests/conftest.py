@@ -12,6 +12,7 @@ import asyncio
 import faulthandler
 import os
 import random
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -84,8 +85,8 @@ class Facade:
 class SyncFacade(Facade):
     flavour = "sync"
 
-    def get(self, key: Any, *default: Any) -> Any:
-        return self.cache.get(key, *default)
+    def get(self, key: Any, *default: Any, **kw: Any) -> Any:
+        return self.cache.get(key, *default, **kw)
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         return self.cache.get_many(keys)
@@ -147,8 +148,8 @@ class AsyncFacade(Facade):
     def _run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
 
-    def get(self, key: Any, *default: Any) -> Any:
-        return self._run(self.cache.get(key, *default))
+    def get(self, key: Any, *default: Any, **kw: Any) -> Any:
+        return self._run(self.cache.get(key, *default, **kw))
 
     def get_many(self, keys: list[str]) -> dict[str, Any]:
         return self._run(self.cache.get_many(keys))
@@ -185,6 +186,10 @@ class AsyncFacade(Facade):
             afunc.__signature__ = __import__("inspect").signature(func)  # type: ignore[attr-defined]
             afunc.__qualname__ = func.__qualname__
             afunc.__module__ = func.__module__
+            try:  # the return annotation, resolved where func was written
+                afunc.__annotations__ = typing.get_type_hints(func)
+            except Exception:
+                pass
             return deco(afunc)
 
         return wrap

@@ -24,6 +24,9 @@ class CacheStats:
       pending (the value was still served).
     - ``decode_errors``: entries a shared backend could not decode (garbage, an
       unknown format version, a bad signature), each served as a miss.
+    - ``encode_errors``: loaded values the codec (or the memory backend's weigher)
+      refused to store; each was returned to its callers, not cached (and logged
+      once per type at WARNING).
     - ``breaker_state``: ``"closed"``, ``"open"``, ``"half_open"`` (``"none"``
       without a circuit breaker); ``breaker_opens``: how often it opened;
       ``breaker_rejections``: calls it refused (they went to the loader).
@@ -44,6 +47,7 @@ class CacheStats:
     backend_errors: int = 0
     refreshes_dropped: int = 0
     decode_errors: int = 0
+    encode_errors: int = 0
     breaker_state: str = "none"
     breaker_opens: int = 0
     breaker_rejections: int = 0
@@ -88,6 +92,7 @@ class Counters:
         "backend_errors",
         "coalesced",
         "early_refreshes",
+        "encode_errors",
         "hits",
         "invalidations_pending",
         "load_errors",
@@ -109,6 +114,7 @@ class Counters:
         self.negative_hits = 0
         self.backend_errors = 0
         self.refreshes_dropped = 0
+        self.encode_errors = 0
         self.invalidations_pending = 0
 
     def snapshot(
@@ -134,6 +140,7 @@ class Counters:
             backend_errors=self.backend_errors,
             refreshes_dropped=self.refreshes_dropped,
             decode_errors=decode_errors,
+            encode_errors=self.encode_errors,
             breaker_state=breaker_state,
             breaker_opens=breaker_opens,
             breaker_rejections=breaker_rejections,

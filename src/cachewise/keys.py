@@ -19,12 +19,14 @@ import re
 import string
 import threading
 import weakref
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from types import CodeType
 from typing import Any
 
 __all__ = [
+    "FRAMEWORK_TYPES",
     "MAX_KEY_BYTES",
+    "ArgFilter",
     "KeyTemplate",
     "check_key",
     "check_key_text",
@@ -34,6 +36,8 @@ __all__ = [
     "encode_arg",
     "function_key",
     "normalize_key",
+    "quote",
+    "unquote",
 ]
 
 #: Default keys whose argument part is longer than this are hashed (blake2b).
@@ -66,9 +70,67 @@ def check_key_text(key: str) -> str:
         bad = next(ch for ch in key if not ch.isprintable() or ch == " ")
         raise ValueError(
             f"cache keys may not contain whitespace or control characters; "
-            f"{key[:60]!r} contains {bad!r}"
+            f"{key[:60]!r} contains {bad!r}: escape free text with "
+            "cachewise.keys.quote(text), the encoding key templates use, or use a "
+            "key template (@cache.cached('search:{q}'))"
         )
     return key
+
+
+#: What ``quote`` always escapes besides whitespace and control characters: the
+#: escape character itself, and the namespace separator, so that a value's
+#: colons never read as a template's.
+_ALWAYS_ESCAPED = frozenset("% :")
+
+
+def quote(text: str, also: str | frozenset[str] = "") -> str:
+    """``text`` made safe for a cache key, reversibly (``unquote``) and the same
+    in every process and version: percent-encoding (``%XX`` for each UTF-8 byte)
+    of ``%``, ``:``, whitespace, control and other unprintable characters, and of
+    every character in ``also``; everything else (letters in any script, digits,
+    ``/``, ``.``, ``@``, braces...) is kept. ``quote("red shoes")`` is
+    ``"red%20shoes"``.
+
+    Key templates fill every field this way, with ``also`` the punctuation of the
+    template's own text (``"{a}/{b}"`` escapes ``/`` in ``a`` and ``b``), so two
+    different calls never fill a template to one key.
+    """
+    if (
+        text.isprintable()
+        and _ALWAYS_ESCAPED.isdisjoint(text)
+        and (not also or frozenset(also).isdisjoint(text))
+    ):
+        return text
+    return _quote_slow(text, frozenset(also) | _ALWAYS_ESCAPED)
+
+
+def _quote_slow(text: str, escaped: frozenset[str]) -> str:
+    out: list[str] = []
+    for ch in text:
+        if ch in escaped or not ch.isprintable():
+            # (surrogatepass: a lone surrogate is escaped too, not an error)
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass")))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unquote(text: str) -> str:
+    """The text ``quote`` was given."""
+    if "%" not in text:
+        return text
+    raw = bytearray()
+    parts = text.split("%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        raw += bytes.fromhex(part[:2])
+        if len(part) > 2:
+            out.append(bytes(raw).decode("utf-8", "surrogatepass"))
+            raw.clear()
+            out.append(part[2:])
+    if raw:
+        out.append(bytes(raw).decode("utf-8", "surrogatepass"))
+    return "".join(out)
 
 
 #: What separates a namespace (and its version) from the key. A namespace may not
@@ -172,7 +234,7 @@ class KeyTemplate:
     'user:7:profile'
     """
 
-    __slots__ = ("fields", "template")
+    __slots__ = ("_escaped", "_simple", "fields", "template")
 
     def __init__(self, template: str) -> None:
         if not isinstance(template, str):
@@ -182,9 +244,12 @@ class KeyTemplate:
         except ValueError as exc:
             raise ValueError(f"invalid key template {template!r}: {exc}") from None
         roots: list[str] = []
-        for _, field, _, _ in parsed:
+        simple = True
+        for _, field, spec, conversion in parsed:
             if field is None:
                 continue
+            if spec or conversion or not field.isidentifier():
+                simple = False
             # "user.id" and "ids[0]" are rooted at "user" and "ids".
             root = field.split(".", 1)[0].split("[", 1)[0]
             if not root or root.isdigit():
@@ -195,6 +260,13 @@ class KeyTemplate:
             roots.append(root)
         self.template = template
         self.fields: tuple[str, ...] = tuple(dict.fromkeys(roots))
+        # Each field's text is quoted, escaping the template's own punctuation too:
+        # "{a}:{b}" with a="x:y" must not fill to the key of a="x", b="y:...".
+        self._escaped = (
+            frozenset(ch for literal, _, _, _ in parsed for ch in literal if not ch.isalnum())
+            | _ALWAYS_ESCAPED
+        )
+        self._simple = simple  # plain {name} fields only: the fast path
 
     def check_names(self, names: Collection[str], owner: str) -> None:
         """Raise ``ValueError`` if a field is not one of ``names`` (``owner`` is for the
@@ -207,14 +279,44 @@ class KeyTemplate:
             )
 
     def format(self, values: Mapping[str, Any]) -> str:
-        """Fill the template from ``values``."""
+        """Fill the template from ``values``: each field's text (``format(value,
+        spec)``, as ``str.format`` would write it) goes through ``quote``, so free
+        text, colons and braces all make valid, distinct keys."""
+        escaped = self._escaped
         try:
-            return self.template.format_map(values)
+            if self._simple:
+                return self.template.format_map(
+                    {name: _field_text(values[name], escaped) for name in self.fields}
+                )
+            return _QuotingFormatter(escaped).vformat(self.template, (), values)
         except (KeyError, AttributeError, IndexError) as exc:
             raise ValueError(f"cannot fill key template {self.template!r}: {exc!r}") from None
 
     def __repr__(self) -> str:
         return f"KeyTemplate({self.template!r})"
+
+
+def _field_text(value: Any, escaped: frozenset[str]) -> str:
+    if value.__class__ is int:
+        return int.__repr__(value)
+    text = value if value.__class__ is str else format(value, "")
+    if text.isprintable() and escaped.isdisjoint(text):
+        return text
+    return _quote_slow(text, escaped)
+
+
+class _QuotingFormatter(string.Formatter):
+    """``str.format`` with every field's text quoted (specs, conversions,
+    ``{user.id}`` and ``{ids[0]}`` as ``str.format`` has them)."""
+
+    def __init__(self, escaped: frozenset[str]) -> None:
+        self.escaped = escaped
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        text: str = super().format_field(value, format_spec)
+        if text.isprintable() and self.escaped.isdisjoint(text):
+            return text
+        return _quote_slow(text, self.escaped)
 
 
 def encode_arg(value: Any) -> str:
@@ -663,14 +765,139 @@ def _instance_name(owner: object) -> str:
         ) from None
 
 
-def function_key(name: str, bound: inspect.BoundArguments) -> str:
-    """The default key for a call: ``name(arg=value,...)``, hashed when long.
+#: Classes whose instances are never data, by ``module.qualname`` (checked over
+#: the value's class and its bases, without importing any of these packages): a
+#: parameter holding one is left out of default keys. Sessions, connections and
+#: cursors reach the data; requests and background tasks carry the call.
+FRAMEWORK_TYPES = frozenset(
+    {
+        # Starlette / FastAPI (Request and WebSocket are HTTPConnections)
+        "starlette.requests.HTTPConnection",
+        "starlette.responses.Response",
+        "starlette.background.BackgroundTask",
+        "starlette.background.BackgroundTasks",
+        # SQLAlchemy
+        "sqlalchemy.orm.session.Session",
+        "sqlalchemy.orm.scoping.scoped_session",
+        "sqlalchemy.ext.asyncio.session.AsyncSession",
+        "sqlalchemy.ext.asyncio.scoping.async_scoped_session",
+        "sqlalchemy.engine.base.Connection",
+        "sqlalchemy.engine.base.Engine",
+        "sqlalchemy.ext.asyncio.engine.AsyncConnection",
+        "sqlalchemy.ext.asyncio.engine.AsyncEngine",
+        # Django, Flask
+        "django.http.request.HttpRequest",
+        "django.db.backends.base.base.BaseDatabaseWrapper",
+        "werkzeug.sansio.request.Request",
+        # DB-API drivers
+        "sqlite3.Connection",
+        "sqlite3.Cursor",
+        "psycopg.connection.BaseConnection",
+        "psycopg._connection_base.BaseConnection",
+        "psycopg.cursor.BaseCursor",
+        "psycopg._cursor_base.BaseCursor",
+        "psycopg2.extensions.connection",
+        "psycopg2.extensions.cursor",
+        "asyncpg.connection.Connection",
+        "asyncpg.pool.Pool",
+        "aiosqlite.core.Connection",
+        "aiosqlite.cursor.Cursor",
+        # Clients
+        "redis.client.Redis",
+        "redis.asyncio.client.Redis",
+        "httpx.Client",
+        "httpx.AsyncClient",
+        "aiohttp.client.ClientSession",
+        "requests.sessions.Session",
+        "logging.Logger",
+    }
+)
+
+
+def is_framework_type(cls: type) -> bool:
+    """Whether instances of ``cls`` are left out of default keys by default (see
+    ``FRAMEWORK_TYPES``)."""
+    return any(
+        f"{getattr(base, '__module__', '')}.{base.__qualname__}" in FRAMEWORK_TYPES
+        for base in getattr(cls, "__mro__", ())
+    )
+
+
+class ArgFilter:
+    """Which arguments a default key leaves out: parameters named in ``ignore``,
+    values of a type in ``ignore`` (or a subclass), and values of the framework
+    types that never are data (``FRAMEWORK_TYPES``: sessions, connections,
+    requests, background tasks). The rule looks at each call's values, so it
+    holds whether or not the parameter is annotated, and a parameter that
+    receives data in one call and a session in another is keyed on the data."""
+
+    __slots__ = ("_lock", "_memo", "names", "types")
+
+    _MEMO_MAX = 1024
+
+    def __init__(self, ignore: Iterable[str | type] = (), params: Collection[str] = ()) -> None:
+        if isinstance(ignore, (str, type)):
+            ignore = (ignore,)
+        names: set[str] = set()
+        types: list[type] = []
+        for item in ignore:
+            if isinstance(item, str):
+                if params and item not in params:
+                    raise ValueError(
+                        f"ignore names {item!r}, which is not a parameter; the parameters "
+                        f"are: {', '.join(params)}"
+                    )
+                names.add(item)
+            elif isinstance(item, type):
+                types.append(item)
+            else:
+                raise TypeError(
+                    f"ignore takes parameter names and types, not {type(item).__name__}"
+                )
+        self.names = frozenset(names)
+        self.types = tuple(types)
+        self._memo: dict[type, bool] = {}
+        self._lock = threading.Lock()
+
+    def skips(self, name: str, value: object) -> bool:
+        """Whether the argument ``name=value`` stays out of the key."""
+        return name in self.names or self.skips_value(value)
+
+    def skips_value(self, value: object) -> bool:
+        """Whether ``value``'s type keeps it out of keys."""
+        cls = value.__class__
+        known = self._memo.get(cls)
+        if known is None:
+            known = (bool(self.types) and issubclass(cls, self.types)) or is_framework_type(cls)
+            with self._lock:
+                if len(self._memo) < self._MEMO_MAX:  # (bounded: made-up classes)
+                    self._memo[cls] = known
+        return known
+
+
+_NO_FILTER = ArgFilter()
+
+
+#: Argument types never left out (the filter's lookup skipped on the hit path).
+_PLAIN_ARGS = frozenset({int, str, float, bool, type(None), bytes, tuple, list, dict})
+
+
+def function_key(
+    name: str, bound: inspect.BoundArguments, arg_filter: ArgFilter = _NO_FILTER
+) -> str:
+    """The default key for a call: ``name(arg=value,...)``, hashed when long;
+    arguments ``arg_filter`` skips are left out.
 
     ``bound`` must have its defaults applied, so that ``f(1)`` and ``f(user_id=1)``
     give the same key.
     """
     parts: list[str] = []
+    names = arg_filter.names
     for param_name, value in bound.arguments.items():
+        if param_name in names or (
+            value.__class__ not in _PLAIN_ARGS and arg_filter.skips_value(value)
+        ):
+            continue
         try:
             parts.append(f"{param_name}={encode_arg(value)}")
         except RecursionError:  # a list that holds itself, or nested thousands deep
@@ -681,7 +908,9 @@ def function_key(name: str, bound: inspect.BoundArguments) -> str:
         except TypeError as exc:
             raise TypeError(
                 f"{exc} (argument {param_name!r} of {name}); pass key='...' with a "
-                f"template, or give the type a __cache_key__() method"
+                f"template, leave the parameter out of the key with "
+                f"ignore=({param_name!r},) if it is not data, or give the type a "
+                "__cache_key__() method"
             ) from None
     args = ",".join(parts)
     if len(args) > MAX_ARGS_CHARS:

@@ -33,23 +33,20 @@ an exception to the caller.
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import hashlib
 import hmac
 import importlib
 import json
-import math
 import pickle
 import zlib
 from collections.abc import Iterator
 from itertools import chain
 from typing import Any, Literal
 
+from cachewise import _typed
 from cachewise._core import envelope
 from cachewise._core.entry import Entry
 from cachewise._errors import CacheError
-from cachewise._sentinel import MISSING
 
 __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
@@ -63,14 +60,24 @@ __all__ = [
     "ZlibCompressor",
     "ZstdCompressor",
     "make_serializer",
+    "register_enum",
 ]
+
+register_enum = _typed.register_enum
 
 DEFAULT_MAX_VALUE_BYTES = 8 * 1024 * 1024
 DEFAULT_COMPRESS_THRESHOLD = 1024
 
 
 class SerializationError(CacheError, TypeError):
-    """A value the configured serializer cannot represent. Nothing was written."""
+    """A value the configured serializer cannot represent. Nothing was written.
+
+    ``kind`` is the refused value's type (the innermost one: the set inside the
+    dict), or None when not known."""
+
+    def __init__(self, message: str, kind: type | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class ValueTooLargeError(CacheError, ValueError):
@@ -112,74 +119,46 @@ def _unserializable(name: str, value: object, exc: BaseException) -> Serializati
     )
 
 
-# -- what JSON and msgpack store exactly ------------------------------------------------
+# -- what JSON and msgpack store as they are ---------------------------------------------
 
 # Both formats (and orjson's reader) hold integers in 64 bits, signed or unsigned.
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
-# Containers nested deeper are refused: a cycle ends here, orjson refuses more than
-# 254 levels, and the stdlib's encoder recurses on the caller's stack.
-_MAX_DEPTH = 200
 _NoneType = type(None)
-
-
-class _Format:
-    """What one wire format reads back exactly: the rule every write is held to."""
-
-    __slots__ = ("accepted", "finite_floats", "keys", "name", "scalars")
-
-    def __init__(
-        self,
-        name: str,
-        *,
-        scalars: frozenset[type],
-        keys: frozenset[type],
-        finite_floats: bool,
-        accepted: str,
-    ) -> None:
-        self.name = name  # as messages spell it
-        self.scalars = scalars  # exact types stored as values (besides list and dict)
-        self.keys = keys  # exact types stored as dict keys
-        self.finite_floats = finite_floats  # NaN and the infinities refused as values
-        self.accepted = accepted  # the list above, for messages
-
-
-_JSON = _Format(
-    "JSON",
-    scalars=frozenset({_NoneType, bool, int, float, str}),
-    keys=frozenset({str}),
-    finite_floats=True,
-    accepted="None, bool, int, finite float, str, list, and dict with str keys",
-)
-_MSGPACK = _Format(
-    "msgpack",
-    scalars=frozenset({_NoneType, bool, int, float, str, bytes}),
-    keys=frozenset({_NoneType, bool, int, float, str, bytes}),
-    finite_floats=False,
-    accepted="None, bool, int, float, str, bytes, list, and dict with keys of those scalar types "
-    "(but NaN)",
-)
+_TAG = _typed.TAG
+_MAX_DEPTH = _typed.MAX_DEPTH
 
 # What the fast walk passes without a look, per encoder: each encoder itself refuses
-# the rest of what these types can hold. orjson refuses ints beyond 64 bits and
-# every dict key that is not exactly str (with the options below), but writes NaN as
-# null; the stdlib refuses NaN (allow_nan=False) but writes any int and converts
-# int keys; msgpack refuses ints beyond 64 bits and keeps every float. All of them
-# refuse a str holding a lone surrogate.
+# the rest of what these types can hold (and the value then takes the tagged form).
+# orjson refuses ints beyond 64 bits and every dict key that is not exactly str
+# (with the options below), but writes NaN as null; the stdlib refuses NaN
+# (allow_nan=False) but writes any int and converts int keys; msgpack refuses ints
+# beyond 64 bits and keeps every float. All of them refuse a lone surrogate.
 _ORJSON_PLAIN = frozenset({_NoneType, bool, int, str})
 _STDLIB_JSON_PLAIN = frozenset({_NoneType, bool, float, str})
 _MSGPACK_PLAIN = frozenset({_NoneType, bool, int, float, str, bytes})
+_JSON_KEYS = frozenset({str})
+_MSGPACK_KEYS = _typed.MSGPACK.keys
+
+#: The first byte of a payload in the tagged form: JSON text never starts with
+#: "~", and 0xC1 is the one byte msgpack never uses. Plain values keep the plain
+#: form, byte for byte what the format writes; a reader that predates tags (or a
+#: foreign one) fails on the marker and reads a miss, never a dict of tags.
+_JSON_TAGGED = b"~"
+_MSGPACK_TAGGED = b"\xc1"
 
 
 def _quick_check(value: object, plain: frozenset[type], keys: frozenset[type] | None) -> bool:
-    """True if ``value`` is surely storable; False if ``_find_refusal`` must look.
+    """True if ``value`` is surely storable in the plain form; False if it needs
+    the tagged form (or is refused: ``_typed.lower`` decides).
 
     ``plain`` are the scalar types to pass unexamined (the encoder checks them);
     an ``int`` or ``float`` not among them is range- or finiteness-checked here.
     ``keys`` are the dict key types to allow, or None when the encoder checks keys.
+    A dict with a ``"$cw"`` key needs the tagged form (it would read as a tag).
 
     This is the price every write pays, so it is one iterative walk that does the
-    least it can per item; ``_find_refusal`` is the readable reference it defers to.
+    least it can per item.
     """
     # Iterators of the containers still being walked; `items` is the innermost.
     stack: list[Iterator[Any]] = []
@@ -198,6 +177,8 @@ def _quick_check(value: object, plain: frozenset[type], keys: frozenset[type] | 
                     continue
                 return False
             if kind is dict:
+                if _TAG in item:
+                    return False
                 if keys is not None:
                     for key in item:
                         # `key != key` is true only of NaN, which msgpack would
@@ -210,7 +191,7 @@ def _quick_check(value: object, plain: frozenset[type], keys: frozenset[type] | 
             else:
                 return False
             # `item` sits inside len(stack) containers: deeper ones (and cycles,
-            # which are infinitely deep) go to the reference check.
+            # which are infinitely deep) go to the reference walk.
             if len(stack) >= _MAX_DEPTH:
                 return False
             # Check the container's scalars right here, which is most of the work
@@ -241,203 +222,43 @@ def _quick_check(value: object, plain: frozenset[type], keys: frozenset[type] | 
             items = stack.pop()
 
 
-_ROOT = object()  # the first step of every path: the value itself
+def _lower(value: object, fmt: _typed.Format) -> Any:
+    """The tagged tree for ``value``, or ``SerializationError`` naming the type
+    refused and where it is (``value["items"][3]``)."""
+    try:
+        return _typed.lower(value, fmt)
+    except _typed.Refused as exc:
+        raise SerializationError(str(exc), exc.kind) from None
+    except RecursionError:  # (a struct's own dump recursing, say)
+        raise SerializationError(
+            f"{fmt.name} cannot store the {type(value).__name__} at value: nested too deeply",
+            type(value),
+        ) from None
 
 
-def _find_refusal(value: object, fmt: _Format) -> str | None:
-    """Why ``fmt`` cannot store ``value``, naming the type and where it is; or None.
-
-    The reference check for the rule: exact, iterative, and keeping the path to
-    every item. It runs only when the quick check or the encoder has found
-    something, so it is written to be read, not to be fast.
-    """
-    path: list[object] = []  # the keys and indexes down to the innermost open container
-    open_containers: list[object] = []  # those containers, to spot a cycle
-    frames: list[Iterator[tuple[object, object]]] = [iter([(_ROOT, value)])]
-    while frames:
-        for step, item in frames[-1]:
-            where = [*path, step]
-            if type(item) is list or type(item) is dict:
-                for depth, outer in enumerate(open_containers):
-                    if outer is item:
-                        return _refusal(
-                            fmt,
-                            item,
-                            where,
-                            f"it contains itself (it is {_render(where[: depth + 1])}); "
-                            "break the cycle",
-                        )
-                if len(open_containers) >= _MAX_DEPTH:
-                    return _refusal(
-                        fmt,
-                        item,
-                        where,
-                        f"it is nested more than {_MAX_DEPTH} containers deep; flatten the value",
-                    )
-                if isinstance(item, dict):
-                    for key in item:
-                        problem = _problem(key, fmt, key=True)
-                        if problem is not None:
-                            return _refusal(fmt, key, where, problem, key=True)
-                    frames.append(iter(item.items()))
-                elif isinstance(item, list):
-                    frames.append(enumerate(item))
-                path.append(step)
-                open_containers.append(item)
-                break
-            problem = _problem(item, fmt, key=False)
-            if problem is not None:
-                return _refusal(fmt, item, where, problem)
-        else:
-            frames.pop()
-            if open_containers:
-                path.pop()
-                open_containers.pop()
-    return None
+def _encoder_refused(value: object, fmt: _typed.Format, error: Exception) -> SerializationError:
+    # The walk accepted it and the encoder did not (the value changed while
+    # being written, say): the encoder's word.
+    return SerializationError(
+        f"{fmt.name} cannot store the {type(value).__name__} at value ({error})", type(value)
+    )
 
 
-def _problem(value: object, fmt: _Format, *, key: bool) -> str | None:
-    """Why the scalar ``value`` (a dict key, if ``key``) cannot be stored, or None."""
-    kind = type(value)
-    if kind not in (fmt.keys if key else fmt.scalars):
-        if key and kind in fmt.scalars:
-            # Only JSON has value types that are not key types: int, float, ...
-            return (
-                "JSON keys are strings, so it would come back as a str; convert the "
-                "keys with str(...), or use MsgpackSerializer, which keeps int keys"
-            )
-        return _advice(value, fmt)
-    if isinstance(value, int) and not _INT_MIN <= value <= _INT_MAX:
-        return (
-            "it is outside the 64-bit range (-2**63 to 2**64-1) that every reader "
-            "holds exactly; store it as a str"
-        )
-    if isinstance(value, float):
-        if key and math.isnan(value):
-            return "a NaN key reads back as a new NaN that no lookup finds; use another key"
-        if fmt.finite_floats and not math.isfinite(value):
-            return "JSON has no NaN or infinity; store None or a str instead"
-    if isinstance(value, str):
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return "it holds a lone surrogate, which UTF-8 cannot encode"
-    return None
-
-
-def _advice(value: object, fmt: _Format) -> str:
-    """Why ``value``'s type is refused, and what to store instead."""
-    if value is MISSING:
-        return "MISSING marks a miss and is never cached; cache None or a marker of your own"
-    if isinstance(value, enum.Enum):
-        return (
-            "an Enum member would come back as its plain value; store member.value "
-            f"and rebuild it with {type(value).__name__}(value) on read"
-        )
-    if isinstance(value, tuple):
-        if hasattr(value, "_fields"):  # a NamedTuple
-            return "it would come back as a list; store value._asdict() and rebuild it on read"
-        return (
-            "a tuple would come back as a list; convert it with list(...), or use "
-            "PickleSerializer, which keeps tuples"
-        )
-    if isinstance(value, (set, frozenset)):
-        return f"{fmt.name} has no sets; store sorted(value) and rebuild the set on read"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        if bytes in fmt.scalars:
-            return "it would come back as bytes; convert it with bytes(...)"
-        return (
-            "JSON has no bytes; decode it to str or base64-encode it, or use "
-            "MsgpackSerializer, which keeps bytes"
-        )
-    for base in (*sorted(fmt.scalars, key=lambda t: t.__name__), list, dict):
-        if isinstance(value, base):
-            name = base.__name__
-            return (
-                f"a subclass of {name} would come back as a plain {name}; "
-                f"convert it with {name}(...)"
-            )
-    module = type(value).__module__
-    if module == "datetime":
-        if type(value).__name__ == "timedelta":
-            return "store value.total_seconds() and rebuild it with timedelta(seconds=...) on read"
-        return "store value.isoformat() and rebuild it with fromisoformat() on read"
-    if module in ("uuid", "decimal"):
-        return f"store str(value) and rebuild it with {type(value).__name__}(...) on read"
-    if dataclasses.is_dataclass(value):
-        return "store dataclasses.asdict(value) and rebuild it on read"
-    return f"{fmt.name} stores only {fmt.accepted}; convert it, or use PickleSerializer"
-
-
-def _refusal(
-    fmt: _Format, item: object, where: list[object], problem: str, *, key: bool = False
-) -> str:
-    """The message: what is refused, where it is, why, and what to do instead."""
-    what = _type_name(type(item))
-    place = f"at {_render(where)}"
-    if key:  # a key has no path of its own: it is in the dict at `where`
-        what, place = f"dict key {_short_repr(item)} ({what})", f"in {_render(where)}"
-    elif type(item) is float:
-        what = f"float {item!r}"
-    return f"{fmt.name} cannot store the {what} {place}: {problem}"
-
-
-def _type_name(kind: type) -> str:
-    if kind.__module__ == "builtins":
-        return kind.__qualname__
-    return f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _render(where: list[object]) -> str:
-    """A path as Python would spell it: ``value["items"][3]``."""
-    steps = [_render_step(step) for step in where[1:]]  # where[0] is _ROOT
-    if len(steps) > 12:  # a value refused for its depth
-        steps[6:-6] = ["..."]
-    return "value" + "".join(steps)
-
-
-def _render_step(step: object) -> str:
-    if type(step) is str:  # in double quotes, as the JSON it would become
-        shown = step if len(step) <= 40 else step[:37] + "..."
-        quoted = json.dumps(shown, ensure_ascii=False)
-        # A lone surrogate would make the message itself unprintable: escape it.
-        return f"[{quoted.encode('utf-8', 'backslashreplace').decode()}]"
-    return f"[{_short_repr(step)}]"
-
-
-def _short_repr(value: object) -> str:
-    if type(value) is int and value.bit_length() > 64:
-        return f"<int of {value.bit_length()} bits>"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _refuse_if_unstorable(value: object, fmt: _Format) -> None:
-    """Raise ``SerializationError`` if ``fmt`` cannot store ``value``."""
-    problem = _find_refusal(value, fmt)
-    if problem is not None:
-        raise SerializationError(problem)
-
-
-def _encoder_refused(value: object, fmt: _Format, error: Exception) -> SerializationError:
-    """The error for a value the encoder refused: the rule's own message, or, if the
-    rule has nothing to say (the value changed while being written, say), the
-    encoder's."""
-    problem = _find_refusal(value, fmt)
-    if problem is None:
-        problem = f"{fmt.name} cannot store the {_type_name(type(value))} at value ({error})"
-    return SerializationError(problem)
+def _lift(tree: Any, fmt: _typed.Format) -> object:
+    value, needs_type = _typed.lift(tree, fmt)
+    return _typed.finish(value, needs_type)
 
 
 class JsonSerializer(Serializer):
-    """JSON: ``None``, ``bool``, ``int`` (64-bit), finite ``float``, ``str``,
-    ``list``, and ``dict`` with ``str`` keys, nested; exactly these types.
+    """JSON, and the default: every value in the table of the module docstring
+    reads back equal and of the same type; anything else is refused with
+    ``SerializationError``.
 
-    Anything else, a tuple or a subclass of these included, is refused with
-    ``SerializationError``, since it would come back as something else (see the
-    module docstring). Uses orjson when it is importable: it accepts the same
-    values, and the bytes are plain JSON either way, so processes with and without
-    orjson read each other's entries.
+    Plain JSON values (``None``, ``bool``, 64-bit ``int``, finite ``float``,
+    ``str``, ``list``, ``dict`` with ``str`` keys) are written as plain JSON; the
+    rest in the tagged form (see ``cachewise._typed``). Uses orjson when it is
+    importable: it accepts the same values, and the bytes are the same JSON either
+    way, so processes with and without orjson read each other's entries.
     """
 
     wire_id = 1
@@ -459,46 +280,44 @@ class JsonSerializer(Serializer):
                 | self._orjson.OPT_PASSTHROUGH_DATACLASS
             )
 
+    def _encode(self, tree: object) -> bytes:
+        if self._orjson is not None:
+            result: bytes = self._orjson.dumps(tree, option=self._options)
+            return result
+        # The checks bound the depth, so the tree has no cycle to look for.
+        text = json.dumps(
+            tree, separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
+        )
+        return text.encode()
+
     def dumps(self, value: object) -> bytes:
         """JSON bytes, or ``SerializationError`` naming what is refused and where."""
-        orjson = self._orjson
-        if orjson is not None:
-            if not _quick_check(value, _ORJSON_PLAIN, None):
-                _refuse_if_unstorable(value, _JSON)
+        if self._orjson is not None:
+            plain = _quick_check(value, _ORJSON_PLAIN, None)
+        else:
+            plain = _quick_check(value, _STDLIB_JSON_PLAIN, _JSON_KEYS)
+        if plain:
             try:
-                result: bytes = orjson.dumps(value, option=self._options)
-            except Exception as exc:
-                raise _encoder_refused(value, _JSON, exc) from None
-            return result
-        if not _quick_check(value, _STDLIB_JSON_PLAIN, _JSON.keys):
-            _refuse_if_unstorable(value, _JSON)
+                return self._encode(value)
+            except Exception:
+                pass  # (a key orjson refuses, a lone surrogate): the walk decides
+        tree = _lower(value, _typed.JSON)
         try:
-            # Both checks above bound the depth, so the value has no cycle for the
-            # encoder to look for.
-            text = json.dumps(
-                value,
-                separators=(",", ":"),
-                ensure_ascii=False,
-                allow_nan=False,
-                check_circular=False,
-            )
-            return text.encode()
+            return _JSON_TAGGED + self._encode(tree)
         except Exception as exc:
-            raise _encoder_refused(value, _JSON, exc) from None
+            raise _encoder_refused(value, _typed.JSON, exc) from None
 
     def loads(self, data: bytes) -> object:
-        if self._orjson is not None:
-            return self._orjson.loads(data)
-        return json.loads(data)
+        parse = self._orjson.loads if self._orjson is not None else json.loads
+        if data[:1] == _JSON_TAGGED:
+            return _lift(parse(data[1:]), _typed.JSON)
+        return _typed.finish(parse(data), False)
 
 
 class MsgpackSerializer(Serializer):
-    """MessagePack (needs ``msgpack``): what JSON stores, plus ``bytes``, any
-    ``float``, and dict keys of type ``None``, ``bool``, ``int``, ``float`` (not
-    NaN), ``str`` or ``bytes``; exactly these types.
-
-    Anything else, a tuple, a ``bytearray`` or a subclass included, is refused with
-    ``SerializationError``, since it would come back as something else.
+    """MessagePack (needs ``msgpack``): the same values as ``JsonSerializer``,
+    in fewer bytes; bytes, NaN, the infinities and dict keys of scalar types are
+    held natively.
     """
 
     wire_id = 2
@@ -512,20 +331,30 @@ class MsgpackSerializer(Serializer):
                 "MsgpackSerializer needs msgpack: pip install 'cachewise[msgpack]'"
             ) from None
 
-    def dumps(self, value: object) -> bytes:
-        """msgpack bytes, or ``SerializationError`` naming what is refused and where."""
-        if not _quick_check(value, _MSGPACK_PLAIN, _MSGPACK.keys):
-            _refuse_if_unstorable(value, _MSGPACK)
-        try:
-            # strict_types: no tuple packed as a list, no subclass as its base, in
-            # case one ever got past the check.
-            result: bytes = self._msgpack.packb(value, use_bin_type=True, strict_types=True)
-        except Exception as exc:
-            raise _encoder_refused(value, _MSGPACK, exc) from None
+    def _encode(self, tree: object) -> bytes:
+        # strict_types: no tuple packed as a list, no subclass as its base, in case
+        # one ever got past the walk.
+        result: bytes = self._msgpack.packb(tree, use_bin_type=True, strict_types=True)
         return result
 
+    def dumps(self, value: object) -> bytes:
+        """msgpack bytes, or ``SerializationError`` naming what is refused and where."""
+        if _quick_check(value, _MSGPACK_PLAIN, _MSGPACK_KEYS):
+            try:
+                return self._encode(value)
+            except Exception:
+                pass  # (a lone surrogate): the walk decides
+        tree = _lower(value, _typed.MSGPACK)
+        try:
+            return _MSGPACK_TAGGED + self._encode(tree)
+        except Exception as exc:
+            raise _encoder_refused(value, _typed.MSGPACK, exc) from None
+
     def loads(self, data: bytes) -> object:
-        return self._msgpack.unpackb(data, raw=False, strict_map_key=False)
+        if data[:1] == _MSGPACK_TAGGED:
+            tree = self._msgpack.unpackb(data[1:], raw=False, strict_map_key=False)
+            return _lift(tree, _typed.MSGPACK)
+        return _typed.finish(self._msgpack.unpackb(data, raw=False, strict_map_key=False), False)
 
 
 class PickleSerializer(Serializer):

@@ -22,6 +22,7 @@ from collections.abc import (
 )
 from typing import Any
 
+from cachewise import _typed
 from cachewise._core.entry import Entry
 from cachewise._core.policy import Policy, check_seconds, is_fresh, make_entry
 from cachewise._errors import CacheClosedError
@@ -216,6 +217,7 @@ class CacheBase:
         self._owns_backend = False
         self._stats_source: object = None
         self._last_warning = float("-inf")
+        self._encode_warned: set[str] = set()  # refused types already logged
         self._tag_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._unsettled = False  # the fast check on the hit path (set by _held)
         self._held = HeldInvalidations()
@@ -440,11 +442,12 @@ class CacheBase:
         tags: Sequence[str],
         max_keys: int | None,
         on_max_keys: OnMaxKeys,
+        ignore: Iterable[str | type] = (),
     ) -> KeyBuilder:
         """The keys of a ``cached`` function of this cache. Entries in a store other
         processes share need default keys every process spells alike."""
         shared = not isinstance(self._backend, MemoryBackend)
-        return KeyBuilder(func, key, tags, max_keys, on_max_keys, shared)
+        return KeyBuilder(func, key, tags, max_keys, on_max_keys, shared, ignore)
 
     @staticmethod
     def _check_value(value: object) -> None:
@@ -503,6 +506,21 @@ class CacheBase:
     def _check_open(self) -> None:
         if self._closed:
             raise CacheClosedError(f"{type(self).__name__} is closed")
+
+    def _refused_write(self, exc: Exception) -> None:
+        """A loaded value the codec (or weigher) refused: its callers still get it,
+        uncached. Counted, and logged once per refused type: a cache problem
+        never turns a working function into an error."""
+        self._counters.encode_errors += 1
+        kind = getattr(exc, "kind", None)
+        name = _typed.class_path(kind) if isinstance(kind, type) else type(exc).__name__
+        if name not in self._encode_warned:
+            self._encode_warned.add(name)
+            logger.warning(
+                "cachewise: a loaded value was returned but not cached (%s); see "
+                "stats().encode_errors",
+                exc,
+            )
 
     def _degraded(self, operation: str, exc: BaseException) -> None:
         """Count a backend failure we are degrading around, and log it (rate-limited).

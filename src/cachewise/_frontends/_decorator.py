@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import collections.abc
 import functools
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+import typing
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from cachewise import _forksafe
 from cachewise._errors import CacheError
 from cachewise.keys import (
+    ArgFilter,
     KeyTemplate,
     claim_default_name,
     default_key_naming,
@@ -47,6 +50,7 @@ class KeyBuilder:
 
     __slots__ = (
         "__weakref__",
+        "_filter",
         "_first_call_pending",
         "_func",
         "_key_name",
@@ -71,8 +75,10 @@ class KeyBuilder:
         max_keys: int | None = None,
         on_max_keys: OnMaxKeys = "warn",
         shared: bool = False,
+        ignore: Iterable[str | type] = (),
     ) -> None:
         self._signature = inspect.signature(func)
+        self._filter = ArgFilter(ignore, self._signature.parameters)
         self._name = function_name(func)
         self._func = func
         # Default keys start with a name that tells apart functions sharing a
@@ -152,7 +158,7 @@ class KeyBuilder:
         else:
             if self._first_call_pending:
                 self._first_call()
-            key = function_key(self._key_name, bound)
+            key = function_key(self._key_name, bound, self._filter)
         return key, tuple(t.format(values) for t in self._tags)
 
     def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -184,18 +190,46 @@ class KeyBuilder:
             return self._on_max_keys == "warn"
 
 
+_UNRESOLVED: Any = object()
+
+
+def return_type(func: Callable[..., Any]) -> Any:
+    """What ``func`` declares it returns (an ``async def``'s awaited value), or
+    None when it declares nothing useful (no annotation, ``None``, ``Any``, or one
+    that does not resolve)."""
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:
+        return None
+    declared = hints.get("return")
+    if typing.get_origin(declared) in (collections.abc.Awaitable, collections.abc.Coroutine):
+        declared = typing.get_args(declared)[-1]  # (a callable declared -> Awaitable[T])
+    if declared is None or declared is type(None) or declared is typing.Any:
+        return None
+    return declared
+
+
 class _Cached(Generic[P, R]):
     """What both decorated flavours share: the key builder and method binding."""
 
     def __init__(self, func: Callable[P, Any], keys: KeyBuilder, ttl: float | None) -> None:
         self.ttl = ttl
         self._keys = keys
+        # The return annotation is what a shared backend rebuilds values with;
+        # resolved at the first call (it may name a class defined below).
+        self._type: Any = _UNRESOLVED
         # Name, docstring, module and __wrapped__ of the decorated function.
         functools.update_wrapper(self, func)  # type: ignore[arg-type]
 
     def key_for(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """The cache key (without namespace) a call with these arguments uses."""
         return self._keys(args, kwargs)
+
+    def _value_type(self) -> Any:
+        declared = self._type
+        if declared is _UNRESOLVED:
+            declared = self._type = return_type(self.__wrapped__)  # type: ignore[attr-defined]
+        return declared
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         # Decorating a method: bind like a function would, so that
@@ -221,7 +255,7 @@ class CachedFunction(_Cached[P, R]):
         if not self._keys.admit(key):
             return func(*args, **kwargs)
         result: R = self.cache.get_or_load(
-            key, lambda: func(*args, **kwargs), ttl=self.ttl, tags=tags
+            key, lambda: func(*args, **kwargs), ttl=self.ttl, tags=tags, type=self._value_type()
         )
         return result
 
@@ -250,7 +284,7 @@ class AsyncCachedFunction(_Cached[P, R]):
         if not self._keys.admit(key):
             return await func(*args, **kwargs)
         result: R = await self.cache.get_or_load(
-            key, lambda: func(*args, **kwargs), ttl=self.ttl, tags=tags
+            key, lambda: func(*args, **kwargs), ttl=self.ttl, tags=tags, type=self._value_type()
         )
         return result
 

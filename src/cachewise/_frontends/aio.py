@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, S
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from cachewise import _forksafe
+from cachewise import _forksafe, _typed
 from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable, LoadState
 from cachewise._core.policy import Read, decide_read, stale_servable, superseded
@@ -133,6 +133,9 @@ class _Retry(Exception):
 
 # The caller's errors, never the backend's: raised at the call, never held.
 _REFUSED = (SerializationError, ValueTooLargeError, WeigherError)
+# What a load's write may refuse and still hand its value to the callers: the
+# codec's refusals. (A weigher's error is the application's bug: it is raised.)
+_UNSTORABLE = (SerializationError, ValueTooLargeError)
 
 
 def _copy_outcome(task: asyncio.Task[Any], future: asyncio.Future[Any]) -> None:
@@ -303,12 +306,19 @@ class AsyncCache(CacheBase):
     # -- reads --------------------------------------------------------------------
 
     @overload
-    async def get(self, key: str) -> Any: ...
+    async def get(self, key: str, *, type: Any = None) -> Any: ...
     @overload
-    async def get(self, key: str, default: D) -> Any | D: ...
+    async def get(self, key: str, default: D, *, type: Any = None) -> Any | D: ...
 
-    async def get(self, key: str, default: Any = MISSING) -> Any:
-        """The fresh value under ``key``, or ``default`` (``MISSING``)."""
+    async def get(self, key: str, default: Any = MISSING, *, type: Any = None) -> Any:
+        """The fresh value under ``key``, or ``default`` (``MISSING``); ``type``
+        as for ``Cache.get``."""
+        if type is not None:
+            token = _typed.expect(type)
+            try:
+                return await self.get(key, default)
+            finally:
+                _typed.READ_TYPE.reset(token)
         # (An empty key must not hit the entry named by the bare prefix: validated.)
         full = self._prefix + key if key.__class__ is str and key else ""
         if not 0 < len(full) <= SHORT_KEY_CHARS:
@@ -353,11 +363,19 @@ class AsyncCache(CacheBase):
         *,
         ttl: float | None = None,
         tags: Iterable[str] = (),
+        type: Any = None,
     ) -> T:
         """The value under ``key``; on a miss, the awaited result of ``loader()``.
 
-        Concurrent tasks on one key share one load; see ``Cache.get_or_load``.
+        Concurrent tasks on one key share one load; see ``Cache.get_or_load``
+        (``type`` too).
         """
+        if type is not None:
+            token = _typed.expect(type)
+            try:
+                return await self.get_or_load(key, loader, ttl=ttl, tags=tags)
+            finally:
+                _typed.READ_TYPE.reset(token)
         # (An empty key must not hit the entry named by the bare prefix: validated.)
         full = self._prefix + key if key.__class__ is str and key else ""
         if not 0 < len(full) <= SHORT_KEY_CHARS:
@@ -934,10 +952,14 @@ class AsyncCache(CacheBase):
                 value, end, ttl, max(end - start, 0.0), negative, flight.tags, stamp
             )
             handle.sealed = True  # who joins from now on reads again rather than wait
-            if token is not None:
-                await self._write_leased(flight, entry, token)
-            elif write:
-                await self._write_guarded(flight, entry)
+            try:
+                if token is not None:
+                    await self._write_leased(flight, entry, token)
+                elif write:
+                    await self._write_guarded(flight, entry)
+            except _UNSTORABLE as exc:
+                # Not storable: every waiter still gets the value, uncached.
+                self._refused_write(exc)
             return value
         except BaseException as exc:
             if not isinstance(exc, Exception):
@@ -1323,6 +1345,7 @@ class AsyncCache(CacheBase):
         tags: Sequence[str] = (),
         max_keys: int | None = None,
         on_max_keys: OnMaxKeys = "warn",
+        ignore: Iterable[str | type] = (),
     ) -> Callable[[Callable[P, Awaitable[R]]], AsyncCachedFunction[P, R]]: ...
 
     def cached(
@@ -1333,6 +1356,7 @@ class AsyncCache(CacheBase):
         tags: Sequence[str] = (),
         max_keys: int | None = None,
         on_max_keys: OnMaxKeys = "warn",
+        ignore: Iterable[str | type] = (),
     ) -> Any:
         """Decorate a coroutine function so calls read through this cache; see
         ``Cache.cached``. ``.invalidate(...)`` is a coroutine."""
@@ -1344,7 +1368,7 @@ class AsyncCache(CacheBase):
 
         def decorate(func: Callable[P, Awaitable[R]]) -> AsyncCachedFunction[P, R]:
             _check_async_callable(func, "cached")
-            keys = self._key_builder(func, key, tags, max_keys, on_max_keys)
+            keys = self._key_builder(func, key, tags, max_keys, on_max_keys, ignore)
             cached = AsyncCachedFunction(self, func, keys, ttl)
             self._declare_read(func, keys, ttl, owner=cached)
             return cached

@@ -13,7 +13,7 @@ from concurrent.futures import wait as wait_futures
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
-from cachewise import _forksafe
+from cachewise import _forksafe, _typed
 from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable, JoinPoint, LoadState
 from cachewise._core.policy import Read, decide_read, stale_servable, superseded
@@ -98,6 +98,9 @@ def _pass_guard(flight: Flight[_Call]) -> None:
 
 # The caller's errors, never the backend's: raised at the call, never held.
 _REFUSED = (SerializationError, ValueTooLargeError, WeigherError)
+# What a load's write may refuse and still hand its value to the callers: the
+# codec's refusals. (A weigher's error is the application's bug: it is raised.)
+_UNSTORABLE = (SerializationError, ValueTooLargeError)
 
 
 class Cache(CacheBase):
@@ -221,15 +224,24 @@ class Cache(CacheBase):
     # -- reads --------------------------------------------------------------------
 
     @overload
-    def get(self, key: str) -> Any: ...
+    def get(self, key: str, *, type: Any = None) -> Any: ...
     @overload
-    def get(self, key: str, default: D) -> Any | D: ...
+    def get(self, key: str, default: D, *, type: Any = None) -> Any | D: ...
 
-    def get(self, key: str, default: Any = MISSING) -> Any:
+    def get(self, key: str, default: Any = MISSING, *, type: Any = None) -> Any:
         """The fresh value under ``key``, or ``default`` (``MISSING``).
 
         Never returns a stale value: with no loader there is nothing to revalidate.
+        ``type``: what the value is (``User``, ``list[User]``, ``User | None``), for
+        structured values on a shared backend: the reader's type rebuilds them
+        (see ``cachewise.serialization``); an entry that does not fit is a miss.
         """
+        if type is not None:
+            token = _typed.expect(type)
+            try:
+                return self.get(key, default)
+            finally:
+                _typed.READ_TYPE.reset(token)
         # (An empty key must not hit the entry named by the bare prefix: validated.)
         full = self._prefix + key if key.__class__ is str and key else ""
         if not 0 < len(full) <= SHORT_KEY_CHARS:
@@ -282,13 +294,22 @@ class Cache(CacheBase):
         *,
         ttl: float | None = None,
         tags: Iterable[str] = (),
+        type: Any = None,
     ) -> T:
         """The value under ``key``; on a miss, ``loader()``'s result, cached.
 
         Concurrent callers on one key share one ``loader`` call and get its result or
         its exception. Stale and early-refresh handling follow the cache's options.
         ``tags``: the entry is invalidated by ``invalidate_tags`` of any of them.
+        ``type``: what the value is, as for ``get``. A value the codec refuses is
+        returned uncached (``stats().encode_errors``).
         """
+        if type is not None:
+            token = _typed.expect(type)
+            try:
+                return self.get_or_load(key, loader, ttl=ttl, tags=tags)
+            finally:
+                _typed.READ_TYPE.reset(token)
         # The hit path, kept to one backend call, one clock read and one comparison.
         # refresh_at is the instant before which the entry is certainly fresh and
         # needs no XFetch draw; everything else goes to the decision core.
@@ -774,8 +795,11 @@ class Cache(CacheBase):
                     self._write_leased(flight, entry, token)
                 elif write:
                     self._write_guarded(flight, entry)
-            except _REFUSED as exc:
-                call.error = exc  # unserializable: every waiter gets the TypeError
+            except _UNSTORABLE as exc:
+                # Not storable: every waiter still gets the value, uncached.
+                self._refused_write(exc)
+            except WeigherError as exc:
+                call.error = exc  # the application's weigher: every waiter gets it
             call.value = value
         except BaseException:
             # A KeyboardInterrupt (or any BaseException) anywhere in the load or its
@@ -1075,6 +1099,7 @@ class Cache(CacheBase):
         tags: Sequence[str] = (),
         max_keys: int | None = None,
         on_max_keys: OnMaxKeys = "warn",
+        ignore: Iterable[str | type] = (),
     ) -> Callable[[Callable[P, R]], CachedFunction[P, R]]: ...
 
     def cached(
@@ -1085,6 +1110,7 @@ class Cache(CacheBase):
         tags: Sequence[str] = (),
         max_keys: int | None = None,
         on_max_keys: OnMaxKeys = "warn",
+        ignore: Iterable[str | type] = (),
     ) -> Any:
         """Decorate a function so calls read through this cache.
 
@@ -1094,6 +1120,12 @@ class Cache(CacheBase):
         decorated function gains ``.invalidate(*args, **kwargs)`` and
         ``.key_for(*args, **kwargs)``. ``max_keys`` guards the template's
         cardinality (see ``KeyBuilder``). The read joins the invalidation map.
+
+        ``ignore``: parameters left out of default keys, by name or by type
+        (``ignore=("db", Request)``), besides the framework types that never are
+        data (sessions, connections, requests, background tasks: see
+        ``cachewise.keys.ArgFilter``). A shared backend rebuilds structured
+        values with the function's return annotation.
         """
         if callable(key):  # used bare: @cache.cached
             return self.cached()(key)
@@ -1103,7 +1135,7 @@ class Cache(CacheBase):
 
         def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
             _check_sync_callable(func, "cached")
-            keys = self._key_builder(func, key, tags, max_keys, on_max_keys)
+            keys = self._key_builder(func, key, tags, max_keys, on_max_keys, ignore)
             cached = CachedFunction(self, func, keys, ttl)
             self._declare_read(func, keys, ttl, owner=cached)
             return cached

@@ -1,0 +1,871 @@
+"""The values apps return, as trees JSON and msgpack can hold, and back.
+
+Plain JSON (or msgpack) values are stored as they are. Everything else the
+default codec keeps is written as a *tagged node*: a one-key dict
+``{"$cw": [tag, ...]}``. The tags, and what they hold:
+
+================  =========================================================
+``tuple``         ``[items]``
+``set``           ``[items]`` (``frozenset``: the same under ``frozenset``)
+``dict``          ``[[key, value], ...]``: a dict whose keys the format cannot
+                  hold as they are (``{1: "a"}`` in JSON, tuple keys), or one
+                  that has a ``"$cw"`` key of its own
+``bytes``         base64 text (JSON only; msgpack holds bytes)
+``int``           hex text, for ints outside 64 bits
+``float``         ``"nan"``, ``"inf"`` or ``"-inf"`` (JSON only)
+``datetime``      ``[naive ISO text, zone, fold]``; zone: ``null`` (naive),
+                  ``"UTC"``, ``["zone", key]`` (a ``zoneinfo.ZoneInfo``) or
+                  ``["fixed", seconds, microseconds, name]`` (a ``timezone``)
+``date``          ISO text
+``time``          ``[naive ISO text, zone, fold]``
+``timedelta``     ``[days, seconds, microseconds]``
+``decimal``       ``str(value)``
+``uuid``          32 hex digits
+``enum``          ``["module.Class", value]``
+``struct``        ``["module.Class", {field: value}]``: a dataclass, an attrs
+                  class, a pydantic model or a ``NamedTuple``
+================  =========================================================
+
+The payload never chooses code: a tag names one of the constructors above, and
+the classes of enum members and structs come from the reader (a registered enum,
+or the type the reader passes: ``type=``, a cached function's return
+annotation). A struct or an unregistered enum read without a type is a miss.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import functools
+import logging
+import threading
+import types
+import typing
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from cachewise._core.envelope import DecodeError
+
+logger = logging.getLogger("cachewise")
+
+#: The key of a tagged node. A user's dict that has this key is stored in the
+#: ``dict`` tag's pair form, so no user dict is ever read as a tagged node.
+TAG = "$cw"
+#: Containers nested deeper are refused at write (a cycle ends here too).
+MAX_DEPTH = 200
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+
+#: The type the current read expects (``get(..., type=T)``, a cached function's
+#: return annotation). A context variable rather than an argument: the backend
+#: decodes inside the caller's own call (its thread, its task), and the backend
+#: protocol stays the same for every backend.
+READ_TYPE: contextvars.ContextVar[Any] = contextvars.ContextVar("cachewise_read_type", default=None)
+
+
+class Refused(TypeError):
+    """A value the format cannot round-trip: ``where`` is its path, ``kind`` its type."""
+
+    def __init__(self, message: str, kind: type, where: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.where = where
+
+
+class Struct:
+    """A structured value read back without its class: the class's path and its
+    fields, until the reader's type rebuilds it."""
+
+    __slots__ = ("fields", "name")
+
+    def __init__(self, name: str, fields: dict[str, Any]) -> None:
+        self.name = name
+        self.fields = fields
+
+
+class EnumRef:
+    """An enum member read back before its class is known (not registered)."""
+
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str, value: Any) -> None:
+        self.name = name
+        self.value = value
+
+
+# -- registered enums ----------------------------------------------------------------
+
+_enums: dict[str, type[enum.Enum]] = {}
+_enums_lock = threading.Lock()
+
+
+def class_path(cls: type) -> str:
+    """``module.qualname``: how a payload names an enum or a struct class."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_enum(cls: type[enum.Enum]) -> type[enum.Enum]:
+    """Let the default codec store members of ``cls`` (usable as a decorator).
+
+    Readers in every process must register it too (at import, next to the class),
+    or read with a type that names it: a member of an enum the reader does not
+    know is a miss. Enums named in a cached function's return annotation or a
+    ``type=`` are registered when first seen.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
+        raise TypeError(f"register_enum() takes an Enum class, not {cls!r}")
+    name = class_path(cls)
+    with _enums_lock:
+        known = _enums.get(name)
+        if known is not None and known is not cls:
+            raise TypeError(
+                f"two enum classes are named {name}: a payload could not tell them apart"
+            )
+        _enums[name] = cls
+    return cls
+
+
+def register_types_in(tp: Any) -> None:
+    """Register every enum class ``tp`` mentions (``list[Color]``, a dataclass's
+    fields, ...), so that writes of their members are accepted."""
+    for cls in _classes_in(tp, set()):
+        if issubclass(cls, enum.Enum):
+            try:
+                register_enum(cls)
+            except TypeError:
+                pass  # a name clash: the writer refuses the members, as unregistered
+
+
+def _classes_in(tp: Any, seen: set[int]) -> Iterable[type]:
+    if id(tp) in seen:
+        return
+    seen.add(id(tp))
+    args = typing.get_args(tp)
+    for arg in args:
+        yield from _classes_in(arg, seen)
+    if isinstance(tp, type):
+        yield tp
+        if _struct_kind(tp) is not None or typing.is_typeddict(tp):
+            for hint in _hints(tp).values():
+                yield from _classes_in(hint, seen)
+
+
+# -- the formats ------------------------------------------------------------------------
+
+
+class Format:
+    """What one wire format holds natively: which scalars, which dict keys."""
+
+    __slots__ = ("bytes_native", "keys", "name", "nonfinite_native")
+
+    def __init__(
+        self, name: str, *, bytes_native: bool, nonfinite_native: bool, keys: frozenset[type]
+    ) -> None:
+        self.name = name
+        self.bytes_native = bytes_native
+        self.nonfinite_native = nonfinite_native
+        self.keys = keys
+
+
+_NoneType = type(None)
+JSON = Format("JSON", bytes_native=False, nonfinite_native=False, keys=frozenset({str}))
+MSGPACK = Format(
+    "msgpack",
+    bytes_native=True,
+    nonfinite_native=True,
+    keys=frozenset({_NoneType, bool, int, float, str, bytes}),
+)
+
+
+# -- writing: value -> tree --
+
+
+def lower(value: Any, fmt: Format) -> Any:
+    """``value`` as a tree ``fmt`` holds exactly, tagged where needed; ``Refused``
+    (with the path) for anything that would not read back equal and of the same
+    type."""
+    return _Lowerer(fmt).lower(value, "value", 0)
+
+
+def _tagged(tag: str, *payload: Any) -> dict[str, Any]:
+    return {TAG: [tag, *payload]}
+
+
+def _render_key(key: Any) -> str:
+    text = repr(key)
+    return f"[{text if len(text) <= 40 else text[:37] + '...'}]"
+
+
+class _Lowerer:
+    __slots__ = ("fmt", "open")
+
+    def __init__(self, fmt: Format) -> None:
+        self.fmt = fmt
+        self.open: set[int] = set()  # ids of the containers being walked (cycles)
+
+    def refuse(self, value: Any, where: str, why: str) -> Refused:
+        kind = type(value)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else class_path(kind)
+        return Refused(f"{self.fmt.name} cannot store the {name} at {where}: {why}", kind, where)
+
+    def lower(self, value: Any, where: str, depth: int) -> Any:
+        kind = type(value)
+        if kind is str:
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise self.refuse(
+                    value, where, "it holds a lone surrogate, which UTF-8 cannot encode"
+                ) from None
+            return value
+        if kind is int:
+            if _INT_MIN <= value <= _INT_MAX:
+                return value
+            return _tagged("int", format(value, "x"))  # hex: no digit limit, unlike str()
+        if kind is bool or value is None:
+            return value
+        if kind is float:
+            if self.fmt.nonfinite_native or value - value == 0.0:
+                return value
+            return _tagged("float", repr(value))  # 'nan', 'inf', '-inf'
+        if kind is list or kind is tuple or kind is set or kind is frozenset or kind is dict:
+            return self.container(value, kind, where, depth)
+        if kind is bytes:
+            if self.fmt.bytes_native:
+                return value
+            return _tagged("bytes", base64.b64encode(value).decode("ascii"))
+        lowerer = _SCALARS.get(kind)
+        if lowerer is not None:
+            return lowerer(self, value, where)
+        if isinstance(value, enum.Enum):
+            return self.enum_member(value, where, depth)
+        struct = _struct_kind(kind)
+        if struct is not None:
+            return self.struct(value, struct, where, depth)
+        raise self.refuse(value, where, _advice(value))
+
+    def enter(self, value: Any, where: str, depth: int) -> None:
+        if depth >= MAX_DEPTH:
+            raise self.refuse(
+                value, where, f"it is nested more than {MAX_DEPTH} containers deep; flatten it"
+            )
+        if id(value) in self.open:
+            raise self.refuse(value, where, "it contains itself; break the cycle")
+        self.open.add(id(value))
+
+    def container(self, value: Any, kind: type, where: str, depth: int) -> Any:
+        self.enter(value, where, depth)
+        try:
+            lower = self.lower
+            inner = depth + 1
+            if kind is list:
+                return [lower(item, f"{where}[{i}]", inner) for i, item in enumerate(value)]
+            if kind is tuple:
+                items = [lower(item, f"{where}[{i}]", inner) for i, item in enumerate(value)]
+                return _tagged("tuple", items)
+            if kind is set or kind is frozenset:
+                items = [self.key(item, f"{where} item", inner) for item in value]
+                return _tagged("set" if kind is set else "frozenset", items)
+            keys = self.fmt.keys
+            if TAG not in value and all(
+                type(k) in keys and k == k  # noqa: PLR0124 - NaN keys take the pair form's check
+                for k in value
+            ):
+                return {k: lower(v, f"{where}{_render_key(k)}", inner) for k, v in value.items()}
+            pairs = [
+                [
+                    self.key(k, f"{where} key {_render_key(k)}", inner),
+                    lower(v, f"{where}{_render_key(k)}", inner),
+                ]
+                for k, v in value.items()
+            ]
+            return _tagged("dict", pairs)
+        finally:
+            self.open.discard(id(value))
+
+    def key(self, value: Any, where: str, depth: int) -> Any:
+        """A dict key or a set item: hashable, and found again after a read."""
+        if value != value:  # noqa: PLR0124 - NaN (float or Decimal)
+            raise self.refuse(
+                value, where, "a NaN key or set item reads back as a new NaN no lookup finds"
+            )
+        if _struct_kind(type(value)) is not None:
+            raise self.refuse(value, where, "a structured value cannot be a dict key or a set item")
+        return self.lower(value, where, depth)
+
+    def enum_member(self, value: enum.Enum, where: str, depth: int) -> Any:
+        cls = type(value)
+        name = class_path(cls)
+        if _enums.get(name) is not cls:
+            raise self.refuse(
+                value,
+                where,
+                f"{cls.__name__} is not a registered enum: register it with "
+                f"cachewise.serialization.register_enum({cls.__name__}) where it is defined "
+                "(every reader needs it), or name it in the cached function's return type",
+            )
+        return _tagged("enum", name, self.lower(value.value, f"{where}.value", depth + 1))
+
+    def struct(self, value: Any, kind: str, where: str, depth: int) -> Any:
+        cls = type(value)
+        if "<locals>" in cls.__qualname__:
+            raise self.refuse(
+                value,
+                where,
+                "its class is defined inside a function, so a reader cannot name it; "
+                "define it at module level",
+            )
+        self.enter(value, where, depth)
+        try:
+            fields = _struct_fields(value, kind)
+            lowered = {
+                name: self.lower(item, f"{where}.{name}", depth + 1)
+                for name, item in fields.items()
+            }
+        finally:
+            self.open.discard(id(value))
+        return _tagged("struct", class_path(cls), lowered)
+
+
+def _zone(value: dt.tzinfo | None, owner: Any) -> Any:
+    """How a datetime's or time's zone is written; ``None`` for a naive one."""
+    if value is None:
+        return None
+    if value is dt.timezone.utc:
+        return "UTC"
+    if type(value) is dt.timezone:
+        offset = value.utcoffset(None)
+        return [
+            "fixed",
+            offset.days * 86400 + offset.seconds,
+            offset.microseconds,
+            value.tzname(None),
+        ]
+    key = getattr(value, "key", None)
+    if type(value).__module__ == "zoneinfo" and isinstance(key, str):
+        return ["zone", key]
+    raise _ZoneRefused(type(value))
+
+
+class _ZoneRefused(Exception):
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+
+
+def _lower_datetime(lowerer: _Lowerer, value: dt.datetime, where: str) -> Any:
+    try:
+        zone = _zone(value.tzinfo, value)
+    except _ZoneRefused as exc:
+        raise lowerer.refuse(value, where, _zone_advice(exc.kind)) from None
+    return _tagged("datetime", value.replace(tzinfo=None).isoformat(), zone, value.fold)
+
+
+def _lower_time(lowerer: _Lowerer, value: dt.time, where: str) -> Any:
+    try:
+        zone = _zone(value.tzinfo, value)
+    except _ZoneRefused as exc:
+        raise lowerer.refuse(value, where, _zone_advice(exc.kind)) from None
+    return _tagged("time", value.replace(tzinfo=None).isoformat(), zone, value.fold)
+
+
+def _zone_advice(kind: type) -> str:
+    return (
+        f"its tzinfo is a {class_path(kind)}, which would not read back as the same zone; "
+        "use zoneinfo.ZoneInfo or datetime.timezone"
+    )
+
+
+def _lower_timedelta(lowerer: _Lowerer, value: dt.timedelta, where: str) -> Any:
+    return _tagged("timedelta", [value.days, value.seconds, value.microseconds])
+
+
+_SCALARS: dict[type, Callable[[_Lowerer, Any, str], Any]] = {
+    dt.datetime: _lower_datetime,
+    dt.date: lambda lowerer, value, where: _tagged("date", value.isoformat()),
+    dt.time: _lower_time,
+    dt.timedelta: _lower_timedelta,
+    decimal.Decimal: lambda lowerer, value, where: _tagged("decimal", str(value)),
+    uuid.UUID: lambda lowerer, value, where: _tagged("uuid", value.hex),
+}
+
+
+def _advice(value: Any) -> str:
+    """Why ``value``'s type is refused, and what to store instead."""
+    from cachewise._sentinel import MISSING
+
+    if value is MISSING:
+        return "MISSING marks a miss and is never cached; cache None or a marker of your own"
+    for base in (bool, int, float, str, bytes, list, tuple, dict, set, frozenset):
+        if isinstance(value, base):
+            name = base.__name__
+            return (
+                f"a subclass of {name} would come back as a plain {name}; "
+                f"convert it with {name}(...)"
+            )
+    if isinstance(value, (bytearray, memoryview)):
+        return "it would come back as bytes; convert it with bytes(...)"
+    if isinstance(value, (dt.date, dt.time, dt.timedelta, decimal.Decimal, uuid.UUID)):
+        return "a subclass would come back as its base class; convert it"
+    return (
+        "the default codec stores None, bool, int, float, str, bytes, list, tuple, dict, "
+        "set, frozenset, datetime, date, time, timedelta, Decimal, UUID, registered enums, "
+        "dataclasses, attrs classes, pydantic models and NamedTuples; convert it, or use "
+        "PickleSerializer(secret=...)"
+    )
+
+
+# -- structured types --
+
+
+def _struct_kind(cls: Any) -> str | None:
+    """``"dataclass"``, ``"attrs"``, ``"pydantic"``, ``"namedtuple"`` or None."""
+    kind: str | None = _struct_kind_of(cls)
+    return kind
+
+
+@functools.lru_cache(maxsize=1024)  # (bounded: classes made in a loop must not pile up)
+def _struct_kind_of(cls: Any) -> str | None:
+    if not isinstance(cls, type):
+        return None
+    if "__dataclass_fields__" in cls.__dict__ or (
+        dataclasses.is_dataclass(cls) and not issubclass(cls, enum.Enum)
+    ):
+        return "dataclass"
+    if getattr(cls, "__attrs_attrs__", None) is not None:
+        return "attrs"
+    if issubclass(cls, tuple) and isinstance(getattr(cls, "_fields", None), tuple):
+        return "namedtuple"
+    if any(
+        base.__module__ == "pydantic.main" and base.__name__ == "BaseModel" for base in cls.__mro__
+    ):
+        return "pydantic"
+    return None
+
+
+def _struct_fields(value: Any, kind: str) -> dict[str, Any]:
+    if kind == "dataclass":
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if kind == "attrs":
+        return {a.name: getattr(value, a.name) for a in type(value).__attrs_attrs__}
+    if kind == "namedtuple":
+        return dict(zip(type(value)._fields, value, strict=True))
+    # pydantic: by alias, as validation reads them.
+    dumped: dict[str, Any] = value.model_dump(by_alias=True, round_trip=True)
+    return dumped
+
+
+@functools.lru_cache(maxsize=1024)
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:
+        return {}
+
+
+# -- reading: tree -> value --
+
+
+def lift(tree: Any, fmt: Format) -> tuple[Any, bool]:
+    """The value a tagged tree stands for, and whether it holds structs or enum
+    members that need the reader's type. Any malformed node: ``DecodeError``."""
+    lifter = _Lifter(fmt)
+    return lifter.lift(tree, 0), lifter.needs_type
+
+
+class _Lifter:
+    __slots__ = ("fmt", "needs_type")
+
+    def __init__(self, fmt: Format) -> None:
+        self.fmt = fmt
+        self.needs_type = False
+
+    def lift(self, node: Any, depth: int) -> Any:
+        kind = type(node)
+        if kind is list:
+            if depth > MAX_DEPTH:
+                raise DecodeError("nested too deeply")
+            return [self.lift(item, depth + 1) for item in node]
+        if kind is not dict:
+            return node
+        if depth > MAX_DEPTH:
+            raise DecodeError("nested too deeply")
+        if TAG not in node:
+            return {k: self.lift(v, depth + 1) for k, v in node.items()}
+        body = node[TAG]
+        if len(node) != 1 or type(body) is not list or not body or type(body[0]) is not str:
+            raise DecodeError("a malformed tagged node")
+        reader = _LIFTERS.get(body[0])
+        if reader is None:
+            raise DecodeError(f"unknown tag {body[0]!r}")
+        return reader(self, body[1:], depth + 1)
+
+    def items(self, body: list[Any], depth: int) -> list[Any]:
+        if len(body) != 1 or type(body[0]) is not list:
+            raise DecodeError("a malformed sequence node")
+        return [self.lift(item, depth) for item in body[0]]
+
+
+def _text(body: list[Any], count: int = 1) -> str:
+    if len(body) != count or type(body[0]) is not str:
+        raise DecodeError("a malformed node")
+    return body[0]
+
+
+def _read_zone(zone: Any) -> dt.tzinfo | None:
+    if zone is None:
+        return None
+    if zone == "UTC":
+        return dt.timezone.utc
+    if type(zone) is list and len(zone) == 2 and zone[0] == "zone" and type(zone[1]) is str:
+        import zoneinfo
+
+        return zoneinfo.ZoneInfo(zone[1])
+    if (
+        type(zone) is list
+        and len(zone) == 4
+        and zone[0] == "fixed"
+        and type(zone[1]) is int
+        and type(zone[2]) is int
+        and type(zone[3]) is str
+    ):
+        return dt.timezone(dt.timedelta(seconds=zone[1], microseconds=zone[2]), zone[3])
+    raise DecodeError("a malformed zone")
+
+
+def _lift_clock(body: list[Any], parse: Callable[[str], Any]) -> Any:
+    if (
+        len(body) != 3
+        or type(body[0]) is not str
+        or body[2] not in (0, 1)
+        or type(body[2]) is not int
+    ):
+        raise DecodeError("a malformed datetime or time")
+    return parse(body[0]).replace(tzinfo=_read_zone(body[1]), fold=body[2])
+
+
+def _lift_dict(lifter: _Lifter, body: list[Any], depth: int) -> dict[Any, Any]:
+    pairs = lifter.items(body, depth)
+    out: dict[Any, Any] = {}
+    for pair in pairs:
+        if type(pair) is not list or len(pair) != 2:
+            raise DecodeError("a malformed dict pair")
+        out[pair[0]] = pair[1]  # an unhashable key raises TypeError: a DecodeError upstream
+    return out
+
+
+def _lift_int(lifter: _Lifter, body: list[Any], depth: int) -> int:
+    text = _text(body)
+    if len(text) > 100_000:
+        raise DecodeError("an int too long")
+    return int(text, 16)
+
+
+def _lift_float(lifter: _Lifter, body: list[Any], depth: int) -> float:
+    text = _text(body)
+    if text not in ("nan", "inf", "-inf"):
+        raise DecodeError("a malformed float")
+    return float(text)
+
+
+def _lift_enum(lifter: _Lifter, body: list[Any], depth: int) -> Any:
+    if len(body) != 2 or type(body[0]) is not str:
+        raise DecodeError("a malformed enum member")
+    value = lifter.lift(body[1], depth)
+    cls = _enums.get(body[0])
+    if cls is None:
+        lifter.needs_type = True
+        return EnumRef(body[0], value)
+    return cls(value)
+
+
+def _lift_struct(lifter: _Lifter, body: list[Any], depth: int) -> Struct:
+    if len(body) != 2 or type(body[0]) is not str or type(body[1]) is not dict:
+        raise DecodeError("a malformed struct")
+    fields = lifter.lift(body[1], depth)
+    if type(fields) is not dict or not all(type(k) is str for k in fields):
+        raise DecodeError("a malformed struct")
+    lifter.needs_type = True
+    return Struct(body[0], fields)
+
+
+def _lift_bytes(lifter: _Lifter, body: list[Any], depth: int) -> bytes:
+    return base64.b64decode(_text(body), validate=True)
+
+
+_LIFTERS: dict[str, Callable[[_Lifter, list[Any], int], Any]] = {
+    "tuple": lambda lifter, body, depth: tuple(lifter.items(body, depth)),
+    "set": lambda lifter, body, depth: set(lifter.items(body, depth)),
+    "frozenset": lambda lifter, body, depth: frozenset(lifter.items(body, depth)),
+    "dict": _lift_dict,
+    "bytes": _lift_bytes,
+    "int": _lift_int,
+    "float": _lift_float,
+    "datetime": lambda lifter, body, depth: _lift_clock(body, dt.datetime.fromisoformat),
+    "date": lambda lifter, body, depth: dt.date.fromisoformat(_text(body)),
+    "time": lambda lifter, body, depth: _lift_clock(body, dt.time.fromisoformat),
+    "timedelta": lambda lifter, body, depth: _lift_timedelta(body),
+    "decimal": lambda lifter, body, depth: decimal.Decimal(_text(body)),
+    "uuid": lambda lifter, body, depth: uuid.UUID(hex=_text(body)),
+    "enum": _lift_enum,
+    "struct": _lift_struct,
+}
+
+
+def _lift_timedelta(body: list[Any]) -> dt.timedelta:
+    if len(body) != 1 or type(body[0]) is not list or len(body[0]) != 3:
+        raise DecodeError("a malformed timedelta")
+    days, seconds, micros = body[0]
+    if not all(type(n) is int for n in (days, seconds, micros)):
+        raise DecodeError("a malformed timedelta")
+    return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+
+
+# -- the reader's type ----------------------------------------------------------------------
+
+
+_warned_untyped: set[str] = set()
+
+
+def finish(value: Any, needs_type: bool) -> Any:
+    """A lifted value made whole with the reader's type (``READ_TYPE``), or
+    ``DecodeError`` (a miss) when it holds what only a type can rebuild and the
+    reader gave none, or gave one that does not fit."""
+    tp = READ_TYPE.get()
+    if tp is None:
+        if needs_type:
+            name = _first_unresolved(value)
+            if name not in _warned_untyped:
+                _warned_untyped.add(name)
+                logger.warning(
+                    "cachewise: an entry holds a %s, which is read back only with its type: "
+                    "pass type=%s to get()/get_or_load(), or annotate the cached function's "
+                    "return; read as a miss",
+                    name,
+                    name.rsplit(".", 1)[-1],
+                )
+            raise DecodeError(f"an entry holding a {name} was read without a type")
+        return value
+    if not needs_type and not _is_structured(tp):
+        return value
+    return convert(value, tp)
+
+
+def _first_unresolved(value: Any, depth: int = 0) -> str:
+    if isinstance(value, (Struct, EnumRef)):
+        return value.name
+    if depth < MAX_DEPTH:
+        children: Iterable[Any] = ()
+        if isinstance(value, dict):
+            children = (*value.keys(), *value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            children = value
+        for child in children:
+            found = _first_unresolved(child, depth + 1)
+            if found:
+                return found
+    return ""
+
+
+def _is_structured(tp: Any) -> bool:
+    return isinstance(tp, type) and (_struct_kind(tp) is not None or typing.is_typeddict(tp))
+
+
+class _Mismatch(DecodeError):
+    """The stored value does not fit the reader's type."""
+
+
+def convert(value: Any, tp: Any) -> Any:
+    """``value`` (a lifted tree) as the type ``tp`` says: structs and enum members
+    rebuilt with the classes ``tp`` names. ``DecodeError`` if it does not fit."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return convert(value, typing.get_args(tp)[0])
+    if origin is typing.Union or origin is types.UnionType:
+        return _convert_union(value, typing.get_args(tp))
+    if origin is typing.Literal:
+        return _untyped(value)
+    if origin is not None:
+        return _convert_generic(value, origin, typing.get_args(tp))
+    if tp is Any or tp is object or not isinstance(tp, type):
+        # No class to rebuild with (Any, a TypeVar, a NewType...): only a plain
+        # value passes.
+        if isinstance(tp, typing.NewType):
+            return convert(value, tp.__supertype__)
+        return _untyped(value)
+    if isinstance(value, Struct):
+        return _build(value, tp)
+    if isinstance(value, EnumRef):
+        if issubclass(tp, enum.Enum) and value.name == class_path(tp):
+            return tp(value.value)
+        raise _Mismatch(f"a {value.name} member is not a {class_path(tp)}")
+    if typing.is_typeddict(tp):
+        if type(value) is not dict:
+            raise _Mismatch(f"a {type(value).__name__} is not a {class_path(tp)}")
+        hints = _hints(tp)
+        return {k: convert(v, hints[k]) if k in hints else _untyped(v) for k, v in value.items()}
+    if _struct_kind(tp) is not None:
+        raise _Mismatch(f"a {type(value).__name__} is not a {class_path(tp)}")
+    if tp is float and type(value) is int:
+        return value  # (an int is a float as far as annotations go)
+    if not isinstance(value, tp):
+        raise _Mismatch(f"a {type(value).__name__} is not a {tp.__name__}")
+    return _untyped(value)
+
+
+def _untyped(value: Any) -> Any:
+    """``value`` unchanged, if it holds nothing a type must rebuild."""
+    if _first_unresolved(value):
+        raise _Mismatch(f"a {_first_unresolved(value)} needs its type")
+    return value
+
+
+def _convert_union(value: Any, members: tuple[Any, ...]) -> Any:
+    if value is None and _NoneType in members:
+        return None
+    if isinstance(value, (Struct, EnumRef)):
+        for member in members:
+            if isinstance(member, type) and class_path(member) == value.name:
+                return convert(value, member)
+    for member in members:
+        if member is _NoneType:
+            continue
+        try:
+            return convert(value, member)
+        except _Mismatch:
+            continue
+    raise _Mismatch(f"a {type(value).__name__} fits none of {members}")
+
+
+_SEQUENCES = {list: list, tuple: tuple, set: set, frozenset: frozenset}
+
+
+def _convert_generic(value: Any, origin: Any, args: tuple[Any, ...]) -> Any:
+    from collections import abc
+
+    if origin in (dict, abc.Mapping, abc.MutableMapping):
+        if type(value) is not dict:
+            raise _Mismatch(f"a {type(value).__name__} is not a dict")
+        key_tp, value_tp = args if len(args) == 2 else (Any, Any)
+        return {convert(k, key_tp): convert(v, value_tp) for k, v in value.items()}
+    if origin is tuple:
+        if type(value) is not tuple:
+            raise _Mismatch(f"a {type(value).__name__} is not a tuple")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(convert(item, args[0]) for item in value)
+        if args == ((),):
+            args = ()
+        if len(args) != len(value):
+            raise _Mismatch("a tuple of another length")
+        return tuple(convert(item, arg) for item, arg in zip(value, args, strict=True))
+    if origin in (
+        list,
+        set,
+        frozenset,
+        abc.Sequence,
+        abc.MutableSequence,
+        abc.Set,
+        abc.Collection,
+        abc.Iterable,
+    ):
+        expected = _SEQUENCES.get(origin)
+        if expected is not None and type(value) is not expected:
+            raise _Mismatch(f"a {type(value).__name__} is not a {expected.__name__}")
+        if not isinstance(value, (list, tuple, set, frozenset)):
+            raise _Mismatch(f"a {type(value).__name__} is not a collection")
+        item_tp = args[0] if args else Any
+        return type(value)(convert(item, item_tp) for item in value)
+    if isinstance(origin, type) and _struct_kind(origin) is not None:
+        return convert(value, origin)  # a generic dataclass or model: by its class
+    return _untyped(value)
+
+
+def _build(value: Struct, cls: type) -> Any:
+    """The instance of ``cls`` a struct stands for."""
+    kind = _struct_kind(cls)
+    if kind is None or value.name != class_path(cls):
+        raise _Mismatch(f"a {value.name} is not a {class_path(cls)}")
+    fields = value.fields
+    try:
+        if kind == "pydantic":
+            return _pydantic_adapter(cls).validate_python(_plain(fields))
+        hints = _hints(cls)
+        typed = {
+            name: convert(item, hints[name]) if name in hints else _untyped(item)
+            for name, item in fields.items()
+        }
+        if kind == "namedtuple":
+            return cls(**typed)
+        if kind == "dataclass":
+            attrs = [(f.name, f.init) for f in dataclasses.fields(cls)]
+        else:
+            attrs = [
+                (a.name, a.init)
+                for a in cls.__attrs_attrs__  # type: ignore[attr-defined]
+            ]
+            aliases = {
+                a.name: getattr(a, "alias", None) or a.name.lstrip("_")
+                for a in cls.__attrs_attrs__  # type: ignore[attr-defined]
+            }
+        if set(typed) != {name for name, _ in attrs}:
+            raise _Mismatch(f"the stored {value.name} has other fields than the class")
+        if kind == "dataclass":
+            obj = cls(**{name: typed[name] for name, init in attrs if init})
+        else:
+            obj = cls(**{aliases[name]: typed[name] for name, init in attrs if init})
+        for name, init in attrs:
+            if not init:
+                object.__setattr__(obj, name, typed[name])  # (frozen classes too)
+        return obj
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise _Mismatch(f"cannot rebuild a {value.name}: {exc!r}") from None
+
+
+def _plain(value: Any) -> Any:
+    """A lifted tree with structs as dicts of their fields and enum references as
+    their values: what pydantic validates (it rebuilds them by its own types)."""
+    if isinstance(value, Struct):
+        return {k: _plain(v) for k, v in value.fields.items()}
+    if isinstance(value, EnumRef):
+        return _plain(value.value)
+    if type(value) is dict:
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_plain(v) for v in value]
+    if type(value) is tuple:
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _pydantic_adapter(cls: type) -> Any:
+    import pydantic
+
+    return pydantic.TypeAdapter(cls)
+
+
+_expected: set[Any] = set()  # reader types whose enums are registered already
+_EXPECTED_MAX = 4096
+
+
+def expect(tp: Any) -> contextvars.Token[Any]:
+    """Make ``tp`` the type of the reads in this call (reset with the token) and
+    register the enums it names, so their members can be written too."""
+    try:
+        known = tp in _expected
+    except TypeError:  # an unhashable annotation: register every time
+        known = False
+    if not known:
+        register_types_in(tp)
+        try:
+            if len(_expected) < _EXPECTED_MAX:
+                _expected.add(tp)
+        except TypeError:
+            pass
+    return READ_TYPE.set(tp)
