@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -352,3 +354,45 @@ def test_decorations_of_a_dropped_cache_leave_the_map(registry: Registry) -> Non
     gc.collect()
     assert registry.reads == ()
     assert registry.writes == ()
+
+
+def _console_script() -> str:
+    """The installed ``cachewise`` command (what users run), next to this Python."""
+    script = shutil.which("cachewise", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the cachewise console script is not installed next to this Python")
+    return script
+
+
+def _app_env() -> dict[str, str]:
+    # No PYTHONPATH: the app's modules must be found from the directory the
+    # command runs in, as `python -m` finds them.
+    return {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DJANGO_SETTINGS_MODULE")
+    }
+
+
+def test_the_cli_finds_the_app_modules_in_the_current_directory(tmp_path: Path) -> None:
+    package = tmp_path / "myapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "store.py").write_text("from cachewise import Cache\ncache = Cache(ttl=30)\n")
+    # Imports a sibling module by its absolute name: needs the app directory on the path.
+    (package / "users.py").write_text(
+        "from myapp.store import cache\n"
+        "@cache.cached('user:{uid}')\n"
+        "def user(uid): ...\n"
+        "@cache.invalidates('user:{uid}')\n"
+        "def rename(uid, name): ...\n"
+    )
+    done = subprocess.run(
+        [_console_script(), "invalidation-map", "myapp.users"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env=_app_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "### `myapp.users.rename`" in done.stdout
+    assert "| `myapp.users.user` | `user:{uid}` | key | 30 s | - |" in done.stdout

@@ -1,4 +1,8 @@
-"""After-commit invalidation for SQLAlchemy sessions (``pip install 'cachewise[sqlalchemy]'``).
+"""After-commit invalidation for SQLAlchemy sessions.
+
+``pip install 'cachewise[sqlalchemy]'`` is enough for ``Session``; ``AsyncSession``
+needs SQLAlchemy's asyncio layer, which needs greenlet:
+``pip install 'cachewise[sqlalchemy-async]'``.
 
 ::
 
@@ -27,17 +31,23 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "cachewise.integrations.sqlalchemy needs SQLAlchemy 2: pip install 'cachewise[sqlalchemy]'"
+        " (or 'cachewise[sqlalchemy-async]' for AsyncSession)"
     ) from exc
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_session
+
+    # Why SQLAlchemy's asyncio layer cannot be imported, if it cannot.
+    _NO_ASYNCIO: ImportError | None
 else:
+    _NO_ASYNCIO = None
     try:
         from sqlalchemy.ext.asyncio import AsyncSession, async_session
-    except ImportError:
+    except ImportError as exc:
         # SQLAlchemy's asyncio layer needs greenlet, which SQLAlchemy 2.1 no longer
         # installs by default. Without it no AsyncSession can exist, so plain
         # Sessions keep working and nothing is an AsyncSession.
+        _NO_ASYNCIO = exc
 
         class AsyncSession:
             pass
@@ -149,6 +159,15 @@ def invalidate_after_commit(
     if batch is None:
         batch = pending[transaction] = _Batch()
     batch.add(cache, key_names, tag_names)
+
+
+def _require_asyncio() -> None:
+    """Raise ``ImportError`` naming the extra if ``AsyncSession`` is unavailable."""
+    if _NO_ASYNCIO is not None:
+        raise ImportError(
+            "AsyncSession needs SQLAlchemy's asyncio layer, which needs greenlet: "
+            "pip install 'cachewise[sqlalchemy-async]'"
+        ) from _NO_ASYNCIO
 
 
 def _current(session: Session) -> SessionTransaction:
