@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -167,3 +168,12 @@ def test_async_sqlalchemy_without_greenlet_names_the_async_extra() -> None:
     assert "greenlet" in done.stdout
     assert "pip install 'cachewise[sqlalchemy-async]'" in done.stdout
 
+
+def test_make_smoke_extras_covers_every_extra() -> None:
+    """The fresh-venv smoke has a program for every extra, so a new extra cannot
+    ship untested."""
+    script = (ROOT / "scripts" / "smoke_extras.py").read_text()
+    for extra in EXTRAS:
+        if extra not in {"dev", "bench"}:
+            assert f'"{extra}":' in script, f"scripts/smoke_extras.py has no smoke for [{extra}]"
+    assert shutil.which("make") is None or "smoke-extras:" in (ROOT / "Makefile").read_text()
