@@ -86,6 +86,25 @@ for text, extra in [
 ]:
     assert f"pip install 'cachewise[{extra}]'" in text, text
 
+# DB-API after-commit invalidation needs no extra (sqlite3 is in the standard library).
+import sqlite3
+from cachewise.integrations.dbapi import transaction
+
+conn = sqlite3.connect(":memory:")
+conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+conn.execute("INSERT INTO users VALUES (1, 'ann')")
+conn.commit()
+
+@cache.invalidates("user:{user_id}", after_commit="dbapi")
+def rename(conn, user_id, name):
+    conn.execute("UPDATE users SET name = ? WHERE id = ?", (name, user_id))
+
+cache.set("user:1", "ann")
+with transaction(conn, cache):
+    rename(conn, 1, "zed")
+    assert cache.get("user:1") == "ann"  # not before the commit
+assert cache.get("user:1") is MISSING
+
 script = Path(sysconfig.get_path("scripts")) / "cachewise"
 out = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True)
 assert out.stdout.strip() == f"cachewise {cachewise.__version__}", out.stdout
@@ -186,6 +205,26 @@ with Session(engine) as session:
     session.commit()
 assert cache.get("user:1") is MISSING
 assert name(1) == "zed"
+
+@cache.invalidates("user:{user_id}", after_commit="sqlalchemy")
+def rename_user(session, user_id, new):
+    session.execute(text("UPDATE users SET name = :n WHERE id = :i"), {"n": new, "i": user_id})
+
+with Session(engine) as session:
+    rename_user(session, 1, "amy")
+    assert cache.get("user:1") == "zed"  # not before the commit
+    session.commit()
+assert name(1) == "amy"
+
+if ALONE:  # an async write names the extra it needs
+    from cachewise import AsyncCache
+    async def arename(session, user_id): ...
+    try:
+        AsyncCache().invalidates("user:{user_id}", after_commit="sqlalchemy")(arename)
+    except ImportError as exc:
+        assert "pip install 'cachewise[sqlalchemy-async]'" in str(exc), exc
+    else:
+        raise AssertionError("an async after-commit write without greenlet was accepted")
 """,
     # AsyncSession: the extra brings greenlet; the app brings its driver (aiosqlite).
     "sqlalchemy-async": """
@@ -212,6 +251,19 @@ async def main():
             await session.execute(text("UPDATE users SET name = 'zed' WHERE id = 1"))
             invalidate_after_commit(session, cache, keys=["user:1"])
             assert await cache.get("user:1") == "ann"
+            await session.commit()
+        assert await cache.get("user:1") is MISSING
+
+        @cache.invalidates("user:{user_id}", after_commit="sqlalchemy")
+        async def rename(session, user_id, name):
+            await session.execute(
+                text("UPDATE users SET name = :n WHERE id = :i"), {"n": name, "i": user_id}
+            )
+
+        await cache.set("user:1", "zed")
+        async with AsyncSession(engine) as session:
+            await rename(session, 1, "amy")
+            assert await cache.get("user:1") == "zed"  # not before the commit
             await session.commit()
         assert await cache.get("user:1") is MISSING
     await engine.dispose()
@@ -253,6 +305,17 @@ assert cache.get("user:1") == "ann"  # dropped with the rollback
 with transaction.atomic():
     rename("zed")
     assert cache.get("user:1") == "ann"  # not before the commit
+assert cache.get("user:1") is MISSING
+
+@cache.invalidates("user:{user_id}", after_commit="django")
+def rename_user(user_id, name):
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE users SET name = %s WHERE id = %s", [name, user_id])
+
+cache.set("user:1", "zed")
+with transaction.atomic():
+    rename_user(1, "amy")
+    assert cache.get("user:1") == "zed"  # not before the commit
 assert cache.get("user:1") is MISSING
 """,
     # Everything together: Redis with msgpack and zstd on the wire.

@@ -156,10 +156,11 @@ def test_every_missing_optional_dependency_is_an_import_error_naming_its_extra()
 def test_async_sqlalchemy_without_greenlet_names_the_async_extra() -> None:
     code = (
         "import sys\n"
-        "sys.modules['greenlet'] = None\n"
-        "from cachewise.integrations import sqlalchemy\n"
+        "sys.modules['greenlet'] = None  # as with [sqlalchemy] alone\n"
+        "from cachewise import AsyncCache\n"
+        "async def write(session, user_id): ...\n"
         "try:\n"
-        "    sqlalchemy._require_asyncio()\n"
+        "    AsyncCache().invalidates('user:{user_id}', after_commit='sqlalchemy')(write)\n"
         "except ImportError as exc:\n"
         "    print(exc)\n"
     )
