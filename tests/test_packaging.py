@@ -178,3 +178,11 @@ def test_make_smoke_extras_covers_every_extra() -> None:
         if extra not in {"dev", "bench"}:
             assert f'"{extra}":' in script, f"scripts/smoke_extras.py has no smoke for [{extra}]"
     assert shutil.which("make") is None or "smoke-extras:" in (ROOT / "Makefile").read_text()
+
+
+def test_the_readme_install_section_lists_every_extra() -> None:
+    readme = (ROOT / "README.md").read_text()
+    install = readme.split("## Install", 1)[1].split("\n## ", 1)[0]
+    for extra in EXTRAS:
+        if extra not in {"dev", "bench"}:
+            assert f"| `{extra}` |" in install, f"README's Install section omits [{extra}]"
