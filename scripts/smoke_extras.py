@@ -350,12 +350,26 @@ class Outcome:
     log: str
 
 
-def run(command: list[str], log: list[str], **kwargs: object) -> bool:
-    """Run ``command``, appending what it printed to ``log``; whether it succeeded."""
+def run(
+    command: list[str],
+    log: list[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> bool:
+    """Run ``command``, appending what it printed to ``log``; whether it succeeded
+    (in time: a hung install or program fails its extra, not the whole run)."""
     # A program passed with -c is long and shown by name, not in full.
     shown = [*command[:2], "<program>"] if command[1:2] == ["-c"] else command
     log.append("$ " + " ".join(shown))
-    done = subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, check=False, cwd=cwd, env=env, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        log.append(f"timed out after {timeout:g} s")
+        return False
     # pip's notes about unused index locations are noise here.
     output = "\n".join(
         line
@@ -395,7 +409,7 @@ def smoke(extra: str, wheel: Path, work: Path) -> Outcome:
             break
         code = f"ALONE = {extra != 'all'}\n" + textwrap.dedent(PROGRAMS[name])
         log.append(f"# program for [{name}]")
-        ok = run([str(python), "-c", code], log, cwd=scratch, env=env, timeout=300)
+        ok = run([str(python), "-c", code], log, cwd=scratch, env=env)
     return Outcome(extra, ok, time.monotonic() - started, "\n".join(log))
 
 
