@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint fmt docs clean history
+.PHONY: demo test smoke-extras bench lint fmt docs clean history
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Each extra installed alone into a fresh venv, then smoke-tested (not part of pytest).
+smoke-extras: $(STAMP)
+	$(PY) scripts/smoke_extras.py
+
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 
@@ -29,7 +33,7 @@ history: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples scripts
 	$(VENV)/bin/mypy
 
 docs: $(STAMP)
@@ -37,7 +41,7 @@ docs: $(STAMP)
 		-o docs/cache-invalidation.md
 
 fmt: $(STAMP)
-	$(VENV)/bin/ruff format src tests benchmarks examples
+	$(VENV)/bin/ruff format src tests benchmarks examples scripts
 	$(VENV)/bin/ruff check --fix .
 
 clean:

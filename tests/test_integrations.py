@@ -1259,6 +1259,235 @@ def test_a_failing_async_batch_still_invalidates_every_other_key(sqlite_db: Data
     assert invalidation_errors() == errors + 1
 
 
+# -- @invalidates(after_commit=...) --------------------------------------------------
+
+
+def test_invalidates_after_commit_sqlalchemy_runs_at_the_commit_and_not_on_rollback(
+    db: Database, engine: Engine, cache: SpyCache
+) -> None:
+    @cache.invalidates("user:{user_id}", tags=["users"], after_commit="sqlalchemy")
+    def rename_user(session: Session, user_id: int, name: str) -> None:
+        rename(session, user_id, name)
+
+    with Session(engine) as session:
+        rename_user(session, 1, "bob")
+        session.rollback()
+    assert cache.calls == []
+    assert cache.get("user:1") == "ann"
+    with Session(engine) as session:
+        rename_user(session, 1, "zed")
+        assert cache.calls == []  # returned, not committed: nothing yet
+        assert cache.get("user:1") == "ann"
+        session.commit()
+        # The spy read "zed" through another connection: after the commit.
+        assert cache.calls == [
+            ("delete_many", ("user:1",), "zed"),
+            ("invalidate_tags", ("users",), "zed"),
+        ]
+    assert cache.get("user:1") is MISSING
+
+
+def test_invalidates_after_commit_sqlalchemy_runs_at_once_when_the_write_committed(
+    db: Database, engine: Engine, cache: SpyCache
+) -> None:
+    @cache.invalidates("user:{user_id}", after_commit="sqlalchemy")
+    def rename_in_own_transaction(session: Session, user_id: int, name: str) -> None:
+        with session.begin():
+            rename(session, user_id, name)
+
+    @cache.invalidates("user:{user_id}", after_commit="sqlalchemy")
+    def rename_then_read(session: Session, user_id: int, name: str) -> None:
+        rename(session, user_id, name)
+        session.commit()
+        session.execute(text("SELECT 1"))  # begins the next transaction
+
+    with Session(engine) as session:
+        rename_in_own_transaction(session, 1, "zed")
+        assert cache.calls == [("delete_many", ("user:1",), "zed")]
+        cache.set("user:1", "zed")
+        rename_then_read(session, 1, "bea")
+        # Committed during the call: at once, though a transaction is open again...
+        assert cache.calls[1:] == [("delete_many", ("user:1",), "bea")]
+        session.rollback()  # ...whose rollback cannot take the invalidation back
+    assert len(cache.calls) == 2
+    assert cache.get("user:1") is MISSING
+
+
+def test_invalidates_after_commit_sqlalchemy_needs_one_session_argument(
+    db: Database, engine: Engine, cache: SpyCache
+) -> None:
+    written: list[int] = []
+
+    @cache.invalidates("user:{user_id}", after_commit="sqlalchemy")
+    def write(session: object, user_id: int, other: object = None) -> None:
+        written.append(user_id)
+
+    with Session(engine) as session, Session(engine) as second:
+        with pytest.raises(TypeError, match="there is no"):
+            write(object(), 1)
+        with pytest.raises(TypeError, match="more than one"):
+            write(session, 1, second)
+        write(session, 1, session)  # the same session twice is one session
+    assert written == [1]
+    with pytest.raises(ValueError, match="after_commit must be one of"):
+        cache.invalidates("user:{user_id}", after_commit="mongo")(write)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with AsyncCache() as acache:
+
+            @acache.invalidates("user:{user_id}", after_commit="sqlalchemy")
+            async def awrite(session: Session, user_id: int) -> None:
+                written.append(user_id)
+
+            with Session(engine) as session, pytest.raises(TypeError, match="AsyncSession"):
+                await awrite(session, 2)
+
+    asyncio.run(main())
+    assert written == [1]
+
+
+def test_async_invalidates_after_commit_sqlalchemy_with_an_async_session(
+    sqlite_db: Database,
+) -> None:
+    async def main() -> None:
+        engine = sqlite_db.async_engine()
+        try:
+            async with async_cache(sqlite_db) as cache:
+
+                @cache.invalidates("user:{user_id}", after_commit="sqlalchemy")
+                async def rename_user(session: AsyncSession, user_id: int, name: str) -> None:
+                    await arename(session, user_id, name)
+
+                @cache.invalidates("user:{user_id}", after_commit="sqlalchemy")
+                async def rename_committed(session: AsyncSession, user_id: int) -> None:
+                    async with session.begin():
+                        await arename(session, user_id, "bea")
+
+                async with AsyncSession(engine) as session:
+                    await rename_user(session, 1, "bob")
+                    await session.rollback()
+                assert cache.calls == []
+                async with AsyncSession(engine) as session:
+                    await rename_user(session, 1, "zed")
+                    assert cache.calls == []
+                    await session.commit()
+                    assert cache.calls == [("delete_many", ("user:1",), "zed")]
+                    await rename_committed(session, 2)  # no transaction left: at once
+                    assert len(cache.calls) == 2
+                assert await cache.get("user:1") is MISSING
+                assert await cache.get("user:2") is MISSING
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
+def test_invalidates_after_commit_django(django_db: Any, django_cache: SpyCache) -> None:
+    from django.db import transaction as django_transaction
+
+    @django_cache.invalidates("user:{user_id}", tags=["users"], after_commit="django")
+    def rename_user(user_id: int, name: str) -> None:
+        _django_rename(django_db, user_id, name)
+
+    def rolled_back() -> None:
+        with django_transaction.atomic():
+            rename_user(1, "bob")
+            raise LookupError
+
+    with pytest.raises(LookupError):
+        rolled_back()
+    assert django_cache.calls == []
+    with django_transaction.atomic():
+        rename_user(1, "zed")
+        assert django_cache.calls == []
+        assert django_cache.get("user:1") == "ann"
+    assert django_cache.calls == [
+        ("delete_many", ("user:1",), "zed"),
+        ("invalidate_tags", ("users",), "zed"),
+    ]
+    rename_user(1, "amy")  # autocommit, outside atomic(): at once
+    assert django_cache.calls[2:] == [
+        ("delete_many", ("user:1",), "amy"),
+        ("invalidate_tags", ("users",), "amy"),
+    ]
+    with pytest.raises(TypeError, match="synchronously"):
+        AsyncCache().invalidates("user:{user_id}", after_commit="django")(_async_noop)
+
+
+async def _async_noop(user_id: int) -> None:
+    return None
+
+
+def test_invalidates_after_commit_dbapi(db: Database, cache: SpyCache) -> None:
+    @cache.invalidates("user:{user_id}", after_commit="dbapi")
+    def rename_user(conn: Any, user_id: int, name: str, commit: bool = False) -> None:
+        conn.execute(f"UPDATE users SET name = {db.ph} WHERE id = {db.ph}", (name, user_id))
+        if commit:
+            conn.commit()
+
+    def rolled_back(conn: Any) -> None:
+        with transaction(conn, cache):
+            rename_user(conn, 1, "bob")
+            raise LookupError
+
+    conn = db.connect()
+    try:
+        with pytest.raises(LookupError):
+            rolled_back(conn)
+        assert cache.calls == []
+        with transaction(conn, cache):
+            rename_user(conn, 1, "zed")
+            assert cache.calls == []
+        assert cache.calls == [("delete_many", ("user:1",), "zed")]
+        # No block: a write that committed itself is invalidated at once...
+        rename_user(conn, 1, "amy", commit=True)
+        assert cache.calls[1:] == [("delete_many", ("user:1",), "amy")]
+        # ...one that left its transaction open is refused, nothing invalidated.
+        with pytest.raises(RuntimeError, match="transaction open"):
+            rename_user(conn, 1, "cid")
+        conn.rollback()
+        assert len(cache.calls) == 2
+        with pytest.raises(TypeError, match="DB-API connection"):
+            rename_user(None, 1, "dan")
+    finally:
+        conn.close()
+
+
+def test_async_invalidates_after_commit_dbapi(sqlite_db: Database) -> None:
+    async def main() -> None:
+        async with async_cache(sqlite_db) as cache:
+
+            @cache.invalidates("user:{user_id}", after_commit="dbapi")
+            async def rename_user(conn: Any, user_id: int, name: str) -> None:
+                await conn.execute("UPDATE users SET name = ? WHERE id = ?", (name, user_id))
+
+            async def rolled_back(conn: Any) -> None:
+                async with async_transaction(conn, cache):
+                    await rename_user(conn, 1, "bob")
+                    raise LookupError
+
+            conn = await sqlite_db.aconnect()
+            try:
+                with pytest.raises(LookupError):
+                    await rolled_back(conn)
+                assert cache.calls == []
+                async with async_transaction(conn, cache):
+                    await rename_user(conn, 1, "zed")
+                    assert cache.calls == []
+                assert cache.calls == [("delete_many", ("user:1",), "zed")]
+            finally:
+                await conn.close()
+            sync_conn = sqlite_db.connect()
+            try:
+                with transaction(sync_conn, Cache()), pytest.raises(TypeError, match="sync"):
+                    await rename_user(sync_conn, 1, "amy")
+            finally:
+                sync_conn.close()
+            assert len(cache.calls) == 1
+
+    asyncio.run(main())
+
+
 # -- packaging ---------------------------------------------------------------------
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -352,3 +354,127 @@ def test_decorations_of_a_dropped_cache_leave_the_map(registry: Registry) -> Non
     gc.collect()
     assert registry.reads == ()
     assert registry.writes == ()
+
+
+def _console_script() -> str:
+    """The installed ``cachewise`` command (what users run), next to this Python."""
+    script = shutil.which("cachewise", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the cachewise console script is not installed next to this Python")
+    return script
+
+
+def _app_env() -> dict[str, str]:
+    # No PYTHONPATH: the app's modules must be found from the directory the
+    # command runs in, as `python -m` finds them.
+    return {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DJANGO_SETTINGS_MODULE")
+    }
+
+
+def test_the_cli_finds_the_app_modules_in_the_current_directory(tmp_path: Path) -> None:
+    package = tmp_path / "myapp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "store.py").write_text("from cachewise import Cache\ncache = Cache(ttl=30)\n")
+    # Imports a sibling module by its absolute name: needs the app directory on the path.
+    (package / "users.py").write_text(
+        "from myapp.store import cache\n"
+        "@cache.cached('user:{uid}')\n"
+        "def user(uid): ...\n"
+        "@cache.invalidates('user:{uid}')\n"
+        "def rename(uid, name): ...\n"
+    )
+    done = subprocess.run(
+        [_console_script(), "invalidation-map", "myapp.users"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env=_app_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "### `myapp.users.rename`" in done.stdout
+    assert "| `myapp.users.user` | `user:{uid}` | key | 30 s | - |" in done.stdout
+
+
+def test_the_map_says_when_each_write_invalidates(registry: Registry) -> None:
+    """What the map declares is what runs: the decorator's after_commit form is the
+    spec's, and the spec's is what the map says."""
+    cache = Cache(namespace="app")
+
+    @cache.invalidates("user:{user_id}")
+    def on_return(user_id: int) -> None: ...
+
+    @cache.invalidates("user:{user_id}", after_commit="sqlalchemy")
+    def with_session(session: object, user_id: int) -> None: ...
+
+    @cache.invalidates("user:{user_id}", after_commit="dbapi")
+    def with_connection(conn: object, user_id: int) -> None: ...
+
+    forms = {write.function.rsplit(".", 1)[1]: write.after_commit for write in registry.writes}
+    assert forms == {"on_return": "", "with_session": "sqlalchemy", "with_connection": "dbapi"}
+    text = registry.to_markdown()
+    sections = {part.split("`", 1)[0].rsplit(".", 1)[1]: part for part in text.split("### `")[1:]}
+    assert "Invalidates, after it returns (namespace `app`):" in sections["on_return"]
+    assert (
+        "Invalidates, after commit, when the transaction of its SQLAlchemy session argument "
+        "commits" in sections["with_session"]
+    )
+    assert (
+        "Invalidates, after commit, when the cachewise `transaction()` block"
+        in (sections["with_connection"])
+    )
+    assert set(invalidation.AFTER_COMMIT) == {"sqlalchemy", "django", "dbapi"}
+    cache.close()
+
+
+DJANGO_SETTINGS = """
+SECRET_KEY = "test"
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+INSTALLED_APPS = ["shop"]
+USE_TZ = True
+"""
+
+
+def test_the_cli_sets_up_a_django_project_with_django_settings(tmp_path: Path) -> None:
+    pytest.importorskip("django")
+    for package in ("mysite", "shop"):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "mysite" / "settings.py").write_text(DJANGO_SETTINGS)
+    # Defining a model needs django.setup() to have run.
+    (tmp_path / "shop" / "models.py").write_text(
+        "from django.db import models\n"
+        "class Product(models.Model):\n"
+        "    name = models.CharField(max_length=50)\n"
+    )
+    (tmp_path / "shop" / "caching.py").write_text(
+        "from cachewise import Cache\n"
+        "from shop.models import Product\n"
+        "cache = Cache(ttl=60)\n"
+        "@cache.cached('product:{pid}')\n"
+        "def product(pid):\n"
+        "    return Product.objects.get(pk=pid).name\n"
+        "@cache.invalidates('product:{pid}', after_commit='django')\n"
+        "def rename(pid, name):\n"
+        "    Product.objects.filter(pk=pid).update(name=name)\n"
+    )
+    command = [_console_script(), "invalidation-map", "shop.caching"]
+    done = subprocess.run(
+        [*command, "--django-settings", "mysite.settings"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env=_app_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "### `shop.caching.rename`" in done.stdout
+    assert "Invalidates, after commit, when Django's transaction commits" in done.stdout
+    assert "| `shop.caching.product` | `product:{pid}` | key | 60 s | - |" in done.stdout
+    without = subprocess.run(
+        command, capture_output=True, text=True, check=False, cwd=tmp_path, env=_app_env()
+    )
+    assert without.returncode != 0
+    assert "settings are not configured" in without.stderr or "DJANGO_SETTINGS" in without.stderr

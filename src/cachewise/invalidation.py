@@ -25,9 +25,22 @@ from typing import Any
 
 from cachewise import _forksafe
 
-__all__ = ["REGISTRY", "ReadSpec", "Registry", "WriteSpec", "load_target"]
+__all__ = ["AFTER_COMMIT", "REGISTRY", "ReadSpec", "Registry", "WriteSpec", "load_target"]
 
 _FIELD = re.compile(r"\{[^{}]*\}")
+
+#: The ``after_commit=`` forms of ``@cache.invalidates``, each the name of the
+#: ``cachewise.integrations`` module that carries it out, and when its
+#: invalidation runs, as the map says it.
+AFTER_COMMIT: dict[str, str] = {
+    "sqlalchemy": "after commit, when the transaction of its SQLAlchemy session "
+    "argument commits (at once if none is open when it returns)",
+    "django": "after commit, when Django's transaction commits (`on_commit`; at once "
+    "outside `atomic()`)",
+    "dbapi": "after commit, when the cachewise `transaction()` block on its DB-API "
+    "connection argument commits (at once if the connection has no transaction "
+    "open when it returns)",
+}
 
 
 def shape(template: str) -> str:
@@ -51,13 +64,21 @@ class ReadSpec:
 
 @dataclass(frozen=True, slots=True)
 class WriteSpec:
-    """A write that invalidates: ``@cache.invalidates(*keys, tags=...)``."""
+    """A write that invalidates: ``@cache.invalidates(*keys, tags=...,
+    after_commit=...)``. ``after_commit`` is the form the decorator carries out
+    (a key of ``AFTER_COMMIT``), or ``""``: on return."""
 
     function: str
     namespace: str
     keys: tuple[str, ...]
     tags: tuple[str, ...]
     summary: str = ""
+    after_commit: str = ""
+
+    @property
+    def when(self) -> str:
+        """When the invalidation runs, in words."""
+        return AFTER_COMMIT.get(self.after_commit, "after it returns")
 
 
 class _Registration:
@@ -216,7 +237,7 @@ class Registry:
             if write.summary:
                 lines += [write.summary, ""]
             ns = f" (namespace `{write.namespace}`)" if write.namespace else ""
-            lines.append(f"Invalidates, after it returns{ns}:")
+            lines.append(f"Invalidates, {write.when}{ns}:")
             lines.append("")
             lines += [f"- key `{key}`" for key in write.keys]
             lines += [f"- tag `{tag}`" for tag in write.tags]

@@ -7,7 +7,7 @@
   compare before a single byte is unpickled. The algorithm is fixed here, never
   read from the payload.
 - Compression above a size threshold: ``"zlib"``, or ``"zstd"`` when ``zstandard``
-  is installed. Decompression is bounded by ``max_value_bytes``.
+  is installed (``pip install 'cachewise[zstd]'``). Decompression is bounded by ``max_value_bytes``.
 
 The rule: a value either reads back equal, with the same types all the way down,
 or it is refused at write with ``SerializationError`` (a ``TypeError``) that names
@@ -431,7 +431,9 @@ class ZstdCompressor:
         try:
             self._zstd: Any = importlib.import_module("zstandard")
         except ImportError:
-            raise ImportError("zstd compression needs zstandard: pip install zstandard") from None
+            raise ImportError(
+                "zstd compression needs zstandard: pip install 'cachewise[zstd]'"
+            ) from None
         self._level = level
 
     def compress(self, data: bytes) -> bytes:

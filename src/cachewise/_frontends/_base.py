@@ -487,6 +487,7 @@ class CacheBase:
         keys: tuple[str, ...],
         tags: tuple[str, ...],
         owner: object = None,
+        after_commit: str | None = None,
     ) -> None:
         """Record an ``invalidates`` write in the invalidation map, for as long as
         ``owner`` (the wrapper) lives."""
@@ -499,6 +500,7 @@ class CacheBase:
                 keys=keys,
                 tags=tags,
                 summary=summary,
+                after_commit=after_commit or "",
             ),
             owner=owner,
         )

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import collections.abc
 import functools
+import importlib
 import inspect
 import logging
 import threading
 import typing
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar
 
 from cachewise import _forksafe
 from cachewise._errors import CacheError
+from cachewise.invalidation import AFTER_COMMIT
 from cachewise.keys import (
     ArgFilter,
     KeyTemplate,
@@ -296,7 +298,7 @@ class AsyncCachedFunction(_Cached[P, R]):
 class Invalidator:
     """The templates of an ``invalidates`` declaration, filled per call."""
 
-    __slots__ = ("_keys", "_name", "_signature", "_tags")
+    __slots__ = ("_keys", "_name", "_signature", "_tags", "name")
 
     def __init__(self, func: Callable[..., Any], keys: Sequence[str], tags: Sequence[str]) -> None:
         if isinstance(tags, str):
@@ -304,54 +306,129 @@ class Invalidator:
         if not keys and not tags:
             raise ValueError("invalidates() needs at least one key or tag template")
         self._signature = inspect.signature(func)
-        self._name = function_name(func)
+        self._name = self.name = function_name(func)
         params = list(self._signature.parameters)
         self._keys = tuple(KeyTemplate(k) for k in keys)
         self._tags = tuple(KeyTemplate(t) for t in tags)
         for template in (*self._keys, *self._tags):
             template.check_names(params, self._name)
 
-    def fill(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[str], list[str]]:
-        """The keys and tags a call invalidates."""
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> inspect.BoundArguments:
+        """A call's arguments by parameter, defaults applied (``TypeError`` for a
+        call the function would refuse)."""
         bound = self._signature.bind(*args, **kwargs)
         bound.apply_defaults()
+        return bound
+
+    def fill(self, bound: inspect.BoundArguments) -> tuple[list[str], list[str]]:
+        """The keys and tags a call invalidates."""
         values = bound.arguments
         return [k.format(values) for k in self._keys], [t.format(values) for t in self._tags]
 
+    def values(self, bound: inspect.BoundArguments) -> list[Any]:
+        """Every argument of a call, ``*args`` and ``**kwargs`` spread out: where an
+        after-commit hook looks for the session or connection."""
+        found: list[Any] = []
+        for name, value in bound.arguments.items():
+            kind = self._signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                found.extend(value)
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                found.extend(value.values())
+            else:
+                found.append(value)
+        return found
 
-def invalidating(cache: Cache, func: Callable[P, R], invalidator: Invalidator) -> Callable[P, R]:
-    """``func``, invalidating its declared keys and tags after it returns."""
+
+AfterCommitName = Literal["sqlalchemy", "django", "dbapi"]
+
+
+class AfterCommitHook(Protocol):
+    """How ``invalidates(..., after_commit=NAME)`` ties a call's invalidation to a
+    transaction. Each ``cachewise.integrations`` module that can provides one
+    (its ``_after_commit_hook``), built on its own after-commit helper."""
+
+    def before(self, arguments: list[Any]) -> Any:
+        """Before the write: find what the invalidation will hang on among the
+        call's ``arguments`` and return it (with whatever ``after`` needs), or
+        raise ``TypeError`` (nothing is written then)."""
+
+    def after(self, found: Any, keys: list[str], tags: list[str]) -> bool:
+        """Once the write returned: register ``keys`` and ``tags`` to be invalidated
+        when the transaction in ``found`` commits (dropped if it rolls back).
+        ``True``: the invalidation must (also) run now, because the write has
+        committed already or there is no transaction to wait for."""
+
+
+def after_commit_hook(
+    name: str | None, cache: Cache | AsyncCache, invalidator: Invalidator, *, is_async: bool
+) -> AfterCommitHook | None:
+    """The hook for ``after_commit=name`` (``None``: invalidate on return). The
+    integration is imported here, at decoration, so a missing extra or a cache it
+    cannot serve fails there, not at the first write."""
+    if name is None:
+        return None
+    if name not in AFTER_COMMIT:
+        raise ValueError(
+            f"after_commit must be one of {', '.join(map(repr, AFTER_COMMIT))} or None, "
+            f"not {name!r}"
+        )
+    module = importlib.import_module(f"cachewise.integrations.{name}")
+    hook: AfterCommitHook = module._after_commit_hook(
+        cache, is_async=is_async, function=invalidator.name
+    )
+    return hook
+
+
+def invalidating(
+    cache: Cache,
+    func: Callable[P, R],
+    invalidator: Invalidator,
+    hook: AfterCommitHook | None = None,
+) -> Callable[P, R]:
+    """``func``, invalidating its declared keys and tags after it returns, or, with
+    a ``hook``, after the transaction it wrote in commits."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         # Bad arguments, and keys or tags the cache would refuse, fail before the
         # write: after it, one bad name would leave the others stale.
-        keys, tags = invalidator.fill(args, kwargs)
+        bound = invalidator.bind(args, kwargs)
+        keys, tags = invalidator.fill(bound)
         cache._check_names(keys, tags)
+        found = None if hook is None else hook.before(invalidator.values(bound))
         result = func(*args, **kwargs)
-        if keys:
-            cache.delete_many(keys)
-        if tags:
-            cache.invalidate_tags(*tags)
+        if hook is None or hook.after(found, keys, tags):
+            if keys:
+                cache.delete_many(keys)
+            if tags:
+                cache.invalidate_tags(*tags)
         return result
 
     return wrapper
 
 
 def async_invalidating(
-    cache: AsyncCache, func: Callable[P, Awaitable[R]], invalidator: Invalidator
+    cache: AsyncCache,
+    func: Callable[P, Awaitable[R]],
+    invalidator: Invalidator,
+    hook: AfterCommitHook | None = None,
 ) -> Callable[P, Awaitable[R]]:
-    """``func`` (a coroutine function), invalidating after it returns."""
+    """``func`` (a coroutine function), invalidating after it returns, or after
+    the transaction commits (see ``invalidating``)."""
 
     @functools.wraps(func)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        keys, tags = invalidator.fill(args, kwargs)
+        bound = invalidator.bind(args, kwargs)
+        keys, tags = invalidator.fill(bound)
         cache._check_names(keys, tags)  # before the write: see invalidating
+        found = None if hook is None else hook.before(invalidator.values(bound))
         result = await func(*args, **kwargs)
-        if keys:
-            await cache.delete_many(keys)
-        if tags:
-            await cache.invalidate_tags(*tags)
+        if hook is None or hook.after(found, keys, tags):
+            if keys:
+                await cache.delete_many(keys)
+            if tags:
+                await cache.invalidate_tags(*tags)
         return result
 
     return wrapper

@@ -53,11 +53,13 @@ from cachewise._frontends._cycles import (
     outside_loads,
 )
 from cachewise._frontends._decorator import (
+    AfterCommitName,
     AsyncCachedFunction,
     Invalidator,
     OnMaxKeys,
     P,
     R,
+    after_commit_hook,
     async_invalidating,
     check_not_generator,
     is_async_callable,
@@ -1376,16 +1378,28 @@ class AsyncCache(CacheBase):
         return decorate
 
     def invalidates(
-        self, *keys: str, tags: Sequence[str] = ()
+        self,
+        *keys: str,
+        tags: Sequence[str] = (),
+        after_commit: AfterCommitName | None = None,
     ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
         """Declare what an async write invalidates, and invalidate it (awaited) when
-        it returns; see ``Cache.invalidates``."""
+        it returns, or when its transaction commits; see ``Cache.invalidates``.
+
+        ``after_commit="sqlalchemy"`` follows an ``AsyncSession`` argument (needs
+        ``cachewise[sqlalchemy-async]``), ``"dbapi"`` an ``async_transaction()``
+        block. ``"django"`` is refused (``TypeError``): Django runs ``on_commit``
+        callbacks synchronously, where an ``AsyncCache`` cannot be awaited.
+        """
 
         def decorate(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             _check_async_callable(func, "invalidates")
             invalidator = Invalidator(func, keys, tags)
-            wrapper = async_invalidating(self, func, invalidator)
-            self._declare_write(func, tuple(keys), tuple(tags), owner=wrapper)
+            hook = after_commit_hook(after_commit, self, invalidator, is_async=True)
+            wrapper = async_invalidating(self, func, invalidator, hook)
+            self._declare_write(
+                func, tuple(keys), tuple(tags), owner=wrapper, after_commit=after_commit
+            )
             return wrapper
 
         return decorate

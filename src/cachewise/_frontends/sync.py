@@ -40,11 +40,13 @@ from cachewise._frontends._cycles import (
     loading,
 )
 from cachewise._frontends._decorator import (
+    AfterCommitName,
     CachedFunction,
     Invalidator,
     OnMaxKeys,
     P,
     R,
+    after_commit_hook,
     check_not_generator,
     invalidating,
     is_async_callable,
@@ -1143,9 +1145,13 @@ class Cache(CacheBase):
         return decorate
 
     def invalidates(
-        self, *keys: str, tags: Sequence[str] = ()
+        self,
+        *keys: str,
+        tags: Sequence[str] = (),
+        after_commit: AfterCommitName | None = None,
     ) -> Callable[[Callable[P, R]], Callable[P, R]]:
-        """Declare what a write invalidates, and invalidate it when it returns.
+        """Declare what a write invalidates, and invalidate it when it returns, or
+        when the transaction it wrote in commits.
 
         ``keys`` and ``tags`` are templates over the write's arguments::
 
@@ -1153,16 +1159,38 @@ class Cache(CacheBase):
             def rename_user(user_id: int, name: str) -> None:
                 ...  # update and commit
 
-        The write must have committed when it returns (else use the after-commit
-        integrations). If it raises, nothing is invalidated. The declaration joins
-        the invalidation map (``cachewise invalidation-map``).
+        Without ``after_commit`` the write must have committed when it returns. With
+        it, the invalidation goes through that integration's after-commit helper
+        (``cachewise.integrations``), so it runs once the surrounding transaction
+        commits, and is dropped if it rolls back:
+
+        - ``"sqlalchemy"``: the ``Session`` (or ``AsyncSession``) among the write's
+          arguments (``invalidate_after_commit``).
+        - ``"django"``: Django's current transaction on the default database
+          (``invalidate_on_commit``).
+        - ``"dbapi"``: the cachewise ``transaction()`` block open on the DB-API
+          connection among the write's arguments.
+
+        If no transaction is open when the write returns (it committed its own,
+        or the connection autocommits), the invalidation runs at once; so it does,
+        too, when a commit happened during the call (that part of the write is
+        committed already). A SQLAlchemy or DB-API write whose arguments hold no
+        session or connection is a ``TypeError`` before it runs, as is a DB-API
+        connection whose commits cannot be followed (no cachewise block on it and
+        no way to tell whether a transaction is open).
+
+        If the write raises, nothing is invalidated. The declaration, with when it
+        invalidates, joins the invalidation map (``cachewise invalidation-map``).
         """
 
         def decorate(func: Callable[P, R]) -> Callable[P, R]:
             _check_sync_callable(func, "invalidates")
             invalidator = Invalidator(func, keys, tags)
-            wrapper = invalidating(self, func, invalidator)
-            self._declare_write(func, tuple(keys), tuple(tags), owner=wrapper)
+            hook = after_commit_hook(after_commit, self, invalidator, is_async=False)
+            wrapper = invalidating(self, func, invalidator, hook)
+            self._declare_write(
+                func, tuple(keys), tuple(tags), owner=wrapper, after_commit=after_commit
+            )
             return wrapper
 
         return decorate

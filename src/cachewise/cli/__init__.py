@@ -11,6 +11,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cachewise", description="cachewise: cache-aside done right."
     )
+    parser.add_argument("--version", action="version", version=f"cachewise {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo", help="run the three-way demo (no cache, naive cache-aside, cachewise)"
@@ -34,23 +35,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     imap.add_argument("-o", "--output", help="write to this file instead of stdout")
     imap.add_argument("--title", default="Cache invalidation map", help="the page title")
+    imap.add_argument(
+        "--django-settings",
+        metavar="MODULE",
+        help="a Django project's settings module: set DJANGO_SETTINGS_MODULE to it and "
+        "call django.setup() before importing the target",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         from cachewise.cli._demo import run_demo
 
         return run_demo(seconds=args.seconds, threads=args.threads, progress=not args.no_progress)
     if args.command == "invalidation-map":
-        return _invalidation_map(args.target, args.output, args.title)
+        return _invalidation_map(args.target, args.output, args.title, args.django_settings)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover
     return 2  # pragma: no cover
 
 
-def _invalidation_map(target: str, output: str | None, title: str) -> int:
+def version() -> str:
+    """The installed distribution's version; the package's own ``__version__`` when
+    it runs from a source tree that was never installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("cachewise")
+    except metadata.PackageNotFoundError:
+        from cachewise import __version__
+
+        return __version__
+
+
+def _invalidation_map(
+    target: str, output: str | None, title: str, django_settings: str | None
+) -> int:
+    import os
     import sys
 
     from cachewise.invalidation import REGISTRY, load_target
 
+    # The app's own modules are found as `python -m` finds them: the current
+    # directory first on the path. A console script starts with its bin/ there
+    # instead, where no app lives.
+    cwd = os.getcwd()
+    if not any(entry in ("", cwd) for entry in sys.path):
+        sys.path.insert(0, cwd)
     try:
+        if django_settings:
+            _setup_django(django_settings)
         load_target(target)
     except (ImportError, ValueError) as exc:
         print(f"cachewise invalidation-map: cannot load {target!r}: {exc}", file=sys.stderr)
@@ -62,3 +93,22 @@ def _invalidation_map(target: str, output: str | None, title: str) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _setup_django(settings: str) -> None:
+    """Configure Django from ``settings`` before the target imports its models."""
+    import os
+
+    os.environ["DJANGO_SETTINGS_MODULE"] = settings
+    try:
+        import django  # type: ignore[import-untyped]  # no stubs shipped
+    except ImportError:
+        raise ImportError(
+            "--django-settings needs Django: pip install 'cachewise[django]'"
+        ) from None
+    try:
+        django.setup()
+    except ImportError:
+        raise
+    except Exception as exc:  # ImproperlyConfigured and friends: a config problem
+        raise ValueError(f"django.setup() with {settings}: {type(exc).__name__}: {exc}") from exc

@@ -6,13 +6,19 @@ Deleting it after the commit, and only then, closes that window. Each submodule
 ties invalidation to one kind of transaction:
 
 - ``cachewise.integrations.sqlalchemy``: ``invalidate_after_commit(session, cache,
-  keys=(), tags=())`` for a ``Session`` or an ``AsyncSession``
-  (``pip install 'cachewise[sqlalchemy]'``).
+  keys=(), tags=())`` for a ``Session`` (``pip install 'cachewise[sqlalchemy]'``) or
+  an ``AsyncSession`` (``pip install 'cachewise[sqlalchemy-async]'``).
 - ``cachewise.integrations.django``: ``invalidate_on_commit(cache, keys=(),
   tags=(), using=None)`` (``pip install 'cachewise[django]'``).
 - ``cachewise.integrations.dbapi``: ``transaction(connection, cache, ...)`` and
   ``async_transaction(...)``, context managers around a plain DB-API connection
   (sqlite3, psycopg, ...) that commit, then invalidate.
+
+The same helpers carry out the declarative form,
+``@cache.invalidates("user:{user_id}", after_commit="sqlalchemy" | "django" |
+"dbapi")``: each call's keys and tags are registered with the transaction the
+write ran in (its session or connection argument, or Django's current one), and
+the invalidation map says "after commit" for it.
 
 Common rules: keys and tags registered during one transaction are invalidated
 together, de-duplicated, once, after it commits, and before the call that

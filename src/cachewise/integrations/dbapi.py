@@ -65,12 +65,13 @@ class AfterCommit:
     Registrations are de-duplicated and invalidated in one batch.
     """
 
-    __slots__ = ("_batch", "_cache", "_open")
+    __slots__ = ("_async", "_batch", "_cache", "_open")
 
-    def __init__(self, cache: Cache | AsyncCache) -> None:
+    def __init__(self, cache: Cache | AsyncCache, *, is_async: bool = False) -> None:
         self._cache = cache
         self._batch = _Batch()
         self._open = True
+        self._async = is_async  # an async_transaction() block (it can await an AsyncCache)
 
     def invalidate(self, keys: Iterable[str] = (), tags: Iterable[str] = ()) -> None:
         """Invalidate ``keys`` and ``tags`` after the block's commit (not now).
@@ -102,11 +103,11 @@ class AfterCommit:
 
 
 # Connections inside a block right now, by identity (a block keeps its connection
-# alive, so an id is not reused while it is here).
-_active: set[int] = set()
+# alive, so an id is not reused while it is here), with the block's AfterCommit.
+_active: dict[int, AfterCommit] = {}
 
 
-def _enter(connection: object) -> None:
+def _enter(connection: object, after: AfterCommit) -> None:
     if _autocommit(connection):
         raise ValueError(
             "the connection is in autocommit mode: every statement commits on its own "
@@ -117,7 +118,7 @@ def _enter(connection: object) -> None:
             "a cachewise transaction block is already open on this connection; "
             "register more keys on that block instead of nesting a second one"
         )
-    _active.add(id(connection))
+    _active[id(connection)] = after
 
 
 def _autocommit(connection: object) -> bool:
@@ -129,6 +130,85 @@ def _autocommit(connection: object) -> bool:
     # autocommit. Only read it where autocommit told us nothing (psycopg also has
     # an isolation_level, with None meaning the server default).
     return getattr(connection, "isolation_level", "") is None
+
+
+def _in_transaction(connection: object) -> bool | None:
+    """Whether ``connection`` has a transaction open; ``None`` if it cannot tell."""
+    state = getattr(connection, "in_transaction", None)
+    if isinstance(state, bool):  # sqlite3, aiosqlite
+        return state
+    status = getattr(getattr(connection, "info", None), "transaction_status", None)
+    if status is not None:  # psycopg 3: a pq.TransactionStatus
+        return getattr(status, "name", "") != "IDLE"
+    get_status = getattr(connection, "get_transaction_status", None)
+    if callable(get_status):  # psycopg2: 0 is TRANSACTION_STATUS_IDLE
+        return bool(get_status() != 0)
+    return None
+
+
+class _Hook:
+    """``@cache.invalidates(..., after_commit="dbapi")``: the cachewise block open
+    on the connection among the call's arguments; with no block, a connection with
+    no transaction open once the write returns (it committed, or autocommits)."""
+
+    __slots__ = ("_cache", "_function")
+
+    def __init__(self, cache: Cache | AsyncCache, function: str) -> None:
+        self._cache = cache
+        self._function = function
+
+    def before(self, arguments: list[Any]) -> AfterCommit | object:
+        """The open block on a connection among ``arguments``, else the connection."""
+        blocks = {id(value): _active[id(value)] for value in arguments if id(value) in _active}
+        if len(blocks) == 1:
+            (after,) = blocks.values()
+            if isinstance(self._cache, AsyncCache) and not after._async:
+                raise TypeError(
+                    f"{self._function}(): an AsyncCache cannot be invalidated by a sync "
+                    "transaction() block; use async_transaction()"
+                )
+            return after
+        connections = {
+            id(value): value
+            for value in arguments
+            if callable(getattr(value, "commit", None))
+            and callable(getattr(value, "rollback", None))
+        }
+        if len(blocks) > 1 or len(connections) != 1:
+            raise TypeError(
+                f"{self._function}(): @invalidates(after_commit='dbapi') follows the one "
+                "DB-API connection among the call's arguments, and there is "
+                f"{'no' if not connections else 'more than one'}"
+            )
+        connection: object = next(iter(connections.values()))
+        if not _autocommit(connection) and _in_transaction(connection) is None:
+            raise TypeError(
+                f"{self._function}(): cannot tell when {type(connection).__name__} commits; "
+                "call it inside cachewise.integrations.dbapi.transaction(connection, cache)"
+            )
+        return connection
+
+    def after(self, found: AfterCommit | object, keys: list[str], tags: list[str]) -> bool:
+        """Registered with the block, else ``True`` (invalidate now) if nothing is
+        left uncommitted; ``RuntimeError`` if the write left a transaction open
+        that no block will commit."""
+        if isinstance(found, AfterCommit):
+            found._batch.add(self._cache, _keys(self._cache, keys), _tags(self._cache, tags))
+            return False
+        if _autocommit(found) or not _in_transaction(found):
+            return True
+        raise RuntimeError(
+            f"{self._function}() returned with a transaction open on its connection and "
+            "no cachewise transaction() block to invalidate when it commits: nothing was "
+            "invalidated. Commit inside the function, or call it inside "
+            "cachewise.integrations.dbapi.transaction(connection, cache)"
+        )
+
+
+def _after_commit_hook(cache: Cache | AsyncCache, *, is_async: bool, function: str) -> _Hook:
+    """The hook ``invalidates(after_commit="dbapi")`` runs (see
+    ``cachewise._frontends._decorator.AfterCommitHook``)."""
+    return _Hook(cache, function)
 
 
 @contextlib.contextmanager
@@ -148,7 +228,7 @@ def transaction(
     _check_cache(cache, allow_async=False, context="transaction()")
     after = AfterCommit(cache)
     after.invalidate(keys, tags)
-    _enter(connection)
+    _enter(connection, after)
     interrupted: BaseException | None = None
     try:
         try:
@@ -167,7 +247,7 @@ def transaction(
             interrupted = exc
     finally:
         after._open = False
-        _active.discard(id(connection))
+        _active.pop(id(connection), None)
     after._batch.run()
     if interrupted is not None:
         raise interrupted
@@ -188,9 +268,9 @@ async def async_transaction(
     invalidation waits for it to finish, then propagates.
     """
     _check_cache(cache, allow_async=True, context="async_transaction()")
-    after = AfterCommit(cache)
+    after = AfterCommit(cache, is_async=True)
     after.invalidate(keys, tags)
-    _enter(connection)
+    _enter(connection, after)
     interrupted: BaseException | None = None
     try:
         try:
@@ -215,7 +295,7 @@ async def async_transaction(
             interrupted = exc
     finally:
         after._open = False
-        _active.discard(id(connection))
+        _active.pop(id(connection), None)
     if after._batch:
         await _run_to_completion(after._batch.arun)
     if interrupted is not None:

@@ -22,6 +22,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "cachewise.integrations.django needs Django: pip install 'cachewise[django]'"
     ) from exc
 
+from cachewise._frontends.aio import AsyncCache
 from cachewise._frontends.sync import Cache
 from cachewise.integrations import _Batch, _check_cache, _keys, _tags
 
@@ -119,3 +120,36 @@ def _pending_flush(connection: Any) -> _Flush | None:
         if isinstance(callback, _Flush) and _savepoints(entry[0]) == current:
             return callback
     return None
+
+
+class _Hook:
+    """``@cache.invalidates(..., after_commit="django")``: Django's current
+    transaction on the default database, through ``invalidate_on_commit`` (which
+    runs the invalidation at once outside ``atomic()``)."""
+
+    __slots__ = ("_cache",)
+
+    def __init__(self, cache: Cache) -> None:
+        self._cache = cache
+
+    def before(self, arguments: list[Any]) -> None:
+        """Nothing to find: the transaction is the thread's own connection's."""
+        return
+
+    def after(self, found: None, keys: list[str], tags: list[str]) -> bool:
+        """Registered with ``on_commit``, which also covers "no transaction"."""
+        invalidate_on_commit(self._cache, keys, tags)
+        return False
+
+
+def _after_commit_hook(cache: Cache | AsyncCache, *, is_async: bool, function: str) -> _Hook:
+    """The hook ``invalidates(after_commit="django")`` runs (see
+    ``cachewise._frontends._decorator.AfterCommitHook``)."""
+    _check_cache(
+        cache,
+        allow_async=False,
+        context=f"{function}(): after_commit='django'",
+        hint=" (Django runs on_commit callbacks synchronously)",
+    )
+    assert isinstance(cache, Cache)  # (for the type checker: _check_cache said so)
+    return _Hook(cache)

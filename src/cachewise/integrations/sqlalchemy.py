@@ -1,4 +1,8 @@
-"""After-commit invalidation for SQLAlchemy sessions (``pip install 'cachewise[sqlalchemy]'``).
+"""After-commit invalidation for SQLAlchemy sessions.
+
+``pip install 'cachewise[sqlalchemy]'`` is enough for ``Session``; ``AsyncSession``
+needs SQLAlchemy's asyncio layer, which needs greenlet:
+``pip install 'cachewise[sqlalchemy-async]'``.
 
 ::
 
@@ -27,17 +31,23 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "cachewise.integrations.sqlalchemy needs SQLAlchemy 2: pip install 'cachewise[sqlalchemy]'"
+        " (or 'cachewise[sqlalchemy-async]' for AsyncSession)"
     ) from exc
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_session
+
+    # Why SQLAlchemy's asyncio layer cannot be imported, if it cannot.
+    _NO_ASYNCIO: ImportError | None
 else:
+    _NO_ASYNCIO = None
     try:
         from sqlalchemy.ext.asyncio import AsyncSession, async_session
-    except ImportError:
+    except ImportError as exc:
         # SQLAlchemy's asyncio layer needs greenlet, which SQLAlchemy 2.1 no longer
         # installs by default. Without it no AsyncSession can exist, so plain
         # Sessions keep working and nothing is an AsyncSession.
+        _NO_ASYNCIO = exc
 
         class AsyncSession:
             pass
@@ -69,6 +79,8 @@ __all__ = ["invalidate_after_commit"]
 _PENDING = "cachewise.pending_invalidations"
 # session.info key: the root transactions whose commit has begun (_before_commit).
 _COMMITTING = "cachewise.committing"
+# session.info key: how many root transactions have committed since _listen().
+_COMMITS = "cachewise.commits"
 
 
 def invalidate_after_commit(
@@ -151,6 +163,15 @@ def invalidate_after_commit(
     batch.add(cache, key_names, tag_names)
 
 
+def _require_asyncio() -> None:
+    """Raise ``ImportError`` naming the extra if ``AsyncSession`` is unavailable."""
+    if _NO_ASYNCIO is not None:
+        raise ImportError(
+            "AsyncSession needs SQLAlchemy's asyncio layer, which needs greenlet: "
+            "pip install 'cachewise[sqlalchemy-async]'"
+        ) from _NO_ASYNCIO
+
+
 def _current(session: Session) -> SessionTransaction:
     """The innermost savepoint in progress, else the root transaction (begun now
     if there is none)."""
@@ -196,10 +217,13 @@ def _after_commit(session: Session) -> None:
     # fired for a failed one) and before commit() returns: exactly the window that
     # makes "invalidated by the time commit() returns" hold. It also fires when a
     # savepoint is released; then nothing is committed yet.
+    savepoint = session.get_nested_transaction()
+    if savepoint is None:
+        # Counted for _Hook: a write that committed during its call.
+        session.info[_COMMITS] = session.info.get(_COMMITS, 0) + 1
     pending: dict[SessionTransaction, _Batch] | None = session.info.get(_PENDING)
     if not pending:
         return
-    savepoint = session.get_nested_transaction()
     if savepoint is not None:
         # A released savepoint: its registrations now share the fate of the
         # enclosing transaction.
@@ -246,3 +270,58 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
         committing.discard(transaction)
         if batch:
             _run(batch)  # its commit failed midway: the outcome is unknown
+
+
+class _Hook:
+    """``@cache.invalidates(..., after_commit="sqlalchemy")``: the call's session
+    argument, followed through ``invalidate_after_commit``."""
+
+    __slots__ = ("_cache", "_function")
+
+    def __init__(self, cache: Cache | AsyncCache, function: str) -> None:
+        self._cache = cache
+        self._function = function
+
+    def before(self, arguments: list[Any]) -> tuple[Session | AsyncSession, int]:
+        """The session among ``arguments``, and its commit count so far."""
+        sessions = {
+            id(value): value for value in arguments if isinstance(value, (Session, AsyncSession))
+        }
+        if len(sessions) != 1:
+            found = "no" if not sessions else "more than one"
+            raise TypeError(
+                f"{self._function}(): @invalidates(after_commit='sqlalchemy') follows the "
+                f"Session or AsyncSession among the call's arguments, and there is {found}"
+            )
+        (session,) = sessions.values()
+        sync_session = session.sync_session if isinstance(session, AsyncSession) else session
+        # The check invalidate_after_commit makes, made before the write.
+        _check_cache(
+            self._cache,
+            allow_async=async_session(sync_session) is not None,
+            context=f"{self._function}(): after_commit='sqlalchemy' with a plain Session",
+            hint=" (an AsyncCache needs an AsyncSession)",
+        )
+        _listen(sync_session)  # from now on, its commits are counted
+        return session, sync_session.info.get(_COMMITS, 0)
+
+    def after(
+        self, found: tuple[Session | AsyncSession, int], keys: list[str], tags: list[str]
+    ) -> bool:
+        """Register with the open transaction; ``True`` if the write (also)
+        committed during the call, or no transaction is open."""
+        session, commits = found
+        sync_session = session.sync_session if isinstance(session, AsyncSession) else session
+        now = int(sync_session.info.get(_COMMITS, 0)) != commits
+        if sync_session.in_transaction():
+            invalidate_after_commit(session, self._cache, keys, tags)
+            return now
+        return True
+
+
+def _after_commit_hook(cache: Cache | AsyncCache, *, is_async: bool, function: str) -> _Hook:
+    """The hook ``invalidates(after_commit="sqlalchemy")`` runs (see
+    ``cachewise._frontends._decorator.AfterCommitHook``)."""
+    if is_async:
+        _require_asyncio()  # an async write's session is an AsyncSession
+    return _Hook(cache, function)
