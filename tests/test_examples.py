@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +35,27 @@ def test_async_quickstart() -> None:
     out = run("async_quickstart.py").splitlines()
     assert out[0] == "1000 answers from 1 service call"
     assert "coalesced=999" in out[1]
+
+
+def test_fastapi_service_caches_pydantic_models_on_redis_and_invalidates_after_commit(
+    redis_url: str,
+) -> None:
+    """The issue's example: a FastAPI endpoint returning a pydantic model, cached on
+    Redis with the generic decorator, invalidated after an AsyncSession commit."""
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(EXAMPLES / "fastapi_service.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "REDIS_URL": redis_url},
+    )
+    out = result.stdout.splitlines()
+    assert out == [
+        "same cached product: True | database reads: 1",
+        "price: 59.90",
+        "after the write: 49.90",
+        "search: [1, 2] | database reads: 3",
+        "unknown product: 404",
+        "hits=3 loads=4 encode_errors=0",
+    ]
