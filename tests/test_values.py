@@ -312,3 +312,33 @@ def test_a_decorated_function_returning_what_the_codec_refuses_still_answers(
 
     assert cache.call(compute, 1) is marker
     assert cache.call(compute, 1) is marker
+
+
+def test_none_from_a_function_declared_to_return_a_model_is_still_a_cached_negative(
+    make_cache: Any,
+) -> None:
+    cache: Facade = make_cache()
+    calls = []
+
+    @cache.cached("user:{user_id}")
+    def get_user(user_id: int) -> User:  # (returns None for "not found" all the same)
+        calls.append(user_id)
+        return None  # type: ignore[return-value]
+
+    assert cache.call(get_user, 404) is None
+    assert cache.call(get_user, 404) is None
+    assert calls == [404], "the negative entry must hit, not reload"
+    assert cache.stats().decode_errors == 0
+
+
+@pytest.mark.parametrize("backend_name", ["redis"])
+def test_an_entry_that_does_not_fit_the_readers_type_is_a_miss_logged_once(
+    make_cache: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache: Facade = make_cache()
+    cache.set("k", Point(1))
+    with caplog.at_level(logging.WARNING, logger="cachewise"):
+        assert cache.get("k", type=Order) is MISSING
+        assert cache.get("k", type=Order) is MISSING
+    assert cache.stats().decode_errors == 2
+    assert len([r for r in caplog.records if "does not fit" in r.getMessage()]) <= 1

@@ -628,6 +628,8 @@ def _lift_timedelta(body: list[Any]) -> dt.timedelta:
 # -- the reader's type ----------------------------------------------------------------------
 
 
+# Logged once per class or type, for the process: bounded by the classes the
+# code names.
 _warned_untyped: set[str] = set()
 
 
@@ -650,9 +652,29 @@ def finish(value: Any, needs_type: bool) -> Any:
                 )
             raise DecodeError(f"an entry holding a {name} was read without a type")
         return value
-    if not needs_type and not _is_structured(tp):
+    if value is None or (not needs_type and not _is_structured(tp)):
+        # None fits every type: a function declared "-> User" that returns None
+        # for "not found" keeps its negative entries (they must not reload).
         return value
-    return convert(value, tp)
+    try:
+        return convert(value, tp)
+    except _Mismatch as exc:
+        name = _type_name(tp)
+        if name not in _warned_mismatch:
+            _warned_mismatch.add(name)
+            logger.warning(
+                "cachewise: an entry does not fit the reader's type %s (%s); read as a miss",
+                name,
+                exc,
+            )
+        raise
+
+
+_warned_mismatch: set[str] = set()
+
+
+def _type_name(tp: Any) -> str:
+    return class_path(tp) if isinstance(tp, type) else repr(tp)
 
 
 def _first_unresolved(value: Any, depth: int = 0) -> str:
