@@ -41,6 +41,7 @@ import datetime as dt
 import decimal
 import enum
 import functools
+import json
 import logging
 import threading
 import types
@@ -50,14 +51,19 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from cachewise._core.envelope import DecodeError
+from cachewise._sentinel import MISSING
 
 logger = logging.getLogger("cachewise")
 
 #: The key of a tagged node. A user's dict that has this key is stored in the
 #: ``dict`` tag's pair form, so no user dict is ever read as a tagged node.
 TAG = "$cw"
-#: Containers nested deeper are refused at write (a cycle ends here too).
-MAX_DEPTH = 200
+#: Containers nested deeper are refused at write (a cycle ends here too), in a
+#: value that needs the tagged form (plain values may nest 200 deep: see
+#: serialization). The tagged tree is up to four levels per container, and both
+#: walks recurse: 100 keeps the reader well inside Python's recursion limit and
+#: the stdlib JSON codec's.
+MAX_DEPTH = 100
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 
@@ -163,6 +169,20 @@ class Format:
 
     __slots__ = ("bytes_native", "keys", "name", "nonfinite_native")
 
+    def plain_key(self, key: Any) -> bool:
+        """Whether a dict key is stored as it is (else the dict takes the pair form)."""
+        kind = type(key)
+        if kind not in self.keys or key != key:  # noqa: PLR0124 - NaN
+            return False
+        if kind is int:
+            return bool(_INT_MIN <= key <= _INT_MAX)
+        if kind is str:
+            try:
+                key.encode()
+            except UnicodeEncodeError:
+                return False  # the pair form's walk refuses it, with its path
+        return True
+
     def __init__(
         self, name: str, *, bytes_native: bool, nonfinite_native: bool, keys: frozenset[type]
     ) -> None:
@@ -197,7 +217,8 @@ def _tagged(tag: str, *payload: Any) -> dict[str, Any]:
 
 
 def _render_key(key: Any) -> str:
-    text = repr(key)
+    # A str in double quotes, as the JSON it would become (and the docs spell it).
+    text = json.dumps(key, ensure_ascii=True) if type(key) is str else repr(key)
     return f"[{text if len(text) <= 40 else text[:37] + '...'}]"
 
 
@@ -215,6 +236,8 @@ class _Lowerer:
 
     def lower(self, value: Any, where: str, depth: int) -> Any:
         kind = type(value)
+        if value is MISSING:
+            raise self.refuse(value, where, _advice(value))
         if kind is str:
             try:
                 value.encode()
@@ -252,7 +275,11 @@ class _Lowerer:
     def enter(self, value: Any, where: str, depth: int) -> None:
         if depth >= MAX_DEPTH:
             raise self.refuse(
-                value, where, f"it is nested more than {MAX_DEPTH} containers deep; flatten it"
+                value,
+                where,
+                f"it is nested more than {MAX_DEPTH} containers deep (a value that "
+                "needs the tagged form may nest 100 deep, plain JSON or msgpack 200); "
+                "flatten it",
             )
         if id(value) in self.open:
             raise self.refuse(value, where, "it contains itself; break the cycle")
@@ -271,11 +298,7 @@ class _Lowerer:
             if kind is set or kind is frozenset:
                 items = [self.key(item, f"{where} item", inner) for item in value]
                 return _tagged("set" if kind is set else "frozenset", items)
-            keys = self.fmt.keys
-            if TAG not in value and all(
-                type(k) in keys and k == k  # noqa: PLR0124 - NaN keys take the pair form's check
-                for k in value
-            ):
+            if TAG not in value and all(self.fmt.plain_key(k) for k in value):
                 return {k: lower(v, f"{where}{_render_key(k)}", inner) for k, v in value.items()}
             pairs = [
                 [
@@ -290,9 +313,9 @@ class _Lowerer:
 
     def key(self, value: Any, where: str, depth: int) -> Any:
         """A dict key or a set item: hashable, and found again after a read."""
-        if value != value:  # noqa: PLR0124 - NaN (float or Decimal)
+        if _holds_nan(value):
             raise self.refuse(
-                value, where, "a NaN key or set item reads back as a new NaN no lookup finds"
+                value, where, "a NaN key or set item (or one holding a NaN) reads back as a new NaN no lookup finds"
             )
         if _struct_kind(type(value)) is not None:
             raise self.refuse(value, where, "a structured value cannot be a dict key or a set item")
@@ -323,6 +346,8 @@ class _Lowerer:
         self.enter(value, where, depth)
         try:
             fields = _struct_fields(value, kind)
+            if TAG in fields:
+                raise self.refuse(value, where, f"a field named {TAG!r} would read as a tag")
             lowered = {
                 name: self.lower(item, f"{where}.{name}", depth + 1)
                 for name, item in fields.items()
@@ -396,8 +421,6 @@ _SCALARS: dict[type, Callable[[_Lowerer, Any, str], Any]] = {
 
 def _advice(value: Any) -> str:
     """Why ``value``'s type is refused, and what to store instead."""
-    from cachewise._sentinel import MISSING
-
     if value is MISSING:
         return "MISSING marks a miss and is never cached; cache None or a marker of your own"
     for base in (bool, int, float, str, bytes, list, tuple, dict, set, frozenset):
@@ -484,17 +507,18 @@ class _Lifter:
         self.fmt = fmt
         self.needs_type = False
 
+    # ``depth`` counts the value's containers above the node, as the writer does
+    # (not the tree's levels): whatever the writer accepted, the reader reads.
+
     def lift(self, node: Any, depth: int) -> Any:
         kind = type(node)
         if kind is list:
-            if depth > MAX_DEPTH:
-                raise DecodeError("nested too deeply")
+            _check_depth(depth)
             return [self.lift(item, depth + 1) for item in node]
         if kind is not dict:
             return node
-        if depth > MAX_DEPTH:
-            raise DecodeError("nested too deeply")
         if TAG not in node:
+            _check_depth(depth)
             return {k: self.lift(v, depth + 1) for k, v in node.items()}
         body = node[TAG]
         if len(node) != 1 or type(body) is not list or not body or type(body[0]) is not str:
@@ -502,12 +526,19 @@ class _Lifter:
         reader = _LIFTERS.get(body[0])
         if reader is None:
             raise DecodeError(f"unknown tag {body[0]!r}")
-        return reader(self, body[1:], depth + 1)
+        return reader(self, body[1:], depth)
 
     def items(self, body: list[Any], depth: int) -> list[Any]:
+        """The items of a tagged container at ``depth``."""
         if len(body) != 1 or type(body[0]) is not list:
             raise DecodeError("a malformed sequence node")
-        return [self.lift(item, depth) for item in body[0]]
+        _check_depth(depth)
+        return [self.lift(item, depth + 1) for item in body[0]]
+
+
+def _check_depth(depth: int) -> None:
+    if depth >= MAX_DEPTH:
+        raise DecodeError("nested too deeply")
 
 
 def _text(body: list[Any], count: int = 1) -> str:
@@ -549,12 +580,16 @@ def _lift_clock(body: list[Any], parse: Callable[[str], Any]) -> Any:
 
 
 def _lift_dict(lifter: _Lifter, body: list[Any], depth: int) -> dict[Any, Any]:
-    pairs = lifter.items(body, depth)
+    if len(body) != 1 or type(body[0]) is not list:
+        raise DecodeError("a malformed dict node")
+    _check_depth(depth)
     out: dict[Any, Any] = {}
-    for pair in pairs:
+    lift = lifter.lift
+    for pair in body[0]:
         if type(pair) is not list or len(pair) != 2:
             raise DecodeError("a malformed dict pair")
-        out[pair[0]] = pair[1]  # an unhashable key raises TypeError: a DecodeError upstream
+        # (an unhashable key raises TypeError: a DecodeError upstream)
+        out[lift(pair[0], depth + 1)] = lift(pair[1], depth + 1)
     return out
 
 
@@ -586,9 +621,10 @@ def _lift_enum(lifter: _Lifter, body: list[Any], depth: int) -> Any:
 def _lift_struct(lifter: _Lifter, body: list[Any], depth: int) -> Struct:
     if len(body) != 2 or type(body[0]) is not str or type(body[1]) is not dict:
         raise DecodeError("a malformed struct")
-    fields = lifter.lift(body[1], depth)
-    if type(fields) is not dict or not all(type(k) is str for k in fields):
+    if TAG in body[1] or not all(type(k) is str for k in body[1]):
         raise DecodeError("a malformed struct")
+    _check_depth(depth)
+    fields = {name: lifter.lift(item, depth + 1) for name, item in body[1].items()}
     lifter.needs_type = True
     return Struct(body[0], fields)
 
@@ -814,6 +850,7 @@ def _build(value: Struct, cls: type) -> Any:
     fields = value.fields
     try:
         if kind == "pydantic":
+            _check_model_fields(cls, value)
             return _pydantic_adapter(cls).validate_python(_plain(fields))
         hints = _hints(cls)
         typed = {
@@ -821,6 +858,8 @@ def _build(value: Struct, cls: type) -> Any:
             for name, item in fields.items()
         }
         if kind == "namedtuple":
+            if tuple(typed) != cls._fields:  # type: ignore[attr-defined]
+                raise _Mismatch(f"the stored {value.name} has other fields than the class")
             return cls(**typed)
         if kind == "dataclass":
             attrs = [(f.name, f.init) for f in dataclasses.fields(cls)]
@@ -847,6 +886,19 @@ def _build(value: Struct, cls: type) -> Any:
         raise
     except Exception as exc:
         raise _Mismatch(f"cannot rebuild a {value.name}: {exc!r}") from None
+
+
+def _check_model_fields(cls: Any, value: Struct) -> None:
+    """A stored model's fields are the class's: every field its dump writes, and
+    nothing the class does not know (computed fields aside; any extras when the
+    model allows them)."""
+    fields = cls.model_fields
+    dumped = {info.alias or name for name, info in fields.items() if not info.exclude}
+    known = {info.alias or name for name, info in fields.items()} | set(cls.model_computed_fields)
+    stored = set(value.fields)
+    extra_allowed = cls.model_config.get("extra") == "allow"
+    if not dumped <= stored or (not extra_allowed and not stored <= known):
+        raise _Mismatch(f"the stored {value.name} has other fields than the class")
 
 
 def _plain(value: Any) -> Any:
@@ -891,3 +943,12 @@ def expect(tp: Any) -> contextvars.Token[Any]:
         except TypeError:
             pass
     return READ_TYPE.set(tp)
+
+
+def _holds_nan(value: Any, depth: int = 0) -> bool:
+    """Whether a key or set item is or holds (in a tuple or frozenset) a NaN."""
+    if value != value:  # noqa: PLR0124 - NaN (float or Decimal)
+        return True
+    if type(value) in (tuple, frozenset) and depth < MAX_DEPTH:
+        return any(_holds_nan(item, depth + 1) for item in value)
+    return False

@@ -13,18 +13,25 @@ The rule: a value either reads back equal, with the same types all the way down,
 or it is refused at write with ``SerializationError`` (a ``TypeError``) that names
 the offending type and where it is (``value["items"][3]``), and nothing is written.
 
-- JSON stores exactly ``None``, ``bool``, ``int`` (-2**63 to 2**64-1), finite
-  ``float``, ``str``, ``list``, and ``dict`` with ``str`` keys, nested.
-- msgpack stores the same, plus ``bytes``, NaN and the infinities, and dict keys of
-  any of its scalar types: ``None``, ``bool``, ``int``, ``float`` (not NaN), ``str``
-  and ``bytes``.
-- Types are compared exactly, so everything else is refused: tuples (they would
-  come back as lists), sets, ``bytearray``, UUIDs, Decimals, dates, dataclasses,
-  Enum members (``IntEnum`` and ``StrEnum`` included) and every subclass of the
-  types above (``OrderedDict``, ``defaultdict``, a ``NamedTuple``, a ``str``
-  subclass). So are cycles and values nested more than 200 containers deep.
+- JSON (the default) and msgpack both round-trip ``None``, ``bool``, ``int`` (any
+  size), ``float`` (NaN and the infinities too), ``str``, ``bytes``, ``list``,
+  ``tuple``, ``dict`` (keys of any hashable kind here), ``set``, ``frozenset``,
+  ``datetime`` (naive, or aware with ``datetime.timezone`` or
+  ``zoneinfo.ZoneInfo``), ``date``, ``time``, ``timedelta``, ``Decimal``, ``UUID``
+  and members of enums registered with ``register_enum``.
+- Structured values (dataclasses, attrs classes, pydantic v2 models, NamedTuples,
+  TypedDicts) are written as their fields and rebuilt by the reader's type
+  (``get(key, type=User)``, a cached function's return annotation); read without
+  one, they are a miss. The payload never names code to run.
+- Values that are plain JSON (or plain msgpack) are written as such, byte for
+  byte; the rest take the tagged form described in ``cachewise._typed``, marked by
+  its first byte so that a reader that predates it reads a miss.
+- Refused: other objects, subclasses of the types above (``OrderedDict``, a
+  ``str`` subclass), ``bytearray``, unregistered enums, other tzinfos, NaN in a
+  key or set item, cycles, and nesting deeper than 200 containers (100 for a value
+  that needs the tagged form).
 - What JSON accepts does not depend on whether orjson is installed, and the bytes
-  are plain JSON either way: processes with and without orjson share entries.
+  are the same either way: processes with and without orjson share entries.
 - Pickle round-trips what pickle round-trips.
 
 Bytes that fail to decode for any reason are a miss, counted by the backend, never
@@ -126,7 +133,9 @@ _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 _NoneType = type(None)
 _TAG = _typed.TAG
-_MAX_DEPTH = _typed.MAX_DEPTH
+# Plain values may nest this deep (the quick check's walk is iterative, and every
+# encoder holds it); a value that needs the tagged form, _typed.MAX_DEPTH.
+_MAX_DEPTH = 200
 
 # What the fast walk passes without a look, per encoder: each encoder itself refuses
 # the rest of what these types can hold (and the value then takes the tagged form).
@@ -249,6 +258,14 @@ def _lift(tree: Any, fmt: _typed.Format) -> object:
     return _typed.finish(value, needs_type)
 
 
+def _stdlib_json(tree: object) -> bytes:
+    # The checks bound the depth, so the tree has no cycle to look for.
+    text = json.dumps(
+        tree, separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
+    )
+    return text.encode()
+
+
 class JsonSerializer(Serializer):
     """JSON, and the default: every value in the table of the module docstring
     reads back equal and of the same type; anything else is refused with
@@ -284,11 +301,7 @@ class JsonSerializer(Serializer):
         if self._orjson is not None:
             result: bytes = self._orjson.dumps(tree, option=self._options)
             return result
-        # The checks bound the depth, so the tree has no cycle to look for.
-        text = json.dumps(
-            tree, separators=(",", ":"), ensure_ascii=False, allow_nan=False, check_circular=False
-        )
-        return text.encode()
+        return _stdlib_json(tree)
 
     def dumps(self, value: object) -> bytes:
         """JSON bytes, or ``SerializationError`` naming what is refused and where."""
@@ -305,12 +318,24 @@ class JsonSerializer(Serializer):
         try:
             return _JSON_TAGGED + self._encode(tree)
         except Exception as exc:
+            if self._orjson is not None and "recursion" in str(exc).lower():
+                # orjson stops at 254 levels, and the tagged tree of a value 100
+                # containers deep may be 400: the stdlib writes the same JSON.
+                try:
+                    return _JSON_TAGGED + _stdlib_json(tree)
+                except Exception:
+                    pass
             raise _encoder_refused(value, _typed.JSON, exc) from None
 
     def loads(self, data: bytes) -> object:
-        parse = self._orjson.loads if self._orjson is not None else json.loads
         if data[:1] == _JSON_TAGGED:
-            return _lift(parse(data[1:]), _typed.JSON)
+            text = data[1:]
+            try:
+                tree = self._orjson.loads(text) if self._orjson is not None else json.loads(text)
+            except Exception:
+                tree = json.loads(text)  # (deeper than orjson reads: see dumps)
+            return _lift(tree, _typed.JSON)
+        parse = self._orjson.loads if self._orjson is not None else json.loads
         return _typed.finish(parse(data), False)
 
 
