@@ -315,7 +315,10 @@ class _Lowerer:
         """A dict key or a set item: hashable, and found again after a read."""
         if _holds_nan(value):
             raise self.refuse(
-                value, where, "a NaN key or set item (or one holding a NaN) reads back as a new NaN no lookup finds"
+                value,
+                where,
+                "a NaN key or set item (or one holding a NaN) reads back as a new NaN "
+                "no lookup finds",
             )
         if _struct_kind(type(value)) is not None:
             raise self.refuse(value, where, "a structured value cannot be a dict key or a set item")
