@@ -23,7 +23,7 @@ from collections.abc import (
 from typing import Any
 
 from cachewise._core.entry import Entry
-from cachewise._core.policy import Policy, check_seconds, is_fresh, make_entry
+from cachewise._core.policy import Policy, Seconds, check_seconds, is_fresh, make_entry
 from cachewise._errors import CacheClosedError
 from cachewise._frontends._decorator import KeyBuilder, OnMaxKeys
 from cachewise._frontends._held import HeldInvalidations, HeldSnapshot, HeldView
@@ -150,9 +150,20 @@ def new_token(prefix: str = "") -> str:
     return f"{prefix or _token_prefix + ':'}{next(_token_counter)}"
 
 
-def check_ttl(ttl: float | None) -> float | None:
+def check_ttl(ttl: Seconds | None) -> float | None:
     """Validate a per-call ``ttl`` (``None`` means the cache's default)."""
     return None if ttl is None else check_seconds("ttl", ttl)
+
+
+def constructor_options(cls: type) -> frozenset[str]:
+    """The options a front end's constructor takes by name, ``backend`` aside:
+    ``from_url`` hands these to the cache and the rest to the backend."""
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return frozenset(
+        name
+        for name, parameter in inspect.signature(cls).parameters.items()
+        if name != "backend" and parameter.kind in kinds
+    )
 
 
 def check_loader(loader: object) -> None:
@@ -170,10 +181,10 @@ class CacheBase:
         self,
         *,
         namespace: str = "",
-        ttl: float = 300.0,
+        ttl: Seconds = 300.0,
         jitter: float = 0.1,
-        stale_ttl: float = 0.0,
-        negative_ttl: float = 30.0,
+        stale_ttl: Seconds = 0.0,
+        negative_ttl: Seconds = 30.0,
         early_refresh: float = 1.0,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -194,10 +205,10 @@ class CacheBase:
             raise ValueError(f"max_pending_refreshes must be >= 0, got {max_pending_refreshes}")
         extra = {} if is_negative is None else {"is_negative": is_negative}
         self._policy = Policy(
-            ttl=ttl,
+            ttl=check_seconds("ttl", ttl),  # (a timedelta becomes seconds here)
             jitter=jitter,
-            stale_ttl=stale_ttl,
-            negative_ttl=negative_ttl,
+            stale_ttl=check_seconds("stale_ttl", stale_ttl),
+            negative_ttl=check_seconds("negative_ttl", negative_ttl),
             early_refresh=early_refresh,
             serve_stale=bool(serve_stale),
             **extra,
