@@ -55,6 +55,7 @@ from urllib.parse import (
 
 from cachewise import _forksafe
 from cachewise.backends._breaker import AsyncCircuitBreaker, CircuitBreaker
+from cachewise.backends._failover import connection_classes, master_watch
 from cachewise.backends._memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryBackend
 from cachewise.backends._pool import DEFAULT_POOL_TIMEOUT, bounded_pool_class
 from cachewise.serialization import (
@@ -556,7 +557,13 @@ def _redis(
                 target.sentinels,
                 sentinel_kwargs=_sentinel_kwargs(target, socket_options, sentinel_options),
             )
-            return manager.master_for(target.service, **_master_kwargs(target), **kwargs)
+            return manager.master_for(
+                target.service,
+                connection_class=connection_classes()[("sync", target.tls)],
+                watch=master_watch(identity),  # (see _failover: followed failovers)
+                **_master_kwargs(target),
+                **kwargs,
+            )
         module = _redis_module("redis.cluster" if cluster else "redis")
         factory = module.RedisCluster if cluster else module.Redis
         if cluster:  # it connects when built: see _LazyClusterClient
@@ -611,6 +618,8 @@ def _redis(
             pool = bounded_pool_class(sentinel.SentinelConnectionPool)(
                 service_name=target.service,
                 sentinel_manager=manager,
+                connection_class=connection_classes()[("async", target.tls)],
+                watch=master_watch(identity),
                 **_master_kwargs(target),
                 **kwargs,
             )
@@ -650,8 +659,6 @@ def _master_kwargs(target: _Target) -> dict[str, Any]:
         kwargs["username"] = target.username
     if target.password is not None:
         kwargs["password"] = target.password
-    if target.tls:
-        kwargs["ssl"] = True
     return kwargs
 
 

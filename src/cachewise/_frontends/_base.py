@@ -30,6 +30,7 @@ from cachewise._frontends._held import HeldInvalidations, HeldSnapshot, HeldView
 from cachewise._sentinel import MISSING
 from cachewise._stats import CacheStats, Counters
 from cachewise.backends._breaker import CircuitOpenError
+from cachewise.backends._failover import existing_watch
 from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import BackendStats
 from cachewise.invalidation import REGISTRY, ReadSpec, WriteSpec
@@ -549,6 +550,23 @@ class CacheBase:
             self._held.remove_member(self)
             self._held = held
             held.add_member(self)
+        watch = existing_watch(server)
+        if watch is not None:  # a Sentinel service: see _failed_over
+            watch.subscribe(self._failed_over)
+
+    def _failed_over(self) -> None:
+        """The Sentinels named a new master. Writes the old one took after the
+        promotion are lost (replication is asynchronous), deletes included, so
+        what they removed may be back: hold a clear of the namespace (reads are
+        misses) until it has landed on the new master."""
+        logger.warning(
+            "cachewise: the Redis master moved; namespace %r is cleared on the new master "
+            "(writes the old master took after the failover are lost)",
+            self._namespace,
+        )
+        self._held.hold((), (), True)
+        _HOLDING.add(self)
+        self._start_settler()
 
     def _unsettle(
         self, keys: Iterable[str] = (), tags: Iterable[str] = (), *, everything: bool = False
