@@ -188,3 +188,26 @@ def test_sentinel_urls_name_the_service_and_its_sentinels(
         assert client_identity(cache.backend.inner.client) == server_identity(url)
         cache.set("k", 1)
         assert cache.get("k") == 1
+
+
+def test_an_async_sentinel_cache_works_from_one_asyncio_run_after_another(
+    sentinel_group: RedisSentinelGroup,
+) -> None:
+    """Its clients, and the Sentinel manager behind each, belong to a loop: a new
+    loop gets new ones instead of failing on the closed loop's connections."""
+    cache = AsyncCache.from_url(sentinel_group.url(), namespace="loops", ttl=60)
+
+    async def use(value: str) -> tuple[Any, Any]:
+        async def load() -> str:
+            return value
+
+        got = await cache.get_or_load("k", load)
+        await cache.set("other", value)
+        return got, await cache.get("other")
+
+    before = cache.stats()
+    assert asyncio.run(use("run1")) == ("run1", "run1")
+    assert asyncio.run(use("run2")) == ("run1", "run2")
+    delta = cache.stats() - before
+    assert (delta.backend_errors, delta.hits) == (0, 3)
+    asyncio.run(cache.aclose())

@@ -341,9 +341,8 @@ class _Target:
             self.username = unquote(parts.username) if parts.username else None
             self.password = unquote(parts.password) if parts.password is not None else None
             self.database = _int_option("db", options.get("db", 0), low=0, high=_MAX_DATABASE)
-            self.client_url = urlunsplit(
-                ("unix", parts.netloc, parts.path, urlencode({"db": self.database}), "")
-            )
+            # (By hand: urlunsplit drops the "//" of an empty host.)
+            self.client_url = f"unix://{parts.netloc}{parts.path}?db={self.database}"
             return
         if not parts.hostname:
             raise ValueError(f"{scheme}:// URLs need a host, got {url!r}")

@@ -1199,7 +1199,10 @@ class _NoSentinels:
 def _sentinels_of(client: Any) -> Any:
     """The Sentinel manager of a Sentinel-managed client (``from_url`` builds one
     per client; the client does not close it), or an empty stand-in."""
-    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    # (From the instance's own attributes: a lazy cluster client must not be built
+    # just to be asked.)
+    pool = getattr(client, "__dict__", {}).get("connection_pool")
+    manager = getattr(pool, "sentinel_manager", None)
     return _NoSentinels() if manager is None else manager
 
 
