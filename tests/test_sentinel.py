@@ -211,3 +211,28 @@ def test_an_async_sentinel_cache_works_from_one_asyncio_run_after_another(
     delta = cache.stats() - before
     assert (delta.backend_errors, delta.hits) == (0, 3)
     asyncio.run(cache.aclose())
+
+
+def test_a_new_master_is_published_only_after_every_cache_holds_its_clear() -> None:
+    """A read on another thread that finds the new master current must find its
+    cache already holding the clear; and a concurrent reconnect that sees the new
+    address first runs the holds itself before connecting."""
+    from cachewise.backends._failover import MasterWatch
+
+    watch = MasterWatch("redis:sentinel://test/svc/0")
+    old, new = ("127.0.0.1", 1), ("127.0.0.1", 2)
+    watch.observe(old)
+    seen_during: list[tuple[bool, bool]] = []
+
+    class Subscriber:
+        def held(self) -> None:
+            seen_during.append((watch.is_current(*old), watch.is_current(*new)))
+
+    subscriber = Subscriber()
+    watch.subscribe(subscriber.held)
+    watch.observe(old)  # no change: no hold
+    assert seen_during == []
+    watch.observe(new)
+    assert seen_during == [(True, False)]  # still the old one while holding
+    assert watch.is_current(*new)
+    assert not watch.is_current(*old)

@@ -1,9 +1,15 @@
 """``from_url``: turn a URL into a backend. Each scheme lists the query options it
-takes; anything else is a ``ValueError`` naming it.
+takes; anything else is a ``ValueError`` naming it. ``from_url`` takes each of
+them as a keyword too (a keyword wins), and a name no scheme option nor the cache
+takes is a ``TypeError`` listing the accepted ones (``split_options``).
 
 - ``memory://?max_entries=N&max_bytes=N``
-- ``redis://[user:password@]host[:port][/db]`` and ``rediss://`` (TLS)
+- ``redis://[user:password@]host[:port][/db]`` and ``rediss://`` (TLS);
+  ``valkey://`` and ``valkeys://`` are the same protocol
+- ``unix://[user:password@]/path/to/redis.sock[?db=N]`` (a Unix socket)
 - ``redis+cluster://host:port`` and ``rediss+cluster://`` (Redis Cluster; any node)
+- ``redis+sentinel://[[user:]password@]host:port[,host:port...]/service[/db]`` and
+  ``rediss+sentinel://`` (a Sentinel-managed master; see ``backends._failover``)
 
 Redis query options: ``serializer`` (json, msgpack), ``compress`` (zlib, zstd,
 none), ``compress_threshold``, ``max_value_bytes``, ``lock_timeout``,
@@ -19,7 +25,10 @@ default; redis-py retries only a dead connection, once, never a timeout), and
 client with this timeout; raise it when a delete that gives up under load, and is
 held in-process until a retry lands, is worse for you than a longer wait).
 Signed pickle needs a secret, which does not belong in a URL: pass
-``serializer=PickleSerializer(secret)``.
+``serializer="pickle", secret=...`` or ``serializer=PickleSerializer(secret)``.
+Keywords only: ``secret``, ``client_options`` (redis-py client options, checked
+here against redis-py's connection class) and ``sentinel_options`` (for the
+connections to the Sentinels).
 
 Every number is checked here, so a value that would be accepted but unusable (a
 pool of no connections, a lease Redis cannot store, a timeout nothing can meet)

@@ -75,12 +75,23 @@ class MasterWatch:
         """A master address seen (named by the Sentinels, about to be connected to)."""
         seen = (str(address[0]), int(address[1]))
         with self._lock:
-            old, self._master = self._master, seen
+            old = self._master
             self._checked = time.monotonic()
+            if old is None:
+                self._master = seen
             callbacks = [ref() for ref in self._subscribers] if old not in (None, seen) else []
+        if not callbacks and old is not None:
+            return
+        # The caches hold their clears before the new master is published: until
+        # then every other connection (a concurrent reconnect too) still finds the
+        # old one current, or sees the change itself and runs these first. Published
+        # first, a read on another thread could reach the new master, and return
+        # what the lost writes left there, before its cache held anything.
         for callback in callbacks:  # outside the lock: they take locks of their own
             if callback is not None:
                 callback()
+        with self._lock:
+            self._master = seen
 
     def is_current(self, host: Any, port: Any) -> bool:
         master = self._master
