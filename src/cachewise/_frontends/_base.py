@@ -559,6 +559,8 @@ class CacheBase:
         promotion are lost (replication is asynchronous), deletes included, so
         what they removed may be back: hold a clear of the namespace (reads are
         misses) until it has landed on the new master."""
+        if self._closed:
+            return
         logger.warning(
             "cachewise: the Redis master moved; namespace %r is cleared on the new master "
             "(writes the old master took after the failover are lost)",

@@ -20,11 +20,14 @@ master), which removes whatever the lost writes would have left stale.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from typing import Any
+
+from cachewise import _forksafe
 
 #: How often the Sentinels are asked which master is current (per process and
 #: service, by whichever connection sends first once it is due).
@@ -43,6 +46,14 @@ class MasterWatch:
         self._lock = threading.Lock()
         self._asking = False  # one sender asks the Sentinels at a time
         self._subscribers: list[weakref.WeakMethod[Callable[[], None]]] = []
+        _forksafe.register(self)
+
+    def _fork_locks(self) -> list[threading.Lock]:
+        return []  # (held only for a few assignments: replaced in the child)
+
+    def _after_fork_child(self) -> None:
+        self._lock = threading.Lock()
+        self._asking = False  # (an asking thread of the parent is not in the child)
 
     @property
     def master(self) -> Address | None:
@@ -100,6 +111,15 @@ class MasterWatch:
 
 _watches: dict[str, MasterWatch] = {}
 _watches_lock = threading.Lock()
+
+
+def _fresh_lock_in_child() -> None:
+    global _watches_lock
+    _watches_lock = threading.Lock()  # (a parent's thread may have held it)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_in_child)
 
 
 def master_watch(identity: str) -> MasterWatch:
