@@ -1,9 +1,15 @@
 """``from_url``: turn a URL into a backend. Each scheme lists the query options it
-takes; anything else is a ``ValueError`` naming it.
+takes; anything else is a ``ValueError`` naming it. ``from_url`` takes each of
+them as a keyword too (a keyword wins), and a name no scheme option nor the cache
+takes is a ``TypeError`` listing the accepted ones (``split_options``).
 
 - ``memory://?max_entries=N&max_bytes=N``
-- ``redis://[user:password@]host[:port][/db]`` and ``rediss://`` (TLS)
+- ``redis://[user:password@]host[:port][/db]`` and ``rediss://`` (TLS);
+  ``valkey://`` and ``valkeys://`` are the same protocol
+- ``unix://[user:password@]/path/to/redis.sock[?db=N]`` (a Unix socket)
 - ``redis+cluster://host:port`` and ``rediss+cluster://`` (Redis Cluster; any node)
+- ``redis+sentinel://[[user:]password@]host:port[,host:port...]/service[/db]`` and
+  ``rediss+sentinel://`` (a Sentinel-managed master; see ``backends._failover``)
 
 Redis query options: ``serializer`` (json, msgpack), ``compress`` (zlib, zstd,
 none), ``compress_threshold``, ``max_value_bytes``, ``lock_timeout``,
@@ -19,7 +25,10 @@ default; redis-py retries only a dead connection, once, never a timeout), and
 client with this timeout; raise it when a delete that gives up under load, and is
 held in-process until a retry lands, is worse for you than a longer wait).
 Signed pickle needs a secret, which does not belong in a URL: pass
-``serializer=PickleSerializer(secret)``.
+``serializer="pickle", secret=...`` or ``serializer=PickleSerializer(secret)``.
+Keywords only: ``secret``, ``client_options`` (redis-py client options, checked
+here against redis-py's connection class) and ``sentinel_options`` (for the
+connections to the Sentinels).
 
 Every number is checked here, so a value that would be accepted but unusable (a
 pool of no connections, a lease Redis cannot store, a timeout nothing can meet)
@@ -33,18 +42,29 @@ year.
 from __future__ import annotations
 
 import importlib
+import inspect
 import ipaddress
 import math
 import os
 import socket
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import (
+    SplitResult,
+    parse_qsl,
+    quote,
+    unquote,
+    urlencode,
+    urlsplit,
+    urlunsplit,
+)
 
 from cachewise import _forksafe
 from cachewise.backends._breaker import AsyncCircuitBreaker, CircuitBreaker
+from cachewise.backends._failover import connection_classes, master_watch
 from cachewise.backends._memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryBackend
 from cachewise.backends._pool import DEFAULT_POOL_TIMEOUT, bounded_pool_class
 from cachewise.serialization import (
@@ -55,8 +75,27 @@ from cachewise.serialization import (
     make_serializer,
 )
 
-SCHEMES = ("memory", "redis", "rediss", "redis+cluster", "rediss+cluster")
+#: Every scheme ``from_url`` takes. ``valkey`` is Redis' protocol under another
+#: name; ``unix`` is a Unix socket; ``+cluster`` is Redis Cluster; ``+sentinel`` is
+#: a Sentinel-managed master.
+SCHEMES = (
+    "memory",
+    "redis",
+    "rediss",
+    "valkey",
+    "valkeys",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "valkey+cluster",
+    "valkeys+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "valkey+sentinel",
+    "valkeys+sentinel",
+)
 Flavour = Literal["sync", "async"]
+Kind = Literal["single", "unix", "cluster", "sentinel"]
 
 #: Default per-operation and connect timeouts for clients cachewise creates.
 DEFAULT_SOCKET_TIMEOUT = 0.25
@@ -66,6 +105,8 @@ DEFAULT_INVALIDATION_TIMEOUT = 0.25
 #: The async pool's size; how long a call queues for one of its connections is
 #: DEFAULT_POOL_TIMEOUT (see _pool).
 DEFAULT_MAX_CONNECTIONS = 50
+#: Where a Sentinel listens unless its address says otherwise.
+DEFAULT_SENTINEL_PORT = 26379
 
 #: Bounds of the numeric options: a value outside is accepted by nothing useful.
 #: One client host opens at most this many TCP connections to one server port.
@@ -78,6 +119,7 @@ MAX_VALUE_BYTES = 512 * 1024 * 1024
 MIN_SECONDS = 0.001
 MAX_SECONDS = 365 * 24 * 3600.0
 
+_MEMORY_OPTIONS = ("max_entries", "max_bytes")
 _REDIS_OPTIONS = (
     "serializer",
     "compress",
@@ -93,6 +135,33 @@ _REDIS_OPTIONS = (
     "socket_timeout",
     "connect_timeout",
 )
+#: Options only a keyword gives (a secret or a dict does not belong in a URL).
+_REDIS_KEYWORDS = ("secret", "client_options")
+
+#: redis-py client options cachewise sets itself, and why they are not
+#: ``client_options``.
+_RESERVED_CLIENT_OPTIONS = {
+    "decode_responses": "cachewise reads bytes",
+    "encoding": "cachewise reads bytes",
+    "encoding_errors": "cachewise reads bytes",
+    "protocol": "cachewise parses RESP2 replies",
+    "retry": "cachewise retries a dead connection once and never a timeout",
+    "retry_on_timeout": "cachewise never retries a timeout",
+    "retry_on_error": "cachewise retries a dead connection once and never a timeout",
+    "socket_timeout": "use the socket_timeout option",
+    "socket_connect_timeout": "use the connect_timeout option",
+    "max_connections": "use the max_connections option",
+    "db": "the database is part of the URL",
+    "host": "the address is part of the URL",
+    "port": "the address is part of the URL",
+    "path": "the socket path is part of the URL",
+    "unix_socket_path": "the socket path is part of the URL",
+    "url": "the address is part of the URL",
+    "connection_pool": "cachewise builds the pool",
+    "connection_class": "cachewise builds the pool",
+    "single_connection_client": "cachewise builds the pool",
+    "startup_nodes": "the address is part of the URL",
+}
 
 
 def _parse(url: str) -> tuple[str, dict[str, str]]:
@@ -119,43 +188,131 @@ def _parse(url: str) -> tuple[str, dict[str, str]]:
     return scheme, query
 
 
-def _int_option(name: str, raw: str, low: int | None = None, high: int | None = None) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"query option {name} must be an integer, got {raw!r}") from None
+def _kind(scheme: str) -> tuple[Kind, bool]:
+    """What a (known) scheme names, and whether it speaks TLS."""
+    base, _, suffix = scheme.partition("+")
+    tls = base in ("rediss", "valkeys")
+    if base == "unix":
+        return "unix", False
+    if suffix == "cluster":
+        return "cluster", tls
+    if suffix == "sentinel":
+        return "sentinel", tls
+    return "single", tls
+
+
+def url_keywords(url: str) -> tuple[str, ...]:
+    """The backend options ``from_url`` takes as keywords for ``url``'s scheme:
+    every query option, plus the ones only a keyword gives."""
+    scheme, _ = _parse(url)
+    if scheme == "memory":
+        return _MEMORY_OPTIONS
+    kind, _ = _kind(scheme)
+    extra = ("db",) if kind == "unix" else ("sentinel_options",) if kind == "sentinel" else ()
+    return _REDIS_OPTIONS + extra + _REDIS_KEYWORDS
+
+
+def split_options(
+    url: str, options: dict[str, Any], cache_options: Collection[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``from_url``'s keywords as (backend options, cache options). A name neither
+    takes is a ``TypeError`` listing what is accepted."""
+    backend_names = url_keywords(url)
+    backend: dict[str, Any] = {}
+    cache: dict[str, Any] = {}
+    for name, value in options.items():
+        if name in cache_options:
+            cache[name] = value
+        elif name in backend_names:
+            backend[name] = value
+        else:
+            scheme, _ = _parse(url)
+            raise TypeError(
+                f"from_url() got an unexpected keyword argument {name!r}; it takes the "
+                f"cache's options ({', '.join(sorted(cache_options))}) and, for {scheme}:// "
+                f"URLs, serializer and {', '.join(n for n in backend_names if n != 'serializer')}"
+            )
+    return backend, cache
+
+
+def _int_option(name: str, raw: object, low: int | None = None, high: int | None = None) -> int:
+    """A count from a query string or a keyword (an int, not a bool)."""
+    if isinstance(raw, str):
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"option {name} must be an integer, got {raw!r}") from None
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        raise TypeError(f"option {name} must be an int, not {type(raw).__name__}")
     if low is not None and value < low:
-        raise ValueError(f"query option {name} must be >= {low}, got {raw!r}")
+        raise ValueError(f"option {name} must be >= {low}, got {raw!r}")
     if high is not None and value > high:
-        raise ValueError(f"query option {name} must be <= {high}, got {raw!r}")
+        raise ValueError(f"option {name} must be <= {high}, got {raw!r}")
     return value
 
 
-def _seconds_option(name: str, raw: str) -> float:
-    try:
+def _seconds_option(name: str, raw: object) -> float:
+    """A duration from a query string or a keyword (seconds or a ``timedelta``)."""
+    if isinstance(raw, str):
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"option {name} must be a number of seconds, got {raw!r}") from None
+    elif isinstance(raw, timedelta):
+        value = raw.total_seconds()
+    elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
         value = float(raw)
-    except ValueError:
-        raise ValueError(f"query option {name} must be a number of seconds, got {raw!r}") from None
+    else:
+        raise TypeError(
+            f"option {name} must be a number of seconds or a timedelta, not {type(raw).__name__}"
+        )
     if not math.isfinite(value) or not MIN_SECONDS <= value <= MAX_SECONDS:
         raise ValueError(
-            f"query option {name} must be a number of seconds from {MIN_SECONDS:g} "
+            f"option {name} must be a number of seconds from {MIN_SECONDS:g} "
             f"to {MAX_SECONDS:g}, got {raw!r}"
         )
     return value
 
 
-def _memory(url: str, query: dict[str, str]) -> MemoryBackend:
+def _choice_option(name: str, raw: object, choices: tuple[str, ...]) -> str:
+    if not isinstance(raw, str) or raw not in choices:
+        raise ValueError(f"option {name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _merged(
+    url: str, scheme: str, query: dict[str, str], keywords: dict[str, Any]
+) -> dict[str, Any]:
+    """The query's options overridden by the keywords; a name the scheme does not
+    take is a ``ValueError`` in the query, a ``TypeError`` as a keyword."""
+    accepted = url_keywords(url)
+    for name in query:
+        if name in _REDIS_KEYWORDS or name == "sentinel_options":
+            raise ValueError(
+                f"query option {name!r} does not belong in a URL; pass {name}=... to from_url"
+            )
+        if name not in accepted:
+            raise ValueError(
+                f"unknown query option {name!r} for {scheme}://; supported: "
+                + ", ".join(n for n in accepted if n not in _REDIS_KEYWORDS)
+            )
+    for name in keywords:
+        if name not in accepted:
+            raise TypeError(
+                f"unknown option {name!r} for {scheme}:// URLs; supported: " + ", ".join(accepted)
+            )
+    return {**query, **keywords}
+
+
+def _memory(url: str, options: dict[str, Any]) -> MemoryBackend:
     parts = urlsplit(url)
     if parts.netloc or parts.path not in ("", "/"):
         raise ValueError(f"memory:// URLs take no host or path, got {url!r}")
-    for name in query:
-        if name not in ("max_entries", "max_bytes"):
-            raise ValueError(
-                f"unknown query option {name!r} for memory://; supported: max_entries, max_bytes"
-            )
     return MemoryBackend(
-        max_entries=_int_option("max_entries", query.get("max_entries", str(DEFAULT_MAX_ENTRIES))),
-        max_bytes=_int_option("max_bytes", query.get("max_bytes", str(DEFAULT_MAX_BYTES))),
+        max_entries=_int_option("max_entries", options.get("max_entries", DEFAULT_MAX_ENTRIES)),
+        max_bytes=_int_option("max_bytes", options.get("max_bytes", DEFAULT_MAX_BYTES)),
     )
 
 
@@ -166,74 +323,227 @@ def _redis_module(name: str) -> Any:
         raise ImportError("Redis URLs need redis-py: pip install 'cachewise[redis]'") from None
 
 
+class _Target:
+    """Where a Redis URL points: what ``_redis`` needs to build clients."""
+
+    def __init__(self, url: str, scheme: str, options: dict[str, Any]) -> None:
+        self.kind, self.tls = _kind(scheme)
+        parts = urlsplit(url)
+        self.sentinels: list[tuple[str, int]] = []
+        self.service = ""
+        self.path = ""
+        self.username: str | None = None
+        self.password: str | None = None
+        self.database = 0
+        if self.kind == "sentinel":
+            self._sentinel(url, parts)
+            return
+        if self.kind == "unix":
+            if parts.hostname or parts.port:
+                raise ValueError(
+                    f"unix:// URLs name a socket path, not a host: unix:///path/to/redis.sock, "
+                    f"got {url!r}"
+                )
+            if parts.path in ("", "/"):
+                raise ValueError(f"unix:// URLs need a socket path, got {url!r}")
+            self.path = unquote(parts.path)
+            self.username = unquote(parts.username) if parts.username else None
+            self.password = unquote(parts.password) if parts.password is not None else None
+            self.database = _int_option("db", options.get("db", 0), low=0, high=_MAX_DATABASE)
+            # (By hand: urlunsplit drops the "//" of an empty host.)
+            self.client_url = f"unix://{parts.netloc}{parts.path}?db={self.database}"
+            return
+        if not parts.hostname:
+            raise ValueError(f"{scheme}:// URLs need a host, got {url!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"invalid port in {url!r}") from None
+        if port == 0:  # redis-py would read it as "no port" and connect to 6379
+            raise ValueError(f"invalid port in {url!r}: ports are 1 to 65535")
+        cluster = self.kind == "cluster"
+        self.database = _database(url, parts.path, cluster)
+        base = "rediss" if self.tls else "redis"
+        self.client_url = urlunsplit(
+            (base, parts.netloc, "" if cluster else f"/{self.database}", "", "")
+        )
+
+    def _sentinel(self, url: str, parts: SplitResult) -> None:
+        """``[[user:]password@]host[:port][,host[:port]...]/service[/db]``."""
+        netloc = parts.netloc
+        userinfo, _, hosts = netloc.rpartition("@")
+        if userinfo:
+            user, colon, password = userinfo.partition(":")
+            self.username = unquote(user) if colon and user else None
+            self.password = unquote(password if colon else user)
+        for item in hosts.split(","):
+            try:
+                probe = urlsplit("//" + item)
+                host, port = probe.hostname, probe.port
+            except ValueError:
+                raise ValueError(f"invalid Sentinel address {item!r} in {url!r}") from None
+            if not host or port == 0:
+                raise ValueError(f"invalid Sentinel address {item!r} in {url!r}")
+            self.sentinels.append((host, port or DEFAULT_SENTINEL_PORT))
+        segments = parts.path.split("/")[1:] if parts.path.startswith("/") else []
+        if not segments or not segments[0] or len(segments) > 2:
+            raise ValueError(
+                f"{parts.scheme}:// URLs name the service: "
+                f"{parts.scheme}://host:port[,host:port]/service_name[/db], got {url!r}"
+            )
+        self.service = unquote(segments[0])
+        self.database = _database(url, "/" + (segments[1] if len(segments) > 1 else ""), False)
+
+    def identity(self) -> str:
+        """This target's ``server_identity``."""
+        base = "rediss" if self.tls else "redis"
+        if self.kind == "unix":
+            return _unix_identity(base, self.path, self.database)
+        if self.kind == "sentinel":
+            return _sentinel_identity(base, self.service, self.sentinels, self.database)
+        parts = urlsplit(self.client_url)
+        return _identity(
+            base, parts.hostname, parts.port, None if self.kind == "cluster" else self.database
+        )
+
+
+def _check_client_options(
+    target: _Target, options: object, flavour: Flavour, name: str = "client_options"
+) -> dict[str, Any]:
+    """``client_options`` checked now, not at the first connection: a name cachewise
+    sets itself, or one redis-py's connection class does not take, is an error
+    here (redis-py would only raise once a connection is made, and a cluster
+    client would silently drop it)."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"{name} must be a dict of redis-py options, not {type(options).__name__}")
+    result = dict(options)
+    cluster_names: set[str] = set()
+    if target.kind == "cluster":
+        cluster_names = set(
+            inspect.signature(_redis_module("redis.cluster").RedisCluster.__init__).parameters
+        )
+    modules = (
+        ["redis.connection"]
+        if flavour == "sync"
+        else ["redis.connection", "redis.asyncio.connection"]
+    )
+    for option, value in result.items():
+        if not isinstance(option, str):
+            raise TypeError(f"{name} keys must be str, got {option!r}")
+        reason = _RESERVED_CLIENT_OPTIONS.get(option)
+        if reason is not None:
+            raise ValueError(f"{name} may not set {option!r}: {reason}")
+        if option in cluster_names:
+            continue
+        for module_name in modules:
+            module = _redis_module(module_name)
+            connection_class = (
+                module.UnixDomainSocketConnection
+                if target.kind == "unix"
+                else module.SSLConnection
+                if target.tls
+                else module.Connection
+            )
+            try:
+                connection_class(**{option: value})  # built, never connected
+            except TypeError as exc:
+                if "unexpected keyword" not in str(exc):
+                    raise TypeError(f"{name}[{option!r}]: {exc}") from None
+                hint = " (TLS options need a rediss:// URL)" if option.startswith("ssl") else ""
+                raise TypeError(
+                    f"{name}: redis-py's {connection_class.__name__} takes no option "
+                    f"{option!r}{hint}"
+                ) from None
+    return result
+
+
 def _redis(
     url: str,
     scheme: str,
-    query: dict[str, str],
+    options: dict[str, Any],
     flavour: Flavour,
-    serializer: Serializer | None,
+    serializer: Serializer | str | None,
 ) -> Any:
     from cachewise.backends._redis import AsyncRedisBackend, RedisBackend
 
-    for name in query:
-        if name not in _REDIS_OPTIONS:
-            raise ValueError(
-                f"unknown query option {name!r} for {scheme}://; supported: "
-                + ", ".join(_REDIS_OPTIONS)
-            )
-    parts = urlsplit(url)
-    if not parts.hostname:
-        raise ValueError(f"{scheme}:// URLs need a host, got {url!r}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"invalid port in {url!r}") from None
-    if port == 0:  # redis-py would read it as "no port" and connect to 6379
-        raise ValueError(f"invalid port in {url!r}: ports are 1 to 65535")
-    cluster = scheme.endswith("+cluster")
-    database = _database(url, parts.path, cluster)
+    target = _Target(url, scheme, options)
+    cluster = target.kind == "cluster"
+    secret = options.get("secret")
     if serializer is None:
-        name = query.get("serializer", "json")
-        if name == "pickle":
+        serializer = options.get("serializer", "json")
+    if isinstance(serializer, str):
+        if serializer == "pickle" and secret is None:
             raise ValueError(
                 "serializer=pickle needs a secret, which does not belong in a URL: "
-                "pass serializer=PickleSerializer(secret) to from_url"
+                "pass secret=... (or serializer=PickleSerializer(secret)) to from_url"
             )
-        serializer = make_serializer(name)
-    compress = query.get("compress", "none")
+        if secret is not None and serializer != "pickle":
+            raise ValueError("secret= is only for serializer='pickle'")
+        serializer = make_serializer(serializer, secret)
+    elif not isinstance(serializer, Serializer):
+        raise TypeError(
+            f"serializer must be a name (json, msgpack, pickle) or a Serializer, "
+            f"not {type(serializer).__name__}"
+        )
+    elif secret is not None:
+        raise ValueError("secret= is only for serializer='pickle', not a Serializer object")
+    compress = options.get("compress", "none")
     codec = Codec(
         serializer,
-        compress=None if compress == "none" else compress,
+        compress=None if compress in ("none", None) else compress,
         compress_threshold=_int_option(
             "compress_threshold",
-            query.get("compress_threshold", str(DEFAULT_COMPRESS_THRESHOLD)),
+            options.get("compress_threshold", DEFAULT_COMPRESS_THRESHOLD),
             low=0,
         ),
         max_value_bytes=_int_option(
             "max_value_bytes",
-            query.get("max_value_bytes", str(DEFAULT_MAX_VALUE_BYTES)),
+            options.get("max_value_bytes", DEFAULT_MAX_VALUE_BYTES),
             low=1,
             high=MAX_VALUE_BYTES,
         ),
     )
-    timeouts = {
+    timeouts: dict[str, Any] = {
         "socket_timeout": _seconds_option(
-            "socket_timeout", query.get("socket_timeout", str(DEFAULT_SOCKET_TIMEOUT))
+            "socket_timeout", options.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
         ),
         "socket_connect_timeout": _seconds_option(
-            "connect_timeout", query.get("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT))
+            "connect_timeout", options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         ),
     }
     lease_options: dict[str, Any] = {}
     for name in ("lock_timeout", "wait_timeout", "tag_ttl"):
-        if name in query:
-            lease_options[name] = _seconds_option(name, query[name])
-    breaker = query.get("breaker", "on")
-    if breaker not in ("on", "off"):
-        raise ValueError(f"query option breaker must be on or off, got {breaker!r}")
-    base_scheme = "rediss" if scheme.startswith("rediss") else "redis"
-    client_url = urlunsplit((base_scheme, parts.netloc, "" if cluster else f"/{database}", "", ""))
-    name = redact(urlunsplit((scheme, parts.netloc, parts.path, "", "")))
+        if name in options:
+            lease_options[name] = _seconds_option(name, options[name])
+    breaker = options.get("breaker", "on")
+    if isinstance(breaker, bool):
+        breaker = "on" if breaker else "off"
+    breaker = _choice_option("breaker", breaker, ("on", "off"))
+    # (Checked for the sync flavour too, which does not use them: a URL means the
+    # same for both.)
+    max_connections = _int_option(
+        "max_connections",
+        options.get("max_connections", DEFAULT_MAX_CONNECTIONS),
+        low=1,
+        high=MAX_CONNECTIONS,
+    )
+    pool_timeout = _seconds_option(
+        "pool_timeout", options.get("pool_timeout", DEFAULT_POOL_TIMEOUT)
+    )
+    # Invalidations get a longer timeout of their own (a second client): one that
+    # gives up leaves the old value for every other process to read, and under
+    # load a short timeout fires on a busy client, not on a dead server.
+    invalidation_timeout = _seconds_option(
+        "invalidation_timeout", options.get("invalidation_timeout", DEFAULT_INVALIDATION_TIMEOUT)
+    )
+    client_options = _check_client_options(target, options.get("client_options"), flavour)
+    sentinel_options = _check_client_options(
+        target, options.get("sentinel_options"), "sync", "sentinel_options"
+    )
+    name = redact(urlunsplit((scheme, urlsplit(url).netloc, urlsplit(url).path, "", "")))
+    identity = target.identity()
     # One retry, and only for a connection that turned out dead (a pooled
     # connection after a server restart): never for a timeout, so a dead or hung
     # server costs one timeout. The breaker stops calling one that keeps failing.
@@ -244,44 +554,39 @@ def _redis(
     # topology anyway.
     retries = 0 if cluster else 1
     connection_error = _redis_module("redis.exceptions").ConnectionError
-    # (Checked for the sync flavour too, which does not use it: a URL means the
-    # same for both.)
-    max_connections = _int_option(
-        "max_connections",
-        query.get("max_connections", str(DEFAULT_MAX_CONNECTIONS)),
-        low=1,
-        high=MAX_CONNECTIONS,
-    )
-    pool_timeout = _seconds_option(
-        "pool_timeout", query.get("pool_timeout", str(DEFAULT_POOL_TIMEOUT))
-    )
-    # Invalidations get a longer timeout of their own (a second client): one that
-    # gives up leaves the old value for every other process to read, and under
-    # load a short timeout fires on a busy client, not on a dead server.
-    invalidation_timeout = _seconds_option(
-        "invalidation_timeout",
-        query.get("invalidation_timeout", str(DEFAULT_INVALIDATION_TIMEOUT)),
-    )
     # Connecting too: a new connection after a restart, on a busy client.
     slow = {"socket_timeout": invalidation_timeout, "socket_connect_timeout": invalidation_timeout}
-    if flavour == "sync":
+
+    def sync_client(socket_options: dict[str, float]) -> Any:
+        retry = _redis_module("redis.retry").Retry(no_backoff, retries, (connection_error,))
+        kwargs = {"retry": retry, **socket_options, **client_options}
+        if target.kind == "sentinel":
+            manager = _redis_module("redis.sentinel").Sentinel(
+                target.sentinels,
+                sentinel_kwargs=_sentinel_kwargs(target, socket_options, sentinel_options),
+            )
+            return manager.master_for(
+                target.service,
+                connection_class=connection_classes()[("sync", target.tls)],
+                watch=master_watch(identity),  # (see _failover: followed failovers)
+                **_master_kwargs(target),
+                **kwargs,
+            )
         module = _redis_module("redis.cluster" if cluster else "redis")
         factory = module.RedisCluster if cluster else module.Redis
+        if cluster:  # it connects when built: see _LazyClusterClient
+            return _LazyClusterClient(
+                lambda: factory.from_url(target.client_url, **kwargs), socket_options
+            )
+        return factory.from_url(target.client_url, **kwargs)
 
-        def sync_client(options: dict[str, float]) -> Any:
-            retry = _redis_module("redis.retry").Retry(no_backoff, retries, (connection_error,))
-            if cluster:  # it connects when built: see _LazyClusterClient
-                return _LazyClusterClient(
-                    lambda: factory.from_url(client_url, retry=retry, **options)
-                )
-            return factory.from_url(client_url, retry=retry, **options)
-
+    if flavour == "sync":
         backend: Any = RedisBackend(
             sync_client(timeouts),
             codec=codec,
             owns_client=True,
             invalidation_client=sync_client(slow),
-            lease_scope=server_identity(url),
+            lease_scope=identity,
             **lease_options,
         )
         return CircuitBreaker(backend, name=name) if breaker == "on" else backend
@@ -293,40 +598,53 @@ def _redis(
     def async_client() -> Any:
         retry = _redis_module("redis.asyncio.retry").Retry(no_backoff, retries, (connection_error,))
         if cluster:
-            return module.RedisCluster.from_url(client_url, retry=retry, **timeouts)
+            return module.RedisCluster.from_url(
+                target.client_url, retry=retry, **timeouts, **client_options
+            )
         # redis.asyncio's default pool raises once 100 connections are in use;
         # with many tasks, queue for a free one instead (for pool_timeout: under
         # load that wait is queueing, not the server being slow), without its
         # BlockingConnectionPool's cost on every call (see _pool).
-        pool = bounded_pool_class().from_url(
-            client_url,
-            max_connections=max_connections,
-            timeout=pool_timeout,
-            retry=retry,
+        kwargs = {
+            "max_connections": max_connections,
+            "timeout": pool_timeout,
+            "retry": retry,
             **timeouts,
-        )
+            **client_options,
+        }
+        if target.kind == "sentinel":
+            # A Sentinel manager of this loop's own (its connections to the
+            # Sentinels belong to the loop too), and redis-py's Sentinel pool
+            # made bounded like the plain one.
+            sentinel = _redis_module("redis.asyncio.sentinel")
+            manager = sentinel.Sentinel(
+                target.sentinels,
+                sentinel_kwargs=_sentinel_kwargs(
+                    target, timeouts, sentinel_options, "redis.asyncio.retry"
+                ),
+            )
+            pool = bounded_pool_class(sentinel.SentinelConnectionPool)(
+                service_name=target.service,
+                sentinel_manager=manager,
+                connection_class=connection_classes()[("async", target.tls)],
+                watch=master_watch(identity),
+                **_master_kwargs(target),
+                **kwargs,
+            )
+        else:
+            pool = bounded_pool_class().from_url(target.client_url, **kwargs)
         pool.gate = gate[0]
         return module.Redis.from_pool(pool)  # the client owns (and closes) the pool
 
     # Invalidations go through a sync client on threads of the backend's own:
     # see AsyncRedisBackend (a busy event loop must not make a delete give up).
-    sync_module = _redis_module("redis.cluster" if cluster else "redis")
-    sync_factory = sync_module.RedisCluster if cluster else sync_module.Redis
-    sync_retry = _redis_module("redis.retry").Retry(no_backoff, retries, (connection_error,))
-    invalidation_client: Any
-    if cluster:  # it connects when built: see _LazyClusterClient
-        invalidation_client = _LazyClusterClient(
-            lambda: sync_factory.from_url(client_url, retry=sync_retry, **slow), slow
-        )
-    else:
-        invalidation_client = sync_factory.from_url(client_url, retry=sync_retry, **slow)
     backend = AsyncRedisBackend(
         async_client(),
         codec=codec,
         owns_client=True,
-        invalidation_client=invalidation_client,
+        invalidation_client=sync_client(slow),
         client_factory=async_client,  # a fresh client for each new event loop
-        lease_scope=server_identity(url),
+        lease_scope=identity,
         **lease_options,
     )
     if breaker == "off":
@@ -342,6 +660,34 @@ def _redis(
     return guarded
 
 
+def _master_kwargs(target: _Target) -> dict[str, Any]:
+    """The master's database and credentials (from the URL), for a Sentinel pool."""
+    kwargs: dict[str, Any] = {"db": target.database}
+    if target.username is not None:
+        kwargs["username"] = target.username
+    if target.password is not None:
+        kwargs["password"] = target.password
+    return kwargs
+
+
+def _sentinel_kwargs(
+    target: _Target,
+    socket_options: dict[str, float],
+    options: dict[str, Any],
+    retry_module: str = "redis.retry",
+) -> dict[str, Any]:
+    """How to reach the Sentinels themselves: our timeouts, TLS as the scheme says,
+    and ``sentinel_options`` (their own password, for one). Never retried: an
+    unreachable Sentinel is skipped for the next one."""
+    kwargs: dict[str, Any] = dict(socket_options)
+    no_backoff = _redis_module("redis.backoff").NoBackoff()
+    kwargs["retry"] = _redis_module(retry_module).Retry(no_backoff, 0)
+    if target.tls:
+        kwargs["ssl"] = True
+    kwargs.update(options)
+    return kwargs
+
+
 def _pool_gate(ref: weakref.ref[AsyncCircuitBreaker]) -> Callable[[], None]:
     def gate() -> None:
         breaker = ref()
@@ -352,15 +698,22 @@ def _pool_gate(ref: weakref.ref[AsyncCircuitBreaker]) -> Callable[[], None]:
 
 
 def backend_from_url(
-    url: str, flavour: Flavour = "sync", *, serializer: Serializer | None = None
+    url: str,
+    flavour: Flavour = "sync",
+    *,
+    serializer: Serializer | str | None = None,
+    **options: Any,
 ) -> Any:
-    """The backend a URL names, for a ``Cache`` (``"sync"``) or an ``AsyncCache``."""
+    """The backend a URL names, for a ``Cache`` (``"sync"``) or an ``AsyncCache``.
+    ``options`` are the URL's query options as keywords (they win over the query),
+    plus ``secret``, ``client_options`` and ``sentinel_options``."""
     scheme, query = _parse(url)
+    merged = _merged(url, scheme, query, options)
     if scheme == "memory":
         if serializer is not None:
             raise ValueError("memory:// stores values by reference; it takes no serializer")
-        return _memory(url, query)
-    return _redis(url, scheme, query, flavour, serializer)
+        return _memory(url, merged)
+    return _redis(url, scheme, merged, flavour, serializer)
 
 
 class _LazyClusterClient:
@@ -407,17 +760,14 @@ class _LazyClusterClient:
 
 
 def server_identity(url: str) -> str | None:
-    """Which shared server ``url`` names (scheme, host, port, database; no options,
-    no password), or ``None`` for a process-local backend. Caches of one process
-    on one server and namespace share their held invalidations."""
-    scheme, _ = _parse(url)
+    """Which shared server ``url`` names (scheme, host, port, database; a socket's
+    path; a Sentinel service and its Sentinels; no options, no password), or
+    ``None`` for a process-local backend. Caches of one process on one server and
+    namespace share their held invalidations."""
+    scheme, query = _parse(url)
     if scheme == "memory":
         return None
-    parts = urlsplit(url)
-    base = "rediss" if scheme.startswith("rediss") else "redis"
-    cluster = scheme.endswith("+cluster")
-    database = _database(url, parts.path, cluster)  # validated for a cluster too
-    return _identity(base, parts.hostname, parts.port, None if cluster else database)
+    return _Target(url, scheme, dict(query)).identity()
 
 
 def _identity(base: str, host: str | None, port: int | None, database: int | None) -> str:
@@ -428,6 +778,24 @@ def _identity(base: str, host: str | None, port: int | None, database: int | Non
     kind = "single" if database is not None else "cluster"
     tail = f"/{database}" if database is not None else ""
     return f"{base}:{kind}://{host}:{port or 6379}{tail}"
+
+
+def _unix_identity(base: str, path: str, database: int) -> str:
+    """A Unix socket's identity: its resolved path (two spellings of one socket are
+    one server, two sockets two servers, whatever their paths share)."""
+    return f"{base}:unix://{os.path.realpath(path)}/{database}"
+
+
+def _sentinel_identity(
+    base: str, service: str, sentinels: Sequence[tuple[str, int]], database: int
+) -> str:
+    """A Sentinel service's identity: its name and the set of Sentinels that
+    manage it (in any order; each address spelled as ``_host_identity`` does). Not
+    its current master's address, which changes on failover while the data it
+    serves stays the service's. A service named alike under other Sentinels is
+    another deployment (every default setup calls its master ``mymaster``)."""
+    addresses = sorted({f"{_host_identity(host)}:{port}" for host, port in sentinels})
+    return f"{base}:sentinel://{','.join(addresses)}/{quote(service, safe='')}/{database}"
 
 
 def _host_identity(host: str) -> str:
@@ -471,15 +839,23 @@ def client_identity(client: object) -> str | None:
             return None
     connection_class = getattr(pool, "connection_class", None)
     tls = "SSL" in getattr(connection_class, "__name__", "")
+    base = "rediss" if tls else "redis"
     if kwargs.get("path"):  # a Unix socket
-        path = os.path.realpath(str(kwargs["path"]))
-        return f"{'rediss' if tls else 'redis'}:unix://{path}/{database}"
+        return _unix_identity(base, str(kwargs["path"]), database)
+    manager = getattr(pool, "sentinel_manager", None)
+    service = getattr(pool, "service_name", None)
+    if manager is not None and isinstance(service, str):  # a Sentinel-managed master
+        sentinels = []
+        for sentinel in getattr(manager, "sentinels", ()):
+            options = getattr(getattr(sentinel, "connection_pool", None), "connection_kwargs", {})
+            sentinels.append((str(options.get("host")), int(options.get("port", 6379))))
+        return _sentinel_identity(base, service, sentinels, database)
     host, port = kwargs.get("host"), kwargs.get("port")
     if isinstance(port, str) and port.isascii() and port.isdigit():
         port = int(port)  # redis-py takes "6379" too
     if not isinstance(host, str) or not isinstance(port, (int, type(None))):
         return None
-    return _identity("rediss" if tls else "redis", host, port, database)
+    return _identity(base, host, port, database)
 
 
 # Redis numbers its databases 0 to `databases - 1` (a signed int in its config).

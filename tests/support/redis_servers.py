@@ -940,3 +940,180 @@ def redis_cluster_url(redis_cluster: RedisClusterProcess) -> str:
         redis_cluster.heal()
     redis_cluster.flushall()
     return redis_cluster.url
+
+
+# ------------------------------------------------------------------ Sentinel-managed
+
+
+class SentinelProcess(RedisServer):
+    """One Sentinel: ``redis-server <conf> --sentinel`` on a free port of 127.0.0.1,
+    monitoring ``service`` on ``master_port``. The conf file is written into the
+    Sentinel's own temp dir (Sentinel rewrites it as it learns the topology)."""
+
+    def __init__(self, service: str, master_port: int, *, quorum: int = 2) -> None:
+        super().__init__()
+        self._service = service
+        self._master_port = master_port
+        self._quorum = quorum
+
+    def _command_line(self, binary: str) -> list[str]:
+        assert self._dir is not None
+        conf = self._dir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\n"
+            f"bind {LOOPBACK}\n"
+            f"dir {self._dir}\n"
+            f"sentinel monitor {self._service} {LOOPBACK} {self._master_port} {self._quorum}\n"
+            f"sentinel down-after-milliseconds {self._service} 1000\n"
+            f"sentinel failover-timeout {self._service} 5000\n"
+            f"sentinel parallel-syncs {self._service} 1\n"
+        )
+        return [*_parent_death_prefix(), binary, str(conf), "--sentinel"]
+
+
+class RedisSentinelGroup:
+    """A master, a replica and three Sentinels monitoring them as ``service``, all
+    on free loopback ports, all owned (and only ever signalled) by the tests.
+
+    :meth:`start` returns once the replica is in sync and every Sentinel knows the
+    master, the replica and the two other Sentinels, so a failover can run at once.
+    """
+
+    def __init__(self, service: str = "cachewise", *, sentinels: int = 3) -> None:
+        self.service = service
+        # No delay before a full resync: the old master resyncs at once when
+        # it becomes a replica.
+        fast = ["--repl-diskless-sync-delay", "0"]
+        self._master = RedisServer(fast)
+        self._replica = RedisServer([*fast, "--replicaof", LOOPBACK, str(self._master.port)])
+        self._sentinels = [SentinelProcess(service, self._master.port) for _ in range(sentinels)]
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        """The two data servers (which one is the master changes on failover)."""
+        return [self._master, self._replica]
+
+    @property
+    def sentinels(self) -> list[SentinelProcess]:
+        return list(self._sentinels)
+
+    def url(self, scheme: str = "redis+sentinel", database: int = 0) -> str:
+        """``redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,.../service/db``."""
+        hosts = ",".join(f"{LOOPBACK}:{s.port}" for s in self._sentinels)
+        return f"{scheme}://{hosts}/{self.service}/{database}"
+
+    def master_port(self) -> int:
+        """The master's port as the first answering Sentinel reports it."""
+        for sentinel in self._sentinels:
+            try:
+                (reply,) = redis_command(
+                    sentinel.port, ["SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service]
+                )
+            except (OSError, RedisReplyError):
+                continue
+            if reply:
+                return int(reply[1])
+        raise RuntimeError("no Sentinel answered")
+
+    def server_on(self, port: int) -> RedisServer:
+        return next(server for server in self.servers if server.port == port)
+
+    def _role(self, port: int) -> str:
+        try:
+            (info,) = redis_command(port, ["INFO", "replication"], timeout=0.5)
+        except (OSError, RedisReplyError):
+            return "down"
+        fields = _parse_info(info)
+        if fields.get("role") == "slave" and fields.get("master_link_status") != "up":
+            return "syncing"
+        return str(fields.get("role"))
+
+    def _settled(self, master: int) -> str | None:
+        """What still keeps the group from being settled on ``master``, or None."""
+        if self._role(master) != "master":
+            return f"{master} is not master yet"
+        for server in self.servers:
+            if server.port != master and server.running and self._role(server.port) != "slave":
+                return f"{server.port} is {self._role(server.port)}, not an in-sync replica"
+        for sentinel in self._sentinels:
+            try:
+                (state,) = redis_command(sentinel.port, ["SENTINEL", "MASTER", self.service])
+                (replicas,) = redis_command(sentinel.port, ["SENTINEL", "REPLICAS", self.service])
+            except (OSError, RedisReplyError) as exc:
+                return f"sentinel {sentinel.port}: {exc}"
+            fields = dict(zip(state[::2], state[1::2], strict=False))
+            if int(fields["port"]) != master:
+                return f"sentinel {sentinel.port} still names {fields['port']}"
+            if "s_down" in fields["flags"] or "o_down" in fields["flags"]:
+                return f"sentinel {sentinel.port} sees the master down"
+            if int(fields["num-other-sentinels"]) < len(self._sentinels) - 1:
+                return f"sentinel {sentinel.port} does not know every other Sentinel yet"
+            good = [
+                r
+                for r in (dict(zip(r[::2], r[1::2], strict=False)) for r in replicas)
+                if r["flags"] == "slave" and r.get("master-link-status") == "ok"
+            ]
+            if not good:
+                return f"sentinel {sentinel.port} knows no healthy replica"
+        return None
+
+    def wait_settled(self, master: int, timeout: float = 30.0) -> None:
+        """Until ``master`` is master, the other server its in-sync replica, and
+        every Sentinel agrees, knows a healthy replica and every other Sentinel."""
+        deadline = time.monotonic() + timeout
+        while True:
+            problem = self._settled(master)
+            if problem is None:
+                return
+            if time.monotonic() >= deadline:
+                tails = "\n".join(
+                    f"[{s.port}]\n{s.log_tail(15)}" for s in [*self.servers, *self._sentinels]
+                )
+                raise RedisStartError(
+                    f"Sentinel group not settled in {timeout:.0f} s: {problem}", tails
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def failover(self, timeout: float = 30.0) -> tuple[int, int]:
+        """``SENTINEL FAILOVER``, then wait until the group has settled on the
+        other server; returns (old master port, new master port)."""
+        old = self.master_port()
+        (reply,) = redis_command(self._sentinels[0].port, ["SENTINEL", "FAILOVER", self.service])
+        assert reply == "OK", reply
+        new = next(server.port for server in self.servers if server.port != old)
+        self.wait_settled(new, timeout)
+        return old, new
+
+    def start(self) -> RedisSentinelGroup:
+        try:
+            self._master.start()
+            self._replica.start()
+            for sentinel in self._sentinels:
+                sentinel.start()
+            self.wait_settled(self._master.port)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop every process (Sentinels first: they must not fail anything over)."""
+        errors: list[BaseException] = []
+        for server in [*self._sentinels, self._replica, self._master]:
+            try:
+                server.stop()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> RedisSentinelGroup:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

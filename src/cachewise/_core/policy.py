@@ -10,6 +10,7 @@ import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from cachewise._core.entry import Entry
@@ -26,10 +27,14 @@ def _is_none(value: Any) -> bool:
     return value is None
 
 
+#: What a duration option or per-call TTL may be: seconds, or a ``timedelta``.
+Seconds = float | timedelta
+
+
 def _real(name: str, value: object) -> float:
     # bool is an int subclass; ttl=True is a mistake, not one second.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
     result = float(value)
     if not math.isfinite(result):
         raise ValueError(f"{name} must be finite, got {value!r}")
@@ -45,14 +50,23 @@ MAX_SECONDS = 1e15
 
 
 def check_seconds(name: str, value: object) -> float:
-    """Validate a duration option: a finite number in ``[0, MAX_SECONDS]``."""
-    result = _real(name, value)
+    """Validate a duration option: a finite number of seconds, or a ``timedelta``,
+    in ``[0, MAX_SECONDS]``; the seconds as a float."""
+    if isinstance(value, timedelta):
+        result = value.total_seconds()  # (always finite)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{name} must be a number of seconds or a timedelta, not {type(value).__name__}"
+        )
+    else:
+        result = _real(name, value)
+    shown = f"{value!r} ({result:g} s)" if isinstance(value, timedelta) else repr(value)
     if result < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
+        raise ValueError(f"{name} must be >= 0, got {shown}")
     if result > MAX_SECONDS:
         raise ValueError(
             f"{name} must be at most {MAX_SECONDS:g} seconds (no backend stores a longer "
-            f"lifetime), got {value!r}"
+            f"lifetime), got {shown}"
         )
     return result
 
@@ -71,8 +85,13 @@ class Policy:
 
     def __post_init__(self) -> None:
         # frozen: assign through object.__setattr__ after normalising.
-        for name in ("ttl", "stale_ttl", "negative_ttl", "early_refresh"):
+        for name in ("ttl", "stale_ttl", "negative_ttl"):
             object.__setattr__(self, name, check_seconds(name, getattr(self, name)))
+        # XFetch's beta is a factor, not a duration: no timedelta.
+        _real("early_refresh", self.early_refresh)
+        object.__setattr__(
+            self, "early_refresh", check_seconds("early_refresh", self.early_refresh)
+        )
         jitter = _real("jitter", self.jitter)
         if not 0.0 <= jitter < 1.0:
             raise ValueError(f"jitter must be in [0, 1), got {self.jitter!r}")

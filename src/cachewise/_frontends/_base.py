@@ -24,13 +24,14 @@ from typing import Any
 
 from cachewise import _typed
 from cachewise._core.entry import Entry
-from cachewise._core.policy import Policy, check_seconds, is_fresh, make_entry
+from cachewise._core.policy import Policy, Seconds, check_seconds, is_fresh, make_entry
 from cachewise._errors import CacheClosedError
 from cachewise._frontends._decorator import KeyBuilder, OnMaxKeys
 from cachewise._frontends._held import HeldInvalidations, HeldSnapshot, HeldView
 from cachewise._sentinel import MISSING
 from cachewise._stats import CacheStats, Counters
 from cachewise.backends._breaker import CircuitOpenError
+from cachewise.backends._failover import existing_watch
 from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import BackendStats
 from cachewise.invalidation import REGISTRY, ReadSpec, WriteSpec
@@ -151,9 +152,20 @@ def new_token(prefix: str = "") -> str:
     return f"{prefix or _token_prefix + ':'}{next(_token_counter)}"
 
 
-def check_ttl(ttl: float | None) -> float | None:
+def check_ttl(ttl: Seconds | None) -> float | None:
     """Validate a per-call ``ttl`` (``None`` means the cache's default)."""
     return None if ttl is None else check_seconds("ttl", ttl)
+
+
+def constructor_options(cls: type) -> frozenset[str]:
+    """The options a front end's constructor takes by name, ``backend`` aside:
+    ``from_url`` hands these to the cache and the rest to the backend."""
+    kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return frozenset(
+        name
+        for name, parameter in inspect.signature(cls).parameters.items()
+        if name != "backend" and parameter.kind in kinds
+    )
 
 
 def check_loader(loader: object) -> None:
@@ -171,10 +183,10 @@ class CacheBase:
         self,
         *,
         namespace: str = "",
-        ttl: float = 300.0,
+        ttl: Seconds = 300.0,
         jitter: float = 0.1,
-        stale_ttl: float = 0.0,
-        negative_ttl: float = 30.0,
+        stale_ttl: Seconds = 0.0,
+        negative_ttl: Seconds = 30.0,
         early_refresh: float = 1.0,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -195,10 +207,10 @@ class CacheBase:
             raise ValueError(f"max_pending_refreshes must be >= 0, got {max_pending_refreshes}")
         extra = {} if is_negative is None else {"is_negative": is_negative}
         self._policy = Policy(
-            ttl=ttl,
+            ttl=check_seconds("ttl", ttl),  # (a timedelta becomes seconds here)
             jitter=jitter,
-            stale_ttl=stale_ttl,
-            negative_ttl=negative_ttl,
+            stale_ttl=check_seconds("stale_ttl", stale_ttl),
+            negative_ttl=check_seconds("negative_ttl", negative_ttl),
             early_refresh=early_refresh,
             serve_stale=bool(serve_stale),
             **extra,
@@ -558,6 +570,25 @@ class CacheBase:
             self._held.remove_member(self)
             self._held = held
             held.add_member(self)
+        watch = existing_watch(server)
+        if watch is not None:  # a Sentinel service: see _failed_over
+            watch.subscribe(self._failed_over)
+
+    def _failed_over(self) -> None:
+        """The Sentinels named a new master. Writes the old one took after the
+        promotion are lost (replication is asynchronous), deletes included, so
+        what they removed may be back: hold a clear of the namespace (reads are
+        misses) until it has landed on the new master."""
+        if self._closed:
+            return
+        logger.warning(
+            "cachewise: the Redis master moved; namespace %r is cleared on the new master "
+            "(writes the old master took after the failover are lost)",
+            self._namespace,
+        )
+        self._held.hold((), (), True)
+        _HOLDING.add(self)
+        self._start_settler()
 
     def _unsettle(
         self, keys: Iterable[str] = (), tags: Iterable[str] = (), *, everything: bool = False

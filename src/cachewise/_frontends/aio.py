@@ -15,7 +15,7 @@ from typing import Any, TypeVar, overload
 from cachewise import _forksafe, _typed
 from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable, LoadState
-from cachewise._core.policy import Read, decide_read, stale_servable, superseded
+from cachewise._core.policy import Read, Seconds, decide_read, stale_servable, superseded
 from cachewise._core.readflow import (
     LeaseReply,
     LoadStep,
@@ -38,6 +38,7 @@ from cachewise._frontends._base import (
     check_loader,
     check_reusable,
     check_ttl,
+    constructor_options,
     new_token,
 )
 from cachewise._frontends._cycles import (
@@ -66,7 +67,7 @@ from cachewise._frontends._decorator import (
 )
 from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING
-from cachewise._url import backend_from_url, server_identity
+from cachewise._url import backend_from_url, server_identity, split_options
 from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import (
     AsyncBackend,
@@ -171,10 +172,10 @@ class AsyncCache(CacheBase):
         backend: AsyncBackend | NonBlockingBackend | None = None,
         *,
         namespace: str = "",
-        ttl: float = 300.0,
+        ttl: Seconds = 300.0,
         jitter: float = 0.1,
-        stale_ttl: float = 0.0,
-        negative_ttl: float = 30.0,
+        stale_ttl: Seconds = 0.0,
+        negative_ttl: Seconds = 30.0,
         early_refresh: float = 1.0,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -253,11 +254,21 @@ class AsyncCache(CacheBase):
 
     @classmethod
     def from_url(
-        cls, url: str, *, serializer: Serializer | None = None, **options: Any
+        cls, url: str, *, serializer: Serializer | str | None = None, **options: Any
     ) -> AsyncCache:
-        """An async cache on the backend ``url`` names, e.g. ``memory://``. The cache
-        owns the backend and closes it."""
-        cache = cls(backend_from_url(url, "async", serializer=serializer), **options)
+        """An async cache on the backend ``url`` names, e.g. ``memory://?max_entries=1000``
+        or ``redis://host:6379/0``. The cache owns the backend and closes it.
+
+        Keywords are the cache's options (``ttl=``, ``namespace=``...) and the URL's
+        query options (``socket_timeout=1.0``, ``lock_timeout=timedelta(seconds=2)``;
+        a keyword wins over the query), plus ``secret=`` for
+        ``serializer="pickle"``, ``client_options={...}`` passed to redis-py's
+        clients and, for Sentinel URLs, ``sentinel_options={...}``. Any other name
+        is a ``TypeError`` listing the accepted ones.
+        """
+        backend_options, cache_options = split_options(url, options, constructor_options(cls))
+        backend = backend_from_url(url, "async", serializer=serializer, **backend_options)
+        cache = cls(backend, **cache_options)
         cache._owns_backend = True
         server = server_identity(url)
         if server is not None:
@@ -363,7 +374,7 @@ class AsyncCache(CacheBase):
         key: str,
         loader: Callable[[], Awaitable[T]],
         *,
-        ttl: float | None = None,
+        ttl: Seconds | None = None,
         tags: Iterable[str] = (),
         type: Any = None,
     ) -> T:
@@ -460,7 +471,7 @@ class AsyncCache(CacheBase):
     # -- writes -------------------------------------------------------------------
 
     async def set(
-        self, key: str, value: Any, *, ttl: float | None = None, tags: Iterable[str] = ()
+        self, key: str, value: Any, *, ttl: Seconds | None = None, tags: Iterable[str] = ()
     ) -> None:
         """Store ``value`` under ``key``; a load in flight will not overwrite it."""
         self._check_loop()
@@ -492,7 +503,7 @@ class AsyncCache(CacheBase):
             self._unsettle(keys=[full])  # the old value may still be there
 
     async def set_many(
-        self, items: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
+        self, items: Mapping[str, Any], *, ttl: Seconds | None = None, tags: Iterable[str] = ()
     ) -> None:
         """``set`` for several keys with one TTL (and the same tags)."""
         self._check_loop()
@@ -1342,7 +1353,7 @@ class AsyncCache(CacheBase):
     def cached(
         self,
         key: str | None = None,
-        ttl: float | None = None,
+        ttl: Seconds | None = None,
         *,
         tags: Sequence[str] = (),
         max_keys: int | None = None,
@@ -1353,7 +1364,7 @@ class AsyncCache(CacheBase):
     def cached(
         self,
         key: Any = None,
-        ttl: float | None = None,
+        ttl: Seconds | None = None,
         *,
         tags: Sequence[str] = (),
         max_keys: int | None = None,

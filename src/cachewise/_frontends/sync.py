@@ -16,7 +16,7 @@ from typing import Any, TypeVar, overload
 from cachewise import _forksafe, _typed
 from cachewise._core.entry import Entry
 from cachewise._core.flights import Flight, FlightTable, JoinPoint, LoadState
-from cachewise._core.policy import Read, decide_read, stale_servable, superseded
+from cachewise._core.policy import Read, Seconds, decide_read, stale_servable, superseded
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
 from cachewise._errors import CacheClosedError, LoaderCycleError, WeigherError
 from cachewise._frontends._base import (
@@ -26,6 +26,7 @@ from cachewise._frontends._base import (
     check_loader,
     check_reusable,
     check_ttl,
+    constructor_options,
     new_token,
 )
 from cachewise._frontends._cycles import (
@@ -53,7 +54,7 @@ from cachewise._frontends._decorator import (
 )
 from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING
-from cachewise._url import backend_from_url, server_identity
+from cachewise._url import backend_from_url, server_identity, split_options
 from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import (
     Backend,
@@ -134,10 +135,10 @@ class Cache(CacheBase):
         backend: Backend | None = None,
         *,
         namespace: str = "",
-        ttl: float = 300.0,
+        ttl: Seconds = 300.0,
         jitter: float = 0.1,
-        stale_ttl: float = 0.0,
-        negative_ttl: float = 30.0,
+        stale_ttl: Seconds = 0.0,
+        negative_ttl: Seconds = 30.0,
         early_refresh: float = 1.0,
         clock: Clock | None = None,
         rng: random.Random | None = None,
@@ -205,13 +206,22 @@ class Cache(CacheBase):
         _forksafe.register(self)
 
     @classmethod
-    def from_url(cls, url: str, *, serializer: Serializer | None = None, **options: Any) -> Cache:
-        """A cache on the backend ``url`` names, e.g. ``memory://?max_entries=1000``.
+    def from_url(
+        cls, url: str, *, serializer: Serializer | str | None = None, **options: Any
+    ) -> Cache:
+        """A cache on the backend ``url`` names, e.g. ``memory://?max_entries=1000``
+        or ``redis://host:6379/0``. The cache owns the backend and closes it.
 
-        Keyword options go to the cache (``ttl=``, ``namespace=``...). The cache owns
-        the backend and closes it.
+        Keywords are the cache's options (``ttl=``, ``namespace=``...) and the URL's
+        query options (``socket_timeout=1.0``, ``lock_timeout=timedelta(seconds=2)``;
+        a keyword wins over the query), plus ``secret=`` for
+        ``serializer="pickle"``, ``client_options={...}`` passed to redis-py's
+        clients and, for Sentinel URLs, ``sentinel_options={...}``. Any other name
+        is a ``TypeError`` listing the accepted ones.
         """
-        cache = cls(backend_from_url(url, "sync", serializer=serializer), **options)
+        backend_options, cache_options = split_options(url, options, constructor_options(cls))
+        backend = backend_from_url(url, "sync", serializer=serializer, **backend_options)
+        cache = cls(backend, **cache_options)
         cache._owns_backend = True
         server = server_identity(url)
         if server is not None:
@@ -294,7 +304,7 @@ class Cache(CacheBase):
         key: str,
         loader: Callable[[], T],
         *,
-        ttl: float | None = None,
+        ttl: Seconds | None = None,
         tags: Iterable[str] = (),
         type: Any = None,
     ) -> T:
@@ -410,7 +420,7 @@ class Cache(CacheBase):
     # -- writes -------------------------------------------------------------------
 
     def set(
-        self, key: str, value: Any, *, ttl: float | None = None, tags: Iterable[str] = ()
+        self, key: str, value: Any, *, ttl: Seconds | None = None, tags: Iterable[str] = ()
     ) -> None:
         """Store ``value`` under ``key``. A load in flight for ``key`` will not
         overwrite it. Prefer ``delete`` on write (cache-aside); ``set`` is for values
@@ -438,7 +448,7 @@ class Cache(CacheBase):
             self._unsettle(keys=[full])  # the old value may still be there
 
     def set_many(
-        self, items: Mapping[str, Any], *, ttl: float | None = None, tags: Iterable[str] = ()
+        self, items: Mapping[str, Any], *, ttl: Seconds | None = None, tags: Iterable[str] = ()
     ) -> None:
         """``set`` for several keys with one TTL (and the same tags)."""
         if not isinstance(items, Mapping):
@@ -1096,7 +1106,7 @@ class Cache(CacheBase):
     def cached(
         self,
         key: str | None = None,
-        ttl: float | None = None,
+        ttl: Seconds | None = None,
         *,
         tags: Sequence[str] = (),
         max_keys: int | None = None,
@@ -1107,7 +1117,7 @@ class Cache(CacheBase):
     def cached(
         self,
         key: Any = None,
-        ttl: float | None = None,
+        ttl: Seconds | None = None,
         *,
         tags: Sequence[str] = (),
         max_keys: int | None = None,

@@ -46,11 +46,16 @@ def _expire(waiter: asyncio.Future[bool]) -> None:
 
 
 @functools.cache
-def bounded_pool_class() -> type[Any]:
-    """The pool class (built on first use: redis-py is an optional dependency)."""
-    from redis.asyncio.connection import ConnectionPool
+def bounded_pool_class(base: type[Any] | None = None) -> type[Any]:
+    """The pool class (built on first use: redis-py is an optional dependency),
+    over ``base``: redis.asyncio's ``ConnectionPool`` or a subclass of it (the
+    Sentinel pool, whose connections find the master through the Sentinels)."""
+    if base is None:
+        from redis.asyncio.connection import ConnectionPool
 
-    class BoundedConnectionPool(ConnectionPool):
+        base = ConnectionPool
+
+    class BoundedConnectionPool(base):  # type: ignore[valid-type,misc]
         """``ConnectionPool`` that queues (up to ``timeout``) for a free connection."""
 
         def __init__(
@@ -83,7 +88,7 @@ def bounded_pool_class() -> type[Any]:
             else:
                 await self._queue()
             try:
-                connection = await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+                connection = await super().get_connection(*args, **kwargs)
             except BaseException:
                 self._give_back()
                 raise

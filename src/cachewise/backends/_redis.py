@@ -659,6 +659,7 @@ class RedisBackend(_RedisCommon):
             self._notify.close()
         if self._owns_client:
             self._client.close()
+            _sentinels_of(self._client).close()
             if self._writer is not self._client:
                 self._writer.close()
 
@@ -1099,6 +1100,8 @@ class AsyncRedisBackend(_RedisCommon):
                 _close_abandoned(self._client)
                 return
             await self._client.aclose()
+            for sentinel in _sentinels_of(self._client).sentinels:
+                await sentinel.aclose()
             if self._writer is not self._client:
                 await self._writer.aclose()
 
@@ -1186,6 +1189,23 @@ def _cancels(task: asyncio.Task[Any] | None) -> int:
     return int(cancelling()) if cancelling is not None else 0
 
 
+class _NoSentinels:
+    sentinels: tuple[Any, ...] = ()
+
+    def close(self) -> None:
+        pass
+
+
+def _sentinels_of(client: Any) -> Any:
+    """The Sentinel manager of a Sentinel-managed client (``from_url`` builds one
+    per client; the client does not close it), or an empty stand-in."""
+    # (From the instance's own attributes: a lazy cluster client must not be built
+    # just to be asked.)
+    pool = getattr(client, "__dict__", {}).get("connection_pool")
+    manager = getattr(pool, "sentinel_manager", None)
+    return _NoSentinels() if manager is None else manager
+
+
 def _close_abandoned(client: Any) -> None:
     """Close the sockets of a redis.asyncio client whose event loop is gone.
 
@@ -1193,6 +1213,8 @@ def _close_abandoned(client: Any) -> None:
     left to the collector each would leak until then and warn ("unclosed
     socket"). So each socket is closed by hand, and its transport told so.
     """
+    for sentinel in _sentinels_of(client).sentinels:
+        _close_abandoned(sentinel)  # (a Sentinel manager's connections: of that loop too)
     connections: list[Any] = []
     pool = getattr(client, "connection_pool", None)
     for name in ("_available_connections", "_in_use_connections"):
