@@ -470,7 +470,8 @@ class ArgCase:
 
 
 DECORATED = [
-    ArgCase("empty-key", "", template="{x}", error=ValueError),
+    # A template of fields alone filled with "" is the key "%" (see KeyTemplate.format).
+    ArgCase("empty-key", "", template="{x}"),
     # Free text fills a template quoted (cachewise.keys.quote): a valid key.
     ArgCase("space", "a b"),
     ArgCase("newline", "a\n"),
@@ -959,7 +960,6 @@ class TemplateCase:
 DECORATOR_TAGS = [
     TemplateCase("tags-bare-str", {"tags": "item:{x}"}, error=TypeError),
     TemplateCase("tag-template-space", {"tags": ["item {x}"]}),
-    TemplateCase("tag-filled-empty", {"tags": ["{x}"]}, x=""),
     TemplateCase("tag-unknown-field", {"tags": ["t:{y}"]}),
     TemplateCase("tag-positional-field", {"tags": ["t:{0}"]}),
     TemplateCase("tag-not-str", {"tags": [1]}, error=TypeError),

@@ -43,6 +43,7 @@ import enum
 import functools
 import json
 import logging
+import sys
 import threading
 import types
 import typing
@@ -94,6 +95,17 @@ class Struct:
         self.fields = fields
 
 
+class PydanticJson:
+    """A pydantic-only value (``HttpUrl``...) in pydantic's JSON form, until the
+    reader's field annotation validates it back."""
+
+    __slots__ = ("value",)
+    name = "pydantic value"
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
 class EnumRef:
     """An enum member read back before its class is known (not registered)."""
 
@@ -107,6 +119,7 @@ class EnumRef:
 # -- registered enums ----------------------------------------------------------------
 
 _enums: dict[str, type[enum.Enum]] = {}
+_enum_round_trips: dict[enum.Enum, bool] = {}  # members whose values read back as them
 _enums_lock = threading.Lock()
 
 
@@ -194,12 +207,13 @@ class Format:
 
 _NoneType = type(None)
 JSON = Format("JSON", bytes_native=False, nonfinite_native=False, keys=frozenset({str}))
-MSGPACK = Format(
-    "msgpack",
-    bytes_native=True,
-    nonfinite_native=True,
-    keys=frozenset({_NoneType, bool, int, float, str, bytes}),
-)
+# Only str and bytes keys in msgpack's own maps: their hashes are salted per
+# process. Other keys take the dict tag's pair form, whose reader checks that no
+# planted keys share one hash (see _spread).
+MSGPACK = Format("msgpack", bytes_native=True, nonfinite_native=True, keys=frozenset({str, bytes}))
+#: What a tree may hold besides lists and dicts; anything else (a msgpack
+#: Timestamp or ExtType from a planted payload) is malformed.
+TREE_SCALARS = frozenset({_NoneType, bool, int, float, str, bytes})
 
 
 # -- writing: value -> tree --
@@ -249,7 +263,10 @@ class _Lowerer:
         if kind is int:
             if _INT_MIN <= value <= _INT_MAX:
                 return value
-            return _tagged("int", format(value, "x"))  # hex: no digit limit, unlike str()
+            text = format(value, "x")  # hex: no digit limit, unlike str()
+            if len(text) > _INT_HEX_MAX:
+                raise self.refuse(value, where, "it is wider than 400,000 bits; store it as bytes")
+            return _tagged("int", text)
         if kind is bool or value is None:
             return value
         if kind is float:
@@ -324,6 +341,15 @@ class _Lowerer:
             raise self.refuse(value, where, "a structured value cannot be a dict key or a set item")
         return self.lower(value, where, depth)
 
+    def pydantic_leaf(self, item: Any, annotation: Any, where: str, depth: int) -> Any:
+        try:
+            dumped = _pydantic_adapter(annotation).dump_python(item, mode="json")
+            return _tagged("pydantic", self.lower(dumped, where, depth + 1))
+        except Refused:
+            raise
+        except Exception:
+            raise self.refuse(item, where, _advice(item)) from None
+
     def enum_member(self, value: enum.Enum, where: str, depth: int) -> Any:
         cls = type(value)
         name = class_path(cls)
@@ -335,7 +361,23 @@ class _Lowerer:
                 f"cachewise.serialization.register_enum({cls.__name__}) where it is defined "
                 "(every reader needs it), or name it in the cached function's return type",
             )
-        return _tagged("enum", name, self.lower(value.value, f"{where}.value", depth + 1))
+        lowered = self.lower(value.value, f"{where}.value", depth + 1)
+        known = _enum_round_trips.get(value)
+        if known is None:
+            # A member whose value reads back as another member, or as nothing (a
+            # NaN value, a struct that needs a type), would never be found again.
+            try:
+                lifted, needs_type = lift(lowered, self.fmt)
+                known = not needs_type and _member(cls, lifted) is value
+            except Exception:
+                known = False
+            if len(_enum_round_trips) < 65_536:
+                _enum_round_trips[value] = known
+        if not known:
+            raise self.refuse(
+                value, where, "its value does not read back as this member; give it a plain value"
+            )
+        return _tagged("enum", name, lowered)
 
     def struct(self, value: Any, kind: str, where: str, depth: int) -> Any:
         cls = type(value)
@@ -348,13 +390,24 @@ class _Lowerer:
             )
         self.enter(value, where, depth)
         try:
-            fields = _struct_fields(value, kind)
+            try:
+                fields = _struct_fields(value, kind)
+            except Exception as exc:  # an unset init=False field, a broken property
+                raise self.refuse(value, where, f"its fields cannot be read ({exc!r})") from None
             if TAG in fields:
                 raise self.refuse(value, where, f"a field named {TAG!r} would read as a tag")
-            lowered = {
-                name: self.lower(item, f"{where}.{name}", depth + 1)
-                for name, item in fields.items()
-            }
+            owner: Any = cls
+            annotations = _model_annotations(owner) if kind == "pydantic" else {}
+            lowered = {}
+            for name, item in fields.items():
+                try:
+                    lowered[name] = self.lower(item, f"{where}.{name}", depth + 1)
+                except Refused:
+                    if name not in annotations:
+                        raise
+                    # A pydantic-only type (HttpUrl, SecretStr...): pydantic's own
+                    # JSON form of it, validated back with the field's annotation.
+                    lowered[name] = self.pydantic_leaf(item, annotations[name], where, depth)
         finally:
             self.open.discard(id(value))
         return _tagged("struct", class_path(cls), lowered)
@@ -480,9 +533,13 @@ def _struct_fields(value: Any, kind: str) -> dict[str, Any]:
         return {a.name: getattr(value, a.name) for a in type(value).__attrs_attrs__}
     if kind == "namedtuple":
         return dict(zip(type(value)._fields, value, strict=True))
-    # pydantic: by alias, as validation reads them.
-    dumped: dict[str, Any] = value.model_dump(by_alias=True, round_trip=True)
-    return dumped
+    # pydantic: the attributes themselves (not model_dump: aliases, exclude=True
+    # and serializers would change what reads back), and any extras.
+    fields = {name: getattr(value, name) for name in type(value).model_fields}
+    extra = getattr(value, "__pydantic_extra__", None)
+    if isinstance(extra, dict):
+        fields.update(extra)
+    return fields
 
 
 @functools.lru_cache(maxsize=1024)
@@ -490,7 +547,24 @@ def _hints(cls: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls)
     except Exception:
-        return {}
+        pass
+    # One annotation does not resolve (a name imported only under TYPE_CHECKING):
+    # resolve the others one by one, so only that field goes untyped.
+    module = sys.modules.get(cls.__module__)
+    namespace = dict(vars(module)) if module is not None else {}
+    hints: dict[str, Any] = {}
+    for base in reversed(cls.__mro__):
+        for name, written in vars(base).get("__annotations__", {}).items():
+            resolved = written
+            if isinstance(written, str):
+                try:
+                    # The reader's own source text, as get_type_hints evaluates it.
+                    resolved = eval(written, namespace, dict(vars(cls)))
+                except Exception:
+                    hints.pop(name, None)
+                    continue
+            hints[name] = resolved
+    return hints
 
 
 # -- reading: tree -> value --
@@ -519,6 +593,8 @@ class _Lifter:
             _check_depth(depth)
             return [self.lift(item, depth + 1) for item in node]
         if kind is not dict:
+            if kind not in TREE_SCALARS:
+                raise DecodeError(f"a {kind.__name__} in the payload")
             return node
         if TAG not in node:
             _check_depth(depth)
@@ -542,6 +618,26 @@ class _Lifter:
 def _check_depth(depth: int) -> None:
     if depth >= MAX_DEPTH:
         raise DecodeError("nested too deeply")
+
+
+#: Past this many items, a set or dict read from a payload is checked for items
+#: that share one hash: ints, floats and tuples hash the same in every process,
+#: and a planted set of colliding ones would make building it quadratic (tens of
+#: seconds with the GIL held). str and bytes hashes are salted per process.
+_SPREAD_FROM = 64
+_SAME_HASH_MAX = 8
+
+
+def _spread(items: list[Any]) -> list[Any]:
+    if len(items) > _SPREAD_FROM:
+        counts: dict[int, int] = {}
+        for item in items:
+            digest = hash(item)
+            seen = counts.get(digest, 0) + 1
+            if seen > _SAME_HASH_MAX:
+                raise DecodeError("a set or dict whose items share one hash")
+            counts[digest] = seen
+    return items
 
 
 def _text(body: list[Any], count: int = 1) -> str:
@@ -586,19 +682,23 @@ def _lift_dict(lifter: _Lifter, body: list[Any], depth: int) -> dict[Any, Any]:
     if len(body) != 1 or type(body[0]) is not list:
         raise DecodeError("a malformed dict node")
     _check_depth(depth)
-    out: dict[Any, Any] = {}
     lift = lifter.lift
+    pairs: list[tuple[Any, Any]] = []
     for pair in body[0]:
         if type(pair) is not list or len(pair) != 2:
             raise DecodeError("a malformed dict pair")
-        # (an unhashable key raises TypeError: a DecodeError upstream)
-        out[lift(pair[0], depth + 1)] = lift(pair[1], depth + 1)
-    return out
+        pairs.append((lift(pair[0], depth + 1), lift(pair[1], depth + 1)))
+    _spread([key for key, _ in pairs])
+    # (an unhashable key raises TypeError: a DecodeError upstream)
+    return dict(pairs)
+
+
+_INT_HEX_MAX = 100_000  # hex digits of the widest int stored (400,000 bits)
 
 
 def _lift_int(lifter: _Lifter, body: list[Any], depth: int) -> int:
     text = _text(body)
-    if len(text) > 100_000:
+    if len(text) > _INT_HEX_MAX + 1:  # (+1: the sign)
         raise DecodeError("an int too long")
     return int(text, 16)
 
@@ -618,7 +718,23 @@ def _lift_enum(lifter: _Lifter, body: list[Any], depth: int) -> Any:
     if cls is None:
         lifter.needs_type = True
         return EnumRef(body[0], value)
-    return cls(value)
+    return _member(cls, value)
+
+
+def _member(cls: Any, raw: Any) -> Any:
+    """``cls(raw)``; a flag value with bits the class does not define is refused
+    (the class would keep a new pseudo-member for each one, for good)."""
+    if issubclass(cls, enum.Flag) and type(raw) is int and raw & ~_flag_bits(cls):
+        raise DecodeError(f"a {class_path(cls)} value with bits it does not define")
+    return cls(raw)
+
+
+def _flag_bits(cls: Any) -> int:
+    bits = 0
+    for member in cls.__members__.values():
+        if type(member.value) is int or isinstance(member.value, int):
+            bits |= int(member.value)
+    return bits
 
 
 def _lift_struct(lifter: _Lifter, body: list[Any], depth: int) -> Struct:
@@ -632,14 +748,21 @@ def _lift_struct(lifter: _Lifter, body: list[Any], depth: int) -> Struct:
     return Struct(body[0], fields)
 
 
+def _lift_pydantic(lifter: _Lifter, body: list[Any], depth: int) -> PydanticJson:
+    if len(body) != 1:
+        raise DecodeError("a malformed pydantic value")
+    lifter.needs_type = True
+    return PydanticJson(lifter.lift(body[0], depth))
+
+
 def _lift_bytes(lifter: _Lifter, body: list[Any], depth: int) -> bytes:
     return base64.b64decode(_text(body), validate=True)
 
 
 _LIFTERS: dict[str, Callable[[_Lifter, list[Any], int], Any]] = {
     "tuple": lambda lifter, body, depth: tuple(lifter.items(body, depth)),
-    "set": lambda lifter, body, depth: set(lifter.items(body, depth)),
-    "frozenset": lambda lifter, body, depth: frozenset(lifter.items(body, depth)),
+    "set": lambda lifter, body, depth: set(_spread(lifter.items(body, depth))),
+    "frozenset": lambda lifter, body, depth: frozenset(_spread(lifter.items(body, depth))),
     "dict": _lift_dict,
     "bytes": _lift_bytes,
     "int": _lift_int,
@@ -652,6 +775,7 @@ _LIFTERS: dict[str, Callable[[_Lifter, list[Any], int], Any]] = {
     "uuid": lambda lifter, body, depth: uuid.UUID(hex=_text(body)),
     "enum": _lift_enum,
     "struct": _lift_struct,
+    "pydantic": _lift_pydantic,
 }
 
 
@@ -670,6 +794,7 @@ def _lift_timedelta(body: list[Any]) -> dt.timedelta:
 # Logged once per class or type, for the process: bounded by the classes the
 # code names.
 _warned_untyped: set[str] = set()
+_WARNED_MAX = 256
 
 
 def finish(value: Any, needs_type: bool) -> Any:
@@ -679,8 +804,8 @@ def finish(value: Any, needs_type: bool) -> Any:
     tp = READ_TYPE.get()
     if tp is None:
         if needs_type:
-            name = _first_unresolved(value)
-            if name not in _warned_untyped:
+            name = _first_unresolved(value)[:200]  # (the payload's text: bounded)
+            if name not in _warned_untyped and len(_warned_untyped) < _WARNED_MAX:
                 _warned_untyped.add(name)
                 logger.warning(
                     "cachewise: an entry holds a %s, which is read back only with its type: "
@@ -689,7 +814,7 @@ def finish(value: Any, needs_type: bool) -> Any:
                     name,
                     name.rsplit(".", 1)[-1],
                 )
-            raise DecodeError(f"an entry holding a {name} was read without a type")
+            raise DecodeError(f"an entry holding a {name[:200]} was read without a type")
         return value
     if value is None or (not needs_type and not _is_structured(tp)):
         # None fits every type: a function declared "-> User" that returns None
@@ -699,7 +824,7 @@ def finish(value: Any, needs_type: bool) -> Any:
         return convert(value, tp)
     except _Mismatch as exc:
         name = _type_name(tp)
-        if name not in _warned_mismatch:
+        if name not in _warned_mismatch and len(_warned_mismatch) < _WARNED_MAX:
             _warned_mismatch.add(name)
             logger.warning(
                 "cachewise: an entry does not fit the reader's type %s (%s); read as a miss",
@@ -717,7 +842,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _first_unresolved(value: Any, depth: int = 0) -> str:
-    if isinstance(value, (Struct, EnumRef)):
+    if isinstance(value, (Struct, EnumRef, PydanticJson)):
         return value.name
     if depth < MAX_DEPTH:
         children: Iterable[Any] = ()
@@ -740,35 +865,47 @@ class _Mismatch(DecodeError):
     """The stored value does not fit the reader's type."""
 
 
-def convert(value: Any, tp: Any) -> Any:
+Env = dict[Any, Any]  # a generic's type variables -> the types they stand for
+
+
+def convert(value: Any, tp: Any, env: Env | None = None) -> Any:
     """``value`` (a lifted tree) as the type ``tp`` says: structs and enum members
-    rebuilt with the classes ``tp`` names. ``DecodeError`` if it does not fit."""
+    rebuilt with the classes ``tp`` names (or their subclasses). ``DecodeError``
+    if it does not fit."""
+    if isinstance(tp, typing.TypeVar):
+        tp = (env or {}).get(tp, Any)
+    if isinstance(value, PydanticJson):
+        try:
+            return _pydantic_adapter(tp).validate_python(value.value)
+        except Exception as exc:
+            raise _Mismatch(f"a pydantic value does not fit {tp!r}: {exc!r}") from None
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
-        return convert(value, typing.get_args(tp)[0])
+        return convert(value, typing.get_args(tp)[0], env)
     if origin is typing.Union or origin is types.UnionType:
-        return _convert_union(value, typing.get_args(tp))
+        return _convert_union(value, typing.get_args(tp), env)
     if origin is typing.Literal:
         return _untyped(value)
     if origin is not None:
-        return _convert_generic(value, origin, typing.get_args(tp))
+        return _convert_generic(value, origin, typing.get_args(tp), env)
     if tp is Any or tp is object or not isinstance(tp, type):
-        # No class to rebuild with (Any, a TypeVar, a NewType...): only a plain
-        # value passes.
+        # No class to rebuild with (Any, a NewType...): only a plain value passes.
         if isinstance(tp, typing.NewType):
-            return convert(value, tp.__supertype__)
+            return convert(value, tp.__supertype__, env)
         return _untyped(value)
     if isinstance(value, Struct):
-        return _build(value, tp)
+        return _build(value, _named_class(tp, value.name), env)
     if isinstance(value, EnumRef):
-        if issubclass(tp, enum.Enum) and value.name == class_path(tp):
-            return tp(value.value)
+        if issubclass(tp, enum.Enum):
+            return _enum_member(_named_class(tp, value.name), value.value)
         raise _Mismatch(f"a {value.name} member is not a {class_path(tp)}")
     if typing.is_typeddict(tp):
         if type(value) is not dict:
             raise _Mismatch(f"a {type(value).__name__} is not a {class_path(tp)}")
         hints = _hints(tp)
-        return {k: convert(v, hints[k]) if k in hints else _untyped(v) for k, v in value.items()}
+        return {
+            k: convert(v, hints[k], env) if k in hints else _untyped(v) for k, v in value.items()
+        }
     if _struct_kind(tp) is not None:
         raise _Mismatch(f"a {type(value).__name__} is not a {class_path(tp)}")
     if tp is float and type(value) is int:
@@ -778,6 +915,36 @@ def convert(value: Any, tp: Any) -> Any:
     return _untyped(value)
 
 
+def _named_class(tp: type, name: str) -> Any:
+    """``tp``, or the subclass of it the payload names (a ``Dog`` stored where an
+    ``Animal`` is declared): only classes the reader's code defined and declared
+    compatible, never one the payload chooses from elsewhere."""
+    if class_path(tp) == name:
+        return tp
+    seen: set[type] = set()
+    stack: list[type] = list(tp.__subclasses__())
+    while stack and len(seen) < 10_000:
+        sub = stack.pop()
+        if sub in seen:
+            continue
+        seen.add(sub)
+        if class_path(sub) == name:
+            return sub
+        stack.extend(sub.__subclasses__())
+    raise _Mismatch(f"a {name} is not a {class_path(tp)}")
+
+
+def _enum_member(cls: Any, raw: Any) -> Any:
+    if not issubclass(cls, enum.Enum):
+        raise _Mismatch(f"{class_path(cls)} is not an enum")
+    try:
+        return _member(cls, raw)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise _Mismatch(f"not a {class_path(cls)} member: {exc!r}") from None
+
+
 def _untyped(value: Any) -> Any:
     """``value`` unchanged, if it holds nothing a type must rebuild."""
     if _first_unresolved(value):
@@ -785,18 +952,23 @@ def _untyped(value: Any) -> Any:
     return value
 
 
-def _convert_union(value: Any, members: tuple[Any, ...]) -> Any:
+def _convert_union(value: Any, members: tuple[Any, ...], env: Env | None) -> Any:
     if value is None and _NoneType in members:
         return None
     if isinstance(value, (Struct, EnumRef)):
+        # The member the payload names (or one of its subclasses), first.
         for member in members:
-            if isinstance(member, type) and class_path(member) == value.name:
-                return convert(value, member)
+            if isinstance(member, type):
+                try:
+                    named = _named_class(member, value.name)
+                except _Mismatch:
+                    continue
+                return convert(value, named, env)
     for member in members:
         if member is _NoneType:
             continue
         try:
-            return convert(value, member)
+            return convert(value, member, env)
         except _Mismatch:
             continue
     raise _Mismatch(f"a {type(value).__name__} fits none of {members}")
@@ -805,24 +977,24 @@ def _convert_union(value: Any, members: tuple[Any, ...]) -> Any:
 _SEQUENCES = {list: list, tuple: tuple, set: set, frozenset: frozenset}
 
 
-def _convert_generic(value: Any, origin: Any, args: tuple[Any, ...]) -> Any:
+def _convert_generic(value: Any, origin: Any, args: tuple[Any, ...], env: Env | None) -> Any:
     from collections import abc
 
     if origin in (dict, abc.Mapping, abc.MutableMapping):
         if type(value) is not dict:
             raise _Mismatch(f"a {type(value).__name__} is not a dict")
         key_tp, value_tp = args if len(args) == 2 else (Any, Any)
-        return {convert(k, key_tp): convert(v, value_tp) for k, v in value.items()}
+        return {convert(k, key_tp, env): convert(v, value_tp, env) for k, v in value.items()}
     if origin is tuple:
         if type(value) is not tuple:
             raise _Mismatch(f"a {type(value).__name__} is not a tuple")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(convert(item, args[0]) for item in value)
+            return tuple(convert(item, args[0], env) for item in value)
         if args == ((),):
             args = ()
         if len(args) != len(value):
             raise _Mismatch("a tuple of another length")
-        return tuple(convert(item, arg) for item, arg in zip(value, args, strict=True))
+        return tuple(convert(item, arg, env) for item, arg in zip(value, args, strict=True))
     if origin in (
         list,
         set,
@@ -839,51 +1011,54 @@ def _convert_generic(value: Any, origin: Any, args: tuple[Any, ...]) -> Any:
         if not isinstance(value, (list, tuple, set, frozenset)):
             raise _Mismatch(f"a {type(value).__name__} is not a collection")
         item_tp = args[0] if args else Any
-        return type(value)(convert(item, item_tp) for item in value)
+        return type(value)(convert(item, item_tp, env) for item in value)
     if isinstance(origin, type) and _struct_kind(origin) is not None:
-        return convert(value, origin)  # a generic dataclass or model: by its class
+        # A generic dataclass (Page[User]): by its class, its type variables bound.
+        params = getattr(origin, "__parameters__", ())
+        bound = {var: convert_var(arg, env) for var, arg in zip(params, args, strict=False)}
+        if not isinstance(value, Struct):
+            raise _Mismatch(f"a {type(value).__name__} is not a {class_path(origin)}")
+        return _build(value, _named_class(origin, value.name), {**(env or {}), **bound})
     return _untyped(value)
 
 
-def _build(value: Struct, cls: type) -> Any:
-    """The instance of ``cls`` a struct stands for."""
+def convert_var(arg: Any, env: Env | None) -> Any:
+    """A generic's argument, itself maybe a type variable of an outer generic."""
+    return (env or {}).get(arg, arg) if isinstance(arg, typing.TypeVar) else arg
+
+
+def _build(value: Struct, cls: Any, env: Env | None = None) -> Any:
+    """The instance of ``cls`` a struct stands for, made without calling
+    ``__init__``: its fields already hold what ``__init__``, ``__post_init__``,
+    converters and validators made of them when the value was built, and running
+    them again would change them (an InitVar, a converter that appends)."""
     kind = _struct_kind(cls)
     if kind is None or value.name != class_path(cls):
         raise _Mismatch(f"a {value.name} is not a {class_path(cls)}")
     fields = value.fields
     try:
         if kind == "pydantic":
-            _check_model_fields(cls, value)
-            return _pydantic_adapter(cls).validate_python(_plain(fields))
+            return _build_model(cls, value, env)
         hints = _hints(cls)
+        if kind == "namedtuple":
+            names: tuple[str, ...] = cls._fields
+        elif kind == "dataclass":
+            names = tuple(f.name for f in dataclasses.fields(cls))
+        else:
+            names = tuple(a.name for a in cls.__attrs_attrs__)
+        if tuple(fields) != names and set(fields) != set(names):
+            raise _Mismatch(f"the stored {value.name} has other fields than the class")
         typed = {
-            name: convert(item, hints[name]) if name in hints else _untyped(item)
-            for name, item in fields.items()
+            name: convert(fields[name], hints[name], env)
+            if name in hints
+            else _untyped(fields[name])
+            for name in names
         }
         if kind == "namedtuple":
-            if tuple(typed) != cls._fields:  # type: ignore[attr-defined]
-                raise _Mismatch(f"the stored {value.name} has other fields than the class")
-            return cls(**typed)
-        if kind == "dataclass":
-            attrs = [(f.name, f.init) for f in dataclasses.fields(cls)]
-        else:
-            attrs = [
-                (a.name, a.init)
-                for a in cls.__attrs_attrs__  # type: ignore[attr-defined]
-            ]
-            aliases = {
-                a.name: getattr(a, "alias", None) or a.name.lstrip("_")
-                for a in cls.__attrs_attrs__  # type: ignore[attr-defined]
-            }
-        if set(typed) != {name for name, _ in attrs}:
-            raise _Mismatch(f"the stored {value.name} has other fields than the class")
-        if kind == "dataclass":
-            obj = cls(**{name: typed[name] for name, init in attrs if init})
-        else:
-            obj = cls(**{aliases[name]: typed[name] for name, init in attrs if init})
-        for name, init in attrs:
-            if not init:
-                object.__setattr__(obj, name, typed[name])  # (frozen classes too)
+            return tuple.__new__(cls, [typed[name] for name in names])
+        obj = cls.__new__(cls)
+        for name in names:
+            object.__setattr__(obj, name, typed[name])  # (frozen and slotted classes too)
         return obj
     except DecodeError:
         raise
@@ -891,17 +1066,26 @@ def _build(value: Struct, cls: type) -> Any:
         raise _Mismatch(f"cannot rebuild a {value.name}: {exc!r}") from None
 
 
-def _check_model_fields(cls: Any, value: Struct) -> None:
-    """A stored model's fields are the class's: every field its dump writes, and
-    nothing the class does not know (computed fields aside; any extras when the
-    model allows them)."""
-    fields = cls.model_fields
-    dumped = {info.alias or name for name, info in fields.items() if not info.exclude}
-    known = {info.alias or name for name, info in fields.items()} | set(cls.model_computed_fields)
-    stored = set(value.fields)
+def _build_model(cls: Any, value: Struct, env: Env | None) -> Any:
+    """A pydantic model from its stored attributes, converted by the field
+    annotations and set with ``model_construct`` (validators ran when the value
+    was made; running them again could change it)."""
+    declared = cls.model_fields
+    stored = value.fields
     extra_allowed = cls.model_config.get("extra") == "allow"
-    if not dumped <= stored or (not extra_allowed and not stored <= known):
+    if not set(declared) <= set(stored) or (not extra_allowed and not set(stored) <= set(declared)):
         raise _Mismatch(f"the stored {value.name} has other fields than the class")
+    annotations = _model_annotations(cls)
+    values = {
+        name: convert(item, annotations[name], env) if name in annotations else _untyped(item)
+        for name, item in stored.items()
+    }
+    return cls.model_construct(**values)
+
+
+@functools.lru_cache(maxsize=256)
+def _model_annotations(cls: Any) -> dict[str, Any]:
+    return {name: info.annotation for name, info in cls.model_fields.items()}
 
 
 def _plain(value: Any) -> Any:

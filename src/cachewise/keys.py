@@ -225,6 +225,7 @@ def normalize_key(key: str) -> str:
 
 
 _formatter = string.Formatter()
+_EMPTY_FILLING = "%"
 
 
 class KeyTemplate:
@@ -245,9 +246,22 @@ class KeyTemplate:
             raise ValueError(f"invalid key template {template!r}: {exc}") from None
         roots: list[str] = []
         simple = True
-        for _, field, spec, conversion in parsed:
+        # Text since the previous field: two fields with no punctuation between
+        # them ("{first}{last}", "item{shop}x{sku}") can split one key two ways.
+        between: str | None = None
+        for literal, field, spec, conversion in parsed:
+            if between is not None:
+                between += literal
             if field is None:
                 continue
+            if between is not None and all(ch.isalnum() for ch in between):
+                raise ValueError(
+                    f"key template {template!r} puts {{{field}}} right after another field "
+                    f"with {'nothing' if not between else repr(between)} between them: two "
+                    "different calls could fill it to one key; separate the fields with "
+                    "punctuation, e.g. ':'"
+                )
+            between = ""
             if spec or conversion or not field.isidentifier():
                 simple = False
             # "user.id" and "ids[0]" are rooted at "user" and "ids".
@@ -285,12 +299,17 @@ class KeyTemplate:
         escaped = self._escaped
         try:
             if self._simple:
-                return self.template.format_map(
+                key = self.template.format_map(
                     {name: _field_text(values[name], escaped) for name in self.fields}
                 )
-            return _QuotingFormatter(escaped).vformat(self.template, (), values)
+            else:
+                key = _QuotingFormatter(escaped).vformat(self.template, (), values)
         except (KeyError, AttributeError, IndexError) as exc:
             raise ValueError(f"cannot fill key template {self.template!r}: {exc!r}") from None
+        # A template of fields alone, filled with empty text ("{slug}" with ""):
+        # "%", which quote never writes (it writes "%25"), so no other filling of
+        # the template meets it.
+        return key or _EMPTY_FILLING
 
     def __repr__(self) -> str:
         return f"KeyTemplate({self.template!r})"
@@ -298,11 +317,43 @@ class KeyTemplate:
 
 def _field_text(value: Any, escaped: frozenset[str]) -> str:
     if value.__class__ is int:
-        return int.__repr__(value)
-    text = value if value.__class__ is str else format(value, "")
+        return _int_text(value)
+    text = value if value.__class__ is str else _formatted(value, "")
     if text.isprintable() and escaped.isdisjoint(text):
         return text
     return _quote_slow(text, escaped)
+
+
+#: Ints wider than this are written in hex (``0x...``): decimal text of ints past
+#: 4,300 digits is refused by default (and the limit is a per-process setting).
+_INT_DECIMAL_BITS = 14_000
+_MEMORY_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _int_text(value: int) -> str:
+    if value.bit_length() <= _INT_DECIMAL_BITS:
+        return int.__repr__(value)
+    return ("-0x" if value < 0 else "0x") + format(abs(value), "x")
+
+
+def _formatted(value: Any, spec: str) -> str:
+    """A template field's text: ``format(value, spec)``, refused when it would not
+    be the same for equal values in every process."""
+    if isinstance(value, (set, frozenset)) and not spec:
+        # Iteration order follows the hash seed: the canonical, sorted form.
+        return encode_arg(value)
+    if isinstance(value, int) and not spec:
+        return _int_text(int(value)) if type(value) is int else format(value, spec)
+    text = format(value, spec)
+    if _MEMORY_ADDRESS.search(text):
+        # The default repr: a memory address, which the next object reuses once
+        # this one is freed (one user's entry served to another).
+        raise TypeError(
+            f"a {type(value).__name__} fills a key template with {text[:60]!r}, which holds "
+            "a memory address: use one of its attributes ({user.id}), or give the "
+            "class a __str__ that names it"
+        )
+    return text
 
 
 class _QuotingFormatter(string.Formatter):
@@ -313,7 +364,7 @@ class _QuotingFormatter(string.Formatter):
         self.escaped = escaped
 
     def format_field(self, value: Any, format_spec: str) -> str:
-        text: str = super().format_field(value, format_spec)
+        text = _formatted(value, format_spec)
         if text.isprintable() and self.escaped.isdisjoint(text):
             return text
         return _quote_slow(text, self.escaped)
@@ -357,7 +408,7 @@ def encode_arg(value: Any) -> str:
     # IntEnum, a str subclass) may override __repr__, __int__ or replace(), and its
     # string must still be the one its equal plain value gets.
     if isinstance(value, int):
-        return int.__repr__(value)
+        return _int_text(int.__int__(value))
     if isinstance(value, float):
         # 1.0 and 1 compare equal and hash equal, so they share a key. float.__repr__
         # round-trips: two different floats never share one.
@@ -805,6 +856,11 @@ FRAMEWORK_TYPES = frozenset(
         # Clients
         "redis.client.Redis",
         "redis.asyncio.client.Redis",
+        "redis.cluster.RedisCluster",
+        "redis.asyncio.cluster.RedisCluster",
+        "django.utils.connection.ConnectionProxy",
+        "django.db.backends.utils.CursorWrapper",
+        "logging.LoggerAdapter",
         "httpx.Client",
         "httpx.AsyncClient",
         "aiohttp.client.ClientSession",
@@ -823,6 +879,13 @@ def is_framework_type(cls: type) -> bool:
     )
 
 
+#: Argument types left out only when ``ignore=`` names them (the filter's lookup
+#: is skipped for them on the hit path otherwise).
+_PLAIN_ARGS: frozenset[type] = frozenset(
+    {int, str, float, bool, type(None), bytes, tuple, list, dict}
+)
+
+
 class ArgFilter:
     """Which arguments a default key leaves out: parameters named in ``ignore``,
     values of a type in ``ignore`` (or a subclass), and values of the framework
@@ -831,7 +894,7 @@ class ArgFilter:
     holds whether or not the parameter is annotated, and a parameter that
     receives data in one call and a session in another is keyed on the data."""
 
-    __slots__ = ("_lock", "_memo", "names", "types")
+    __slots__ = ("_lock", "_memo", "names", "plain", "types")
 
     _MEMO_MAX = 1024
 
@@ -856,6 +919,11 @@ class ArgFilter:
                 )
         self.names = frozenset(names)
         self.types = tuple(types)
+        # The plain argument types no ignored type covers: the key skips the
+        # filter's lookup for them.
+        self.plain = frozenset(
+            plain for plain in _PLAIN_ARGS if not (types and issubclass(plain, self.types))
+        )
         self._memo: dict[type, bool] = {}
         self._lock = threading.Lock()
 
@@ -878,10 +946,6 @@ class ArgFilter:
 _NO_FILTER = ArgFilter()
 
 
-#: Argument types never left out (the filter's lookup skipped on the hit path).
-_PLAIN_ARGS = frozenset({int, str, float, bool, type(None), bytes, tuple, list, dict})
-
-
 def function_key(
     name: str, bound: inspect.BoundArguments, arg_filter: ArgFilter = _NO_FILTER
 ) -> str:
@@ -895,7 +959,7 @@ def function_key(
     names = arg_filter.names
     for param_name, value in bound.arguments.items():
         if param_name in names or (
-            value.__class__ not in _PLAIN_ARGS and arg_filter.skips_value(value)
+            value.__class__ not in arg_filter.plain and arg_filter.skips_value(value)
         ):
             continue
         try:

@@ -339,6 +339,10 @@ class JsonSerializer(Serializer):
         return _typed.finish(parse(data), False)
 
 
+def _no_ext(code: int, data: bytes) -> object:
+    raise envelope.DecodeError(f"a msgpack ext type {code}")
+
+
 class MsgpackSerializer(Serializer):
     """MessagePack (needs ``msgpack``): the same values as ``JsonSerializer``,
     in fewer bytes; bytes, NaN, the infinities and dict keys of scalar types are
@@ -376,10 +380,16 @@ class MsgpackSerializer(Serializer):
             raise _encoder_refused(value, _typed.MSGPACK, exc) from None
 
     def loads(self, data: bytes) -> object:
+        # strict_map_key: only str and bytes map keys (see _typed.MSGPACK); an ext
+        # type is refused, and a Timestamp (which msgpack decodes on its own) is
+        # caught by the checks below: neither is ever written.
         if data[:1] == _MSGPACK_TAGGED:
-            tree = self._msgpack.unpackb(data[1:], raw=False, strict_map_key=False)
+            tree = self._msgpack.unpackb(data[1:], raw=False, strict_map_key=True, ext_hook=_no_ext)
             return _lift(tree, _typed.MSGPACK)
-        return _typed.finish(self._msgpack.unpackb(data, raw=False, strict_map_key=False), False)
+        value = self._msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext)
+        if not _quick_check(value, _MSGPACK_PLAIN, _MSGPACK_KEYS):
+            raise envelope.DecodeError("a msgpack payload holding what is never written")
+        return _typed.finish(value, False)
 
 
 class PickleSerializer(Serializer):

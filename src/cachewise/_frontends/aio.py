@@ -932,16 +932,22 @@ class AsyncCache(CacheBase):
                 handle.confirmed = False  # nothing will be written: nothing confirms it
             entered = loading(flight)  # (see _cycles: tasks and calls inside the load)
             try:
+                # The loader's own reads are its own: the caller's type= must not
+                # reach them (see Cache._run).
+                untyped = _typed.READ_TYPE.set(None)
                 try:
                     start = clock()
-                    awaitable = loader()
-                    if not inspect.isawaitable(awaitable):
-                        raise TypeError(
-                            f"the loader returned {type(awaitable).__name__}, not an "
-                            "awaitable; AsyncCache needs an async loader (use Cache for "
-                            "sync loaders)"
-                        )
-                    value = await awaitable
+                    try:
+                        awaitable = loader()
+                        if not inspect.isawaitable(awaitable):
+                            raise TypeError(
+                                f"the loader returned {type(awaitable).__name__}, not an "
+                                "awaitable; AsyncCache needs an async loader (use Cache for "
+                                "sync loaders)"
+                            )
+                        value = await awaitable
+                    finally:
+                        _typed.READ_TYPE.reset(untyped)
                     check_reusable(value)
                     negative = bool(self._policy.is_negative(value))
                     end = clock()

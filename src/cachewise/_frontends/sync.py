@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import random
@@ -777,9 +778,15 @@ class Cache(CacheBase):
             if not write and token is None:
                 call.confirmed = False  # nothing will be written: nothing confirms it
             entered = loading(flight)  # (see _cycles: tasks and calls inside the load)
+            # The loader's own reads are its own: the caller's type= must not reach
+            # them (a nested get() would decode with the outer call's type).
+            untyped = _typed.READ_TYPE.set(None)
             try:
                 start = clock()
-                value = loader()
+                try:
+                    value = loader()
+                finally:
+                    _typed.READ_TYPE.reset(untyped)
                 if inspect.isawaitable(value):
                     if inspect.iscoroutine(value):
                         value.close()  # never awaited by anyone: close it quietly
@@ -1033,7 +1040,12 @@ class Cache(CacheBase):
             flight = self._flights.start(full, _Call(guarded=self._leases is None), tags)
             # Submit under the lock: close() takes it before shutting the pool
             # down, so submit never races with shutdown.
-            future = executor.submit(self._run_background, flight, loader, ttl, trigger, early)
+            # In the caller's context: the refresh reads the stale entry with the
+            # caller's type= (a pool thread has no context of its own).
+            context = contextvars.copy_context()
+            future = executor.submit(
+                context.run, self._run_background, flight, loader, ttl, trigger, early
+            )
             self._futures.add(future)
         future.add_done_callback(self._forget_future)
 

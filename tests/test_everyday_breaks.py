@@ -1,0 +1,473 @@
+"""Breaks an outside attack on keys and values found (issue 10, sections 1 and 2),
+one test each: wrong keys, values that came back different, hostile payloads."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import json
+import logging
+import math
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import attrs
+import pydantic
+import pytest
+
+from cachewise import MISSING, AsyncCache, Cache, _typed
+from cachewise._core import envelope
+from cachewise.keys import KeyTemplate
+from cachewise.serialization import (
+    JsonSerializer,
+    MsgpackSerializer,
+    SerializationError,
+    register_enum,
+)
+from cachewise.testing import FakeClock
+
+from .conftest import Facade
+
+SERIALIZERS = {"json": JsonSerializer, "msgpack": MsgpackSerializer}
+WRITERS = pytest.mark.parametrize("writer", sorted(SERIALIZERS))
+SHARED = pytest.mark.parametrize("backend_name", ["redis"])
+
+
+def read_back(writer: str, value: Any, tp: Any = None) -> Any:
+    serializer = SERIALIZERS[writer]()
+    data = serializer.dumps(value)
+    token = _typed.READ_TYPE.set(tp)
+    try:
+        return serializer.loads(data)
+    finally:
+        _typed.READ_TYPE.reset(token)
+
+
+# -- keys ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("template", ["user:{first}{last}", "item{shop}x{sku}", "{a}{b}"])
+def test_a_template_whose_fields_can_split_two_ways_is_refused(template: str) -> None:
+    """("ab", "c") and ("a", "bc") would fill "{first}{last}" alike (break 1)."""
+    with pytest.raises(ValueError, match="punctuation"):
+        KeyTemplate(template)
+
+
+def test_a_template_field_over_an_object_with_the_default_repr_is_refused() -> None:
+    """Its text holds a memory address the next object reuses: one user's entry
+    would be served to another (break 3)."""
+
+    class User:
+        def __init__(self, uid: int) -> None:
+            self.uid = uid
+
+    with pytest.raises(TypeError, match="memory address"):
+        KeyTemplate("profile:{user}").format({"user": User(1)})
+    assert KeyTemplate("profile:{user.uid}").format({"user": User(1)}) == "profile:1"
+
+
+def test_a_template_field_over_a_set_is_the_same_in_every_process() -> None:
+    """str() of a set follows the hash seed (break 2)."""
+    program = (
+        "from cachewise.keys import KeyTemplate;"
+        "print(KeyTemplate('r:{s}').format({'s': {'eu-west', 'us-east', 'ap-south', 'sa-x'}}))"
+    )
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", program],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": str(seed), "PATH": ""},
+        ).stdout
+        for seed in (1, 2, 3, 4)
+    }
+    assert len(keys) == 1
+
+
+def test_ignore_applies_to_values_of_exactly_a_builtin_type() -> None:
+    """The fast path for plain arguments skipped the filter (break 4)."""
+    with Cache() as cache:
+
+        @cache.cached(ignore=(dict, str))
+        def score(user_id: int, context: Any = None, request_id: Any = None) -> int:
+            return user_id
+
+        assert score.key_for(1, {"a": 1}, "r1") == score.key_for(1, {"b": 2}, "r2")
+        assert score.key_for(1) != score.key_for(2)
+
+
+def test_more_framework_types_are_left_out() -> None:
+    """Django's connection proxy and a LoggerAdapter were refused (break 5)."""
+    import django
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3"}})
+        django.setup()
+    from django.db import connection
+
+    with Cache() as cache:
+
+        @cache.cached()
+        def report(x: int, conn: Any, log: Any) -> int:
+            return x
+
+        adapter = logging.LoggerAdapter(logging.getLogger("x"), {})
+        assert report.key_for(1, connection, adapter).endswith("(x=1)")
+
+
+def test_a_template_of_fields_alone_takes_empty_text() -> None:
+    """ "{slug}" with "" raised (break 6)."""
+    with Cache() as cache:
+
+        @cache.cached("{slug}")
+        def page(slug: str) -> str:
+            return f"page {slug!r}"
+
+        assert page("") == page("") == "page ''"
+        assert cache.stats().hits == 1
+        assert page.key_for("") != page.key_for("%")
+
+
+def test_an_int_wider_than_4300_digits_makes_a_key() -> None:
+    """int.__repr__ refuses it by default (break 18)."""
+    big = 10**5000
+    with Cache() as cache:
+
+        @cache.cached()
+        def f(n: int) -> int:
+            return 1
+
+        @cache.cached("n:{n}")
+        def g(n: int) -> int:
+            return 1
+
+        assert f(big) == g(big) == 1
+        assert f.key_for(big) != f.key_for(big + 1)
+        assert g.key_for(big) != g.key_for(big + 1)
+
+
+# -- the reader's type -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Settings:
+    theme: str
+
+
+def test_a_get_without_a_type_inside_a_typed_load_reads_plain_entries(redis_url: str) -> None:
+    """The outer call's type leaked into the loader's own reads (break 7)."""
+    with Cache.from_url(redis_url, namespace="b07") as cache:
+        cache.set("plain", {"theme": "dark"})
+        inner: list[Any] = []
+
+        def load() -> Settings:
+            inner.append(cache.get("plain", "MISS"))
+            return Settings("dark")
+
+        assert cache.get_or_load("s", load, type=Settings) == Settings("dark")
+        assert inner == [{"theme": "dark"}]
+
+
+def test_an_async_get_without_a_type_inside_a_typed_load_reads_plain_entries(
+    redis_url: str,
+) -> None:
+    async def main() -> list[Any]:
+        async with AsyncCache.from_url(redis_url, namespace="b07a") as cache:
+            await cache.set("plain", {"theme": "dark"})
+            inner: list[Any] = []
+
+            async def load() -> Settings:
+                inner.append(await cache.get("plain", "MISS"))
+                return Settings("dark")
+
+            assert await cache.get_or_load("s", load, type=Settings) == Settings("dark")
+            return inner
+
+    assert asyncio.run(main()) == [{"theme": "dark"}]
+
+
+@dataclasses.dataclass
+class Profile:
+    n: int
+
+
+def test_the_sync_background_refresh_reads_with_the_callers_type(redis_url: str) -> None:
+    """A pool thread has no context: the refresh decoded untyped (break 20)."""
+    clock = FakeClock(1000.0)
+    with Cache.from_url(
+        redis_url, namespace="b20", ttl=10, stale_ttl=100, jitter=0, early_refresh=0, clock=clock
+    ) as cache:
+        loads: list[int] = []
+
+        @cache.cached("profile:{uid}")
+        def profile(uid: int) -> Profile:
+            loads.append(uid)
+            return Profile(len(loads))
+
+        profile(1)
+        clock.advance(15)
+        assert profile(1) == Profile(1)  # stale, refreshed in the background
+        assert cache.wait_background(5)
+        assert cache.stats().decode_errors == 0
+        assert len(loads) == 2
+
+
+# -- values that came back different -------------------------------------------------------
+
+
+class Cat(pydantic.BaseModel):
+    name: str
+
+
+class Robot(pydantic.BaseModel):
+    name: str
+
+
+class Animal(pydantic.BaseModel):
+    name: str
+
+
+class Dog(Animal):
+    breed: str
+
+
+class Owner(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(populate_by_name=True)
+
+    pet: Cat | Robot
+    best: Animal
+    secret: str = pydantic.Field(default="none", exclude=True)
+    price: str
+    display_name: str = pydantic.Field(serialization_alias="displayName")
+
+    @pydantic.field_validator("price")
+    @classmethod
+    def add_currency(cls, value: str) -> str:
+        return f"{value} EUR"
+
+
+@WRITERS
+def test_pydantic_models_read_back_as_they_were(writer: str) -> None:
+    """A union member by its class, a subclass in a base-class field, an excluded
+    field, a transforming validator not run again, serialization aliases
+    (breaks 9 and 11)."""
+    owner = Owner(
+        pet=Robot(name="R2"),
+        best=Dog(name="Rex", breed="lab"),
+        secret="s3",
+        price="10",
+        display_name="Ann",
+    )
+    back = read_back(writer, owner, Owner)
+    assert type(back.pet) is Robot
+    assert type(back.best) is Dog
+    assert back.best.breed == "lab"
+    assert back.secret == "s3"
+    assert back.price == "10 EUR"
+    assert back == owner
+
+
+class Ids(pydantic.RootModel[list[int]]):
+    pass
+
+
+@WRITERS
+def test_a_pydantic_root_model_round_trips(writer: str) -> None:
+    """It raised a non-codec error, counted as a backend failure (break 8)."""
+    assert read_back(writer, Ids([1, 2]), Ids) == Ids([1, 2])
+
+
+@dataclasses.dataclass
+class Scaled:
+    a: int
+    factor: dataclasses.InitVar[int] = 3
+
+    def __post_init__(self, factor: int) -> None:
+        self.a *= factor
+
+
+@dataclasses.dataclass
+class Needs:
+    a: int
+    factor: dataclasses.InitVar[int]
+
+    def __post_init__(self, factor: int) -> None:
+        self.a *= factor
+
+
+@attrs.define
+class Path_:
+    parts: list[str] = attrs.field(converter=lambda parts: ["root", *parts])
+
+
+@WRITERS
+def test_dataclasses_and_attrs_are_rebuilt_without_running_init_again(writer: str) -> None:
+    """InitVar and converters ran again on every read (break 10)."""
+    assert read_back(writer, Scaled(2, factor=5), Scaled) == Scaled(10, factor=1)
+    assert read_back(writer, Scaled(2, factor=5), Scaled).a == 10
+    assert read_back(writer, Needs(2, 5), Needs).a == 10
+    assert read_back(writer, Path_(["a"]), Path_).parts == ["root", "a"]
+
+
+@dataclasses.dataclass
+class Report:
+    title: str
+    total: int = dataclasses.field(init=False)
+
+
+@SHARED
+def test_a_value_whose_fields_cannot_be_read_is_refused_not_a_backend_failure(
+    make_cache: Any,
+) -> None:
+    """An unset init=False field (break 8)."""
+    cache: Facade = make_cache()
+    report = Report("q1")
+    with pytest.raises(SerializationError, match="Report"):
+        cache.set("r", report)
+    assert cache.get_or_load("r", lambda: report) is report
+    stats = cache.stats()
+    assert (stats.encode_errors, stats.backend_errors, stats.invalidations_pending) == (1, 0, 0)
+
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class Page(Generic[T]):
+    items: list[T]
+
+
+@WRITERS
+def test_a_generic_dataclass_reads_back_with_its_type_argument(writer: str) -> None:
+    """Page[Profile] read items: list[T] with the bare TypeVar (break 21)."""
+    page = Page([Profile(1), Profile(2)])
+    assert read_back(writer, page, Page[Profile]) == page
+
+
+def test_a_field_whose_annotation_does_not_resolve_leaves_the_others_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TYPE_CHECKING-only import lost every field's type (break 22)."""
+    (tmp_path / "b22models.py").write_text(
+        textwrap.dedent(
+            """
+            from __future__ import annotations
+            import dataclasses
+            from typing import TYPE_CHECKING
+            if TYPE_CHECKING:
+                from decimal import Decimal
+
+            @dataclasses.dataclass
+            class Address:
+                city: str
+
+            @dataclasses.dataclass
+            class Customer:
+                name: str
+                address: Address
+                balance: Decimal | None = None
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from b22models import Address, Customer  # type: ignore[import-not-found]
+
+    customer = Customer("Ann", Address("Oslo"))
+    assert read_back("json", customer, Customer) == customer
+
+
+@register_enum
+class Limit(float, enum.Enum):
+    NONE = math.nan
+
+
+@register_enum
+class Perm(enum.IntFlag):
+    READ = 1
+    WRITE = 2
+
+
+@WRITERS
+def test_what_could_not_be_read_back_is_refused_at_write(writer: str) -> None:
+    """An int wider than the reader takes, an enum member whose value is NaN
+    (break 17)."""
+    with pytest.raises(SerializationError, match="400,000 bits"):
+        SERIALIZERS[writer]().dumps(1 << 500_000)
+    with pytest.raises(SerializationError, match="Limit"):
+        SERIALIZERS[writer]().dumps(Limit.NONE)
+    assert read_back(writer, Perm.READ | Perm.WRITE) == Perm.READ | Perm.WRITE
+
+
+# -- hostile payloads -------------------------------------------------------------------------
+
+
+def test_a_planted_set_of_colliding_ints_is_a_quick_miss() -> None:
+    """Quadratic set building held the GIL for tens of seconds (break 12)."""
+    p = 2**61 - 1
+    items = [{"$cw": ["int", format((i + 8) * p, "x")]} for i in range(20_000)]
+    data = b"~" + json.dumps({"$cw": ["set", items]}).encode()
+    started = time.perf_counter()
+    with pytest.raises(envelope.DecodeError, match="share one hash"):
+        JsonSerializer().loads(data)
+    assert time.perf_counter() - started < 5.0  # (quadratic: a minute and more)
+    pairs = [[{"$cw": ["int", format((i + 8) * p, "x")]}, 1] for i in range(1000)]
+    with pytest.raises(envelope.DecodeError, match="share one hash"):
+        JsonSerializer().loads(b"~" + json.dumps({"$cw": ["dict", pairs]}).encode())
+
+
+def test_msgpack_timestamps_and_ext_types_are_misses() -> None:
+    """Types the codec never writes came back as hits (break 13)."""
+    import msgpack
+
+    serializer = MsgpackSerializer()
+    for planted in (msgpack.Timestamp(1, 0), msgpack.ExtType(7, b"x"), {1: "int key"}):
+        data = msgpack.packb([planted])
+        with pytest.raises(Exception):  # (any exception: the envelope's DecodeError)
+            serializer.loads(data)
+        with pytest.raises(Exception):
+            serializer.loads(b"\xc1" + data)
+
+
+def test_a_planted_flag_value_with_unknown_bits_is_a_miss() -> None:
+    """Each would stay in the class as a pseudo-member for good (break 23)."""
+    before = len(Perm._value2member_map_)
+    for bits in range(4, 2004):
+        data = b"~" + json.dumps({"$cw": ["enum", _typed.class_path(Perm), bits]}).encode()
+        with pytest.raises(envelope.DecodeError):
+            JsonSerializer().loads(data)
+    assert len(Perm._value2member_map_) <= before + 4
+
+
+def test_planted_struct_names_do_not_grow_memory_or_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each new name was kept and logged whole, for good (break 15)."""
+    serializer = JsonSerializer()
+    with caplog.at_level(logging.WARNING, logger="cachewise"):
+        for index in range(_typed._WARNED_MAX + 50):
+            name = f"x{index}." + "n" * 10_000
+            data = b"~" + json.dumps({"$cw": ["struct", name, {}]}).encode()
+            with pytest.raises(envelope.DecodeError):
+                serializer.loads(data)
+    assert len(_typed._warned_untyped) <= _typed._WARNED_MAX
+    assert all(len(record.getMessage()) < 2_000 for record in caplog.records)
+
+
+def test_a_planted_entry_header_is_the_envelope_format() -> None:
+    """(The tests above plant payloads; this pins that a whole planted entry in the
+    documented layout is what the reader decodes.)"""
+    now = time.time()
+    header = struct.pack(">BBBBB3xddddd", 0xC5, 1, 0, 1, 0, now, now + 60, now + 60, now + 60, 0)
+    from cachewise.serialization import Codec
+
+    entry = Codec().decode(header + b"[1]")
+    assert entry.value == [1]
+    assert MISSING is not entry.value
