@@ -471,3 +471,26 @@ def test_a_planted_entry_header_is_the_envelope_format() -> None:
     entry = Codec().decode(header + b"[1]")
     assert entry.value == [1]
     assert MISSING is not entry.value
+
+
+def test_a_signed_pickle_entry_copied_onto_another_key_does_not_verify(redis_url: str) -> None:
+    """The signature covered the envelope, not where it was stored: anyone who can
+    write to Redis could serve perms:1's entry as perms:2 (break 14)."""
+    import redis
+
+    from cachewise.backends._redis import value_key
+    from cachewise.serialization import PickleSerializer
+
+    secret = b"0123456789abcdef-secret"
+    with Cache.from_url(redis_url, namespace="b14", serializer=PickleSerializer(secret)) as cache:
+        cache.set("perms:1", {"admin": True})
+        cache.set("perms:2", {"admin": False})
+        assert cache.get("perms:1") == {"admin": True}
+        client = redis.Redis.from_url(redis_url)
+        try:
+            planted = client.get(value_key("b14:perms:1"))
+            client.set(value_key("b14:perms:2"), planted)
+        finally:
+            client.close()
+        assert cache.get("perms:2") is MISSING
+        assert cache.stats().decode_errors == 1

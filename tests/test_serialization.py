@@ -1679,13 +1679,18 @@ def test_the_pickle_repr_hides_the_secret() -> None:
     assert SECRET.decode() not in repr(Codec(PickleSerializer(SECRET)))
 
 
-def test_pickle_envelopes_carry_an_hmac_sha256_of_header_and_payload() -> None:
-    data = Codec(pickle_serializer()).encode(entry_of([1, 2, 3]))
+def test_pickle_envelopes_carry_an_hmac_sha256_of_key_header_and_payload() -> None:
+    codec = Codec(pickle_serializer())
+    data = codec.encode(entry_of([1, 2, 3]), "ns:perms:1")
     header = data[: envelope.HEADER_SIZE]
     mac = data[envelope.HEADER_SIZE : envelope.HEADER_SIZE + envelope.MAC_SIZE]
     payload = data[envelope.HEADER_SIZE + envelope.MAC_SIZE :]
-    assert mac == hmac.new(SECRET, header + payload, hashlib.sha256).digest()
+    bound = len(b"ns:perms:1").to_bytes(4, "big") + b"ns:perms:1"
+    assert mac == hmac.new(SECRET, bound + header + payload, hashlib.sha256).digest()
     assert data[SERIALIZER_AT] == PickleSerializer.wire_id
+    assert codec.decode(data, "ns:perms:1").value == [1, 2, 3]
+    with pytest.raises(envelope.DecodeError, match="signature"):
+        codec.decode(data, "ns:perms:2")  # the same bytes under another key
 
 
 def test_pickle_signatures_are_checked_with_a_constant_time_compare(

@@ -559,8 +559,9 @@ class Codec:
         # compression on or off still reads what its peers wrote.
         self._compressors = _available_compressors()
 
-    def encode(self, entry: Entry) -> bytes:
-        """The envelope for ``entry``."""
+    def encode(self, entry: Entry, key: str = "") -> bytes:
+        """The envelope for ``entry``, to be stored under ``key`` (a signed
+        envelope verifies only under the key it was written for)."""
         payload = self.serializer.dumps(entry.value)
         if len(payload) > self.max_value_bytes:
             raise ValueTooLargeError(
@@ -572,15 +573,19 @@ class Codec:
             packed = self.compressor.compress(payload)
             if len(packed) < len(payload):
                 payload, compressor = packed, self.compressor
-        return envelope.pack(entry, payload, serializer=self.serializer, compressor=compressor)
+        return envelope.pack(
+            entry, payload, serializer=self.serializer, compressor=compressor, key=key
+        )
 
-    def decode(self, data: bytes) -> Entry:
-        """The entry in ``data``; raises ``envelope.DecodeError`` for anything else."""
+    def decode(self, data: bytes, key: str = "") -> Entry:
+        """The entry in ``data``, read under ``key``; raises
+        ``envelope.DecodeError`` for anything else."""
         return envelope.unpack(
             data,
             serializer=self.serializer,
             compressors=self._compressors,
             max_size=self.max_value_bytes,
+            key=key,
         )
 
     def __repr__(self) -> str:

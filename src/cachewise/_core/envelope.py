@@ -77,6 +77,7 @@ def pack(
     *,
     serializer: WireSerializer,
     compressor: WireCompressor | None,
+    key: str = "",
 ) -> bytes:
     """Assemble an envelope around an already serialized (and compressed) payload.
     ``compressor`` is the one that compressed ``payload``, or ``None``."""
@@ -98,8 +99,16 @@ def pack(
     )
     header += tags
     if serializer.signed:
-        return header + serializer.mac(header + payload) + payload
+        return header + serializer.mac(_bound(key) + header + payload) + payload
     return header + payload
+
+
+def _bound(key: str) -> bytes:
+    """What a signature covers besides the envelope: the key it was written under
+    (length-prefixed), so a signed entry copied onto another key, by anyone who can
+    write to the store but does not hold the secret, fails to verify there."""
+    raw = key.encode("utf-8", "surrogatepass")
+    return struct.pack(">I", len(raw)) + raw
 
 
 def _pack_tags(entry: Entry) -> bytes:
@@ -147,6 +156,7 @@ def unpack(
     serializer: WireSerializer,
     compressors: dict[int, WireCompressor],
     max_size: int,
+    key: str = "",
 ) -> Entry:
     """Parse and check an envelope; the ``Entry`` it holds, or ``DecodeError``.
 
@@ -196,7 +206,7 @@ def unpack(
         if len(body) < MAC_SIZE:
             raise DecodeError("truncated signature")
         mac, payload = bytes(body[:MAC_SIZE]), bytes(body[MAC_SIZE:])
-        if not serializer.verify(data[:end] + payload, mac):
+        if not serializer.verify(_bound(key) + data[:end] + payload, mac):
             raise DecodeError("bad signature")
     else:
         payload = bytes(body)

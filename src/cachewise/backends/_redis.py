@@ -274,11 +274,11 @@ class _RedisCommon:
         """Redis evicts on its own; nothing is counted here."""
         return 0
 
-    def _decode(self, raw: object) -> Entry | None:
+    def _decode(self, raw: object, key: str) -> Entry | None:
         if raw is None:
             return None
         try:
-            return self.codec.decode(raw)  # type: ignore[arg-type]
+            return self.codec.decode(raw, key)  # type: ignore[arg-type]
         except envelope.DecodeError:
             self._decode_errors += 1
             return None
@@ -349,9 +349,9 @@ class _RedisCommon:
         value, lease, waiters = _keys(key)
         return [3, value, lease, waiters, token, self._lease_ms, mode]
 
-    def _parse_read(self, reply: Any) -> LeaseReply:
+    def _parse_read(self, reply: Any, key: str) -> LeaseReply:
         raw, granted, pttl = reply
-        entry = self._decode(raw)
+        entry = self._decode(raw, key)
         return LeaseReply(
             entry, bool(granted), max(int(pttl), 0) / 1000.0, raw is not None and entry is None
         )
@@ -361,7 +361,7 @@ class _RedisCommon:
         # (Positions _OP, _KEY and _STAMP of these lists are read back later.)
         keys = [4, value, lease, waiters, value + ":fence"]
         if entry is not None:
-            payload = self.codec.encode(entry)  # raises before any I/O: nothing half-written
+            payload = self.codec.encode(entry, key)  # raises before any I/O: nothing half-written
             px = self._px(entry)
             if px > 0:
                 issued = time.time_ns() // 1000
@@ -397,7 +397,7 @@ class _RedisCommon:
         """The lease holder's write, or ``None`` when the entry may not be stored
         (see ``_px``)."""
         value, lease, waiters = _keys(key)
-        payload = self.codec.encode(entry)
+        payload = self.codec.encode(entry, key)
         px = self._px(entry)
         if px <= 0:
             return None
@@ -536,7 +536,7 @@ class RedisBackend(_RedisCommon):
     def get(self, key: str) -> Entry | None:
         """One ``GET`` (plus an ``MGET`` of its tags' versions if it has tags); an
         undecodable or invalidated entry is a miss."""
-        return self._check_tags(self._decode(self._client.get(value_key(key))))
+        return self._check_tags(self._decode(self._client.get(value_key(key)), key))
 
     def _mget(self, names: list[str]) -> list[Any]:
         if self._is_cluster():
@@ -559,7 +559,7 @@ class RedisBackend(_RedisCommon):
         if not tags or self._is_cluster():
             return self.get(key)
         reply = self._client.mget([value_key(key), *map(tag_key, tags)])
-        entry = self._decode(reply[0])
+        entry = self._decode(reply[0], key)
         if entry is None or not entry.tags:
             return entry
         if self._covers(entry, tags):
@@ -589,7 +589,8 @@ class RedisBackend(_RedisCommon):
         """``MGET`` (grouped by slot on a cluster)."""
         if not keys:
             return []
-        entries = [self._decode(raw) for raw in self._mget([value_key(key) for key in keys])]
+        raws = self._mget([value_key(key) for key in keys])
+        entries = [self._decode(raw, key) for raw, key in zip(raws, keys, strict=True)]
         tags = self._tags_of(entries)
         return self._keep_valid(entries, tags, self._mget(list(map(tag_key, tags))) if tags else [])
 
@@ -668,7 +669,7 @@ class RedisBackend(_RedisCommon):
     def read_or_lease(self, key: str, token: str, mode: str = "lease") -> LeaseReply:
         """Read ``key`` and, per ``mode`` (see ``_lua.READ``), take its lease."""
         reply = self._parse_read(
-            self._script(_lua.READ, self._read_sha, self._read_args(key, token, mode))
+            self._script(_lua.READ, self._read_sha, self._read_args(key, token, mode)), key
         )
         if reply.entry is not None and reply.entry.tags:
             checked = self._check_tags(reply.entry)
@@ -963,7 +964,7 @@ class AsyncRedisBackend(_RedisCommon):
         raw = await self._client.get(value_key(key))
         if _cancels(task) > cancels:
             raise asyncio.CancelledError  # see _kept: swallowed inside redis-py
-        return await self._check_tags(self._decode(raw))
+        return await self._check_tags(self._decode(raw, key))
 
     async def _mget(self, names: list[str]) -> list[Any]:
         if self._is_cluster():
@@ -985,7 +986,7 @@ class AsyncRedisBackend(_RedisCommon):
             return await self.get(key)
         client = await self._ready()
         reply = await _kept(client.mget([value_key(key), *map(tag_key, tags)]))
-        entry = self._decode(reply[0])
+        entry = self._decode(reply[0], key)
         if entry is None or not entry.tags:
             return entry
         if self._covers(entry, tags):
@@ -1017,7 +1018,8 @@ class AsyncRedisBackend(_RedisCommon):
         """``MGET`` (grouped by slot on a cluster)."""
         if not keys:
             return []
-        entries = [self._decode(raw) for raw in await self._mget([value_key(key) for key in keys])]
+        raws = await self._mget([value_key(key) for key in keys])
+        entries = [self._decode(raw, key) for raw, key in zip(raws, keys, strict=True)]
         tags = self._tags_of(entries)
         versions = await self._mget(list(map(tag_key, tags))) if tags else []
         return self._keep_valid(entries, tags, versions)
@@ -1108,7 +1110,8 @@ class AsyncRedisBackend(_RedisCommon):
     async def read_or_lease(self, key: str, token: str, mode: str = "lease") -> LeaseReply:
         """Read ``key`` and, per ``mode``, take its lease."""
         reply = self._parse_read(
-            await self._script(_lua.READ, self._read_sha, self._read_args(key, token, mode))
+            await self._script(_lua.READ, self._read_sha, self._read_args(key, token, mode)),
+            key,
         )
         if reply.entry is not None and reply.entry.tags:
             checked = await self._check_tags(reply.entry)
