@@ -2423,7 +2423,7 @@ def test_redis_readers_never_unpickle_a_gadget_they_may_not_trust(
     redis_url: str, raw: Any, executed: list[str]
 ) -> None:
     raw.set("{forged}", Codec(pickle_serializer(OTHER_SECRET)).encode(live_entry([Gadget()])))
-    raw.set("{genuine}", Codec(pickle_serializer()).encode(live_entry([Gadget()])))
+    raw.set("{genuine}", Codec(pickle_serializer()).encode(live_entry([Gadget()]), "genuine"))
     with Cache.from_url(redis_url, serializer=PickleSerializer(SECRET)) as cache:
         assert cache.get("forged") is MISSING
         assert cache.backend.decode_errors == 1
