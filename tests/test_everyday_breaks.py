@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -494,3 +495,66 @@ def test_a_signed_pickle_entry_copied_onto_another_key_does_not_verify(redis_url
             client.close()
         assert cache.get("perms:2") is MISSING
         assert cache.stats().decode_errors == 1
+
+
+class Unstorable:
+    pass
+
+
+def test_every_concurrent_caller_gets_a_refused_value_from_one_load(redis_url: str) -> None:
+    """Callers that joined after the load began read again and loaded again, in
+    rounds: a refused write confirmed nothing (break 16). The lease, still held
+    when released, confirms no delete happened meanwhile."""
+    callers = 12
+    value = Unstorable()
+    with Cache.from_url(redis_url, namespace="b16") as cache:
+        loads: list[int] = []
+
+        def load() -> Unstorable:
+            loads.append(1)
+            deadline = time.monotonic() + 10
+            while cache.stats().coalesced < callers - 1 and time.monotonic() < deadline:
+                time.sleep(0.005)  # until every other caller has joined this load
+            return value
+
+        results: list[Any] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(cache.get_or_load("k", load)))
+            for _ in range(callers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert results == [value] * callers
+        assert len(loads) == 1
+        assert cache.stats().encode_errors == 1
+
+
+def test_every_concurrent_task_gets_a_refused_value_from_one_load(redis_url: str) -> None:
+    """The tasks join after the load began (early joiners were always served)."""
+    callers = 12
+    value = Unstorable()
+
+    async def main() -> tuple[list[Any], int]:
+        async with AsyncCache.from_url(redis_url, namespace="b16a") as cache:
+            loads: list[int] = []
+            started = asyncio.Event()
+
+            async def load() -> Unstorable:
+                loads.append(1)
+                started.set()
+                for _ in range(2000):
+                    if cache.stats().coalesced >= callers - 1:
+                        break
+                    await asyncio.sleep(0.005)  # until every other task has joined
+                return value
+
+            first = asyncio.ensure_future(cache.get_or_load("k", load))
+            await started.wait()
+            rest = await asyncio.gather(*(cache.get_or_load("k", load) for _ in range(callers - 1)))
+            return [await first, *rest], len(loads)
+
+    results, loads = asyncio.run(main())
+    assert results == [value] * callers
+    assert loads == 1

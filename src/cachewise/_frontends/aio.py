@@ -119,8 +119,8 @@ class _LocalLeases:
     async def set_leased(self, key: str, entry: Entry, token: str) -> bool:
         return self._backend.set_leased(key, entry, token)
 
-    async def release(self, key: str, token: str) -> None:
-        self._backend.release(key, token)
+    async def release(self, key: str, token: str) -> bool:
+        return self._backend.release(key, token)
 
     async def wait(self, key: str, timeout: float) -> bool:
         return await self._backend.wait_async(key, timeout)
@@ -1026,7 +1026,10 @@ class AsyncCache(CacheBase):
             # False: the lease was lost (deleted or expired) while loading.
             flight.handle.confirmed = await leases.set_leased(flight.key, entry, token)
         except _REFUSED:
-            await self._release(flight.key, token)
+            # Nothing written: if the lease was still ours, no delete happened
+            # since it was granted, and the value may go to the joiners as a
+            # written one would (see LoadState.safe_for).
+            flight.handle.confirmed = await self._release(flight.key, token)
             raise
         except Exception as exc:
             self._degraded("set", exc)
@@ -1094,13 +1097,15 @@ class AsyncCache(CacheBase):
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    async def _release(self, key: str, token: str | None) -> None:
+    async def _release(self, key: str, token: str | None) -> bool:
+        """Release the lease (errors degraded); whether it was still ours."""
         if token is None or self._leases is None:
-            return
+            return False
         try:
-            await self._leases.release(key, token)
+            return bool(await self._leases.release(key, token))
         except Exception as exc:
             self._degraded("release", exc)
+            return False
 
     # -- read-through on a shared backend with leases ------------------------------
 

@@ -863,7 +863,10 @@ class Cache(CacheBase):
             # False: the lease was lost (deleted or expired) while loading.
             call.confirmed = leases.set_leased(flight.key, entry, token)
         except _REFUSED:
-            self._release(flight.key, token)
+            # Nothing written: if the lease was still ours, no delete happened
+            # since it was granted, and the value may go to the joiners as a
+            # written one would (see LoadState.safe_for).
+            call.confirmed = self._release(flight.key, token)
             raise
         except Exception as exc:
             self._degraded("set", exc)
@@ -883,17 +886,22 @@ class Cache(CacheBase):
         with self._lock:
             if self._closed or len(self._futures) >= self._max_pending:
                 return
-            future = self._pool().submit(self._release, key, token)
+            future = self._pool().submit(self._release_quietly, key, token)
             self._futures.add(future)
         future.add_done_callback(self._forget_future)
 
-    def _release(self, key: str, token: str | None) -> None:
+    def _release_quietly(self, key: str, token: str) -> None:
+        self._release(key, token)
+
+    def _release(self, key: str, token: str | None) -> bool:
+        """Release the lease (errors degraded); whether it was still ours."""
         if token is None or self._leases is None:
-            return
+            return False
         try:
-            self._leases.release(key, token)
+            return bool(self._leases.release(key, token))
         except Exception as exc:
             self._degraded("release", exc)
+            return False
 
     # -- read-through on a shared backend with leases ------------------------------
 

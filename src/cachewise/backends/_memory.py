@@ -435,16 +435,17 @@ class MemoryBackend:
         _wake_all(wakers)
         return written
 
-    def release(self, key: str, token: str) -> None:
+    def release(self, key: str, token: str) -> bool:
         """Give ``token``'s lease up (its load failed or was not written) and wake
-        the waiters."""
+        the waiters; whether it was still ``token``'s."""
         with self._lock:
             lease = self._leases.get(key)
             if lease is None or lease[0] != token:
-                return
+                return False
             del self._leases[key]
             wakers = self._wakers.pop(key, [])
         _wake_all(wakers)
+        return True
 
     def wait(self, key: str, timeout: float) -> bool:
         """Block the calling thread until the lease on ``key`` ends (written,

@@ -148,8 +148,9 @@ class LeaseBackend(Backend, Protocol):
     def set_leased(self, key: str, entry: Entry, token: str) -> bool:
         """Write only while ``token`` still holds the lease; whether it did."""
 
-    def release(self, key: str, token: str) -> None:
-        """Give up ``token``'s lease and wake the waiters."""
+    def release(self, key: str, token: str) -> bool:
+        """Give up ``token``'s lease and wake the waiters; whether it was still
+        ``token``'s (no delete, set or clear revoked it since it was granted)."""
 
     def wait(self, key: str, timeout: float) -> bool:
         """Block until the lease holder signals, or ``timeout``; whether it did."""
@@ -169,8 +170,9 @@ class AsyncLeaseBackend(AsyncBackend, Protocol):
     async def set_leased(self, key: str, entry: Entry, token: str) -> bool:
         """Write only while ``token`` still holds the lease; whether it did."""
 
-    async def release(self, key: str, token: str) -> None:
-        """Give up ``token``'s lease and wake the waiters."""
+    async def release(self, key: str, token: str) -> bool:
+        """Give up ``token``'s lease and wake the waiters; whether it was still
+        ``token``'s."""
 
     async def wait(self, key: str, timeout: float) -> bool:
         """Block until the lease holder signals, or ``timeout``; whether it did."""

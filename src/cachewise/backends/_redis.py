@@ -693,9 +693,10 @@ class RedisBackend(_RedisCommon):
             return self._tags_match(entry, entry.tags, raw)
         return written
 
-    def release(self, key: str, token: str) -> None:
-        """Give the lease up (the load failed) and wake the waiters."""
-        self._script(_lua.RELEASE, self._release_sha, self._release_args(key, token))
+    def release(self, key: str, token: str) -> bool:
+        """Give the lease up (the load failed) and wake the waiters; whether it was
+        still ``token``'s."""
+        return bool(self._script(_lua.RELEASE, self._release_sha, self._release_args(key, token)))
 
     def wait(self, key: str, timeout: float) -> bool:
         """Block until the lease on ``key`` ends (the holder's script publishes it)
@@ -1131,9 +1132,11 @@ class AsyncRedisBackend(_RedisCommon):
             return self._tags_match(entry, entry.tags, raw)
         return written
 
-    async def release(self, key: str, token: str) -> None:
-        """Give the lease up and wake the waiters."""
-        await self._script(_lua.RELEASE, self._release_sha, self._release_args(key, token))
+    async def release(self, key: str, token: str) -> bool:
+        """Give the lease up and wake the waiters; whether it was still ``token``'s."""
+        return bool(
+            await self._script(_lua.RELEASE, self._release_sha, self._release_args(key, token))
+        )
 
     async def wait(self, key: str, timeout: float) -> bool:
         """Wait until the lease on ``key`` ends, or ``timeout``; whether it ended.
