@@ -1139,3 +1139,13 @@ def _holds_nan(value: Any, depth: int = 0) -> bool:
     if type(value) in (tuple, frozenset) and depth < MAX_DEPTH:
         return any(_holds_nan(item, depth + 1) for item in value)
     return False
+
+
+def restore(token: contextvars.Token[Any]) -> None:
+    """Undo a ``READ_TYPE.set``; a no-op in another context (a load coroutine
+    closed by the garbage collector after its loop ended runs its ``finally``
+    there)."""
+    try:
+        READ_TYPE.reset(token)
+    except ValueError:
+        pass

@@ -947,7 +947,7 @@ class AsyncCache(CacheBase):
                             )
                         value = await awaitable
                     finally:
-                        _typed.READ_TYPE.reset(untyped)
+                        _typed.restore(untyped)
                     check_reusable(value)
                     negative = bool(self._policy.is_negative(value))
                     end = clock()

@@ -786,7 +786,7 @@ class Cache(CacheBase):
                 try:
                     value = loader()
                 finally:
-                    _typed.READ_TYPE.reset(untyped)
+                    _typed.restore(untyped)
                 if inspect.isawaitable(value):
                     if inspect.iscoroutine(value):
                         value.close()  # never awaited by anyone: close it quietly
