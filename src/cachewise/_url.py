@@ -759,15 +759,19 @@ class _LazyClusterClient:
             client.close()
 
 
-def server_identity(url: str) -> str | None:
+def server_identity(url: str, **options: Any) -> str | None:
     """Which shared server ``url`` names (scheme, host, port, database; a socket's
     path; a Sentinel service and its Sentinels; no options, no password), or
     ``None`` for a process-local backend. Caches of one process on one server and
-    namespace share their held invalidations."""
+    namespace share their held invalidations.
+
+    ``options`` are ``from_url``'s backend keywords: they win over the query here
+    as they do when the backend is built (``unix://...`` with ``db=2`` is database
+    2), so the identity is the one the backend's lease scope has."""
     scheme, query = _parse(url)
     if scheme == "memory":
         return None
-    return _Target(url, scheme, dict(query)).identity()
+    return _Target(url, scheme, _merged(url, scheme, query, options)).identity()
 
 
 def _identity(base: str, host: str | None, port: int | None, database: int | None) -> str:

@@ -223,7 +223,7 @@ class Cache(CacheBase):
         backend = backend_from_url(url, "sync", serializer=serializer, **backend_options)
         cache = cls(backend, **cache_options)
         cache._owns_backend = True
-        server = server_identity(url)
+        server = server_identity(url, **backend_options)
         if server is not None:
             cache._share_held(server)
         return cache
