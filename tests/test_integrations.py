@@ -289,7 +289,16 @@ def test_sqlalchemy_invalidates_after_the_commit_and_not_before(
     assert cache.get("user:2") == "bob"
 
 
-@pytest.mark.parametrize("how", ["rollback", "exception", "close", "savepoint-then-rollback"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "rollback",
+        "exception",
+        "close",
+        "savepoint-then-rollback",
+        "released-savepoint-then-rollback",
+    ],
+)
 def test_sqlalchemy_rollback_invalidates_nothing(
     db: Database, engine: Engine, cache: SpyCache, how: str
 ) -> None:
@@ -312,11 +321,21 @@ def test_sqlalchemy_rollback_invalidates_nothing(
             rename(session, 1, "zed")
             invalidate_after_commit(session, cache, keys=["user:1"], tags=["users"])
             session.close()
-        else:
+        elif how == "savepoint-then-rollback":
             session.begin()
             with session.begin_nested():  # released: joins the root transaction
                 rename(session, 1, "zed")
                 invalidate_after_commit(session, cache, keys=["user:1"], tags=["users"])
+            session.rollback()
+        else:
+            # Registered with the root; releasing a savepoint (before_commit fires
+            # for it) does not make the root's later rollback a failed commit.
+            rename(session, 1, "zed")
+            invalidate_after_commit(session, cache, keys=["user:1"], tags=["users"])
+            with session.begin_nested():
+                session.execute(text("SELECT 1"))
+            nested = session.begin_nested()
+            nested.commit()
             session.rollback()
         # The session is reusable and a later commit does not resurrect the keys.
         rename(session, 2, "bea")
@@ -450,6 +469,25 @@ def test_sqlalchemy_failed_commit_invalidates_anyway(
         rename(session, 2, "bea")
         session.commit()  # registered nothing: invalidates nothing
     assert len(cache.calls) == 1
+    assert db.committed_name(1) == "ann"
+
+
+def test_sqlalchemy_failed_commit_with_a_savepoint_open_invalidates_anyway(
+    db: Database, engine: Engine, cache: SpyCache
+) -> None:
+    """The root's commit() with a savepoint still open releases the savepoint
+    first: a COMMIT that then fails is still a commit of unknown outcome."""
+    with Session(engine) as session:
+        root = session.begin()
+        rename(session, 1, "zed")
+        session.execute(text("INSERT INTO members (id, team_id) VALUES (1, 404)"))
+        invalidate_after_commit(session, cache, keys=["user:1"])
+        session.begin_nested()  # left open
+        invalidate_after_commit(session, cache, keys=["user:2"])
+        with pytest.raises(IntegrityError):
+            root.commit()
+        session.rollback()
+        assert cache.calls == [("delete_many", ("user:1", "user:2"), "ann")]
     assert db.committed_name(1) == "ann"
 
 
