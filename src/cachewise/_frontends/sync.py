@@ -1189,8 +1189,11 @@ class Cache(CacheBase):
         connection whose commits cannot be followed (no cachewise block on it and
         no way to tell whether a transaction is open).
 
-        If the write raises, nothing is invalidated. The declaration, with when it
-        invalidates, joins the invalidation map (``cachewise invalidation-map``).
+        If the write raises, it may have written (or committed) first, so it is
+        invalidated all the same: at once, or registered with the transaction (a
+        rollback drops it; with ``"dbapi"`` and a transaction left open outside a
+        block, at once), and its exception propagates. The declaration, with when
+        it invalidates, joins the invalidation map (``cachewise invalidation-map``).
         """
 
         def decorate(func: Callable[P, R]) -> Callable[P, R]:
