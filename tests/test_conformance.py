@@ -606,17 +606,24 @@ def test_invalidates_decorator_invalidates_after_the_write_returns(make_cache: A
     assert cache.get("user:8:profile") == "other"
 
 
-def test_invalidates_does_nothing_when_the_write_fails(make_cache: Any) -> None:
+def test_invalidates_also_when_the_write_fails(make_cache: Any) -> None:
+    """A write that raises may have written (and committed) before it did: its
+    keys and tags are invalidated too (a needless delete costs one miss, a missed
+    one a stale value), and its exception propagates unchanged."""
     cache = make_cache()
-    cache.set("user:7:profile", "kept")
+    cache.set("user:7:profile", "old", tags=["user:7"])
+    cache.set("user:7:posts", "old posts", tags=["user:7"])
+    cache.set("user:8:profile", "other")
 
-    @cache.invalidates("user:{user_id}:profile")
+    @cache.invalidates("user:{user_id}:profile", tags=["user:{user_id}"])
     def failing(user_id: int) -> None:
-        raise RuntimeError("rolled back")
+        raise RuntimeError("written, then failed")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="written, then failed"):
         cache.call(failing, 7)
-    assert cache.get("user:7:profile") == "kept"
+    assert cache.get("user:7:profile") is MISSING
+    assert cache.get("user:7:posts") is MISSING
+    assert cache.get("user:8:profile") == "other"
 
 
 def test_bumping_the_version_moves_every_key(make_cache: Any) -> None:

@@ -289,7 +289,16 @@ def test_sqlalchemy_invalidates_after_the_commit_and_not_before(
     assert cache.get("user:2") == "bob"
 
 
-@pytest.mark.parametrize("how", ["rollback", "exception", "close", "savepoint-then-rollback"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "rollback",
+        "exception",
+        "close",
+        "savepoint-then-rollback",
+        "released-savepoint-then-rollback",
+    ],
+)
 def test_sqlalchemy_rollback_invalidates_nothing(
     db: Database, engine: Engine, cache: SpyCache, how: str
 ) -> None:
@@ -312,11 +321,21 @@ def test_sqlalchemy_rollback_invalidates_nothing(
             rename(session, 1, "zed")
             invalidate_after_commit(session, cache, keys=["user:1"], tags=["users"])
             session.close()
-        else:
+        elif how == "savepoint-then-rollback":
             session.begin()
             with session.begin_nested():  # released: joins the root transaction
                 rename(session, 1, "zed")
                 invalidate_after_commit(session, cache, keys=["user:1"], tags=["users"])
+            session.rollback()
+        else:
+            # Registered with the root; releasing a savepoint (before_commit fires
+            # for it) does not make the root's later rollback a failed commit.
+            rename(session, 1, "zed")
+            invalidate_after_commit(session, cache, keys=["user:1"], tags=["users"])
+            with session.begin_nested():
+                session.execute(text("SELECT 1"))
+            nested = session.begin_nested()
+            nested.commit()
             session.rollback()
         # The session is reusable and a later commit does not resurrect the keys.
         rename(session, 2, "bea")
@@ -450,6 +469,25 @@ def test_sqlalchemy_failed_commit_invalidates_anyway(
         rename(session, 2, "bea")
         session.commit()  # registered nothing: invalidates nothing
     assert len(cache.calls) == 1
+    assert db.committed_name(1) == "ann"
+
+
+def test_sqlalchemy_failed_commit_with_a_savepoint_open_invalidates_anyway(
+    db: Database, engine: Engine, cache: SpyCache
+) -> None:
+    """The root's commit() with a savepoint still open releases the savepoint
+    first: a COMMIT that then fails is still a commit of unknown outcome."""
+    with Session(engine) as session:
+        root = session.begin()
+        rename(session, 1, "zed")
+        session.execute(text("INSERT INTO members (id, team_id) VALUES (1, 404)"))
+        invalidate_after_commit(session, cache, keys=["user:1"])
+        session.begin_nested()  # left open
+        invalidate_after_commit(session, cache, keys=["user:2"])
+        with pytest.raises(IntegrityError):
+            root.commit()
+        session.rollback()
+        assert cache.calls == [("delete_many", ("user:1", "user:2"), "ann")]
     assert db.committed_name(1) == "ann"
 
 
@@ -1313,6 +1351,74 @@ def test_invalidates_after_commit_sqlalchemy_runs_at_once_when_the_write_committ
     assert cache.get("user:1") is MISSING
 
 
+def test_invalidates_after_commit_sqlalchemy_when_the_write_raises(
+    db: Database, engine: Engine, cache: SpyCache
+) -> None:
+    """A write that raised may have written, or committed: registered with the
+    transaction all the same (a rollback drops it), or run at once if the write
+    committed."""
+
+    @cache.invalidates("user:{user_id}", after_commit="sqlalchemy")
+    def rename_then_fail(session: Session, user_id: int, name: str) -> None:
+        rename(session, user_id, name)
+        raise LookupError("audit step failed")
+
+    @cache.invalidates("user:{user_id}", after_commit="sqlalchemy")
+    def rename_commit_then_fail(session: Session, user_id: int, name: str) -> None:
+        rename(session, user_id, name)
+        session.commit()
+        raise KeyError("notification failed")
+
+    with Session(engine) as session:
+        with pytest.raises(LookupError):
+            rename_then_fail(session, 1, "bob")
+        session.rollback()  # the caller rolls back: nothing to invalidate
+    assert cache.calls == []
+    with Session(engine) as session:
+        with pytest.raises(LookupError):
+            rename_then_fail(session, 1, "zed")
+        assert cache.calls == []
+        session.commit()  # the caller commits anyway: invalidated after the commit
+    assert cache.calls == [("delete_many", ("user:1",), "zed")]
+    cache.set("user:1", "zed")
+    with Session(engine) as session:
+        with pytest.raises(KeyError):
+            rename_commit_then_fail(session, 1, "bea")
+        assert cache.calls[1:] == [("delete_many", ("user:1",), "bea")]  # at once
+    assert cache.get("user:1") is MISSING
+    assert cache.get("user:2") == "bob"
+
+
+def test_async_invalidates_after_commit_sqlalchemy_when_the_write_raises(
+    sqlite_db: Database,
+) -> None:
+    async def main() -> None:
+        engine = sqlite_db.async_engine()
+        try:
+            async with async_cache(sqlite_db) as cache:
+
+                @cache.invalidates("user:{user_id}", after_commit="sqlalchemy")
+                async def rename_then_fail(session: AsyncSession, user_id: int) -> None:
+                    await arename(session, user_id, "zed")
+                    raise LookupError("audit step failed")
+
+                async with AsyncSession(engine) as session:
+                    with pytest.raises(LookupError):
+                        await rename_then_fail(session, 1)
+                    await session.rollback()
+                assert cache.calls == []
+                async with AsyncSession(engine) as session:
+                    with pytest.raises(LookupError):
+                        await rename_then_fail(session, 1)
+                    assert cache.calls == []
+                    await session.commit()
+                assert cache.calls == [("delete_many", ("user:1",), "zed")]
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
 def test_invalidates_after_commit_sqlalchemy_needs_one_session_argument(
     db: Database, engine: Engine, cache: SpyCache
 ) -> None:
@@ -1414,6 +1520,32 @@ def test_invalidates_after_commit_django(django_db: Any, django_cache: SpyCache)
         AsyncCache().invalidates("user:{user_id}", after_commit="django")(_async_noop)
 
 
+def test_invalidates_after_commit_django_when_the_write_raises(
+    django_db: Any, django_cache: SpyCache
+) -> None:
+    from django.db import transaction as django_transaction
+
+    @django_cache.invalidates("user:{user_id}", after_commit="django")
+    def rename_then_fail(user_id: int, name: str) -> None:
+        _django_rename(django_db, user_id, name)
+        raise LookupError("audit step failed")
+
+    def rolled_back() -> None:
+        with django_transaction.atomic():
+            rename_then_fail(1, "bob")
+
+    with pytest.raises(LookupError):
+        rolled_back()
+    assert django_cache.calls == []
+    with django_transaction.atomic():
+        with pytest.raises(LookupError):
+            rename_then_fail(1, "zed")
+        assert django_cache.calls == []
+    # The block committed the UPDATE: invalidated after the commit.
+    assert django_cache.calls == [("delete_many", ("user:1",), "zed")]
+    assert django_cache.get("user:1") is MISSING
+
+
 async def _async_noop(user_id: int) -> None:
     return None
 
@@ -1451,6 +1583,68 @@ def test_invalidates_after_commit_dbapi(db: Database, cache: SpyCache) -> None:
             rename_user(None, 1, "dan")
     finally:
         conn.close()
+
+
+def test_invalidates_after_commit_dbapi_when_the_write_raises(
+    db: Database, cache: SpyCache
+) -> None:
+    @cache.invalidates("user:{user_id}", after_commit="dbapi")
+    def rename_then_fail(conn: Any, user_id: int, name: str, commit: bool = False) -> None:
+        conn.execute(f"UPDATE users SET name = {db.ph} WHERE id = {db.ph}", (name, user_id))
+        if commit:
+            conn.commit()
+        raise LookupError("audit step failed")
+
+    conn = db.connect()
+    try:
+        with pytest.raises(LookupError), transaction(conn, cache):
+            rename_then_fail(conn, 1, "bob")  # the block rolls back: nothing
+        assert cache.calls == []
+        with transaction(conn, cache):
+            with pytest.raises(LookupError):
+                rename_then_fail(conn, 1, "zed")
+            assert cache.calls == []
+        assert cache.calls == [("delete_many", ("user:1",), "zed")]  # after the commit
+        # No block, committed, then raised: at once.
+        with pytest.raises(LookupError):
+            rename_then_fail(conn, 1, "bea", commit=True)
+        assert cache.calls[1:] == [("delete_many", ("user:1",), "bea")]
+        # No block, a transaction left open: at once too (whatever the caller does
+        # with it), and the write's own exception propagates, not a RuntimeError.
+        with pytest.raises(LookupError):
+            rename_then_fail(conn, 1, "cid")
+        assert cache.calls[2:] == [("delete_many", ("user:1",), "bea")]
+        conn.rollback()
+        assert cache.get("user:2") == "bob"
+    finally:
+        conn.close()
+
+
+def test_a_failing_invalidation_never_hides_the_writes_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with BrokenCache() as broken:
+
+        @broken.invalidates("user:{user_id}")
+        def rename_then_fail(user_id: int) -> None:
+            raise LookupError("audit step failed")
+
+        with caplog.at_level(logging.ERROR, logger="cachewise"):
+            with pytest.raises(LookupError):
+                rename_then_fail(1)
+        assert "stale" in caplog.text
+
+    async def main() -> None:
+        async with AsyncBrokenCache() as abroken:
+
+            @abroken.invalidates("user:{user_id}")
+            async def arename_then_fail(user_id: int) -> None:
+                raise LookupError("audit step failed")
+
+            with pytest.raises(LookupError):
+                await arename_then_fail(1)
+
+    asyncio.run(main())
 
 
 def test_async_invalidates_after_commit_dbapi(sqlite_db: Database) -> None:

@@ -24,6 +24,7 @@ from tests.support.redis_servers import RedisServer, _require
 
 #: Nothing listens here: from_url never connects, so no server is needed.
 NOWHERE = "redis://127.0.0.1:1/0"
+CLUSTER = "redis+cluster://127.0.0.1:1"
 SECRET = "s" * 16
 
 
@@ -120,8 +121,21 @@ def test_pickle_by_name_with_a_secret_round_trips(redis_url: str) -> None:
         assert isinstance(cache.backend.codec.serializer, PickleSerializer)
         cache.set("k", {1: (2, 3)})
         assert cache.get("k") == {1: (2, 3)}
-    with Cache.from_url(f"{redis_url}?serializer=pickle", secret=SECRET) as cache:
+    with Cache.from_url(redis_url, serializer=PickleSerializer(SECRET)) as cache:
         assert cache.get("k") == {1: (2, 3)}
+
+
+@pytest.mark.parametrize("cls", [Cache, AsyncCache])
+@pytest.mark.parametrize("keywords", [{}, {"secret": SECRET}, {"serializer": "json"}])
+def test_a_query_never_chooses_pickle_even_with_a_secret_keyword(
+    cls: Any, keywords: dict[str, Any]
+) -> None:
+    """Pickle (and its secret) is a choice made in code: a URL from configuration
+    may not switch a cache to it, whatever the keywords say."""
+    with pytest.raises(ValueError, match="serializer=pickle"):
+        cls.from_url(f"{NOWHERE}?serializer=pickle", **keywords)
+    with pytest.raises(ValueError, match="serializer"):
+        cls.from_url(f"{NOWHERE}?serializer=yaml", serializer="json")
 
 
 # -- client_options ---------------------------------------------------------------------
@@ -178,6 +192,147 @@ def test_client_options_redis_py_or_cachewise_refuse_fail_at_from_url(
     for cls in (Cache, AsyncCache):
         with pytest.raises(error, match=match):
             cls.from_url(NOWHERE, client_options=options)
+
+
+@pytest.mark.parametrize("cls", [Cache, AsyncCache])
+@pytest.mark.parametrize(
+    "url", [NOWHERE, "unix:///tmp/nowhere.sock", "redis+cluster://127.0.0.1:1"]
+)
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"health_check_interval": "soon"}, TypeError, "health_check_interval"),
+        ({"health_check_interval": None}, TypeError, "health_check_interval"),
+        ({"health_check_interval": True}, TypeError, "health_check_interval"),
+        ({"socket_read_size": float("nan")}, ValueError, "socket_read_size"),
+        ({"socket_read_size": "big"}, TypeError, "socket_read_size"),
+        ({"socket_keepalive": "yes"}, TypeError, "socket_keepalive"),
+        ({"socket_keepalive_options": "x"}, TypeError, "socket_keepalive_options"),
+        ({"socket_keepalive_options": {"idle": 1}}, TypeError, "socket_keepalive_options"),
+        ({"socket_keepalive_options": {1: "x"}}, TypeError, "socket_keepalive_options"),
+    ],
+)
+def test_bad_client_option_values_fail_at_from_url_naming_the_option(
+    cls: Any, url: str, options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    """A value redis-py would only trip over at each connection (every call then a
+    backend failure, every delete held) is refused where it was given."""
+    with pytest.raises(error, match=match):
+        cls.from_url(url, client_options=options)
+
+
+@pytest.mark.parametrize("cls", [Cache, AsyncCache])
+def test_good_client_option_values_are_accepted(cls: Any) -> None:
+    import socket
+
+    options = {
+        "socket_read_size": 65536,
+        "socket_keepalive": False,
+        "socket_keepalive_options": {socket.TCP_KEEPCNT: 3},
+        "client_name": "app",
+    }
+    for url, extra in ((NOWHERE, {"health_check_interval": 2.5}), (CLUSTER, {})):
+        cache = cls.from_url(url, client_options={**options, **extra})
+        asyncio.run(cache.aclose()) if cls is AsyncCache else cache.close()
+    sentinel = cls.from_url(
+        "redis+sentinel://127.0.0.1:1/svc", sentinel_options={"health_check_interval": 1}
+    )
+    asyncio.run(sentinel.aclose()) if cls is AsyncCache else sentinel.close()
+    with pytest.raises(TypeError, match="health_check_interval"):
+        cls.from_url(
+            "redis+sentinel://127.0.0.1:1/svc", sentinel_options={"health_check_interval": "x"}
+        )
+
+
+@pytest.mark.parametrize("cls", [Cache, AsyncCache])
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"cache_config": object()}, ValueError, "RESP3"),
+        ({"cache": object()}, ValueError, "RESP3"),
+        ({"protocol": 3}, ValueError, "RESP2"),
+        ({"kwargs": {}}, TypeError, "kwargs"),
+        ({"read_from_replicas": True}, ValueError, "replica"),
+        ({"load_balancing_strategy": object()}, ValueError, "replica"),
+        ({"cluster_error_retry_attempts": 3}, ValueError, "retr"),
+        ({"startup_nodes": []}, ValueError, "URL"),
+        ({"policy_resolver": object()}, TypeError, "policy_resolver"),
+        ({"bogus": 1}, TypeError, "bogus"),
+        ({"require_full_coverage": "no"}, TypeError, "require_full_coverage"),
+        ({"reinitialize_steps": "5"}, TypeError, "reinitialize_steps"),
+        ({"address_remap": "10.0.0.1"}, TypeError, "address_remap"),
+    ],
+)
+def test_cluster_client_options_get_the_same_checks_as_any_url(
+    cls: Any, options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        cls.from_url("redis+cluster://127.0.0.1:1", client_options=options)
+
+
+@pytest.mark.parametrize("cls", [Cache, AsyncCache])
+def test_cluster_only_client_options_that_are_allowed(cls: Any) -> None:
+    cache = cls.from_url(
+        "redis+cluster://127.0.0.1:1",
+        client_options={
+            "require_full_coverage": False,
+            "reinitialize_steps": 10,
+            "dynamic_startup_nodes": False,
+            "address_remap": lambda address: address,
+            "client_name": "app",
+        },
+    )
+    asyncio.run(cache.aclose()) if cls is AsyncCache else cache.close()
+
+
+@pytest.mark.parametrize("option", ["health_check_interval", "socket_type"])
+def test_a_connection_option_a_sync_cluster_client_would_drop_is_refused(option: str) -> None:
+    # redis.cluster.RedisCluster passes only some options on to its connections:
+    # these pass the Connection check but would be dropped silently.
+    with pytest.raises(TypeError, match=rf"{option}.*on to its connections"):
+        Cache.from_url(CLUSTER, client_options={option: 1})
+    Cache.from_url(NOWHERE, client_options={option: 1}).close()
+
+
+@pytest.mark.parametrize("cls", [Cache, AsyncCache])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:urlpw@127.0.0.1:1/0",
+        "redis://user:urlpw@127.0.0.1:1/0",
+        "unix://:urlpw@/tmp/nowhere.sock",
+        "redis+cluster://:urlpw@127.0.0.1:1",
+        "redis+sentinel://:urlpw@127.0.0.1:1/mymaster/0",
+    ],
+)
+@pytest.mark.parametrize("option", ["password", "username", "credential_provider"])
+def test_credentials_in_the_url_and_in_client_options_are_a_value_error(
+    cls: Any, url: str, option: str
+) -> None:
+    if option == "username" and "user:" not in url:
+        url = url.replace("://:", "://user:")
+    value: Any = "optpw"
+    if option == "credential_provider":
+        from redis.credentials import UsernamePasswordCredentialProvider
+
+        value = UsernamePasswordCredentialProvider("u", "p")
+    with pytest.raises(ValueError, match=rf"(?s){option}.*URL.*client_options"):
+        cls.from_url(url, client_options={option: value})
+
+
+@pytest.mark.parametrize("cls", [Cache, AsyncCache])
+def test_credentials_in_one_place_are_used(cls: Any) -> None:
+    cache = cls.from_url(NOWHERE, client_options={"password": "optpw"})
+    for pool in _pools(cache):
+        assert pool.connection_kwargs["password"] == "optpw"
+    asyncio.run(cache.aclose()) if cls is AsyncCache else cache.close()
+    # The Sentinels' own password is not the master's: no conflict.
+    cache = cls.from_url(
+        "redis+sentinel://:urlpw@127.0.0.1:1/mymaster/0", sentinel_options={"password": "s"}
+    )
+    for pool in _pools(cache):
+        assert pool.connection_kwargs["password"] == "urlpw"
+    asyncio.run(cache.aclose()) if cls is AsyncCache else cache.close()
 
 
 def test_client_options_are_live_on_a_real_server(redis_url: str) -> None:
@@ -306,6 +461,27 @@ def test_unix_socket_identities_follow_the_path_and_database(
     assert one == client_identity(redis.Redis(unix_socket_path=path))
     with Cache.from_url(f"unix://{path}") as cache:
         assert client_identity(_inner(cache).client) == one
+
+
+@pytest.mark.parametrize("cls", [Cache, AsyncCache])
+def test_a_database_given_as_a_keyword_is_part_of_the_identity(cls: Any) -> None:
+    """Caches on two databases of one socket share no held invalidations: a delete
+    held by one must never be settled on the other's database."""
+    url = "unix:///tmp/nowhere.sock"
+    assert server_identity(url, db=2) == server_identity(f"{url}?db=2")
+    assert server_identity(url, db=2) != server_identity(url, db=1)
+    assert server_identity(f"{url}?db=1", db=2) == server_identity(url, db=2)  # keyword wins
+    assert server_identity(url, db=0, socket_timeout=3) == server_identity(url)
+    one, two, again = cls.from_url(url, db=1), cls.from_url(url, db=2), cls.from_url(f"{url}?db=2")
+    try:
+        assert one._held is not two._held
+        assert two._held is again._held
+        # The lease scope and the identity name one database.
+        assert client_identity(_inner(one).client) == server_identity(url, db=1)
+        assert client_identity(_inner(two).client) == server_identity(url, db=2)
+    finally:
+        for cache in (one, two, again):
+            asyncio.run(cache.aclose()) if cls is AsyncCache else cache.close()
 
 
 @pytest.mark.parametrize(

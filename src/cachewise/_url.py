@@ -26,9 +26,11 @@ client with this timeout; raise it when a delete that gives up under load, and i
 held in-process until a retry lands, is worse for you than a longer wait).
 Signed pickle needs a secret, which does not belong in a URL: pass
 ``serializer="pickle", secret=...`` or ``serializer=PickleSerializer(secret)``.
+A query's ``serializer=pickle`` is refused even when ``secret`` is a keyword.
 Keywords only: ``secret``, ``client_options`` (redis-py client options, checked
-here against redis-py's connection class) and ``sentinel_options`` (for the
-connections to the Sentinels).
+here: names against redis-py's connection class and, for a cluster, what its
+clients pass on; values by the kinds redis-py's signatures give; credentials
+against the URL's) and ``sentinel_options`` (for the connections to the Sentinels).
 
 Every number is checked here, so a value that would be accepted but unusable (a
 pool of no connections, a lease Redis cannot store, a timeout nothing can meet)
@@ -135,6 +137,8 @@ _REDIS_OPTIONS = (
     "socket_timeout",
     "connect_timeout",
 )
+#: The serializers a URL's query may name (pickle only by keyword).
+_QUERY_SERIALIZERS = ("json", "msgpack")
 #: Options only a keyword gives (a secret or a dict does not belong in a URL).
 _REDIS_KEYWORDS = ("secret", "client_options")
 
@@ -161,7 +165,34 @@ _RESERVED_CLIENT_OPTIONS = {
     "connection_class": "cachewise builds the pool",
     "single_connection_client": "cachewise builds the pool",
     "startup_nodes": "the address is part of the URL",
+    "cache": "client-side caching needs RESP3, and cachewise parses RESP2 replies",
+    "cache_config": "client-side caching needs RESP3, and cachewise parses RESP2 replies",
+    "maint_notifications_config": "maintenance notifications need RESP3, "
+    "and cachewise parses RESP2 replies",
+    "read_from_replicas": "cachewise reads the primaries: a replica may still serve "
+    "what a delete removed",
+    "load_balancing_strategy": "cachewise reads the primaries: a replica may still serve "
+    "what a delete removed",
+    "cluster_error_retry_attempts": "cachewise sets the cluster client's retries "
+    "(a timeout is never retried)",
 }
+
+#: Options of Redis Cluster's clients (sync and asyncio alike) that are not
+#: connection options, with the kind of value each takes (see _option_kind). Any
+#: other name a cluster URL takes is a connection option its clients pass on.
+_CLUSTER_OPTIONS = {
+    "require_full_coverage": "bool",
+    "reinitialize_steps": "number",
+    "dynamic_startup_nodes": "bool",
+    "address_remap": "callable",
+}
+
+#: Options that take a mapping, where redis-py's signatures do not say so.
+_MAPPING_OPTIONS = ("socket_keepalive_options",)
+
+#: Options that name credentials: given both in the URL and in client_options,
+#: one of them would be dropped (or redis-py would refuse the pair).
+_CREDENTIAL_OPTIONS = ("username", "password", "credential_provider")
 
 
 def _parse(url: str) -> tuple[str, dict[str, str]]:
@@ -298,6 +329,20 @@ def _merged(
                 f"unknown query option {name!r} for {scheme}://; supported: "
                 + ", ".join(n for n in accepted if n not in _REDIS_KEYWORDS)
             )
+    serializer = query.get("serializer")
+    if serializer is not None and serializer not in _QUERY_SERIALIZERS:
+        # Signed pickle runs code from what it reads: a URL from configuration may
+        # not choose it, even when the code passes a secret.
+        hint = (
+            "; pickle is chosen in code only: pass serializer='pickle' (with secret=...) "
+            "to from_url"
+            if serializer == "pickle"
+            else ""
+        )
+        raise ValueError(
+            f"query option serializer={serializer} is not allowed in a URL: "
+            f"use {' or '.join(_QUERY_SERIALIZERS)}{hint}"
+        )
     for name in keywords:
         if name not in accepted:
             raise TypeError(
@@ -355,6 +400,9 @@ class _Target:
             return
         if not parts.hostname:
             raise ValueError(f"{scheme}:// URLs need a host, got {url!r}")
+        # (As redis-py reads them: an empty user is none.)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password is not None else None
         try:
             port = parts.port
         except ValueError:
@@ -411,41 +459,48 @@ def _check_client_options(
     target: _Target, options: object, flavour: Flavour, name: str = "client_options"
 ) -> dict[str, Any]:
     """``client_options`` checked now, not at the first connection: a name cachewise
-    sets itself, or one redis-py's connection class does not take, is an error
-    here (redis-py would only raise once a connection is made, and a cluster
-    client would silently drop it)."""
+    sets itself, one redis-py's connection class does not take (or a cluster
+    client would not pass on), credentials the URL gives already, and a value of
+    the wrong kind are errors here. redis-py would only raise once a connection is
+    made (every call a backend failure from then on), and a cluster client would
+    silently drop what it does not pass on."""
     if options is None:
         return {}
     if not isinstance(options, Mapping):
         raise TypeError(f"{name} must be a dict of redis-py options, not {type(options).__name__}")
     result = dict(options)
-    cluster_names: set[str] = set()
-    if target.kind == "cluster":
-        cluster_names = set(
-            inspect.signature(_redis_module("redis.cluster").RedisCluster.__init__).parameters
-        )
-    modules = (
+    module_names = (
         ["redis.connection"]
         if flavour == "sync"
         else ["redis.connection", "redis.asyncio.connection"]
     )
+    connection_classes_ = []
+    for module_name in module_names:
+        module = _redis_module(module_name)
+        connection_classes_.append(
+            module.UnixDomainSocketConnection
+            if target.kind == "unix"
+            else module.SSLConnection
+            if target.tls
+            else module.Connection
+        )
+    cluster = target.kind == "cluster" and name == "client_options"
     for option, value in result.items():
         if not isinstance(option, str):
             raise TypeError(f"{name} keys must be str, got {option!r}")
         reason = _RESERVED_CLIENT_OPTIONS.get(option)
         if reason is not None:
             raise ValueError(f"{name} may not set {option!r}: {reason}")
-        if option in cluster_names:
+        if name == "client_options" and option in _CREDENTIAL_OPTIONS:
+            _check_credentials(target, option)
+        if cluster and option in _CLUSTER_OPTIONS:
+            _check_value(name, option, value, _CLUSTER_OPTIONS[option])
             continue
-        for module_name in modules:
-            module = _redis_module(module_name)
-            connection_class = (
-                module.UnixDomainSocketConnection
-                if target.kind == "unix"
-                else module.SSLConnection
-                if target.tls
-                else module.Connection
-            )
+        if cluster:
+            _check_cluster_passes_on(option, flavour)
+        # Before the connection is built: redis-py checks few values there.
+        _check_value(name, option, value, _option_kind(option, connection_classes_))
+        for connection_class in connection_classes_:
             try:
                 connection_class(**{option: value})  # built, never connected
             except TypeError as exc:
@@ -457,6 +512,100 @@ def _check_client_options(
                     f"{option!r}{hint}"
                 ) from None
     return result
+
+
+def _check_credentials(target: _Target, option: str) -> None:
+    """Refuse credentials in ``client_options`` when the URL has its own: redis-py
+    would drop one of them (the URL wins) or refuse the pair at the first call."""
+    given = {"username": target.username, "password": target.password}
+    if option in given:
+        clash = given[option] is not None
+    else:  # a credential_provider replaces both
+        clash = target.username is not None or target.password is not None
+    if clash and option in given:
+        raise ValueError(
+            f"the {option} is given twice, in the URL and in client_options[{option!r}]: "
+            "give it in one place"
+        )
+    if clash:
+        raise ValueError(
+            f"{option} conflicts with the credentials in the URL: give them in the URL "
+            "or in client_options, not both"
+        )
+
+
+def _check_cluster_passes_on(option: str, flavour: Flavour) -> None:
+    """Refuse a connection option a Redis Cluster client would drop (the sync one
+    keeps a list of what it passes on to its connections) or refuse (the asyncio
+    one takes a fixed set of keywords)."""
+    sync_allowed = getattr(_redis_module("redis.cluster"), "REDIS_ALLOWED_KEYS", None)
+    if sync_allowed is not None and option not in sync_allowed:
+        raise TypeError(
+            f"client_options: redis-py's RedisCluster does not pass option {option!r} "
+            "on to its connections"
+        )
+    if flavour == "async":
+        init = _redis_module("redis.asyncio.cluster").RedisCluster.__init__
+        if option not in inspect.signature(init).parameters:
+            raise TypeError(
+                f"client_options: redis-py's asyncio RedisCluster takes no option {option!r}"
+            )
+
+
+def _option_kind(option: str, classes: Sequence[Any]) -> str | None:
+    """What a redis-py option takes, from the signatures of ``classes`` (and their
+    bases): ``"bool"`` where the default is a bool, ``"number"`` where it is a
+    number, ``"mapping"`` and ``"callable"`` where the annotation says so; None
+    when they do not tell."""
+    if option in _MAPPING_OPTIONS:
+        return "mapping"
+    for cls in classes:
+        for klass in cls.__mro__:
+            init = vars(klass).get("__init__")
+            if init is None:
+                continue
+            try:
+                parameter = inspect.signature(init).parameters.get(option)
+            except (TypeError, ValueError):  # pragma: no cover - a C signature
+                continue
+            if parameter is None or parameter.kind not in _NAMED_PARAMETERS:
+                continue
+            default, annotation = parameter.default, str(parameter.annotation)
+            if isinstance(default, bool):
+                return "bool"
+            if isinstance(default, (int, float)):
+                return "number"
+            if "Mapping" in annotation:
+                return "mapping"
+            if "Callable" in annotation:
+                return "callable"
+    return None
+
+
+_NAMED_PARAMETERS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _check_value(name: str, option: str, value: object, kind: str | None) -> None:
+    """``value`` is of the ``kind`` ``option`` takes (see ``_option_kind``)."""
+    label = f"{name}[{option!r}]"
+    if kind == "bool" and not isinstance(value, bool):
+        raise TypeError(f"{label} must be a bool, not {type(value).__name__}")
+    if kind == "number":
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError(f"{label} must be a number, not {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"{label} must be a finite number, got {value!r}")
+    if kind == "callable" and value is not None and not callable(value):
+        raise TypeError(f"{label} must be callable, not {type(value).__name__}")
+    if kind == "mapping" and value is not None:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{label} must be a dict, not {type(value).__name__}")
+        if option == "socket_keepalive_options":  # setsockopt(level, int, int | bytes)
+            for key, item in value.items():
+                if not isinstance(key, int) or isinstance(key, bool):
+                    raise TypeError(f"{label} keys must be socket option numbers, got {key!r}")
+                if not isinstance(item, (int, bytes)) or isinstance(item, bool):
+                    raise TypeError(f"{label} values must be ints or bytes, got {item!r}")
 
 
 def _redis(
@@ -759,15 +908,19 @@ class _LazyClusterClient:
             client.close()
 
 
-def server_identity(url: str) -> str | None:
+def server_identity(url: str, **options: Any) -> str | None:
     """Which shared server ``url`` names (scheme, host, port, database; a socket's
     path; a Sentinel service and its Sentinels; no options, no password), or
     ``None`` for a process-local backend. Caches of one process on one server and
-    namespace share their held invalidations."""
+    namespace share their held invalidations.
+
+    ``options`` are ``from_url``'s backend keywords: they win over the query here
+    as they do when the backend is built (``unix://...`` with ``db=2`` is database
+    2), so the identity is the one the backend's lease scope has."""
     scheme, query = _parse(url)
     if scheme == "memory":
         return None
-    return _Target(url, scheme, dict(query)).identity()
+    return _Target(url, scheme, _merged(url, scheme, query, options)).identity()
 
 
 def _identity(base: str, host: str | None, port: int | None, database: int | None) -> str:

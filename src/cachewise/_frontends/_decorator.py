@@ -354,8 +354,9 @@ class AfterCommitHook(Protocol):
         raise ``TypeError`` (nothing is written then)."""
 
     def after(self, found: Any, keys: list[str], tags: list[str]) -> bool:
-        """Once the write returned: register ``keys`` and ``tags`` to be invalidated
-        when the transaction in ``found`` commits (dropped if it rolls back).
+        """Once the write returned (or raised): register ``keys`` and ``tags`` to be
+        invalidated when the transaction in ``found`` commits (dropped if it rolls
+        back).
         ``True``: the invalidation must (also) run now, because the write has
         committed already or there is no transaction to wait for."""
 
@@ -397,7 +398,19 @@ def invalidating(
         keys, tags = invalidator.fill(bound)
         cache._check_names(keys, tags)
         found = None if hook is None else hook.before(invalidator.values(bound))
-        result = func(*args, **kwargs)
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            # It may have written, or committed, before it raised: see _after_failure.
+            if _after_failure(hook, found, keys, tags):
+                try:
+                    if keys:
+                        cache.delete_many(keys)
+                    if tags:
+                        cache.invalidate_tags(*tags)
+                except Exception as error:
+                    _failed_after_failure(cache, invalidator, exc, error)
+            raise
         if hook is None or hook.after(found, keys, tags):
             if keys:
                 cache.delete_many(keys)
@@ -406,6 +419,43 @@ def invalidating(
         return result
 
     return wrapper
+
+
+def _after_failure(
+    hook: AfterCommitHook | None, found: Any, keys: list[str], tags: list[str]
+) -> bool:
+    """Whether to invalidate at once after a write that raised.
+
+    A write that raises may have written before it did (the caller may catch
+    the exception and commit), or committed (a failure after its commit): what
+    it invalidates is invalidated all the same, the same way as on a return
+    (deletes are cheap; a missed one is a stale value for a whole TTL). With an
+    after-commit hook the invalidation is registered with the transaction, and
+    dropped if it rolls back. Where the hook cannot follow the transaction (a
+    DB-API write that left one open with no cachewise block), it runs at once;
+    the write's own exception propagates in every case."""
+    if hook is None:
+        return True
+    try:
+        return hook.after(found, keys, tags)
+    except Exception:
+        return True
+
+
+def _failed_after_failure(
+    cache: Cache | AsyncCache, invalidator: Invalidator, exc: BaseException, error: Exception
+) -> None:
+    """An invalidation after a write that raised failed too: logged, not raised
+    (the write's exception is the one its caller must see)."""
+    logger.error(
+        "cachewise: invalidating after %s() raised %s failed (%s: %s); "
+        "the values it covers may be stale until they expire",
+        invalidator.name,
+        type(exc).__name__,
+        type(error).__name__,
+        error,
+        exc_info=error,
+    )
 
 
 def async_invalidating(
@@ -423,7 +473,20 @@ def async_invalidating(
         keys, tags = invalidator.fill(bound)
         cache._check_names(keys, tags)  # before the write: see invalidating
         found = None if hook is None else hook.before(invalidator.values(bound))
-        result = await func(*args, **kwargs)
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            # It may have written, or committed, before it raised (or was
+            # cancelled): see _after_failure.
+            if _after_failure(hook, found, keys, tags):
+                try:
+                    if keys:
+                        await cache.delete_many(keys)
+                    if tags:
+                        await cache.invalidate_tags(*tags)
+                except Exception as error:
+                    _failed_after_failure(cache, invalidator, exc, error)
+            raise
         if hook is None or hook.after(found, keys, tags):
             if keys:
                 await cache.delete_many(keys)

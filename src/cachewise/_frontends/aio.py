@@ -270,7 +270,7 @@ class AsyncCache(CacheBase):
         backend = backend_from_url(url, "async", serializer=serializer, **backend_options)
         cache = cls(backend, **cache_options)
         cache._owns_backend = True
-        server = server_identity(url)
+        server = server_identity(url, **backend_options)
         if server is not None:
             cache._share_held(server)
         return cache

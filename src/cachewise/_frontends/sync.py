@@ -224,7 +224,7 @@ class Cache(CacheBase):
         backend = backend_from_url(url, "sync", serializer=serializer, **backend_options)
         cache = cls(backend, **cache_options)
         cache._owns_backend = True
-        server = server_identity(url)
+        server = server_identity(url, **backend_options)
         if server is not None:
             cache._share_held(server)
         return cache
@@ -1209,8 +1209,11 @@ class Cache(CacheBase):
         connection whose commits cannot be followed (no cachewise block on it and
         no way to tell whether a transaction is open).
 
-        If the write raises, nothing is invalidated. The declaration, with when it
-        invalidates, joins the invalidation map (``cachewise invalidation-map``).
+        If the write raises, it may have written (or committed) first, so it is
+        invalidated all the same: at once, or registered with the transaction (a
+        rollback drops it; with ``"dbapi"`` and a transaction left open outside a
+        block, at once), and its exception propagates. The declaration, with when
+        it invalidates, joins the invalidation map (``cachewise invalidation-map``).
         """
 
         def decorate(func: Callable[P, R]) -> Callable[P, R]:

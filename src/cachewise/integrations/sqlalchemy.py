@@ -79,6 +79,8 @@ __all__ = ["invalidate_after_commit"]
 _PENDING = "cachewise.pending_invalidations"
 # session.info key: the root transactions whose commit has begun (_before_commit).
 _COMMITTING = "cachewise.committing"
+# session.info key: the savepoints whose release has begun (_before_commit).
+_RELEASING = "cachewise.releasing"
 # session.info key: how many root transactions have committed since _listen().
 _COMMITS = "cachewise.commits"
 
@@ -203,13 +205,27 @@ def _listen(session: Session) -> None:
 
 
 def _before_commit(session: Session) -> None:
-    # A commit is under way: if it then fails, whether the database committed is
-    # unknown (a connection lost after the server's COMMIT), so the root's batch
-    # runs anyway when its transaction ends (_after_transaction_end).
-    pending: dict[SessionTransaction, _Batch] | None = session.info.get(_PENDING)
+    # The root's commit is under way: if it then fails, whether the database
+    # committed is unknown (a connection lost after the server's COMMIT), so the
+    # root's batch runs anyway when its transaction ends (_after_transaction_end).
+    # Releasing a savepoint fires this event too, and must not mark the root: a
+    # later rollback of the root is a rollback. The event does not say which
+    # transaction commits. With no savepoint open, it is the root. With one open,
+    # it is that savepoint (released on its own), or an enclosing transaction
+    # whose commit releases the open savepoints first: then the event fires a
+    # second time with the same savepoint innermost, and that marks the root (an
+    # enclosing savepoint's release, with one inside it still open, is taken for
+    # the root's commit too: an extra invalidation at most, never a missed one).
     root = session.get_transaction()
-    if pending and root is not None and root in pending:
-        session.info.setdefault(_COMMITTING, set()).add(root)
+    if root is None:
+        return
+    savepoint = session.get_nested_transaction()
+    if savepoint is not None:
+        releasing: set[SessionTransaction] = session.info.setdefault(_RELEASING, set())
+        if savepoint not in releasing:
+            releasing.add(savepoint)
+            return
+    session.info.setdefault(_COMMITTING, set()).add(root)
 
 
 def _after_commit(session: Session) -> None:
@@ -263,6 +279,9 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
     # Every way a transaction or savepoint ends (commit, rollback, close) passes
     # here. A committed root or released savepoint was already popped by
     # _after_commit; anything still pending was rolled back or abandoned.
+    releasing: set[SessionTransaction] | None = session.info.get(_RELEASING)
+    if releasing:
+        releasing.discard(transaction)
     pending: dict[SessionTransaction, _Batch] | None = session.info.get(_PENDING)
     batch = pending.pop(transaction, None) if pending else None
     committing: set[SessionTransaction] | None = session.info.get(_COMMITTING)
