@@ -416,7 +416,7 @@ def test_the_map_says_when_each_write_invalidates(registry: Registry) -> None:
     assert forms == {"on_return": "", "with_session": "sqlalchemy", "with_connection": "dbapi"}
     text = registry.to_markdown()
     sections = {part.split("`", 1)[0].rsplit(".", 1)[1]: part for part in text.split("### `")[1:]}
-    assert "Invalidates, after it returns (namespace `app`):" in sections["on_return"]
+    assert "Invalidates, after it returns or raises (namespace `app`):" in sections["on_return"]
     assert (
         "Invalidates, after commit, when the transaction of its SQLAlchemy session argument "
         "commits" in sections["with_session"]

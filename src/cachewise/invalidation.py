@@ -34,12 +34,12 @@ _FIELD = re.compile(r"\{[^{}]*\}")
 #: invalidation runs, as the map says it.
 AFTER_COMMIT: dict[str, str] = {
     "sqlalchemy": "after commit, when the transaction of its SQLAlchemy session "
-    "argument commits (at once if none is open when it returns)",
+    "argument commits (at once if none is open when it returns or raises)",
     "django": "after commit, when Django's transaction commits (`on_commit`; at once "
     "outside `atomic()`)",
     "dbapi": "after commit, when the cachewise `transaction()` block on its DB-API "
     "connection argument commits (at once if the connection has no transaction "
-    "open when it returns)",
+    "open when it returns or raises)",
 }
 
 
@@ -66,7 +66,7 @@ class ReadSpec:
 class WriteSpec:
     """A write that invalidates: ``@cache.invalidates(*keys, tags=...,
     after_commit=...)``. ``after_commit`` is the form the decorator carries out
-    (a key of ``AFTER_COMMIT``), or ``""``: on return."""
+    (a key of ``AFTER_COMMIT``), or ``""``: when it returns or raises."""
 
     function: str
     namespace: str
@@ -78,7 +78,7 @@ class WriteSpec:
     @property
     def when(self) -> str:
         """When the invalidation runs, in words."""
-        return AFTER_COMMIT.get(self.after_commit, "after it returns")
+        return AFTER_COMMIT.get(self.after_commit, "after it returns or raises")
 
 
 class _Registration:
