@@ -553,3 +553,200 @@ def test_every_concurrent_task_gets_a_refused_value_from_one_load(redis_url: str
     results, loads = asyncio.run(main())
     assert results == [value] * callers
     assert loads == 1
+
+
+# -- the second attack round ----------------------------------------------------------------
+
+
+class Vault(pydantic.BaseModel):
+    api_key: pydantic.SecretStr
+    site: pydantic.HttpUrl
+    anything: Any = None
+
+
+@WRITERS
+def test_a_secret_comes_back_as_the_secret_not_its_mask(writer: str) -> None:
+    vault = Vault(api_key="sk-live-123", site="https://example.test/a")
+    back = read_back(writer, vault, Vault)
+    assert back.api_key.get_secret_value() == "sk-live-123"
+    assert back == vault
+
+
+@WRITERS
+def test_a_value_pydantic_would_change_is_refused_not_changed(writer: str) -> None:
+    """An IPv4Address in an Any field would come back a str."""
+    import ipaddress
+
+    with pytest.raises(SerializationError, match="IPv4Address"):
+        SERIALIZERS[writer]().dumps(
+            Vault(api_key="k", site="https://e.test", anything=ipaddress.ip_address("10.0.0.1"))
+        )
+
+
+class Price(pydantic.BaseModel):
+    amount: Any = pydantic.Field(default=None, validation_alias="price")
+    price: str = "?"
+    _etag: str = "none"
+
+
+@WRITERS
+def test_a_model_whose_alias_names_another_field_keeps_both(writer: str) -> None:
+    """model_construct matched aliases first; private attributes and the fields
+    set were dropped (breaks C2, C10)."""
+    price = Price(price="12.50")
+    price.price = "€12.50"
+    price._etag = "v17"
+    back = read_back(writer, price, Price)
+    assert (back.amount, back.price, back._etag) == ("12.50", "€12.50", "v17")
+    assert back.model_fields_set == price.model_fields_set
+    assert back == price
+
+
+class Page2(pydantic.BaseModel, Generic[T]):
+    items: list[T]
+
+
+class Item(pydantic.BaseModel):
+    id: int
+
+
+@WRITERS
+def test_a_bare_generic_model_reads_back_through_its_parametrization(writer: str) -> None:
+    page = Page2(items=[Item(id=1)])
+    assert read_back(writer, page, Page2[Item]) == page
+
+
+@WRITERS
+@pytest.mark.parametrize(
+    ("value", "tp"),
+    [
+        ([{"id": 1}], list[Item]),
+        ({"id": 1}, Item | None),
+        ("seven", int),
+        ({"a": "x"}, dict[str, int]),
+    ],
+)
+def test_a_plain_entry_that_does_not_fit_the_readers_type_is_a_miss(
+    writer: str, value: Any, tp: Any
+) -> None:
+    with pytest.raises(envelope.DecodeError):
+        read_back(writer, value, tp)
+
+
+def test_a_set_nested_in_a_template_field_is_canonical_or_refused() -> None:
+    assert KeyTemplate("p:{p}").format({"p": (frozenset({"b", "a"}), 1)}) == 'p:[set{"a","b"},1]'
+
+    @dataclasses.dataclass(frozen=True)
+    class Filter:
+        colors: frozenset[str]
+
+    with pytest.raises(TypeError, match="hash seed"):
+        KeyTemplate("s:{f}").format({"f": Filter(frozenset({"red"}))})
+
+
+def test_everyday_path_parameters_make_default_keys() -> None:
+    import datetime as dt
+    import decimal
+    import pathlib
+    import uuid
+
+    with Cache() as cache:
+
+        @cache.cached()
+        def f(x: Any) -> int:
+            return 1
+
+        ident = uuid.UUID(int=5)
+        utc = dt.datetime(2024, 1, 2, 3, tzinfo=dt.timezone.utc)
+        plus2 = dt.datetime(2024, 1, 2, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+        assert f.key_for(ident).endswith(f"(x=uuid:{ident.hex})")
+        assert f.key_for(utc) == f.key_for(plus2)  # one instant
+        assert f.key_for(dt.date(2024, 1, 2)) != f.key_for(dt.datetime(2024, 1, 2))
+        assert f.key_for(decimal.Decimal("1.50")) == f.key_for(decimal.Decimal("1.5"))
+        assert f.key_for(decimal.Decimal("2.0")) == f.key_for(2)
+        assert f.key_for(decimal.Decimal("0.1")) != f.key_for(0.1)
+        assert f.key_for(pathlib.Path("a b")) != f.key_for("a b")
+        for value in (ident, utc, dt.date(2024, 1, 2), decimal.Decimal("1.5"), pathlib.Path("x")):
+            assert f(value) == 1
+
+
+def test_a_return_type_resolves_when_a_parameter_annotation_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cachewise._frontends._decorator import return_type
+
+    (tmp_path / "c01mod.py").write_text(
+        textwrap.dedent(
+            """
+            from __future__ import annotations
+            from typing import TYPE_CHECKING
+            import dataclasses
+            if TYPE_CHECKING:
+                from sqlalchemy.orm import Session
+
+            @dataclasses.dataclass
+            class User:
+                id: int
+
+            def get_user(user_id: int, session: Session) -> User:
+                return User(user_id)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import c01mod  # type: ignore[import-not-found]
+
+    assert return_type(c01mod.get_user) is c01mod.User
+
+
+def test_a_client_name_redis_would_refuse_is_refused_at_from_url() -> None:
+    with pytest.raises(ValueError, match="client_name"):
+        Cache.from_url("redis://127.0.0.1:1/0", client_options={"client_name": "orders api"})
+
+
+def test_a_dbapi_write_that_commits_inside_a_block_is_invalidated_when_the_block_fails(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    from cachewise.integrations.dbapi import transaction
+
+    conn = sqlite3.connect(tmp_path / "c11.db")
+    try:
+        conn.execute("create table users(id int primary key, name text)")
+        conn.execute("insert into users values (7, 'Bob')")
+        conn.commit()
+        with Cache(ttl=3600) as cache:
+
+            def name() -> str:
+                return str(conn.execute("select name from users where id = 7").fetchone()[0])
+
+            @cache.cached("user:{uid}")
+            def user(uid: int) -> str:
+                return name()
+
+            @cache.invalidates("user:{uid}", after_commit="dbapi")
+            def rename(conn: sqlite3.Connection, uid: int, new: str) -> None:
+                conn.execute("update users set name = ? where id = ?", (new, uid))
+                conn.commit()  # the write commits its own work
+
+            def fail_after_rename() -> None:
+                with transaction(conn, cache):
+                    rename(conn, 7, "Ann")
+                    raise RuntimeError("a later step fails")
+
+            def fail_after_commit() -> None:
+                with transaction(conn, cache, keys=["user:7"]):
+                    conn.execute("update users set name = 'Cid' where id = 7")
+                    conn.commit()
+                    raise RuntimeError("x")
+
+            assert user(7) == "Bob"
+            with pytest.raises(RuntimeError):
+                fail_after_rename()
+            assert user(7) == name() == "Ann"
+            with pytest.raises(RuntimeError):
+                fail_after_commit()
+            assert user(7) == name() == "Cid"
+    finally:
+        conn.close()

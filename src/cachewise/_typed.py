@@ -88,11 +88,17 @@ class Struct:
     """A structured value read back without its class: the class's path and its
     fields, until the reader's type rebuilds it."""
 
-    __slots__ = ("fields", "name")
+    __slots__ = ("fields", "meta", "name")
 
-    def __init__(self, name: str, fields: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        fields: dict[str, Any],
+        meta: tuple[frozenset[str], dict[str, Any]] | None = None,
+    ) -> None:
         self.name = name
         self.fields = fields
+        self.meta = meta  # (fields set, private attributes): pydantic models
 
 
 class PydanticJson:
@@ -342,13 +348,19 @@ class _Lowerer:
         return self.lower(value, where, depth)
 
     def pydantic_leaf(self, item: Any, annotation: Any, where: str, depth: int) -> Any:
+        secret = getattr(item, "get_secret_value", None)
         try:
-            dumped = _pydantic_adapter(annotation).dump_python(item, mode="json")
-            return _tagged("pydantic", self.lower(dumped, where, depth + 1))
-        except Refused:
-            raise
+            adapter = _pydantic_adapter(annotation)
+            # A secret's JSON form is its mask: store what it hides.
+            dumped = secret() if callable(secret) else adapter.dump_python(item, mode="json")
+            back = adapter.validate_python(dumped)
+            same = type(back) is type(item) and back == item
         except Exception:
-            raise self.refuse(item, where, _advice(item)) from None
+            same = False
+        if not same:
+            # (an Any field holding an IPv4Address would come back a str)
+            raise self.refuse(item, where, _advice(item))
+        return _tagged("pydantic", self.lower(dumped, where, depth + 1))
 
     def enum_member(self, value: enum.Enum, where: str, depth: int) -> Any:
         cls = type(value)
@@ -407,10 +419,24 @@ class _Lowerer:
                         raise
                     # A pydantic-only type (HttpUrl, SecretStr...): pydantic's own
                     # JSON form of it, validated back with the field's annotation.
-                    lowered[name] = self.pydantic_leaf(item, annotations[name], where, depth)
+                    lowered[name] = self.pydantic_leaf(
+                        item, annotations[name], f"{where}.{name}", depth
+                    )
+            if kind != "pydantic":
+                return _tagged("struct", class_path(cls), lowered)
+            # What else makes two models equal, or shows in their dumps: which
+            # fields were set, and the private attributes.
+            private = getattr(value, "__pydantic_private__", None) or {}
+            meta = {
+                "set": sorted(value.model_fields_set),
+                "private": {
+                    name: self.lower(item, f"{where}.{name}", depth + 1)
+                    for name, item in private.items()
+                },
+            }
         finally:
             self.open.discard(id(value))
-        return _tagged("struct", class_path(cls), lowered)
+        return _tagged("struct", class_path(cls), lowered, meta)
 
 
 def _zone(value: dt.tzinfo | None, owner: Any) -> Any:
@@ -738,14 +764,30 @@ def _flag_bits(cls: Any) -> int:
 
 
 def _lift_struct(lifter: _Lifter, body: list[Any], depth: int) -> Struct:
-    if len(body) != 2 or type(body[0]) is not str or type(body[1]) is not dict:
+    if len(body) not in (2, 3) or type(body[0]) is not str or type(body[1]) is not dict:
         raise DecodeError("a malformed struct")
     if TAG in body[1] or not all(type(k) is str for k in body[1]):
         raise DecodeError("a malformed struct")
     _check_depth(depth)
     fields = {name: lifter.lift(item, depth + 1) for name, item in body[1].items()}
+    meta = None
+    if len(body) == 3:  # a pydantic model's fields set and private attributes
+        raw = body[2]
+        if (
+            type(raw) is not dict
+            or set(raw) != {"set", "private"}
+            or type(raw["set"]) is not list
+            or not all(type(name) is str for name in raw["set"])
+            or type(raw["private"]) is not dict
+            or TAG in raw["private"]
+        ):
+            raise DecodeError("a malformed struct")
+        meta = (
+            frozenset(raw["set"]),
+            {name: lifter.lift(item, depth + 1) for name, item in raw["private"].items()},
+        )
     lifter.needs_type = True
-    return Struct(body[0], fields)
+    return Struct(body[0], fields, meta)
 
 
 def _lift_pydantic(lifter: _Lifter, body: list[Any], depth: int) -> PydanticJson:
@@ -816,11 +858,20 @@ def finish(value: Any, needs_type: bool) -> Any:
                 )
             raise DecodeError(f"an entry holding a {name[:200]} was read without a type")
         return value
-    if value is None or (not needs_type and not _is_structured(tp)):
+    if value is None:
         # None fits every type: a function declared "-> User" that returns None
         # for "not found" keeps its negative entries (they must not reload).
         return value
     try:
+        if not needs_type and not _is_structured(tp):
+            # Nothing to rebuild: a plain entry is checked against the type at its
+            # top and down the first item of each collection (a whole walk would
+            # cost every hit a pass over the value), so an entry another writer
+            # left (plain dicts where models are expected) is a miss, not a
+            # wrong value.
+            if not _shallow_fits(value, tp, 0):
+                raise _Mismatch(f"a {type(value).__name__} does not fit {_type_name(tp)}")
+            return value
         return convert(value, tp)
     except _Mismatch as exc:
         name = _type_name(tp)
@@ -855,6 +906,39 @@ def _first_unresolved(value: Any, depth: int = 0) -> str:
             if found:
                 return found
     return ""
+
+
+def _shallow_fits(value: Any, tp: Any, depth: int) -> bool:
+    if depth > 20 or value is None:
+        return True
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Annotated:
+        return _shallow_fits(value, args[0], depth)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_shallow_fits(value, member, depth) for member in args)
+    if origin in (list, set, frozenset, tuple):
+        if not isinstance(value, origin):
+            return False
+        if not value or not args or (origin is tuple and len(args) != 2):
+            return True
+        return _shallow_fits(next(iter(value)), args[0], depth + 1)
+    if origin is dict:
+        if not isinstance(value, dict):
+            return False
+        if not value or len(args) != 2:
+            return True
+        key, item = next(iter(value.items()))
+        return _shallow_fits(key, args[0], depth + 1) and _shallow_fits(item, args[1], depth + 1)
+    if origin is not None or not isinstance(tp, type) or tp is object:
+        return True  # (Literal, Any, TypeVars, abstract collections: not checked)
+    if _struct_kind(tp) is not None:
+        return False  # a struct is never stored plain
+    if typing.is_typeddict(tp):
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, tp)
 
 
 def _is_structured(tp: Any) -> bool:
@@ -894,7 +978,13 @@ def convert(value: Any, tp: Any, env: Env | None = None) -> Any:
             return convert(value, tp.__supertype__, env)
         return _untyped(value)
     if isinstance(value, Struct):
-        return _build(value, _named_class(tp, value.name), env)
+        cls = _named_class(tp, value.name)
+        generic = getattr(tp, "__pydantic_generic_metadata__", None)
+        if cls is not tp and generic and cls is generic.get("origin"):
+            # The bare model's fields say T: bind it to what Page[User] says.
+            params = cls.__pydantic_generic_metadata__.get("parameters", ())
+            env = {**(env or {}), **dict(zip(params, generic.get("args", ()), strict=False))}
+        return _build(value, cls, env)
     if isinstance(value, EnumRef):
         if issubclass(tp, enum.Enum):
             return _enum_member(_named_class(tp, value.name), value.value)
@@ -921,6 +1011,10 @@ def _named_class(tp: type, name: str) -> Any:
     compatible, never one the payload chooses from elsewhere."""
     if class_path(tp) == name:
         return tp
+    generic = getattr(tp, "__pydantic_generic_metadata__", None)
+    if generic and generic.get("origin") is not None and class_path(generic["origin"]) == name:
+        # Page[User] declared, a bare Page(...) stored: the unparametrized model.
+        return generic["origin"]
     seen: set[type] = set()
     stack: list[type] = list(tp.__subclasses__())
     while stack and len(seen) < 10_000:
@@ -1048,12 +1142,7 @@ def _build(value: Struct, cls: Any, env: Env | None = None) -> Any:
             names = tuple(a.name for a in cls.__attrs_attrs__)
         if tuple(fields) != names and set(fields) != set(names):
             raise _Mismatch(f"the stored {value.name} has other fields than the class")
-        typed = {
-            name: convert(fields[name], hints[name], env)
-            if name in hints
-            else _untyped(fields[name])
-            for name in names
-        }
+        typed = {name: _field(fields[name], hints.get(name), env) for name in names}
         if kind == "namedtuple":
             return tuple.__new__(cls, [typed[name] for name in names])
         obj = cls.__new__(cls)
@@ -1066,6 +1155,19 @@ def _build(value: Struct, cls: Any, env: Env | None = None) -> Any:
         raise _Mismatch(f"cannot rebuild a {value.name}: {exc!r}") from None
 
 
+def _field(item: Any, annotation: Any, env: Env | None) -> Any:
+    """A stored field's value: as it was stored (exact already), unless it holds
+    what only its annotation can rebuild (a struct, an enum of an unregistered
+    class, a pydantic-only value). Annotations are not checked against values
+    that need none: a field may hold what its annotation does not say (an
+    unvalidated default, a dataclass field annotated loosely)."""
+    if not _first_unresolved(item):
+        return item
+    if annotation is None:
+        raise _Mismatch(f"a {_first_unresolved(item)} in a field without a type")
+    return convert(item, annotation, env)
+
+
 def _build_model(cls: Any, value: Struct, env: Env | None) -> Any:
     """A pydantic model from its stored attributes, converted by the field
     annotations and set with ``model_construct`` (validators ran when the value
@@ -1076,11 +1178,20 @@ def _build_model(cls: Any, value: Struct, env: Env | None) -> Any:
     if not set(declared) <= set(stored) or (not extra_allowed and not set(stored) <= set(declared)):
         raise _Mismatch(f"the stored {value.name} has other fields than the class")
     annotations = _model_annotations(cls)
-    values = {
-        name: convert(item, annotations[name], env) if name in annotations else _untyped(item)
-        for name, item in stored.items()
-    }
-    return cls.model_construct(**values)
+    values = {name: _field(item, annotations.get(name), env) for name, item in stored.items()}
+    fields_set, private = value.meta if value.meta is not None else (frozenset(declared), {})
+    private_values = {name: _untyped(item) for name, item in private.items()}
+    # Set as model_construct would, but by field name: model_construct matches
+    # aliases first, and an alias may name another field.
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", {name: values[name] for name in declared})
+    object.__setattr__(obj, "__pydantic_fields_set__", set(fields_set) & set(declared))
+    extra = {name: item for name, item in values.items() if name not in declared}
+    object.__setattr__(obj, "__pydantic_extra__", extra if extra_allowed else None)
+    object.__setattr__(obj, "__pydantic_private__", private_values or None)
+    if private_values and not getattr(cls, "__private_attributes__", None):
+        raise _Mismatch(f"the stored {value.name} has private attributes the class has not")
+    return obj
 
 
 @functools.lru_cache(maxsize=256)

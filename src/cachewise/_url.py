@@ -597,6 +597,15 @@ def _check_value(name: str, option: str, value: object, kind: str | None) -> Non
             raise ValueError(f"{label} must be a finite number, got {value!r}")
     if kind == "callable" and value is not None and not callable(value):
         raise TypeError(f"{label} must be callable, not {type(value).__name__}")
+    if option == "client_name" and value is not None:
+        # CLIENT SETNAME refuses spaces and unprintable characters: every
+        # connection would fail to open.
+        if not isinstance(value, str):
+            raise TypeError(f"{label} must be a str, not {type(value).__name__}")
+        if not value.isprintable() or " " in value:
+            raise ValueError(f"{label} may not contain spaces or control characters")
+    if option == "socket_type" and value not in (0, socket.SOCK_STREAM):
+        raise ValueError(f"{label} must be 0 or socket.SOCK_STREAM, got {value!r}")
     if kind == "mapping" and value is not None:
         if not isinstance(value, Mapping):
             raise TypeError(f"{label} must be a dict, not {type(value).__name__}")

@@ -8,6 +8,8 @@ applied), never from ``repr`` or ``hash``, which may differ between processes.
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import enum
 import functools
 import gc
@@ -15,9 +17,11 @@ import hashlib
 import inspect
 import logging
 import math
+import pathlib
 import re
 import string
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
 from types import CodeType
@@ -336,14 +340,42 @@ def _int_text(value: int) -> str:
     return ("-0x" if value < 0 else "0x") + format(abs(value), "x")
 
 
+def _holds_set(value: Any, depth: int = 0) -> bool:
+    """Whether a value's text may show a set (in containers, dataclass, attrs and
+    pydantic fields, instance attributes): its order differs between processes."""
+    if isinstance(value, (set, frozenset)):
+        return True
+    if depth > 20 or isinstance(value, (str, bytes, int, float, type)):
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(_holds_set(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return any(_holds_set(item, depth + 1) for item in (*value.keys(), *value.values()))
+    attributes = getattr(value, "__dict__", None)
+    if isinstance(attributes, dict):
+        return any(_holds_set(item, depth + 1) for item in attributes.values())
+    slots = [
+        getattr(value, name, None)
+        for cls in type(value).__mro__
+        for name in getattr(cls, "__slots__", ())
+        if isinstance(name, str)
+    ]
+    return any(_holds_set(item, depth + 1) for item in slots)
+
+
 def _formatted(value: Any, spec: str) -> str:
     """A template field's text: ``format(value, spec)``, refused when it would not
     be the same for equal values in every process."""
-    if isinstance(value, (set, frozenset)) and not spec:
+    if isinstance(value, (set, frozenset, list, tuple, dict)) and not spec and _holds_set(value):
         # Iteration order follows the hash seed: the canonical, sorted form.
         return encode_arg(value)
     if isinstance(value, int) and not spec:
         return _int_text(int(value)) if type(value) is int else format(value, spec)
+    if not isinstance(value, (set, frozenset, list, tuple, dict)) and _holds_set(value):
+        raise TypeError(
+            f"a {type(value).__name__} fills a key template with text that holds a set, "
+            "whose order follows the process's hash seed: use one of its attributes"
+        )
     text = format(value, spec)
     if _MEMORY_ADDRESS.search(text):
         # The default repr: a memory address, which the next object reuses once
@@ -429,6 +461,9 @@ def encode_arg(value: Any) -> str:
         return "{" + ",".join(f"{k}:{v}" for k, v in items) + "}"
     if isinstance(value, type):  # a class (a classmethod's cls): by its name
         return _class_part(value)
+    everyday = _everyday_arg(value)
+    if everyday is not None:
+        return everyday
     hook = getattr(value, "__cache_key__", None)
     if not callable(hook) and isinstance(value, enum.Enum):
         return f"enum:{_class_path(type(value))}.{_quote(value.name)}"
@@ -438,6 +473,35 @@ def encode_arg(value: Any) -> str:
             raise TypeError(f"{type(value).__name__}.__cache_key__() must return a str")
         return f"{_class_name(value)}({_quote(str.__str__(result))})"
     raise TypeError(f"cannot build a stable cache key from a {type(value).__name__}")
+
+
+def _everyday_arg(value: Any) -> str | None:
+    """UUIDs, dates, times, durations, Decimals and paths (FastAPI path and query
+    parameters): each in a form of its own, equal values alike."""
+    kind = type(value)
+    if kind is uuid.UUID:
+        return f"uuid:{value.hex}"
+    if kind is dt.datetime:
+        if value.tzinfo is not None and value.utcoffset() is not None:
+            # Aware: equal instants are equal, whatever their zones.
+            utc = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            return f"datetime:{_quote(utc.isoformat() + 'Z')}"
+        return f"datetime:{_quote(value.isoformat())}"
+    if kind is dt.date:
+        return f"date:{_quote(value.isoformat())}"
+    if kind is dt.time:
+        return f"time:{_quote(value.isoformat())}"
+    if kind is dt.timedelta:
+        return f"timedelta:{value.days},{value.seconds},{value.microseconds}"
+    if kind is decimal.Decimal:
+        if value.is_nan():
+            return "decimal:nan"
+        if value.is_finite() and value == value.to_integral_value():
+            return _int_text(int(value))  # equal to that int: its key
+        return f"decimal:{_quote(str(value.normalize()))}"
+    if isinstance(value, pathlib.PurePath):
+        return f"path:{_quote(str(value))}"
+    return None
 
 
 def _quote(text: str) -> str:

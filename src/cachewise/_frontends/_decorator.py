@@ -200,10 +200,16 @@ def return_type(func: Callable[..., Any]) -> Any:
     None when it declares nothing useful (no annotation, ``None``, ``Any``, or one
     that does not resolve)."""
     try:
-        hints = typing.get_type_hints(func)
+        declared = typing.get_type_hints(func).get("return")
     except Exception:
-        return None
-    declared = hints.get("return")
+        # Another annotation does not resolve (a parameter's type imported only
+        # under TYPE_CHECKING): the return annotation alone may still.
+        declared = getattr(func, "__annotations__", {}).get("return")
+        if isinstance(declared, str):
+            try:
+                declared = eval(declared, getattr(func, "__globals__", {}))
+            except Exception:
+                return None
     if typing.get_origin(declared) in (collections.abc.Awaitable, collections.abc.Coroutine):
         declared = typing.get_args(declared)[-1]  # (a callable declared -> Awaitable[T])
     if declared is None or declared is type(None) or declared is typing.Any:

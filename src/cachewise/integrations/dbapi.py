@@ -158,16 +158,19 @@ class _Hook:
         self._function = function
 
     def before(self, arguments: list[Any]) -> AfterCommit | object:
-        """The open block on a connection among ``arguments``, else the connection."""
-        blocks = {id(value): _active[id(value)] for value in arguments if id(value) in _active}
+        """The open block on a connection among ``arguments`` (with the
+        connection), else the connection."""
+        blocks = {
+            id(value): (_active[id(value)], value) for value in arguments if id(value) in _active
+        }
         if len(blocks) == 1:
-            (after,) = blocks.values()
-            if isinstance(self._cache, AsyncCache) and not after._async:
+            (found,) = blocks.values()
+            if isinstance(self._cache, AsyncCache) and not found[0]._async:
                 raise TypeError(
                     f"{self._function}(): an AsyncCache cannot be invalidated by a sync "
                     "transaction() block; use async_transaction()"
                 )
-            return after
+            return found
         connections = {
             id(value): value
             for value in arguments
@@ -192,9 +195,13 @@ class _Hook:
         """Registered with the block, else ``True`` (invalidate now) if nothing is
         left uncommitted; ``RuntimeError`` if the write left a transaction open
         that no block will commit."""
-        if isinstance(found, AfterCommit):
-            found._batch.add(self._cache, _keys(self._cache, keys), _tags(self._cache, tags))
-            return False
+        if isinstance(found, tuple):
+            block, connection = found
+            block._batch.add(self._cache, _keys(self._cache, keys), _tags(self._cache, tags))
+            # A write that committed its own work inside the block (nothing left
+            # open on the connection): invalidate now too. The block's rollback
+            # would otherwise drop an invalidation of what is already committed.
+            return _in_transaction(connection) is False
         if _autocommit(found) or not _in_transaction(found):
             return True
         raise RuntimeError(
@@ -222,8 +229,11 @@ def transaction(
     invalidate ``keys``, ``tags`` and whatever the yielded ``AfterCommit`` got.
 
     On an exception the connection is rolled back, nothing is invalidated, and the
-    exception propagates. A bad name in ``keys`` or ``tags`` raises before the
-    block starts. See the module documentation for the rules.
+    exception propagates; unless the block left nothing open to roll back (its
+    work was committed inside it, by ``connection.commit()``): then the
+    invalidation runs, since what it covers may be committed already. A bad name
+    in ``keys`` or ``tags`` raises before the block starts. See the module
+    documentation for the rules.
     """
     _check_cache(cache, allow_async=False, context="transaction()")
     after = AfterCommit(cache)
@@ -234,7 +244,10 @@ def transaction(
         try:
             yield after
         except BaseException:
+            committed = _in_transaction(connection) is False  # (see the docstring)
             connection.rollback()
+            if committed:
+                after._batch.run()
             raise
         try:
             connection.commit()
@@ -276,7 +289,10 @@ async def async_transaction(
         try:
             yield after
         except BaseException:
+            committed = _in_transaction(connection) is False  # (see transaction())
             await connection.rollback()
+            if committed and after._batch:
+                await _run_to_completion(after._batch.arun)
             raise
         try:
             await connection.commit()
