@@ -750,3 +750,13 @@ def test_a_dbapi_write_that_commits_inside_a_block_is_invalidated_when_the_block
             assert user(7) == name() == "Cid"
     finally:
         conn.close()
+
+
+@WRITERS
+@pytest.mark.parametrize("tp", [Any, dict[str, Any], list[Any], Any | None])
+def test_any_in_a_readers_type_takes_any_plain_value(writer: str, tp: Any) -> None:
+    """(typing.Any is a class in 3.11: isinstance() of it raises.)"""
+    value: Any = {"id": 1, "fmt": "json"} if "dict" in repr(tp) or tp is Any else [1, "a"]
+    if "None" in repr(tp):
+        value = {"id": 1}
+    assert read_back(writer, value, tp) == value

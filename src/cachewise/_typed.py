@@ -930,7 +930,7 @@ def _shallow_fits(value: Any, tp: Any, depth: int) -> bool:
             return True
         key, item = next(iter(value.items()))
         return _shallow_fits(key, args[0], depth + 1) and _shallow_fits(item, args[1], depth + 1)
-    if origin is not None or not isinstance(tp, type) or tp is object:
+    if origin is not None or tp is Any or tp is object or not isinstance(tp, type):
         return True  # (Literal, Any, TypeVars, abstract collections: not checked)
     if _struct_kind(tp) is not None:
         return False  # a struct is never stored plain
@@ -938,7 +938,10 @@ def _shallow_fits(value: Any, tp: Any, depth: int) -> bool:
         return isinstance(value, dict)
     if tp is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, tp)
+    try:
+        return isinstance(value, tp)
+    except TypeError:  # (a Protocol that is not runtime-checkable, say)
+        return True
 
 
 def _is_structured(tp: Any) -> bool:
