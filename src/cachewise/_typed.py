@@ -464,20 +464,14 @@ class _ZoneRefused(Exception):
         self.kind = kind
 
 
-def _lower_datetime(lowerer: _Lowerer, value: dt.datetime, where: str) -> Any:
+def _lower_clock(lowerer: _Lowerer, value: dt.datetime | dt.time, where: str) -> Any:
+    """A datetime or a time: its naive ISO text, its zone and its fold."""
     try:
         zone = _zone(value.tzinfo, value)
     except _ZoneRefused as exc:
         raise lowerer.refuse(value, where, _zone_advice(exc.kind)) from None
-    return _tagged("datetime", value.replace(tzinfo=None).isoformat(), zone, value.fold)
-
-
-def _lower_time(lowerer: _Lowerer, value: dt.time, where: str) -> Any:
-    try:
-        zone = _zone(value.tzinfo, value)
-    except _ZoneRefused as exc:
-        raise lowerer.refuse(value, where, _zone_advice(exc.kind)) from None
-    return _tagged("time", value.replace(tzinfo=None).isoformat(), zone, value.fold)
+    tag = "datetime" if type(value) is dt.datetime else "time"
+    return _tagged(tag, value.replace(tzinfo=None).isoformat(), zone, value.fold)
 
 
 def _zone_advice(kind: type) -> str:
@@ -492,9 +486,9 @@ def _lower_timedelta(lowerer: _Lowerer, value: dt.timedelta, where: str) -> Any:
 
 
 _SCALARS: dict[type, Callable[[_Lowerer, Any, str], Any]] = {
-    dt.datetime: _lower_datetime,
+    dt.datetime: _lower_clock,
     dt.date: lambda lowerer, value, where: _tagged("date", value.isoformat()),
-    dt.time: _lower_time,
+    dt.time: _lower_clock,
     dt.timedelta: _lower_timedelta,
     decimal.Decimal: lambda lowerer, value, where: _tagged("decimal", str(value)),
     uuid.UUID: lambda lowerer, value, where: _tagged("uuid", value.hex),
