@@ -423,7 +423,17 @@ class _Lowerer:
                         item, annotations[name], f"{where}.{name}", depth
                     )
             if kind != "pydantic":
-                return _tagged("struct", class_path(cls), lowered)
+                extras = _extra_attributes(value, fields)
+                if not extras:
+                    return _tagged("struct", class_path(cls), lowered)
+                meta = {
+                    "set": [],
+                    "private": {
+                        name: self.lower(item, f"{where}.{name}", depth + 1)
+                        for name, item in extras.items()
+                    },
+                }
+                return _tagged("struct", class_path(cls), lowered, meta)
             # What else makes two models equal, or shows in their dumps: which
             # fields were set, and the private attributes.
             private = getattr(value, "__pydantic_private__", None) or {}
@@ -546,6 +556,15 @@ def _struct_kind_of(cls: Any) -> str | None:
     return None
 
 
+def _extra_attributes(value: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """Instance attributes beside a dataclass's or attrs class's fields (set by
+    ``__post_init__``, or by a subclass's ``__init__``)."""
+    attributes = getattr(value, "__dict__", None)
+    if not isinstance(attributes, dict):
+        return {}
+    return {name: item for name, item in attributes.items() if name not in fields}
+
+
 def _struct_fields(value: Any, kind: str) -> dict[str, Any]:
     if kind == "dataclass":
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
@@ -645,7 +664,7 @@ def _check_depth(depth: int) -> None:
 #: and a planted set of colliding ones would make building it quadratic (tens of
 #: seconds with the GIL held). str and bytes hashes are salted per process.
 _SPREAD_FROM = 64
-_SAME_HASH_MAX = 8
+_SAME_HASH_MAX = 64  # (hash(-1) == hash(-2): honest tuples of small ints share some)
 
 
 def _spread(items: list[Any]) -> list[Any]:
@@ -902,6 +921,10 @@ def _first_unresolved(value: Any, depth: int = 0) -> str:
     return ""
 
 
+def _bound(tp: Any, env: Env | None) -> Any:
+    return (env or {}).get(tp, Any) if isinstance(tp, typing.TypeVar) else tp
+
+
 def _shallow_fits(value: Any, tp: Any, depth: int) -> bool:
     if depth > 20 or value is None:
         return True
@@ -1139,12 +1162,16 @@ def _build(value: Struct, cls: Any, env: Env | None = None) -> Any:
             names = tuple(a.name for a in cls.__attrs_attrs__)
         if tuple(fields) != names and set(fields) != set(names):
             raise _Mismatch(f"the stored {value.name} has other fields than the class")
+        env = {**_generic_bases(cls), **(env or {})}
         typed = {name: _field(fields[name], hints.get(name), env) for name in names}
         if kind == "namedtuple":
             return tuple.__new__(cls, [typed[name] for name in names])
         obj = cls.__new__(cls)
         for name in names:
             object.__setattr__(obj, name, typed[name])  # (frozen and slotted classes too)
+        # Attributes __post_init__ (or a subclass's __init__) set beside the fields.
+        for name, item in (value.meta[1] if value.meta is not None else {}).items():
+            object.__setattr__(obj, name, _untyped(item))
         return obj
     except DecodeError:
         raise
@@ -1152,13 +1179,27 @@ def _build(value: Struct, cls: Any, env: Env | None = None) -> Any:
         raise _Mismatch(f"cannot rebuild a {value.name}: {exc!r}") from None
 
 
+def _generic_bases(cls: Any) -> Env:
+    """The type variables a class binds by subclassing (``class UserPage(Page[User])``)."""
+    env: Env = {}
+    for klass in reversed(getattr(cls, "__mro__", ())):
+        for base in getattr(klass, "__orig_bases__", ()):
+            origin = typing.get_origin(base)
+            params = getattr(origin, "__parameters__", ())
+            for var, arg in zip(params, typing.get_args(base), strict=False):
+                env[var] = env.get(arg, arg) if isinstance(arg, typing.TypeVar) else arg
+    return env
+
+
 def _field(item: Any, annotation: Any, env: Env | None) -> Any:
     """A stored field's value: as it was stored (exact already), unless it holds
     what only its annotation can rebuild (a struct, an enum of an unregistered
-    class, a pydantic-only value). Annotations are not checked against values
-    that need none: a field may hold what its annotation does not say (an
-    unvalidated default, a dataclass field annotated loosely)."""
+    class, a pydantic-only value). A plain value is checked against the
+    annotation as the reader's type is (its top and first items): an entry an
+    older version of the class wrote (a dict where a model now is) is a miss."""
     if not _first_unresolved(item):
+        if annotation is not None and not _shallow_fits(item, _bound(annotation, env), 0):
+            raise _Mismatch(f"a stored {type(item).__name__} does not fit {annotation!r}")
         return item
     if annotation is None:
         raise _Mismatch(f"a {_first_unresolved(item)} in a field without a type")
@@ -1182,8 +1223,10 @@ def _build_model(cls: Any, value: Struct, env: Env | None) -> Any:
     # aliases first, and an alias may name another field.
     obj = cls.__new__(cls)
     object.__setattr__(obj, "__dict__", {name: values[name] for name in declared})
-    object.__setattr__(obj, "__pydantic_fields_set__", set(fields_set) & set(declared))
     extra = {name: item for name, item in values.items() if name not in declared}
+    object.__setattr__(
+        obj, "__pydantic_fields_set__", set(fields_set) & (set(declared) | set(extra))
+    )
     object.__setattr__(obj, "__pydantic_extra__", extra if extra_allowed else None)
     object.__setattr__(obj, "__pydantic_private__", private_values or None)
     if private_values and not getattr(cls, "__private_attributes__", None):
@@ -1257,3 +1300,32 @@ def restore(token: contextvars.Token[Any]) -> None:
         READ_TYPE.reset(token)
     except ValueError:
         pass
+
+
+def check_write(tree: Any, tagged: bool, fmt: Format) -> None:
+    """At a write whose caller declared the value's type (``get_or_load(...,
+    type=...)``, a cached function's return annotation): ``Refused`` if that type
+    could not read the value back (a model returned by a function declared
+    ``-> dict``), which would make every read of the entry a miss."""
+    tp = READ_TYPE.get()
+    if tp is None:
+        return
+    value: Any = tree
+    try:
+        value, needs_type = lift(tree, fmt) if tagged else (tree, False)
+        if value is None:
+            return
+        if not needs_type and not _is_structured(tp):
+            if _shallow_fits(value, tp, 0):
+                return
+            raise _Mismatch(f"a {type(value).__name__} is not a {_type_name(tp)}")
+        convert(value, tp)
+    except DecodeError as exc:
+        kind = type(value)
+        raise Refused(
+            f"{fmt.name} would store a value its declared type {_type_name(tp)} cannot "
+            f"read back ({exc}): declare what the function returns (its class, or a "
+            "union of its classes)",
+            kind,
+            "value",
+        ) from None

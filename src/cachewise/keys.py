@@ -366,8 +366,12 @@ def _holds_set(value: Any, depth: int = 0) -> bool:
 def _formatted(value: Any, spec: str) -> str:
     """A template field's text: ``format(value, spec)``, refused when it would not
     be the same for equal values in every process."""
-    if isinstance(value, (set, frozenset, list, tuple, dict)) and not spec and _holds_set(value):
-        # Iteration order follows the hash seed: the canonical, sorted form.
+    if not spec and (
+        isinstance(value, dict)
+        or (isinstance(value, (set, frozenset, list, tuple)) and _holds_set(value))
+    ):
+        # Iteration order follows the hash seed (sets) or the insertion order
+        # (dicts, which compare equal either way): the canonical, sorted form.
         return encode_arg(value)
     if isinstance(value, int) and not spec:
         return _int_text(int(value)) if type(value) is int else format(value, spec)
@@ -484,7 +488,10 @@ def _everyday_arg(value: Any) -> str | None:
     if kind is dt.datetime:
         if value.tzinfo is not None and value.utcoffset() is not None:
             # Aware: equal instants are equal, whatever their zones.
-            utc = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            try:
+                utc = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            except OverflowError:  # (an instant past year 1 or 9999 in UTC)
+                return f"datetime:{_quote(value.isoformat())}"
             return f"datetime:{_quote(utc.isoformat() + 'Z')}"
         return f"datetime:{_quote(value.isoformat())}"
     if kind is dt.date:
@@ -496,9 +503,20 @@ def _everyday_arg(value: Any) -> str | None:
     if kind is decimal.Decimal:
         if value.is_nan():
             return "decimal:nan"
-        if value.is_finite() and value == value.to_integral_value():
-            return _int_text(int(value))  # equal to that int: its key
-        return f"decimal:{_quote(str(value.normalize()))}"
+        if value.is_infinite():
+            return "decimal:-inf" if value.is_signed() else "decimal:inf"
+        # Equal to an int: its key. Only for modest exponents: int() of
+        # Decimal("1e999999999") would run for ever.
+        if value.is_finite() and value.adjusted() < 30 and value == value.to_integral_value():
+            return _int_text(int(value))
+        # Trailing zeros dropped by hand: normalize() follows the context (and
+        # overflows past its exponent range).
+        sign, digits, exponent = value.as_tuple()
+        text = "".join(map(str, digits)).rstrip("0") or "0"
+        exponent = int(exponent) + len(digits) - len(text.rstrip("0") or "0")
+        if text == "0":
+            exponent = 0
+        return f"decimal:{'-' if sign else ''}{text}e{exponent}"
     if isinstance(value, pathlib.PurePath):
         return f"path:{_quote(str(value))}"
     return None

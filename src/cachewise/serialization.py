@@ -245,6 +245,15 @@ def _lower(value: object, fmt: _typed.Format) -> Any:
         ) from None
 
 
+def _check_write(tree: Any, tagged: bool, fmt: _typed.Format) -> None:
+    if _typed.READ_TYPE.get() is None:  # (the usual write: nothing declared)
+        return
+    try:
+        _typed.check_write(tree, tagged, fmt)
+    except _typed.Refused as exc:
+        raise SerializationError(str(exc), exc.kind) from None
+
+
 def _encoder_refused(value: object, fmt: _typed.Format, error: Exception) -> SerializationError:
     # The walk accepted it and the encoder did not (the value changed while
     # being written, say): the encoder's word.
@@ -311,10 +320,14 @@ class JsonSerializer(Serializer):
             plain = _quick_check(value, _STDLIB_JSON_PLAIN, _JSON_KEYS)
         if plain:
             try:
-                return self._encode(value)
+                data = self._encode(value)
             except Exception:
                 pass  # (a key orjson refuses, a lone surrogate): the walk decides
+            else:
+                _check_write(value, False, _typed.JSON)
+                return data
         tree = _lower(value, _typed.JSON)
+        _check_write(tree, True, _typed.JSON)
         try:
             return _JSON_TAGGED + self._encode(tree)
         except Exception as exc:
@@ -370,10 +383,14 @@ class MsgpackSerializer(Serializer):
         """msgpack bytes, or ``SerializationError`` naming what is refused and where."""
         if _quick_check(value, _MSGPACK_PLAIN, _MSGPACK_KEYS):
             try:
-                return self._encode(value)
+                data = self._encode(value)
             except Exception:
                 pass  # (a lone surrogate): the walk decides
+            else:
+                _check_write(value, False, _typed.MSGPACK)
+                return data
         tree = _lower(value, _typed.MSGPACK)
+        _check_write(tree, True, _typed.MSGPACK)
         try:
             return _MSGPACK_TAGGED + self._encode(tree)
         except Exception as exc:
