@@ -478,3 +478,20 @@ def test_the_cli_sets_up_a_django_project_with_django_settings(tmp_path: Path) -
     )
     assert without.returncode != 0
     assert "settings are not configured" in without.stderr or "DJANGO_SETTINGS" in without.stderr
+
+
+def test_a_write_whose_template_fills_to_a_reads_keys_reaches_it() -> None:
+    """``item:{path}`` with "s/1" is the key of ``item:{shop}/{sku}`` with "s", "1"
+    (attack round C): shapes alone missed it."""
+    from cachewise.invalidation import ReadSpec, WriteSpec, _reached
+
+    def read(key: str) -> ReadSpec:
+        return ReadSpec("app.item", "app", key, (), 60.0, 0.0, 30.0)
+
+    broad = WriteSpec("app.touch", "app", ("item:{path}",), ())
+    narrow = WriteSpec("app.touch2", "app", ("item:{shop}/{sku}",), ())
+    other = WriteSpec("app.other", "app", ("item:{id}:meta",), ())
+    assert [r.key for r, _ in _reached(broad, [read("item:{shop}/{sku}")])] == ["item:{shop}/{sku}"]
+    assert [r.key for r, _ in _reached(narrow, [read("item:{path}")])] == ["item:{path}"]
+    # A colon is escaped inside fields: "item:{id}:meta" never fills to "item:{path}".
+    assert _reached(other, [read("item:{path}")]) == []

@@ -14,6 +14,7 @@ garbage-collected (a cache made per tenant and dropped), it leaves the registry.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import re
 import threading
@@ -286,18 +287,46 @@ class Registry:
         return "\n".join(lines)
 
 
+def _meet(one: str, other: str) -> bool:
+    """Whether two templates can fill to one key: the same shape, or a filling of
+    either that the other's fields can spell (``item:{path}`` with ``"s/1"`` is the
+    key of ``item:{shop}/{sku}`` with ``"s"`` and ``"1"``)."""
+    if shape(one) == shape(other):
+        return True
+    return bool(_pattern(one).fullmatch(_sample(other)) or _pattern(other).fullmatch(_sample(one)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _pattern(template: str) -> re.Pattern[str]:
+    """The keys a template can fill: its text, and for each field any text
+    without the characters the template escapes (see ``KeyTemplate.format``)."""
+    from cachewise.keys import KeyTemplate
+
+    try:
+        escaped = KeyTemplate(template)._escaped
+    except (TypeError, ValueError):
+        return re.compile(re.escape(template))
+    allowed = "[^" + re.escape("".join(sorted(escaped))) + "]"
+    field = f"(?:{allowed}|%[0-9A-F]{{2}})*"
+    parts = _FIELD.split(template)
+    return re.compile(field.join(re.escape(part) for part in parts))
+
+
+def _sample(template: str) -> str:
+    """A key the template fills to: each field a plain letter."""
+    return _FIELD.sub("x", template)
+
+
 def _reached(write: WriteSpec, reads: Iterable[ReadSpec]) -> list[tuple[ReadSpec, str]]:
     """The ``reads`` that ``write`` invalidates, each with how."""
     found: list[tuple[ReadSpec, str]] = []
-    keys = {shape(k) for k in write.keys}
-    tags = {shape(t) for t in write.tags}
     for read in reads:
         if read.namespace != write.namespace:
             continue
-        if shape(read.key) in keys:
+        if any(_meet(key, read.key) for key in write.keys):
             found.append((read, "key"))
             continue
-        shared = sorted(tags.intersection(shape(t) for t in read.tags))
+        shared = sorted({shape(t) for t in read.tags if any(_meet(w, t) for w in write.tags)})
         if shared:
             found.append((read, "tag " + ", ".join(f"`{t}`" for t in shared)))
     return found
