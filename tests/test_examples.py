@@ -48,7 +48,8 @@ def test_fastapi_service_caches_pydantic_models_on_redis_and_invalidates_after_c
         text=True,
         timeout=60,
         check=True,
-        env={**os.environ, "REDIS_URL": redis_url},
+        # (patient timeouts: a slow reply on a loaded machine would change the counts)
+        env={**os.environ, "REDIS_URL": f"{redis_url}?socket_timeout=2&connect_timeout=2"},
     )
     out = result.stdout.splitlines()
     assert out == [
