@@ -230,6 +230,7 @@ def normalize_key(key: str) -> str:
 
 _formatter = string.Formatter()
 _EMPTY_FILLING = "%"
+_NO_VALUE: Any = object()
 
 
 class KeyTemplate:
@@ -239,7 +240,7 @@ class KeyTemplate:
     'user:7:profile'
     """
 
-    __slots__ = ("_escaped", "_simple", "fields", "template")
+    __slots__ = ("_escaped", "_positional", "_prefix", "_simple", "_suffix", "fields", "template")
 
     def __init__(self, template: str) -> None:
         if not isinstance(template, str):
@@ -285,6 +286,25 @@ class KeyTemplate:
             | _ALWAYS_ESCAPED
         )
         self._simple = simple  # plain {name} fields only: the fast path
+        # The template with its fields numbered in order of first use: filled
+        # positionally on the fast path. ("{{" and "}}" stay escaped.)
+        if simple:
+            order = {name: index for index, name in enumerate(self.fields)}
+            self._positional = "".join(
+                literal.replace("{", "{{").replace("}", "}}")
+                + ("" if field is None else "{" + str(order[field]) + "}")
+                for literal, field, _, _ in parsed
+            )
+        else:
+            self._positional = ""
+        # One plain field used once ("user:{user_id}"): filled by concatenation.
+        occurrences = [field for _, field, _, _ in parsed if field is not None]
+        self._prefix: str | None = None
+        self._suffix = ""
+        if simple and len(occurrences) == 1:
+            at = next(i for i, part in enumerate(parsed) if part[1] is not None)
+            self._prefix = "".join(literal for literal, _, _, _ in parsed[: at + 1])
+            self._suffix = "".join(literal for literal, _, _, _ in parsed[at + 1 :])
 
     def check_names(self, names: Collection[str], owner: str) -> None:
         """Raise ``ValueError`` if a field is not one of ``names`` (``owner`` is for the
@@ -301,11 +321,32 @@ class KeyTemplate:
         spec)``, as ``str.format`` would write it) goes through ``quote``, so free
         text, colons and braces all make valid, distinct keys."""
         escaped = self._escaped
+        prefix = self._prefix
+        if prefix is not None:
+            # The decorated hit path's usual case: one field, an int or a str that
+            # needs no quoting (the general path below gives the same text).
+            value = values.get(self.fields[0], _NO_VALUE)
+            kind = value.__class__
+            if kind is int and value.bit_length() <= _INT_DECIMAL_BITS:
+                return prefix + int.__repr__(value) + self._suffix
+            if kind is str and value and value.isprintable() and escaped.isdisjoint(value):
+                text: str = value
+                return prefix + text + self._suffix
         try:
             if self._simple:
-                key = self.template.format_map(
-                    {name: _field_text(values[name], escaped) for name in self.fields}
-                )
+                # The common fields inline (an int, a str that needs no quoting):
+                # this is the decorated hit path.
+                texts = []
+                for name in self.fields:
+                    value = values[name]
+                    kind = value.__class__
+                    if kind is int and value.bit_length() <= _INT_DECIMAL_BITS:
+                        texts.append(int.__repr__(value))
+                    elif kind is str and value.isprintable() and escaped.isdisjoint(value):
+                        texts.append(value)
+                    else:
+                        texts.append(_field_text(value, escaped))
+                key = self._positional.format(*texts)
             else:
                 key = _QuotingFormatter(escaped).vformat(self.template, (), values)
         except (KeyError, AttributeError, IndexError) as exc:
@@ -444,6 +485,8 @@ def encode_arg(value: Any) -> str:
     # IntEnum, a str subclass) may override __repr__, __int__ or replace(), and its
     # string must still be the one its equal plain value gets.
     if isinstance(value, int):
+        if value.bit_length() <= _INT_DECIMAL_BITS:
+            return int.__repr__(value)
         return _int_text(int.__int__(value))
     if isinstance(value, float):
         # 1.0 and 1 compare equal and hash equal, so they share a key. float.__repr__
@@ -1039,10 +1082,11 @@ def function_key(
     """
     parts: list[str] = []
     names = arg_filter.names
+    plain = arg_filter.plain
     for param_name, value in bound.arguments.items():
-        if param_name in names or (
-            value.__class__ not in arg_filter.plain and arg_filter.skips_value(value)
-        ):
+        if value.__class__ not in plain and arg_filter.skips_value(value):
+            continue
+        if names and param_name in names:
             continue
         try:
             parts.append(f"{param_name}={encode_arg(value)}")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, Ty
 
 from cachewise import _forksafe
 from cachewise._errors import CacheError
+from cachewise.backends._memory import MemoryBackend
 from cachewise.invalidation import AFTER_COMMIT
 from cachewise.keys import (
     ArgFilter,
@@ -236,7 +237,12 @@ class _Cached(Generic[P, R]):
     def _value_type(self) -> Any:
         declared = self._type
         if declared is _UNRESOLVED:
-            declared = self._type = return_type(self.__wrapped__)  # type: ignore[attr-defined]
+            # Only a store that decodes needs it (the memory backend keeps the
+            # objects themselves): on memory, the typed path's cost is saved.
+            cache: Any = self.cache  # type: ignore[attr-defined]
+            decodes = not isinstance(cache.backend, MemoryBackend)
+            wrapped = self.__wrapped__  # type: ignore[attr-defined]
+            declared = self._type = return_type(wrapped) if decodes else None
         return declared
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
