@@ -39,6 +39,11 @@ from cachewise import (
 from cachewise.serialization import Codec, PickleSerializer
 from cachewise.testing import FakeClock
 from tests.conftest import Facade
+from tests.support import patient
+
+# Patient client timeouts for this module's Redis tests (see support/patient.py).
+redis_url = patient.redis_url
+redis_cluster_url = patient.redis_cluster_url
 
 # A backstop for anything the per-call deadline cannot interrupt (a blocked event loop).
 pytestmark = pytest.mark.timeout(60)
@@ -129,24 +134,6 @@ def plain(table: str, cases: Sequence[Any]) -> list[Any]:
 
 
 MATRIX = ("case", "backend_name", "flavour")
-
-
-# Every failure these tables look for is immediate (a refused key, a CROSSSLOT, an
-# encoding error); none is a timeout. Longer client timeouts than the 250 ms default
-# keep a loaded test machine from counting a slow reply as a backend error here.
-_PATIENT = "socket_timeout=1&connect_timeout=1&invalidation_timeout=1"
-
-
-@pytest.fixture
-def redis_url(redis_url: str) -> str:
-    """The shared server's URL (emptied), with patient client timeouts."""
-    return f"{redis_url}{'&' if '?' in redis_url else '?'}{_PATIENT}"
-
-
-@pytest.fixture
-def redis_cluster_url(redis_cluster_url: str) -> str:
-    """The shared cluster's URL (emptied), with patient client timeouts."""
-    return f"{redis_cluster_url}{'&' if '?' in redis_cluster_url else '?'}{_PATIENT}"
 
 
 # -- Calls under a deadline ------------------------------------------------------------

@@ -14,24 +14,11 @@ from cachewise import Cache
 from cachewise.keys import ArgFilter, KeyTemplate, check_key, quote, unquote
 
 from .conftest import Facade
+from .support import patient
 
-# Every failure these tests look for is immediate; none is a timeout. Longer client
-# timeouts than the 250 ms default keep a loaded machine (a cold cluster's first
-# reads) from counting a slow reply as a backend error, and a hit as a miss.
-_PATIENT = "socket_timeout=2&connect_timeout=2&invalidation_timeout=2"
-
-
-@pytest.fixture
-def redis_url(redis_url: str) -> str:
-    """The shared server's URL (emptied), with patient client timeouts."""
-    return f"{redis_url}{'&' if '?' in redis_url else '?'}{_PATIENT}"
-
-
-@pytest.fixture
-def redis_cluster_url(redis_cluster_url: str) -> str:
-    """The shared cluster's URL (emptied), with patient client timeouts."""
-    return f"{redis_cluster_url}{'&' if '?' in redis_cluster_url else '?'}{_PATIENT}"
-
+# Patient client timeouts for this module's Redis tests (see support/patient.py).
+redis_url = patient.redis_url
+redis_cluster_url = patient.redis_cluster_url
 
 FREE_TEXT = [
     "red shoes",

@@ -349,7 +349,9 @@ class JsonSerializer(Serializer):
                 tree = json.loads(text)  # (deeper than orjson reads: see dumps)
             return _lift(tree, _typed.JSON)
         parse = self._orjson.loads if self._orjson is not None else json.loads
-        return _typed.finish(parse(data), False)
+        value = parse(data)
+        # (the usual read declares no type: no call to finish on the hit path)
+        return value if _typed.READ_TYPE.get() is None else _typed.finish(value, False)
 
 
 def _no_ext(code: int, data: bytes) -> object:
@@ -406,7 +408,7 @@ class MsgpackSerializer(Serializer):
         value = self._msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext)
         if not _quick_check(value, _MSGPACK_PLAIN, _MSGPACK_KEYS):
             raise envelope.DecodeError("a msgpack payload holding what is never written")
-        return _typed.finish(value, False)
+        return value if _typed.READ_TYPE.get() is None else _typed.finish(value, False)
 
 
 class PickleSerializer(Serializer):

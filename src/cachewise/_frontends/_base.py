@@ -174,6 +174,24 @@ def check_loader(loader: object) -> None:
         raise TypeError(f"loader must be a zero-argument callable, not {type(loader).__name__}")
 
 
+def cache_from_url(
+    cls: Any, url: str, flavour: Any, serializer: Any, options: dict[str, Any]
+) -> Any:
+    """``from_url`` of both front ends: the keywords split between the backend and
+    the cache, the cache owning its backend, and held invalidations shared with
+    the other caches of the same server."""
+    from cachewise._url import backend_from_url, server_identity, split_options
+
+    backend_options, cache_options = split_options(url, options, constructor_options(cls))
+    backend = backend_from_url(url, flavour, serializer=serializer, **backend_options)
+    cache = cls(backend, **cache_options)
+    cache._owns_backend = True
+    server = server_identity(url, **backend_options)
+    if server is not None:
+        cache._share_held(server)
+    return cache
+
+
 class CacheBase:
     """Options, keys, entry creation and counters, shared by both front ends."""
 

@@ -24,10 +24,10 @@ from cachewise._frontends._base import (
     _SETTLE_EVERY,
     CacheBase,
     Clock,
+    cache_from_url,
     check_loader,
     check_reusable,
     check_ttl,
-    constructor_options,
     new_token,
 )
 from cachewise._frontends._cycles import (
@@ -55,7 +55,6 @@ from cachewise._frontends._decorator import (
 )
 from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING
-from cachewise._url import backend_from_url, server_identity, split_options
 from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import (
     Backend,
@@ -220,13 +219,7 @@ class Cache(CacheBase):
         clients and, for Sentinel URLs, ``sentinel_options={...}``. Any other name
         is a ``TypeError`` listing the accepted ones.
         """
-        backend_options, cache_options = split_options(url, options, constructor_options(cls))
-        backend = backend_from_url(url, "sync", serializer=serializer, **backend_options)
-        cache = cls(backend, **cache_options)
-        cache._owns_backend = True
-        server = server_identity(url, **backend_options)
-        if server is not None:
-            cache._share_held(server)
+        cache: Cache = cache_from_url(cls, url, "sync", serializer, options)
         return cache
 
     @property
