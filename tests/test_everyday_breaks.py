@@ -34,24 +34,11 @@ from cachewise.serialization import (
 from cachewise.testing import FakeClock
 
 from .conftest import Facade
+from .support import patient
 
-# Every failure these tests look for is immediate; none is a timeout. Longer client
-# timeouts than the 250 ms default keep a loaded machine (a cold cluster's first
-# reads) from counting a slow reply as a backend error, and a hit as a miss.
-_PATIENT = "socket_timeout=2&connect_timeout=2&invalidation_timeout=2"
-
-
-@pytest.fixture
-def redis_url(redis_url: str) -> str:
-    """The shared server's URL (emptied), with patient client timeouts."""
-    return f"{redis_url}{'&' if '?' in redis_url else '?'}{_PATIENT}"
-
-
-@pytest.fixture
-def redis_cluster_url(redis_cluster_url: str) -> str:
-    """The shared cluster's URL (emptied), with patient client timeouts."""
-    return f"{redis_cluster_url}{'&' if '?' in redis_cluster_url else '?'}{_PATIENT}"
-
+# Patient client timeouts for this module's Redis tests (see support/patient.py).
+redis_url = patient.redis_url
+redis_cluster_url = patient.redis_cluster_url
 
 SERIALIZERS = {"json": JsonSerializer, "msgpack": MsgpackSerializer}
 WRITERS = pytest.mark.parametrize("writer", sorted(SERIALIZERS))
@@ -885,3 +872,59 @@ def test_extras_stay_in_the_fields_set(writer: str) -> None:
 def test_a_dict_in_a_template_field_is_the_same_in_any_order() -> None:
     template = KeyTemplate("k:{d}")
     assert template.format({"d": {"b": 1, "a": 2}}) == template.format({"d": {"a": 2, "b": 1}})
+
+
+# -- the review's attack round ----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Money:
+    amount: float
+    rate: complex = 0j
+
+
+@WRITERS
+def test_the_numeric_tower_as_type_checkers_read_it(writer: str) -> None:
+    """A bool or an int where a float is declared, an int where a complex is."""
+    value = Money(True, 1)
+    assert read_back(writer, value, Money) == value
+    assert read_back(writer, True, float) is True
+    assert read_back(writer, 1, complex) == 1
+
+
+def test_a_dict_in_a_list_in_a_template_field_is_the_same_in_any_order() -> None:
+    template = KeyTemplate("q:{rows}")
+    assert template.format({"rows": [{"b": 1, "a": 2}]}) == template.format(
+        {"rows": [{"a": 2, "b": 1}]}
+    )
+
+
+@SHARED
+def test_a_structured_value_from_a_function_declared_any_is_refused_at_the_write(
+    make_cache: Any,
+) -> None:
+    """-> Any can never read a dataclass back: counted at the write, not missed on
+    every read (as -> list[Any] was already)."""
+    cache: Facade = make_cache()
+
+    @cache.cached("any:{n}")
+    def anything(n: int) -> Any:
+        return Profile(n)
+
+    assert cache.call(anything, 1) == Profile(1)
+    stats = cache.stats()
+    assert (stats.encode_errors, stats.decode_errors) == (1, 0)
+
+
+def test_an_unresolvable_return_annotation_stands_for_any_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from cachewise._frontends._decorator import return_type
+
+    def get_user(user_id: int) -> Unknown:  # type: ignore[name-defined]  # noqa: F821
+        return None
+
+    get_user.__annotations__["return"] = "Unknown"  # (as `from __future__` leaves it)
+    with caplog.at_level(logging.WARNING, logger="cachewise"):
+        assert return_type(get_user) is Any
+    assert "does not resolve" in caplog.text

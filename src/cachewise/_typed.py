@@ -953,8 +953,12 @@ def _shallow_fits(value: Any, tp: Any, depth: int) -> bool:
         return False  # a struct is never stored plain
     if typing.is_typeddict(tp):
         return isinstance(value, dict)
+    # The numeric tower as type checkers read it: an int (a bool too) is a
+    # float, and either is a complex.
     if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, (int, float))
+    if tp is complex:
+        return isinstance(value, (int, float, complex))
     try:
         return isinstance(value, tp)
     except TypeError:  # (a Protocol that is not runtime-checkable, say)
@@ -1061,8 +1065,9 @@ def _enum_member(cls: Any, raw: Any) -> Any:
 
 def _untyped(value: Any) -> Any:
     """``value`` unchanged, if it holds nothing a type must rebuild."""
-    if _first_unresolved(value):
-        raise _Mismatch(f"a {_first_unresolved(value)} needs its type")
+    unresolved = _first_unresolved(value)
+    if unresolved:
+        raise _Mismatch(f"a {unresolved} needs its type")
     return value
 
 
@@ -1237,22 +1242,6 @@ def _build_model(cls: Any, value: Struct, env: Env | None) -> Any:
 @functools.lru_cache(maxsize=256)
 def _model_annotations(cls: Any) -> dict[str, Any]:
     return {name: info.annotation for name, info in cls.model_fields.items()}
-
-
-def _plain(value: Any) -> Any:
-    """A lifted tree with structs as dicts of their fields and enum references as
-    their values: what pydantic validates (it rebuilds them by its own types)."""
-    if isinstance(value, Struct):
-        return {k: _plain(v) for k, v in value.fields.items()}
-    if isinstance(value, EnumRef):
-        return _plain(value.value)
-    if type(value) is dict:
-        return {_plain(k): _plain(v) for k, v in value.items()}
-    if type(value) is list:
-        return [_plain(v) for v in value]
-    if type(value) is tuple:
-        return tuple(_plain(v) for v in value)
-    return value
 
 
 @functools.lru_cache(maxsize=256)

@@ -381,15 +381,16 @@ def _int_text(value: int) -> str:
     return ("-0x" if value < 0 else "0x") + format(abs(value), "x")
 
 
-def _holds_set(value: Any, depth: int = 0) -> bool:
+def _holds_set(value: Any, depth: int = 0, dicts: bool = False) -> bool:
     """Whether a value's text may show a set (in containers, dataclass, attrs and
-    pydantic fields, instance attributes): its order differs between processes."""
-    if isinstance(value, (set, frozenset)):
+    pydantic fields, instance attributes): its order differs between processes.
+    ``dicts``: a dict in a list or tuple counts too (its order is its insertion's)."""
+    if isinstance(value, (set, frozenset)) or (dicts and isinstance(value, dict)):
         return True
     if depth > 20 or isinstance(value, (str, bytes, int, float, type)):
         return False
     if isinstance(value, (list, tuple)):
-        return any(_holds_set(item, depth + 1) for item in value)
+        return any(_holds_set(item, depth + 1, dicts) for item in value)
     if isinstance(value, dict):
         return any(_holds_set(item, depth + 1) for item in (*value.keys(), *value.values()))
     attributes = getattr(value, "__dict__", None)
@@ -409,10 +410,11 @@ def _formatted(value: Any, spec: str) -> str:
     be the same for equal values in every process."""
     if not spec and (
         isinstance(value, dict)
-        or (isinstance(value, (set, frozenset, list, tuple)) and _holds_set(value))
+        or (isinstance(value, (set, frozenset, list, tuple)) and _holds_set(value, dicts=True))
     ):
         # Iteration order follows the hash seed (sets) or the insertion order
-        # (dicts, which compare equal either way): the canonical, sorted form.
+        # (dicts, which compare equal either way), at any depth: the canonical,
+        # sorted form.
         return encode_arg(value)
     if isinstance(value, int) and not spec:
         return _int_text(int(value)) if type(value) is int else format(value, spec)

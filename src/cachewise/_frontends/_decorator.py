@@ -198,8 +198,10 @@ _UNRESOLVED: Any = object()
 
 def return_type(func: Callable[..., Any]) -> Any:
     """What ``func`` declares it returns (an ``async def``'s awaited value), or
-    None when it declares nothing useful (no annotation, ``None``, ``Any``, or one
-    that does not resolve)."""
+    None when it declares nothing (no annotation, or ``None``). ``Any`` stands
+    for ``Any`` and for an annotation that does not resolve (a class imported only
+    under ``TYPE_CHECKING``): a structured value is then refused at the write
+    (counted, logged), rather than written and missed on every read."""
     try:
         declared = typing.get_type_hints(func).get("return")
     except Exception:
@@ -210,10 +212,17 @@ def return_type(func: Callable[..., Any]) -> Any:
             try:
                 declared = eval(declared, getattr(func, "__globals__", {}))
             except Exception:
-                return None
+                logger.warning(
+                    "cachewise: the return annotation %r of %s does not resolve at run "
+                    "time (imported only under TYPE_CHECKING?); structured values it "
+                    "returns cannot be read back from a shared store, and are not cached",
+                    declared,
+                    function_name(func),
+                )
+                return typing.Any
     if typing.get_origin(declared) in (collections.abc.Awaitable, collections.abc.Coroutine):
         declared = typing.get_args(declared)[-1]  # (a callable declared -> Awaitable[T])
-    if declared is None or declared is type(None) or declared is typing.Any:
+    if declared is None or declared is type(None):
         return None
     return declared
 
