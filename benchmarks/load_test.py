@@ -25,7 +25,7 @@ What is counted:
 - errors: any exception that escapes a cache call (``get_or_load``, ``delete``);
 - wrong values: a read that returns a version older than the newest version whose
   write (bump + delete) had returned before the read began (the key's floor, taken
-  before the read, as in ``tests/test_consistency.py``), or anything that is not
+  before the read, as in ``tests/system/test_consistency.py``), or anything that is not
   ``"<that key>:<a version the source has had>"``.
 
 Both must be 0. Wrong values are also split, for diagnosis: a stale read is

@@ -10,5 +10,5 @@ that overruns its deadline.
 - ``runner``: a configuration in a worker process of its own, faults injected;
 - ``python -m tests.history``: the long run.
 
-``tests/test_history.py`` is the short run in ``make test``.
+``tests/system/test_history.py`` is the short run in ``make test``.
 """

@@ -32,9 +32,8 @@ from cachewise.serialization import (
     register_enum,
 )
 from cachewise.testing import FakeClock
-
-from .conftest import Facade
-from .support import patient
+from tests.conftest import Facade
+from tests.support import patient
 
 # Patient client timeouts for this module's Redis tests (see support/patient.py).
 redis_url = patient.redis_url

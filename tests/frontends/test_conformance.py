@@ -12,8 +12,7 @@ import pytest
 
 from cachewise import MISSING, CacheStats
 from cachewise.testing import FakeClock
-
-from .conftest import Facade
+from tests.conftest import Facade
 
 
 class Counter:

@@ -16,7 +16,7 @@ import cachewise
 
 tomllib = pytest.importorskip("tomllib")  # 3.11+
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 EXTRAS: dict[str, list[str]] = PROJECT["optional-dependencies"]
 # Extras for working on cachewise, not for running it.

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.redis_servers import find_binary
 
-HARNESS = Path(__file__).resolve().parent.parent / "benchmarks" / "load_test.py"
+HARNESS = Path(__file__).resolve().parents[2] / "benchmarks" / "load_test.py"
 
 SECONDS = 6.0
 THREADS = 8

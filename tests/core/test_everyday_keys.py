@@ -12,9 +12,8 @@ from hypothesis import strategies as st
 
 from cachewise import Cache
 from cachewise.keys import ArgFilter, KeyTemplate, check_key, quote, unquote
-
-from .conftest import Facade
-from .support import patient
+from tests.conftest import Facade
+from tests.support import patient
 
 # Patient client timeouts for this module's Redis tests (see support/patient.py).
 redis_url = patient.redis_url

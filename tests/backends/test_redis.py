@@ -24,7 +24,7 @@ from cachewise.backends import AsyncRedisBackend, RedisBackend
 from cachewise.serialization import Codec, PickleSerializer
 from tests.support.redis_servers import RedisClusterProcess, RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

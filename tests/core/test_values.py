@@ -22,9 +22,8 @@ import pytest
 
 from cachewise import MISSING
 from cachewise.serialization import SerializationError, register_enum
-
-from .conftest import Facade
-from .support import patient
+from tests.conftest import Facade
+from tests.support import patient
 
 # Patient client timeouts for this module's Redis tests (see support/patient.py).
 redis_url = patient.redis_url

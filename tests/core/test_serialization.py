@@ -74,6 +74,8 @@ try:
 except ImportError:  # pragma: no cover - pydantic is optional
     pydantic = None  # type: ignore[assignment]
 
+#: This module's import name, as type names in messages spell it.
+HERE = __name__
 SECRET = b"cachewise-test-secret-0123456789"
 OTHER_SECRET = b"some-other-secret-9876543210-xyz"
 
@@ -898,22 +900,20 @@ DEEPEST_PATH = "value" + "[0]" * 100
 
 REFUSED: dict[str, Refused] = {
     "object": Refused(object(), object, "object", "value"),
-    "plain-class": Refused(Point(1, 2), Point, "tests.test_serialization.Point", "value"),
+    "plain-class": Refused(Point(1, 2), Point, f"{HERE}.Point", "value"),
     "object-deep-inside": Refused(
         {"a": [1, {"b": [0, 1, object()]}]}, object, "object", 'value["a"][1]["b"][2]'
     ),
     "in-the-last-row": Refused(
         [{"id": 1}, {"id": 2}, {"id": Point(3, 4)}],
         Point,
-        "tests.test_serialization.Point",
+        f"{HERE}.Point",
         'value[2]["id"]',
     ),
     "after-a-nested-list": Refused([[1, [2]], bytearray(b"x")], bytearray, "bytearray", "value[1]"),
     "in-a-tuple": Refused((1, (2, object())), object, "object", "value[1][1]"),
-    "in-a-set": Refused([{1}, {Name("n")}], Name, "tests.test_serialization.Name", "value[1] item"),
-    "in-a-tuple-key": Refused(
-        {(1, Name("k")): 1}, Name, "tests.test_serialization.Name", "value key [(1, 'k')][1]"
-    ),
+    "in-a-set": Refused([{1}, {Name("n")}], Name, f"{HERE}.Name", "value[1] item"),
+    "in-a-tuple-key": Refused({(1, Name("k")): 1}, Name, f"{HERE}.Name", "value key [(1, 'k')][1]"),
     "in-a-dataclass-field": Refused(Row(object()), object, "object", "value.id"),  # type: ignore[arg-type]
     "in-a-named-tuple": Refused(Pair(1, object()), object, "object", "value.y"),  # type: ignore[arg-type]
     "ordered-dict": Refused(
@@ -925,28 +925,27 @@ REFUSED: dict[str, Refused] = {
         "collections.defaultdict",
         'value["d"]',
     ),
-    "str-subclass": Refused(Name("x"), Name, "tests.test_serialization.Name", "value"),
-    "int-subclass": Refused(Count(1), Count, "tests.test_serialization.Count", "value"),
-    "float-subclass": Refused(Ratio(0.5), Ratio, "tests.test_serialization.Ratio", "value"),
-    "list-subclass": Refused(Items([1]), Items, "tests.test_serialization.Items", "value"),
-    "datetime-subclass": Refused(
-        Moment(2026, 1, 1), Moment, "tests.test_serialization.Moment", "value"
-    ),
+    "str-subclass": Refused(Name("x"), Name, f"{HERE}.Name", "value"),
+    "int-subclass": Refused(Count(1), Count, f"{HERE}.Count", "value"),
+    "float-subclass": Refused(Ratio(0.5), Ratio, f"{HERE}.Ratio", "value"),
+    "list-subclass": Refused(Items([1]), Items, f"{HERE}.Items", "value"),
+    "datetime-subclass": Refused(Moment(2026, 1, 1), Moment, f"{HERE}.Moment", "value"),
     "str-subclass-key": Refused(
-        {"a": {Name("k"): 1}}, Name, "tests.test_serialization.Name", "value[\"a\"] key ['k']"
+        {"a": {Name("k"): 1}}, Name, f"{HERE}.Name", "value[\"a\"] key ['k']"
     ),
     "bytearray": Refused(bytearray(b"raw"), bytearray, "bytearray", "value"),
     "memoryview": Refused(memoryview(b"raw"), memoryview, "memoryview", "value"),
-    "unregistered-enum": Refused(
-        Unlisted.X, Unlisted, "tests.test_serialization.Unlisted", "value"
-    ),
+    "unregistered-enum": Refused(Unlisted.X, Unlisted, f"{HERE}.Unlisted", "value"),
     "unregistered-int-enum": Refused(
-        [UnlistedLevel.LOW], UnlistedLevel, "tests.test_serialization.UnlistedLevel", "value[0]"
+        [UnlistedLevel.LOW],
+        UnlistedLevel,
+        f"{HERE}.UnlistedLevel",
+        "value[0]",
     ),
     "unregistered-enum-key": Refused(
         {Unlisted.X: 1},
         Unlisted,
-        "tests.test_serialization.Unlisted",
+        f"{HERE}.Unlisted",
         "value key [<Unlisted.X: 'x'>]",
     ),
     "datetime-foreign-zone": Refused(
@@ -972,23 +971,21 @@ REFUSED: dict[str, Refused] = {
     "struct-key": Refused(
         {Version(1, datetime.date(2026, 1, 1), uuid.UUID(int=1)): 1},
         Version,
-        "tests.test_serialization.Version",
+        f"{HERE}.Version",
         "value key [Version(",
     ),
-    "struct-set-item": Refused({Pair(1, 2)}, Pair, "tests.test_serialization.Pair", "value item"),
+    "struct-set-item": Refused({Pair(1, 2)}, Pair, f"{HERE}.Pair", "value item"),
     "local-class": Refused(
         [LOCAL],
         type(LOCAL),
-        "tests.test_serialization.local_dataclass_instance.<locals>.Local",
+        f"{HERE}.local_dataclass_instance.<locals>.Local",
         "value[0]",
     ),
     "cycle": Refused(self_containing_list(), list, "list", "value[1]"),
     "dict-cycle": Refused(dict_cycle(), dict, "dict", 'value["a"][1]'),
     "wide-cycle": Refused(wide_cycle(), list, "list", "value[0]"),
     "tuple-cycle": Refused(tuple_cycle(), tuple, "tuple", "value[0][0]"),
-    "struct-cycle": Refused(
-        struct_cycle(), Node, "tests.test_serialization.Node", "value.children[0]"
-    ),
+    "struct-cycle": Refused(struct_cycle(), Node, f"{HERE}.Node", "value.children[0]"),
     "too-deep": Refused(nested(201), list, "list", DEEPEST_PATH),
     "far-too-deep": Refused(nested(100_000), list, "list", DEEPEST_PATH),  # no RecursionError
     "lone-surrogate": Refused(["ok", "a\ud800b"], str, "str", "value[1]"),
@@ -1211,7 +1208,7 @@ def test_msgpack_round_trips_bytes_scalar_keys_and_tuples() -> None:
 def test_members_of_a_registered_enum_are_stored_by_class_and_value() -> None:
     """The payload names the class and holds the value, not the member's name."""
     payload = stdlib_json().dumps(Colour.RED)
-    assert json.loads(payload[1:]) == {"$cw": ["enum", "tests.test_serialization.Colour", "red"]}
+    assert json.loads(payload[1:]) == {"$cw": ["enum", f"{HERE}.Colour", "red"]}
 
 
 def test_register_enum_refuses_what_is_not_an_enum_class() -> None:
@@ -1304,7 +1301,7 @@ def test_a_structured_value_is_written_as_a_struct_tag_naming_its_class() -> Non
     assert json.loads(payload[1:]) == {
         "$cw": [
             "struct",
-            "tests.test_serialization.Profile",
+            f"{HERE}.Profile",
             {"name": "Bo", "count": 0, "tags": [], "slug": "bo"},
         ]
     }
@@ -1441,7 +1438,7 @@ def test_a_struct_read_without_a_type_is_logged_once_per_class(
         for _ in range(3):
             with pytest.raises(envelope.DecodeError, match="Unread"):
                 serializer.loads(data)
-    logged = [r for r in caplog.records if "tests.test_serialization.Unread" in r.getMessage()]
+    logged = [r for r in caplog.records if f"{HERE}.Unread" in r.getMessage()]
     assert len(logged) == 1
     assert "type=Unread" in logged[0].getMessage()
 

@@ -19,7 +19,7 @@ from cachewise._frontends import _base
 from cachewise._frontends._decorator import KeyCardinalityError
 from cachewise.invalidation import ReadSpec, Registry, WriteSpec, load_target, shape
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -63,9 +63,7 @@ def test_reads_and_writes_register_and_link(registry: Registry) -> None:
     assert reached == {"profile": "key", "posts": "tag `user:{}`"}
     assert [r.key for r in registry.unreached_reads()] == ["leaderboard"]
     text = registry.to_markdown()
-    assert (
-        "### `tests.test_invalidation_map.test_reads_and_writes_register_and_link.rename`" in text
-    )
+    assert f"### `{__name__}.test_reads_and_writes_register_and_link.rename`" in text
     assert "Rename a user." in text
     assert "| 10 s | 30 s |" in text  # posts: its own ttl, the cache's stale window
     assert "## Reads no write invalidates" in text
