@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test smoke-extras bench lint fmt docs clean history
+.PHONY: demo test smoke-extras bench lint generate fmt docs clean history
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,14 @@ HISTORY_SECONDS ?= 10
 history: $(STAMP)
 	$(PY) -m tests.history --seconds $(HISTORY_SECONDS)
 
+# The sync front end, Redis backend and breaker are generated from their async
+# sources (scripts/unasync.py): `make generate` rewrites them, `make lint` fails
+# when one is stale or a substitution went unused.
+generate: $(STAMP)
+	$(PY) scripts/unasync.py
+
 lint: $(STAMP)
+	$(PY) scripts/unasync.py --check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check src tests benchmarks examples scripts
 	$(VENV)/bin/mypy

@@ -11,21 +11,26 @@
 Nothing happens at import time: no default cache, no connection, no thread.
 """
 
+from typing import Any
+
 from cachewise._core.breaker import BreakerPolicy
 from cachewise._core.entry import Entry
+from cachewise._core.envelope import DecodeError
 from cachewise._core.policy import Policy
 from cachewise._errors import (
     BackendError,
-    BackpressureError,
     CacheClosedError,
     CacheError,
     LoadCancelledError,
     LoaderCycleError,
     NotificationsLostError,
-    PoolTimeoutError,
     WeigherError,
 )
-from cachewise._frontends._decorator import AsyncCachedFunction, CachedFunction
+from cachewise._frontends._decorator import (
+    AsyncCachedFunction,
+    CachedFunction,
+    KeyCardinalityError,
+)
 from cachewise._frontends.aio import AsyncCache
 from cachewise._frontends.sync import Cache
 from cachewise._sentinel import MISSING, MissingType
@@ -36,7 +41,6 @@ from cachewise.backends import (
     AsyncRedisBackend,
     Backend,
     CircuitBreaker,
-    CircuitOpenError,
     MemoryBackend,
     RedisBackend,
 )
@@ -53,7 +57,6 @@ __all__ = [
     "AsyncRedisBackend",
     "Backend",
     "BackendError",
-    "BackpressureError",
     "BreakerPolicy",
     "Cache",
     "CacheClosedError",
@@ -61,18 +64,37 @@ __all__ = [
     "CacheStats",
     "CachedFunction",
     "CircuitBreaker",
-    "CircuitOpenError",
+    "DecodeError",
     "Entry",
+    "KeyCardinalityError",
     "LoadCancelledError",
     "LoaderCycleError",
     "MemoryBackend",
     "MissingType",
     "NotificationsLostError",
     "Policy",
-    "PoolTimeoutError",
     "RedisBackend",
     "SerializationError",
     "ValueTooLargeError",
     "WeigherError",
     "__version__",
 ]
+
+# Errors that never reach a Cache user (the front ends degrade around them) live
+# with the backends that raise them; the old names still resolve, with a warning.
+_MOVED_TO_BACKENDS = frozenset({"BackpressureError", "CircuitOpenError", "PoolTimeoutError"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_BACKENDS:
+        import warnings
+
+        from cachewise import backends
+
+        warnings.warn(
+            f"cachewise.{name} moved to cachewise.backends.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(backends, name)
+    raise AttributeError(f"module 'cachewise' has no attribute {name!r}")

@@ -21,6 +21,10 @@ class BackpressureError(BackendError):
     backend's health, so circuit breakers do not count it."""
 
 
+class CircuitOpenError(BackendError):
+    """The circuit breaker is open: the call was not sent to the backend."""
+
+
 class PoolTimeoutError(BackpressureError):
     """No pooled connection became free within ``pool_timeout``: the call was not
     sent. Waiting for a connection is queueing in this process (many tasks, a busy
@@ -51,3 +55,8 @@ class NotificationsLostError(BackendError):
     process when leases end went silent. The waiter loads on its own at once.
     Circuit breakers do not count it: the wait sent nothing to the backend, and
     the calls that do will tell whether it is down."""
+
+
+class TagsUnsupportedError(CacheError, TypeError):
+    """Tags were given to a cache whose backend has no tags: the caller's error,
+    raised at the call (a ``TypeError``, as any misuse of an argument)."""

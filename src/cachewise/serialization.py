@@ -58,6 +58,7 @@ from cachewise._errors import CacheError
 __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
     "Codec",
+    "DecodeError",
     "JsonSerializer",
     "MsgpackSerializer",
     "PickleSerializer",
@@ -71,6 +72,9 @@ __all__ = [
 ]
 
 register_enum = _typed.register_enum
+#: What a serializer's ``loads`` raises for bytes it cannot read (a corrupted or
+#: foreign entry): the front ends count it (``stats().decode_errors``) as a miss.
+DecodeError = envelope.DecodeError
 
 DEFAULT_MAX_VALUE_BYTES = 8 * 1024 * 1024
 DEFAULT_COMPRESS_THRESHOLD = 1024

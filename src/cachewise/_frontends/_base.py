@@ -25,12 +25,11 @@ from typing import Any
 from cachewise import _typed
 from cachewise._core.entry import Entry
 from cachewise._core.policy import Policy, Seconds, check_seconds, is_fresh, make_entry
-from cachewise._errors import CacheClosedError
+from cachewise._errors import CacheClosedError, CircuitOpenError
 from cachewise._frontends._decorator import KeyBuilder, OnMaxKeys
 from cachewise._frontends._held import HeldInvalidations, HeldSnapshot, HeldView
 from cachewise._sentinel import MISSING
 from cachewise._stats import CacheStats, Counters
-from cachewise.backends._breaker import CircuitOpenError
 from cachewise.backends._failover import existing_watch
 from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import BackendStats

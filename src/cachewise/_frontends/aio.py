@@ -14,6 +14,7 @@ from typing import Any, TypeVar, overload
 
 from cachewise import _forksafe, _typed
 from cachewise._core.entry import Entry
+from cachewise._core.errors import ErrorKind, classify, retry_fast_failure
 from cachewise._core.flights import Flight, FlightTable, LoadState
 from cachewise._core.policy import Read, Seconds, decide_read, stale_servable, superseded
 from cachewise._core.readflow import (
@@ -29,7 +30,7 @@ from cachewise._errors import (
     CacheClosedError,
     LoadCancelledError,
     LoaderCycleError,
-    WeigherError,
+    TagsUnsupportedError,
 )
 from cachewise._frontends._base import (
     _SETTLE_EVERY,
@@ -133,8 +134,6 @@ class _Retry(Exception):
     """A flight ended without an outcome for its waiters: read again."""
 
 
-# The caller's errors, never the backend's: raised at the call, never held.
-_REFUSED = (SerializationError, ValueTooLargeError, WeigherError)
 # What a load's write may refuse and still hand its value to the callers: the
 # codec's refusals. (A weigher's error is the application's bug: it is raised.)
 _UNSTORABLE = (SerializationError, ValueTooLargeError)
@@ -282,7 +281,7 @@ class AsyncCache(CacheBase):
             return self._lget(full)
         if tags:
             if self._remote_tagger is None:
-                raise TypeError(f"{type(self._backend).__name__} does not support tags")
+                raise TagsUnsupportedError(f"{type(self._backend).__name__} does not support tags")
             return await self._remote_tagger.get_tagged(full, tags)
         assert self._remote is not None
         return await self._remote.get(full)
@@ -295,7 +294,7 @@ class AsyncCache(CacheBase):
             return self._local_tagger.tag_stamp(tags)
         if self._remote_tagger is not None:
             return await self._remote_tagger.tag_stamp(tags)
-        raise TypeError(f"{type(self._backend).__name__} does not support tags")
+        raise TagsUnsupportedError(f"{type(self._backend).__name__} does not support tags")
 
     async def _bcall(self, operation: str, *args: Any) -> Any:
         """Call a backend method by name; failures are counted and give ``None``."""
@@ -303,9 +302,9 @@ class AsyncCache(CacheBase):
             if self._local is not None:
                 return getattr(self._local, operation)(*args)
             return await getattr(self._remote, operation)(*args)
-        except _REFUSED:
-            raise  # an unserializable value is the caller's error, not a degraded call
         except Exception as exc:
+            if classify(exc) is ErrorKind.CALLER:
+                raise  # an unserializable value is the caller's error, not a degraded call
             self._degraded(operation, exc)
             return _FAILED
 
@@ -391,6 +390,8 @@ class AsyncCache(CacheBase):
         if ttl is not None:
             ttl = check_ttl(ttl)
         ftags = self._entry_tags(tags) if tags else ()
+        if ftags:
+            self._need_tags(ftags)  # (the same TagsUnsupportedError in both front ends)
         lget = self._lget
         view = self._held_view() if self._unsettled else None
         try:
@@ -562,7 +563,7 @@ class AsyncCache(CacheBase):
         if not ftags:
             return
         if self._local_tagger is None and self._remote_tagger is None:
-            raise TypeError(f"{type(self._backend).__name__} does not support tags")
+            raise TagsUnsupportedError(f"{type(self._backend).__name__} does not support tags")
         for flight in self._flights.invalidate_tagged(ftags):
             await self._pass_guard(flight)
         for attempt in (1, 2):  # a second try after a fast failure: see Cache
@@ -572,7 +573,7 @@ class AsyncCache(CacheBase):
                 break
             except Exception as exc:
                 self._degraded("invalidate_tags", exc)
-                if attempt == 2 or time.monotonic() - started > _FAST_FAILURE:
+                if not retry_fast_failure(time.monotonic() - started, attempt):
                     self._unsettle(tags=ftags)
                     break
 
@@ -581,7 +582,7 @@ class AsyncCache(CacheBase):
         ``Cache._send_invalidation``); ``_FAILED`` if it did not land."""
         started = time.monotonic()
         result = await self._bcall(operation, *args)
-        if result is _FAILED and time.monotonic() - started <= _FAST_FAILURE:
+        if result is _FAILED and retry_fast_failure(time.monotonic() - started, 1):
             result = await self._bcall(operation, *args)
         return result
 
@@ -593,7 +594,7 @@ class AsyncCache(CacheBase):
 
     def _need_tags(self, tags: tuple[str, ...]) -> None:
         if tags and self._local_tagger is None and self._remote_tagger is None:
-            raise TypeError(f"{type(self._backend).__name__} does not support tags")
+            raise TagsUnsupportedError(f"{type(self._backend).__name__} does not support tags")
 
     async def _settle(self) -> None:
         """Retry the invalidations that did not reach the backend (the settler)."""
@@ -912,10 +913,10 @@ class AsyncCache(CacheBase):
                 # Stamp first: an invalidation during the load makes its entry a miss.
                 try:
                     stamp = await self._stamp(flight.tags)
-                except TypeError:
-                    await self._release(flight.key, token)
-                    raise  # the backend has no tags: the callers' error
                 except Exception as exc:
+                    if classify(exc) is ErrorKind.CALLER:  # the backend has no tags
+                        await self._release(flight.key, token)
+                        raise
                     self._degraded("tag_stamp", exc)
                     write = False  # an unstamped entry must not be written
                     await self._release(flight.key, token)
@@ -1001,9 +1002,9 @@ class AsyncCache(CacheBase):
                         await self._remote.delete(flight.key)
                     else:
                         await self._remote.set(flight.key, entry)
-        except _REFUSED:
-            raise
         except Exception as exc:
+            if classify(exc) is ErrorKind.CALLER:
+                raise
             self._degraded("set", exc)
 
     async def _write_leased(self, flight: Flight[_Task], entry: Entry | None, token: str) -> None:
@@ -1018,16 +1019,16 @@ class AsyncCache(CacheBase):
         try:
             # False: the lease was lost (deleted or expired) while loading.
             flight.handle.confirmed = await leases.set_leased(flight.key, entry, token)
-        except _REFUSED:
-            # Nothing written: if the lease was still ours, no delete happened
-            # since it was granted, and the value may go to the joiners as a
-            # written one would (see LoadState.safe_for).
-            flight.handle.confirmed = await self._release(flight.key, token)
-            raise
         except Exception as exc:
+            if classify(exc) is ErrorKind.CALLER:
+                # Nothing written: if the lease was still ours, no delete happened
+                # since it was granted, and the value may go to the joiners as a
+                # written one would (see LoadState.safe_for).
+                flight.handle.confirmed = await self._release(flight.key, token)
+                raise
             self._degraded("set", exc)
             flight.handle.unreached = True
-            if time.monotonic() - started <= _FAST_FAILURE:  # see Cache._write_leased
+            if retry_fast_failure(time.monotonic() - started, 1):  # see Cache._write_leased
                 await self._release(flight.key, token)
             else:
                 self._release_later(flight.key, token)
@@ -1474,7 +1475,6 @@ class AsyncCache(CacheBase):
 
 
 # A backend failure quicker than this was not a timeout.
-_FAST_FAILURE = 0.05
 
 
 def _check_async_callable(func: object, decorator: str) -> None:

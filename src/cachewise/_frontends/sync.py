@@ -16,10 +16,16 @@ from typing import Any, TypeVar, overload
 
 from cachewise import _forksafe, _typed
 from cachewise._core.entry import Entry
+from cachewise._core.errors import ErrorKind, classify, retry_fast_failure
 from cachewise._core.flights import Flight, FlightTable, JoinPoint, LoadState
 from cachewise._core.policy import Read, Seconds, decide_read, stale_servable, superseded
 from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
-from cachewise._errors import CacheClosedError, LoaderCycleError, WeigherError
+from cachewise._errors import (
+    CacheClosedError,
+    LoaderCycleError,
+    TagsUnsupportedError,
+    WeigherError,
+)
 from cachewise._frontends._base import (
     _SETTLE_EVERY,
     CacheBase,
@@ -99,8 +105,6 @@ def _pass_guard(flight: Flight[_Call]) -> None:
             pass
 
 
-# The caller's errors, never the backend's: raised at the call, never held.
-_REFUSED = (SerializationError, ValueTooLargeError, WeigherError)
 # What a load's write may refuse and still hand its value to the callers: the
 # codec's refusals. (A weigher's error is the application's bug: it is raised.)
 _UNSTORABLE = (SerializationError, ValueTooLargeError)
@@ -328,6 +332,8 @@ class Cache(CacheBase):
         if ttl is not None:
             ttl = check_ttl(ttl)
         ftags = self._entry_tags(tags) if tags else ()
+        if ftags:
+            self._need_tags(ftags)  # (the same TagsUnsupportedError in both front ends)
         view = self._held_view() if self._unsettled else None
         data = self._mdata
         try:
@@ -435,9 +441,9 @@ class Cache(CacheBase):
                 self._backend.delete(full)
             else:
                 self._backend.set(full, entry)
-        except _REFUSED:
-            raise
         except Exception as exc:
+            if classify(exc) is ErrorKind.CALLER:
+                raise
             self._degraded("set", exc)
             self._unsettle(keys=[full])  # the old value may still be there
 
@@ -463,9 +469,9 @@ class Cache(CacheBase):
                 self._backend.set_many(pairs)
             if dropped:
                 self._backend.delete_many(dropped)
-        except _REFUSED:
-            raise
         except Exception as exc:
+            if classify(exc) is ErrorKind.CALLER:
+                raise
             self._degraded("set_many", exc)
             self._unsettle(keys=full_keys)
 
@@ -503,7 +509,7 @@ class Cache(CacheBase):
         if not ftags:
             return
         if self._tagger is None:
-            raise TypeError(f"{type(self._backend).__name__} does not support tags")
+            raise TagsUnsupportedError(f"{type(self._backend).__name__} does not support tags")
         with self._lock:
             flights = self._flights.invalidate_tagged(ftags)
         for flight in flights:
@@ -522,7 +528,7 @@ class Cache(CacheBase):
             return method(*args)
         except Exception as exc:
             self._degraded(operation, exc)
-            if time.monotonic() - started > _FAST_FAILURE:
+            if not retry_fast_failure(time.monotonic() - started, 1):
                 raise
         try:
             return method(*args)
@@ -532,7 +538,7 @@ class Cache(CacheBase):
 
     def _need_tags(self, tags: tuple[str, ...]) -> None:
         if tags and self._tagger is None:
-            raise TypeError(f"{type(self._backend).__name__} does not support tags")
+            raise TagsUnsupportedError(f"{type(self._backend).__name__} does not support tags")
 
     def _stamp(self, tags: tuple[str, ...]) -> Any:
         """The backend's versions of ``tags``, taken before a value is loaded."""
@@ -758,11 +764,11 @@ class Cache(CacheBase):
                 # Stamp first: an invalidation during the load makes its entry a miss.
                 try:
                     stamp = self._stamp(flight.tags)
-                except TypeError as exc:  # the backend has no tags: the caller's error
-                    call.error = exc
-                    self._release(flight.key, token)
-                    return
                 except Exception as exc:
+                    if classify(exc) is ErrorKind.CALLER:  # the backend has no tags
+                        call.error = exc
+                        self._release(flight.key, token)
+                        return
                     self._degraded("tag_stamp", exc)
                     write = False  # an unstamped entry must not be written
                     self._release(flight.key, token)
@@ -836,9 +842,9 @@ class Cache(CacheBase):
                     self._backend.delete(flight.key)
                 else:
                     self._backend.set(flight.key, entry)
-            except _REFUSED:
-                raise
             except Exception as exc:
+                if classify(exc) is ErrorKind.CALLER:
+                    raise
                 self._degraded("set", exc)
 
     def _write_leased(self, flight: Flight[_Call], entry: Entry | None, token: str) -> None:
@@ -855,20 +861,20 @@ class Cache(CacheBase):
         try:
             # False: the lease was lost (deleted or expired) while loading.
             call.confirmed = leases.set_leased(flight.key, entry, token)
-        except _REFUSED:
-            # Nothing written: if the lease was still ours, no delete happened
-            # since it was granted, and the value may go to the joiners as a
-            # written one would (see LoadState.safe_for).
-            call.confirmed = self._release(flight.key, token)
-            raise
         except Exception as exc:
+            if classify(exc) is ErrorKind.CALLER:
+                # Nothing written: if the lease was still ours, no delete happened
+                # since it was granted, and the value may go to the joiners as a
+                # written one would (see LoadState.safe_for).
+                call.confirmed = self._release(flight.key, token)
+                raise
             self._degraded("set", exc)
             call.unreached = True
             # After a fast failure, release now; after a timeout, in the
             # background: the caller must not wait out a second timeout, and other
             # processes' readers wait on the lease until it is released (or
             # expires). This cache takes its own orphaned lease over on its next read.
-            if time.monotonic() - started <= _FAST_FAILURE:
+            if retry_fast_failure(time.monotonic() - started, 1):
                 self._release(flight.key, token)
             else:
                 self._release_later(flight.key, token)
@@ -1272,7 +1278,6 @@ class Cache(CacheBase):
 
 
 # A backend failure quicker than this was not a timeout.
-_FAST_FAILURE = 0.05
 # How long close() waits for the settler to stop.
 _SETTLER_JOIN = 2.0
 
@@ -1290,7 +1295,7 @@ def _check_sync_callable(func: object, decorator: str) -> None:
 
 def _untagged(backend: Backend) -> Callable[[str, tuple[str, ...]], Entry | None]:
     def get(key: str, tags: tuple[str, ...]) -> Entry | None:
-        raise TypeError(f"{type(backend).__name__} does not support tags")
+        raise TagsUnsupportedError(f"{type(backend).__name__} does not support tags")
 
     return get
 

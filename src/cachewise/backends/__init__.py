@@ -1,6 +1,8 @@
 """Backends: where entries live. The front ends (``Cache``, ``AsyncCache``) decide."""
 
-from cachewise.backends._breaker import AsyncCircuitBreaker, CircuitBreaker, CircuitOpenError
+from cachewise._core.readflow import LeaseReply
+from cachewise._errors import BackpressureError, CircuitOpenError, PoolTimeoutError
+from cachewise.backends._breaker import AsyncCircuitBreaker, CircuitBreaker
 from cachewise.backends._memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES, MemoryBackend
 from cachewise.backends._protocol import (
     AsyncBackend,
@@ -26,12 +28,15 @@ __all__ = [
     "AsyncTagBackend",
     "Backend",
     "BackendStats",
+    "BackpressureError",
     "CircuitBreaker",
     "CircuitOpenError",
     "InProcessLeaseBackend",
     "LeaseBackend",
+    "LeaseReply",
     "MemoryBackend",
     "NonBlockingBackend",
+    "PoolTimeoutError",
     "RedisBackend",
     "TagBackend",
     "Weigher",

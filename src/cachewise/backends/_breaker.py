@@ -32,13 +32,8 @@ from typing import Any
 from cachewise import _forksafe
 from cachewise._core.breaker import PASS, REFUSED, Breaker, BreakerPolicy, State
 from cachewise._core.entry import Entry
-from cachewise._errors import (
-    BackendError,
-    BackpressureError,
-    NotificationsLostError,
-    WeigherError,
-)
-from cachewise.serialization import SerializationError, ValueTooLargeError
+from cachewise._core.errors import ErrorKind, classify
+from cachewise._errors import CircuitOpenError
 
 logger = logging.getLogger("cachewise")
 
@@ -123,23 +118,6 @@ def _is_timeout(exc: BaseException) -> bool:
     # redis-py's TimeoutError is not the builtin one: match on the name.
     return any(cls.__name__ == "TimeoutError" for cls in type(exc).__mro__)
 
-
-class CircuitOpenError(BackendError):
-    """The circuit breaker is open: the call was not sent to the backend."""
-
-
-# Errors that say nothing about the backend's health. (A CircuitOpenError from
-# inside a call is a pool's gate refusing a queued call: see admit_queued.)
-# (A UnicodeError is a key or value this process could not encode: never sent.)
-_NOT_FAILURES = (
-    SerializationError,
-    ValueTooLargeError,
-    WeigherError,
-    UnicodeError,
-    BackpressureError,
-    NotificationsLostError,
-    CircuitOpenError,
-)
 
 #: Set while a call may pass a connection pool's gate although the breaker is not
 #: closed: the half-open probe, and invalidations (always sent). A context
@@ -268,14 +246,13 @@ class CircuitBreaker(_BreakerBase):
         probe = PASS if operation in _ALWAYS_SENT else self._admit(operation)
         try:
             result = method(*args)
-        except _NOT_FAILURES:
-            self._not_judged(probe)
-            raise
-        except Exception as exc:
-            self._failed(operation, exc)
-            raise
-        except BaseException:  # KeyboardInterrupt, SystemExit: no verdict
-            self._not_judged(probe)
+        except BaseException as exc:
+            # Only the backend's own failures count; the caller's errors, calls
+            # never sent, KeyboardInterrupt and SystemExit get no verdict.
+            if classify(exc) is ErrorKind.BACKEND:
+                self._failed(operation, exc)
+            else:
+                self._not_judged(probe)
             raise
         self._succeeded()
         return result
@@ -368,14 +345,13 @@ class AsyncCircuitBreaker(_BreakerBase):
         token = _GATE_PASS.set(True) if gate_pass else None
         try:
             result = await method(*args)
-        except _NOT_FAILURES:
-            self._not_judged(probe)
-            raise
-        except Exception as exc:
-            self._judge(operation, exc, probe)
-            raise
-        except BaseException:  # cancelled (a request timeout, a client gone): no verdict
-            self._not_judged(probe)
+        except BaseException as exc:
+            # As the sync flavour; a cancellation (a request timeout, a client
+            # gone) is INTERRUPTED: no verdict either.
+            if classify(exc) is ErrorKind.BACKEND:
+                self._judge(operation, exc, probe)
+            else:
+                self._not_judged(probe)
             raise
         finally:
             if token is not None:
@@ -421,10 +397,9 @@ class AsyncCircuitBreaker(_BreakerBase):
             self._lag.watch(asyncio.get_running_loop())
         try:
             result = await self._inner.get(key)
-        except _NOT_FAILURES:
-            raise
         except Exception as exc:
-            self._judge("get", exc, PASS)
+            if classify(exc) is ErrorKind.BACKEND:
+                self._judge("get", exc, PASS)
             raise
         self._succeeded()
         return result
