@@ -15,7 +15,11 @@ Two line directives handle what no substitution can:
   file; on a line of its own, it drops everything up to the next
   ``# unasync: end``;
 - ``# unasync: sync=<text>`` at the end of a line replaces the line's code with
-  ``<text>`` (indentation kept) in the sync file.
+  ``<text>`` (indentation kept) in the sync file;
+- ``# unasync: sync-only`` on a line of its own starts a block of commented-out
+  lines, up to ``# unasync: end``, that the sync file holds uncommented (each
+  line loses its first ``# `` after the indentation). The async file runs none
+  of it.
 
 The output goes through ``ruff format``, so a generated file is formatted as every
 other file is, and is marked as generated in its first lines. Primitives that
@@ -50,6 +54,8 @@ COMMON: list[tuple[str, str]] = [
 _DROP = re.compile(r"\s*# unasync: async-only\s*$")
 _SYNC = re.compile(r"\s*# unasync: sync=(?P<code>.*?)\s*$")
 _BLOCK_END = re.compile(r"^\s*# unasync: end\s*$")
+_SYNC_ONLY = re.compile(r"^\s*# unasync: sync-only\s*$")
+_COMMENTED = re.compile(r"^(?P<indent>\s*)# ?(?P<code>.*)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +90,21 @@ def convert(text: str, rules: list[tuple[str, str]], used: dict[str, int]) -> st
         line = lines[i]
         i += 1
         body = line.rstrip("\n")
+        if _SYNC_ONLY.match(body):
+            block: list[str] = []
+            while i < len(lines) and not _BLOCK_END.match(lines[i]):
+                commented = _COMMENTED.match(lines[i].rstrip("\n"))
+                if commented is None or not lines[i].lstrip().startswith("#"):
+                    raise SystemExit(
+                        f"unasync: line {i + 1}: a sync-only block holds comments only"
+                    )
+                block.append(f"{commented['indent']}{commented['code']}\n")
+                i += 1
+            if i == len(lines):
+                raise SystemExit("unasync: a sync-only block without '# unasync: end'")
+            i += 1
+            lines[i:i] = block  # the uncommented lines go through the rules like any other
+            continue
         if _DROP.search(body):
             if body.strip() == "# unasync: async-only":  # a block: up to "# unasync: end"
                 while i < len(lines) and not _BLOCK_END.match(lines[i]):
