@@ -31,6 +31,7 @@ from cachewise._frontends._decorator import (
     CachedFunction,
     KeyCardinalityError,
 )
+from cachewise._frontends._group import CacheGroup
 from cachewise._frontends.aio import AsyncCache
 from cachewise._frontends.sync import Cache
 from cachewise._sentinel import MISSING, MissingType
@@ -61,6 +62,7 @@ __all__ = [
     "Cache",
     "CacheClosedError",
     "CacheError",
+    "CacheGroup",
     "CacheStats",
     "CachedFunction",
     "CircuitBreaker",

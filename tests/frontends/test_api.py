@@ -27,6 +27,7 @@ def test_all_is_pinned() -> None:
             "Cache",
             "CacheClosedError",
             "CacheError",
+            "CacheGroup",
             "CacheStats",
             "CachedFunction",
             "CircuitBreaker",

@@ -295,8 +295,8 @@ def test_the_exit_limit_cuts_the_last_tries_off_and_names_what_was_held(threads:
         import atexit, threading, time
         atexit.register(lambda: print("exit", time.monotonic(), flush=True))
         from cachewise import Cache
-        from cachewise._frontends import _base
-        _base._EXIT_SETTLE_LIMIT = 0.5
+        from cachewise._frontends import _group
+        _group.EXIT_SETTLE_LIMIT = 0.5
         url = "redis://127.0.0.1:{port}/0?invalidation_timeout=1.0&breaker=off"
         caches = [Cache.from_url(url, namespace=f"t{{i}}") for i in range(3)]
         for c in caches:

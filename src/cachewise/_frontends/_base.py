@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import atexit
 import inspect
 import itertools
 import logging
 import os
 import random
-import threading
 import time
-import weakref
 from collections.abc import (
     AsyncIterator,
     Callable,
@@ -27,13 +24,13 @@ from cachewise._core.entry import Entry
 from cachewise._core.policy import Policy, Seconds, check_seconds, is_fresh, make_entry
 from cachewise._errors import CacheClosedError, CircuitOpenError
 from cachewise._frontends._decorator import KeyBuilder, OnMaxKeys
-from cachewise._frontends._held import HeldInvalidations, HeldSnapshot, HeldView
+from cachewise._frontends._group import CacheGroup
+from cachewise._frontends._held import HeldMixin, HeldView
 from cachewise._sentinel import MISSING
 from cachewise._stats import CacheStats, Counters
-from cachewise.backends._failover import existing_watch
 from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import BackendStats
-from cachewise.invalidation import REGISTRY, ReadSpec, WriteSpec
+from cachewise.invalidation import REGISTRY, ReadSpec, Registry, WriteSpec
 from cachewise.keys import (
     SHORT_KEY_CHARS,
     check_key,
@@ -49,7 +46,7 @@ logger = logging.getLogger("cachewise")
 
 Clock = Callable[[], float]
 
-# How often held invalidations are retried.
+# How often held invalidations are retried (by the front ends' settlers).
 _SETTLE_EVERY = 0.05
 
 # How many distinct tag tuples _full_tags remembers.
@@ -67,13 +64,6 @@ _WARN_EVERY = 10.0
 _token_prefix = os.urandom(8).hex()
 _token_counter = itertools.count()
 _cache_ids = itertools.count()
-
-
-# Shared held invalidations, by (server, namespace prefix): see HeldInvalidations.
-_SHARED_HELD: weakref.WeakValueDictionary[tuple[str, str], HeldInvalidations] = (
-    weakref.WeakValueDictionary()
-)
-_SHARED_HELD_LOCK = threading.Lock()
 
 
 def check_reusable(value: object) -> None:
@@ -97,50 +87,12 @@ _PLAIN_VALUES = frozenset({str, bytes, int, float, bool, type(None), list, dict,
 
 def _new_token_prefix() -> None:
     # A forked child must not reuse its parent's tokens: it would own its leases.
-    # (And a lock another thread held at the fork would be held forever there.)
-    global _token_prefix, _SHARED_HELD_LOCK
+    global _token_prefix
     _token_prefix = os.urandom(8).hex()
-    _SHARED_HELD_LOCK = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_token_prefix)
-
-
-# Caches that held an invalidation: at exit each gets one last try at what it still
-# holds (its settler is a daemon thread and dies with the interpreter).
-_HOLDING: weakref.WeakSet[CacheBase] = weakref.WeakSet()
-
-
-#: How long the exit waits for the last tries, all caches together.
-_EXIT_SETTLE_LIMIT = 5.0
-
-
-def _settle_at_exit() -> None:
-    # The last tries run side by side: while the server is down each waits out
-    # its socket timeout, and one after another, a cache per tenant would hold the
-    # exit for seconds. Where the interpreter refuses new threads this late
-    # (3.12+), one after another it is.
-    # Past the limit nothing more is tried, and whatever is still held is named in
-    # an ERROR (a try cut off at the limit dies with its daemon thread, silently).
-    deadline = time.monotonic() + _EXIT_SETTLE_LIMIT
-    caches = [cache for cache in list(_HOLDING) if not cache._closed]
-    started: list[tuple[CacheBase, threading.Thread]] = []
-    for cache in caches:
-        thread = threading.Thread(target=cache._last_settle, daemon=True)
-        try:
-            thread.start()
-        except RuntimeError:
-            cache._last_settle(attempt=time.monotonic() < deadline)
-        else:
-            started.append((cache, thread))
-    for cache, thread in started:
-        thread.join(max(deadline - time.monotonic(), 0.0))
-        if thread.is_alive():
-            cache._last_settle(attempt=False)  # (only logs what it still holds)
-
-
-atexit.register(_settle_at_exit)
 
 
 def new_token(prefix: str = "") -> str:
@@ -191,8 +143,9 @@ def cache_from_url(
     return cache
 
 
-class CacheBase:
-    """Options, keys, entry creation and counters, shared by both front ends."""
+class CacheBase(HeldMixin):
+    """Options, keys, entry creation and counters, shared by both front ends
+    (held invalidations: ``HeldMixin``)."""
 
     _backend: Any  # (set by each front end)
 
@@ -211,6 +164,8 @@ class CacheBase:
         is_negative: Callable[[Any], bool] | None = None,
         max_pending_refreshes: int = 256,
         version: int | str | None = None,
+        group: CacheGroup | None = None,
+        registry: Registry | None = None,
     ) -> None:
         check_namespace(namespace)
         version_text = check_version(version)
@@ -222,6 +177,10 @@ class CacheBase:
             raise TypeError("max_pending_refreshes must be an int")
         if max_pending_refreshes < 0:
             raise ValueError(f"max_pending_refreshes must be >= 0, got {max_pending_refreshes}")
+        if group is not None and not isinstance(group, CacheGroup):
+            raise TypeError(f"group must be a CacheGroup, not {type(group).__name__}")
+        if registry is not None and not isinstance(registry, Registry):
+            raise TypeError(f"registry must be a Registry, not {type(registry).__name__}")
         extra = {} if is_negative is None else {"is_negative": is_negative}
         self._policy = Policy(
             ttl=check_seconds("ttl", ttl),  # (a timedelta becomes seconds here)
@@ -248,10 +207,8 @@ class CacheBase:
         self._last_warning = float("-inf")
         self._encode_warned: set[str] = set()  # refused types already logged
         self._tag_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
-        self._unsettled = False  # the fast check on the hit path (set by _held)
-        self._held = HeldInvalidations()
-        self._held.add_member(self)
-        self._last_unsettle_log = float("-inf")
+        self._registry = REGISTRY if registry is None else registry
+        self._init_held(CacheGroup.default if group is None else group)
         self._cache_id = next(_cache_ids)
 
     # -- public, read-only --------------------------------------------------------
@@ -265,6 +222,19 @@ class CacheBase:
     def policy(self) -> Policy:
         """The validated freshness options."""
         return self._policy
+
+    @property
+    def group(self) -> CacheGroup:
+        """The group this cache shares held invalidations and counts with
+        (``CacheGroup.default`` unless given ``group=``)."""
+        return self._group
+
+    @property
+    def registry(self) -> Registry:
+        """The invalidation map this cache's ``cached`` and ``invalidates``
+        declarations join (``cachewise.invalidation.REGISTRY`` unless given
+        ``registry=``)."""
+        return self._registry
 
     @property
     def closed(self) -> bool:
@@ -497,7 +467,7 @@ class CacheBase:
         """Record a ``cached`` read in the invalidation map, for as long as
         ``owner`` (the decorated function) lives."""
         policy = self._policy
-        REGISTRY.add_read(
+        self._registry.add_read(
             ReadSpec(
                 function=function_name(func),
                 namespace=self._prefix.rstrip(":"),
@@ -522,7 +492,7 @@ class CacheBase:
         ``owner`` (the wrapper) lives."""
         # The docstring's first paragraph, on one line.
         summary = " ".join((func.__doc__ or "").strip().split("\n\n")[0].split())
-        REGISTRY.add_write(
+        self._registry.add_write(
             WriteSpec(
                 function=function_name(func),
                 namespace=self._prefix.rstrip(":"),
@@ -569,120 +539,11 @@ class CacheBase:
                 exc,
             )
 
-    # -- invalidations that did not reach the backend --------------------------------
-    #
-    # See _held.py: what a failed invalidation covers is a miss here until the
-    # background settler (owned by the front end) re-applies it, every
-    # _SETTLE_EVERY seconds. Nothing else waits on it.
-
-    def _share_held(self, server: str) -> None:
-        """Share held invalidations with every other cache of this process on
-        ``server`` (an identity of the backend, such as its URL without options) and
-        the same namespace. ``from_url`` calls it; call it before any traffic."""
-        with _SHARED_HELD_LOCK:
-            held = _SHARED_HELD.get((server, self._prefix))
-            if held is None:
-                _SHARED_HELD[(server, self._prefix)] = held = self._held
-        if held is not self._held:
-            self._held.remove_member(self)
-            self._held = held
-            held.add_member(self)
-        watch = existing_watch(server)
-        if watch is not None:  # a Sentinel service: see _failed_over
-            watch.subscribe(self._failed_over)
-
-    def _failed_over(self) -> None:
-        """The Sentinels named a new master. Writes the old one took after the
-        promotion are lost (replication is asynchronous), deletes included, so
-        what they removed may be back: hold a clear of the namespace (reads are
-        misses) until it has landed on the new master."""
-        if self._closed:
-            return
-        logger.warning(
-            "cachewise: the Redis master moved; namespace %r is cleared on the new master "
-            "(writes the old master took after the failover are lost)",
-            self._namespace,
-        )
-        self._held.hold((), (), True)
-        _HOLDING.add(self)
-        self._start_settler()
-
-    def _unsettle(
-        self, keys: Iterable[str] = (), tags: Iterable[str] = (), *, everything: bool = False
-    ) -> None:
-        self._held.hold(keys, tags, everything)
-        _HOLDING.add(self)  # the interpreter's exit gives it one last try
-        now = time.monotonic()
-        if now - self._last_unsettle_log >= _WARN_EVERY:
-            self._last_unsettle_log = now
-            logger.error(
-                "cachewise: an invalidation did not reach the backend; the keys it covers "
-                "are read from the source until it is applied (stats().invalidations_pending)"
-            )
-        self._start_settler()
-
     @property
     def _token_prefix(self) -> str:
         # Lease tokens of this cache: another cache (or process) is someone else.
         # Read at each use, so a forked child never reuses its parent's prefix.
         return f"{_token_prefix}.{self._cache_id}:"
-
-    def _start_settler(self) -> None:
-        """Make sure the background settler runs (the shells implement it)."""
-
-    def _pending_count(self) -> int:
-        return self._held.pending()
-
-    def _held_view(self) -> HeldView:
-        """Taken *before* a read (one int, never a copy): an entry read while its
-        invalidation was held must not be served even if the invalidation is
-        applied before the read returns (it is the old value)."""
-        return self._held.seq if self._unsettled else None
-
-    def _covered(
-        self, view: HeldView, full: str, entry: Entry | None, tags: Sequence[str] = ()
-    ) -> bool:
-        """Whether a held invalidation (then or now) covers this key or entry, or
-        the tags the caller reads it under."""
-        if view is None and not self._unsettled:
-            return False
-        return self._held.covers(view, full, entry, tags)
-
-    def _is_unsettled(self, full: str, entry: Entry | None, tags: Sequence[str] = ()) -> bool:
-        """Whether a held invalidation covers this key, entry or tags now."""
-        return self._held.covers_now(full, entry, tags)
-
-    def _held_snapshot(self) -> HeldSnapshot:
-        return self._held.snapshot()
-
-    def _settle_once(self) -> None:
-        """Re-apply what is held, once, synchronously (the shells implement it)."""
-
-    def _last_settle(self, attempt: bool = True) -> None:
-        """One last try at held invalidations (at close, at exit; ``attempt=False``
-        when the caller just made it), then an ERROR naming what never reached the
-        backend: other processes may read those old values until they expire.
-        Never raises."""
-        if not self._unsettled:
-            return
-        if attempt:
-            try:
-                self._settle_once()
-            except Exception as exc:
-                self._degraded("settle", exc)
-        if self._unsettled:
-            logger.error(
-                "cachewise: %s (namespace %r) gives up %s invalidation(s) that never reached "
-                "the backend; other processes may read the old values until they expire",
-                type(self).__name__,
-                self._namespace,
-                "some" if self._pending_count() < 0 else self._pending_count(),
-            )
-
-    def _settled(self, applied: HeldSnapshot) -> None:
-        """Forget what was just applied; anything held again since stays held."""
-        if self._held.settled(applied):
-            logger.warning("cachewise: held invalidations applied; reading from the cache again")
 
     def _refresh_failed(self, key: str, exc: BaseException) -> None:
         logger.debug("cachewise: background refresh of %r failed: %r", key, exc)

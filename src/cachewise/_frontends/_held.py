@@ -21,7 +21,9 @@ covered (one more miss, never an old value).
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -29,14 +31,19 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from cachewise import _forksafe
 from cachewise._core.entry import Entry
+from cachewise.backends._failover import existing_watch
 
 if TYPE_CHECKING:
-    from cachewise._frontends._base import CacheBase
+    from cachewise._frontends._group import CacheGroup
+
+logger = logging.getLogger("cachewise")
 
 #: How many held names are listed one by one before "everything" takes over.
 MAX_LISTED = 10_000
 #: How many settled names the log remembers for reads still in flight.
 _LOG_SIZE = 4 * MAX_LISTED
+#: At most one ERROR per this many seconds per cache for invalidations it holds.
+_LOG_EVERY = 10.0
 
 HeldView = int | None
 """What a read takes before it reads: the settle count then (``None``: nothing was
@@ -66,7 +73,7 @@ class HeldInvalidations:
         # settle re-applies an earlier one must stay held after that settle.
         self.everything = 0
         self._gen = itertools.count(1)
-        self.members: weakref.WeakSet[CacheBase] = weakref.WeakSet()
+        self.members: weakref.WeakSet[HeldMixin] = weakref.WeakSet()
         # Invariant: seq counts finished settles; _settled_keys/_settled_tags map a
         # name to the seq of the settle that applied it (oldest first), and a read
         # whose view is below _floor may have missed a forgotten entry.
@@ -95,12 +102,12 @@ class HeldInvalidations:
             return -1
         return len(self.keys) + len(self.tags)
 
-    def add_member(self, member: CacheBase) -> None:
+    def add_member(self, member: HeldMixin) -> None:
         with self.lock:
             self.members.add(member)
             member._unsettled = self.active
 
-    def remove_member(self, member: CacheBase) -> None:
+    def remove_member(self, member: HeldMixin) -> None:
         with self.lock:
             self.members.discard(member)
 
@@ -189,3 +196,138 @@ class HeldInvalidations:
             if entry is not None and entry.tags and any(log.get(t, 0) > view for t in entry.tags):
                 return True
             return any(log.get(t, 0) > view for t in tags)
+
+
+class HeldMixin:
+    """The held-invalidation side of a cache (``CacheBase`` inherits it): what a
+    failed invalidation covers is a miss here until the background settler (owned
+    by the front end) re-applies it. Nothing else waits on it.
+
+    The hit path reads one flag, ``_unsettled`` (set by ``HeldInvalidations``);
+    the rest runs only while something is held."""
+
+    # Set by _init_held; the others by CacheBase.
+    _held: HeldInvalidations
+    _unsettled: bool
+    _group: CacheGroup
+    _last_unsettle_log: float
+    _closed: bool
+    _namespace: str
+    _prefix: str
+
+    def _init_held(self, group: CacheGroup) -> None:
+        self._group = group
+        self._unsettled = False  # the fast check on the hit path (set by _held)
+        self._held = HeldInvalidations()
+        self._held.add_member(self)
+        self._last_unsettle_log = float("-inf")
+
+    def _degraded(self, operation: str, exc: BaseException) -> None:
+        raise NotImplementedError  # (CacheBase: count and log a backend failure)
+
+    def _start_settler(self) -> None:
+        """Make sure the background settler runs (the shells implement it)."""
+
+    def _settle_once(self) -> None:
+        """Re-apply what is held, once, synchronously (the shells implement it)."""
+
+    def _share_held(self, server: str) -> None:
+        """Share held invalidations with every cache of this cache's group on
+        ``server`` (an identity of the backend, such as its URL without options)
+        and the same namespace. ``from_url`` calls it; call it before any traffic."""
+        held = self._group._shared_held(server, self._prefix, self._held)
+        if held is not self._held:
+            self._held.remove_member(self)
+            self._held = held
+            held.add_member(self)
+        watch = existing_watch(server)
+        if watch is not None:  # a Sentinel service: see _failed_over
+            watch.subscribe(self._failed_over)
+
+    def _failed_over(self) -> None:
+        """The Sentinels named a new master. Writes the old one took after the
+        promotion are lost (replication is asynchronous), deletes included, so
+        what they removed may be back: hold a clear of the namespace (reads are
+        misses) until it has landed on the new master."""
+        if self._closed:
+            return
+        logger.warning(
+            "cachewise: the Redis master moved; namespace %r is cleared on the new master "
+            "(writes the old master took after the failover are lost)",
+            self._namespace,
+        )
+        self._held.hold((), (), True)
+        self._group._holds(self)
+        self._start_settler()
+
+    def _unsettle(
+        self,
+        keys: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        *,
+        everything: bool = False,
+    ) -> None:
+        """Hold an invalidation that did not reach the backend, and settle it in
+        the background."""
+        self._held.hold(keys, tags, everything)
+        self._group._holds(self)  # the interpreter's exit gives it one last try
+        now = time.monotonic()
+        if now - self._last_unsettle_log >= _LOG_EVERY:
+            self._last_unsettle_log = now
+            logger.error(
+                "cachewise: an invalidation did not reach the backend; the keys it covers "
+                "are read from the source until it is applied (stats().invalidations_pending)"
+            )
+        self._start_settler()
+
+    def _pending_count(self) -> int:
+        return self._held.pending()
+
+    def _held_view(self) -> HeldView:
+        """Taken *before* a read (one int, never a copy): an entry read while its
+        invalidation was held must not be served even if the invalidation is
+        applied before the read returns (it is the old value)."""
+        return self._held.seq if self._unsettled else None
+
+    def _covered(
+        self, view: HeldView, full: str, entry: Entry | None, tags: Sequence[str] = ()
+    ) -> bool:
+        """Whether a held invalidation (then or now) covers this key or entry, or
+        the tags the caller reads it under."""
+        if view is None and not self._unsettled:
+            return False
+        return self._held.covers(view, full, entry, tags)
+
+    def _is_unsettled(self, full: str, entry: Entry | None, tags: Sequence[str] = ()) -> bool:
+        """Whether a held invalidation covers this key, entry or tags now."""
+        return self._held.covers_now(full, entry, tags)
+
+    def _held_snapshot(self) -> HeldSnapshot:
+        return self._held.snapshot()
+
+    def _settled(self, applied: HeldSnapshot) -> None:
+        """Forget what was just applied; anything held again since stays held."""
+        if self._held.settled(applied):
+            logger.warning("cachewise: held invalidations applied; reading from the cache again")
+
+    def _last_settle(self, attempt: bool = True) -> None:
+        """One last try at held invalidations (at close, at exit; ``attempt=False``
+        when the caller just made it), then an ERROR naming what never reached the
+        backend: other processes may read those old values until they expire.
+        Never raises."""
+        if not self._unsettled:
+            return
+        if attempt:
+            try:
+                self._settle_once()
+            except Exception as exc:
+                self._degraded("settle", exc)
+        if self._unsettled:
+            pending = self._pending_count()
+            logger.error(
+                "cachewise: %s (namespace %r) gives up %s invalidation(s) that never reached "
+                "the backend; other processes may read the old values until they expire",
+                type(self).__name__,
+                self._namespace,
+                "some" if pending < 0 else pending,
+            )

@@ -66,6 +66,7 @@ from cachewise._frontends._decorator import (
     check_not_generator,
     is_async_callable,
 )
+from cachewise._frontends._group import CacheGroup
 from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING
 from cachewise.backends._memory import MemoryBackend
@@ -78,6 +79,7 @@ from cachewise.backends._protocol import (
     NonBlockingBackend,
     TagBackend,
 )
+from cachewise.invalidation import Registry
 from cachewise.keys import SHORT_KEY_CHARS, check_key
 from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
 
@@ -181,6 +183,8 @@ class AsyncCache(CacheBase):
         is_negative: Callable[[Any], bool] | None = None,
         max_pending_refreshes: int = 256,
         version: int | str | None = None,
+        group: CacheGroup | None = None,
+        registry: Registry | None = None,
     ) -> None:
         super().__init__(
             namespace=namespace,
@@ -195,6 +199,8 @@ class AsyncCache(CacheBase):
             is_negative=is_negative,
             max_pending_refreshes=max_pending_refreshes,
             version=version,
+            group=group,
+            registry=registry,
         )
         if backend is None:
             backend = MemoryBackend()

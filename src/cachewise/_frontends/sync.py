@@ -59,6 +59,7 @@ from cachewise._frontends._decorator import (
     invalidating,
     is_async_callable,
 )
+from cachewise._frontends._group import CacheGroup
 from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING
 from cachewise.backends._memory import MemoryBackend
@@ -68,6 +69,7 @@ from cachewise.backends._protocol import (
     LeaseBackend,
     TagBackend,
 )
+from cachewise.invalidation import Registry
 from cachewise.keys import SHORT_KEY_CHARS, check_key
 from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
 
@@ -151,6 +153,8 @@ class Cache(CacheBase):
         refresh_workers: int = 4,
         max_pending_refreshes: int = 256,
         version: int | str | None = None,
+        group: CacheGroup | None = None,
+        registry: Registry | None = None,
     ) -> None:
         super().__init__(
             namespace=namespace,
@@ -165,6 +169,8 @@ class Cache(CacheBase):
             is_negative=is_negative,
             max_pending_refreshes=max_pending_refreshes,
             version=version,
+            group=group,
+            registry=registry,
         )
         if isinstance(refresh_workers, bool) or not isinstance(refresh_workers, int):
             raise TypeError("refresh_workers must be an int")

@@ -28,8 +28,9 @@ call, which then registers nothing), so no bad name surfaces after the commit. A
 cache that fails during the invalidation never turns a committed write into an
 error, and never keeps the rest of the batch from being invalidated: a batch call
 that raises is retried name by name, and each name that still fails is logged at
-ERROR on the ``cachewise`` logger and counted in ``invalidation_errors()``, because
-the value it should have removed may now be stale until it expires.
+ERROR on the ``cachewise`` logger and counted in ``invalidation_errors()`` (by the
+cache's ``CacheGroup``), because the value it should have removed may now be
+stale until it expires.
 
 This package imports neither SQLAlchemy nor Django; each submodule imports its
 own framework.
@@ -39,11 +40,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import threading
 from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator
 from typing import Any, TypeVar
 
+from cachewise._frontends._group import CacheGroup
 from cachewise._frontends.aio import AsyncCache
 from cachewise._frontends.sync import Cache
 
@@ -53,38 +53,25 @@ logger = logging.getLogger("cachewise")
 
 T = TypeVar("T")
 
-_errors = 0
-_errors_lock = threading.Lock()
 
-
-def _new_errors_lock() -> None:
-    # A forked child: the lock may have been held by a thread it does not have.
-    global _errors_lock
-    _errors_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_errors_lock)
-
-
-def invalidation_errors() -> int:
-    """How many after-commit invalidation calls failed in this process so far.
+def invalidation_errors(group: CacheGroup | None = None) -> int:
+    """How many after-commit invalidation calls failed so far, for the caches of
+    ``group`` (default: ``CacheGroup.default``, every cache made without
+    ``group=``); also ``group.invalidation_errors``.
 
     A batch call that fails is retried name by name, and each name that still
     fails counts once (and is logged at ERROR on the ``cachewise`` logger, naming
     it). Failures the cache degraded around itself (a backend error inside
     ``delete_many``) are counted in that cache's ``stats().backend_errors`` instead.
     """
-    return _errors
+    return (CacheGroup.default if group is None else group).invalidation_errors
 
 
 def _failed(
     operation: str, cache: Cache | AsyncCache, names: tuple[str, ...], exc: BaseException
 ) -> None:
     """Count and log one failed invalidation call: ``names`` may now be stale."""
-    global _errors
-    with _errors_lock:
-        _errors += 1
+    cache.group._count_invalidation_error()
     logger.error(
         "cachewise: %s of %s on %r failed after the commit (%s: %s); "
         "those cached values may be stale until they expire",
