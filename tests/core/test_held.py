@@ -8,7 +8,9 @@ import threading
 import tracemalloc
 from typing import Any
 
-from cachewise import MISSING, AsyncCache, Cache, Entry
+import pytest
+
+from cachewise import MISSING, AsyncCache, Cache, CacheGroup, Entry
 from tests.support.stores import Unreachable
 
 HELD = 9_000
@@ -109,3 +111,101 @@ def test_a_read_in_flight_while_its_invalidation_settles_is_not_served() -> None
         assert seen[0] is not None
         assert seen[0].value == "old"
         assert out == [MISSING]
+
+
+# -- groups: which caches share what they hold -------------------------------------
+
+SERVER = "redis:single://test:6379/0"
+
+
+def _held_delete(writer: Cache, backend: Unreachable) -> None:
+    backend.down = True
+    writer.delete("k")  # held: the old value stays in the backend
+    assert writer.stats().invalidations_pending == 1
+
+
+def test_caches_of_one_group_on_one_server_share_held_invalidations() -> None:
+    group = CacheGroup("tenant")
+    backend = Unreachable()
+    writer = Cache(backend, group=group)
+    reader = Cache(backend, group=group)
+    writer._share_held(SERVER)
+    reader._share_held(SERVER)
+    try:
+        reader.set("k", "old")
+        _held_delete(writer, backend)
+        assert reader.stats().invalidations_pending == 1
+        assert reader.get("k") is MISSING  # the old value is not served
+    finally:
+        backend.down = False
+        writer.close()
+        reader.close()
+
+
+def test_caches_of_different_groups_do_not_share_held_invalidations() -> None:
+    backend = Unreachable()
+    writer = Cache(backend, group=CacheGroup("one"))
+    reader = Cache(backend, group=CacheGroup("two"))
+    writer._share_held(SERVER)
+    reader._share_held(SERVER)
+    try:
+        reader.set("k", "old")
+        _held_delete(writer, backend)
+        assert reader.stats().invalidations_pending == 0
+        assert reader.get("k") == "old"  # its group holds nothing
+    finally:
+        backend.down = False
+        writer.close()
+        reader.close()
+
+
+def test_a_cache_without_a_group_joins_the_default_group() -> None:
+    other = AsyncCache()
+    assert other.group is CacheGroup.default
+    asyncio.run(other.aclose())
+    with Cache() as cache:
+        assert cache.group is CacheGroup.default
+    group = CacheGroup()
+    with Cache(group=group) as cache:
+        assert cache.group is group
+
+
+def test_a_group_is_a_cache_group_not_a_name() -> None:
+    with pytest.raises(TypeError, match="CacheGroup"):
+        Cache(group="default")  # type: ignore[arg-type]
+
+
+def test_a_group_keeps_no_dropped_cache_alive() -> None:
+    import gc
+    import weakref
+
+    group = CacheGroup()
+    cache = Cache(group=group)
+    cache._share_held(SERVER)
+    # Held as a failed delete holds it (a real failure's log record would keep the
+    # cache's frames alive through its exception): the group lists it for the
+    # exit's last try.
+    cache._unsettle(keys=[cache._full_key("k")])
+    assert group._holders() == [cache]
+    cache.close()
+    assert group._holders() == []  # a closed cache gets no last try
+    gone = weakref.ref(cache)
+    del cache
+    gc.collect()
+    assert gone() is None
+    assert list(group._holding) == []
+
+
+def test_the_default_group_shares_held_invalidations_by_server_as_before() -> None:
+    backend = Unreachable()
+    writer = Cache(backend, namespace="default-group")
+    reader = Cache(backend, namespace="default-group")
+    writer._share_held(SERVER)
+    reader._share_held(SERVER)
+    try:
+        _held_delete(writer, backend)
+        assert reader.stats().invalidations_pending == 1
+    finally:
+        backend.down = False
+        writer.close()
+        reader.close()

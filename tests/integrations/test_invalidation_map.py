@@ -493,3 +493,49 @@ def test_a_write_whose_template_fills_to_a_reads_keys_reaches_it() -> None:
     assert [r.key for r, _ in _reached(narrow, [read("item:{path}")])] == ["item:{path}"]
     # A colon is escaped inside fields: "item:{id}:meta" never fills to "item:{path}".
     assert _reached(other, [read("item:{path}")]) == []
+
+
+# -- registry=: a map of one's own ----------------------------------------------------
+
+
+def test_a_cache_given_a_registry_declares_there_and_not_in_the_global_one() -> None:
+    own = Registry()
+    cache = Cache(namespace="own-registry", registry=own)
+    assert cache.registry is own
+
+    @cache.cached("item:{item_id}")
+    def item(item_id: int) -> str:
+        return "x"
+
+    @cache.invalidates("item:{item_id}")
+    def rename_item(item_id: int) -> None:
+        """Rename an item."""
+
+    assert [r.key for r in own.reads] == ["item:{item_id}"]
+    assert [w.function.rsplit(".", 1)[-1] for w in own.writes] == ["rename_item"]
+    namespaces = {
+        s.namespace for s in (*invalidation.REGISTRY.reads, *invalidation.REGISTRY.writes)
+    }
+    assert "own-registry" not in namespaces
+    cache.close()
+
+
+def test_a_cache_without_a_registry_declares_in_the_global_one() -> None:
+    cache = Cache(namespace="global-registry")
+    assert cache.registry is invalidation.REGISTRY
+
+    @cache.cached("item:{item_id}")
+    def item(item_id: int) -> str:
+        return "x"
+
+    assert any(r.namespace == "global-registry" for r in invalidation.REGISTRY.reads)
+    cache.close()
+
+
+def test_from_url_takes_a_registry_and_refuses_anything_else() -> None:
+    own = Registry()
+    cache = Cache.from_url("memory://", registry=own)
+    assert cache.registry is own
+    cache.close()
+    with pytest.raises(TypeError, match="Registry"):
+        Cache(registry={})  # type: ignore[arg-type]
