@@ -1,8 +1,10 @@
 """The invalidation map: which writes invalidate which cached reads.
 
 Every ``@cache.cached(...)`` read and every ``@cache.invalidates(...)`` write
-registers here when it is decorated. ``cachewise invalidation-map MODULE`` imports a
-module (or calls ``MODULE:FACTORY``) and renders the registry as Markdown: for each
+registers when it is decorated, in its cache's registry: ``REGISTRY`` unless the
+cache was given ``registry=`` (a ``Registry`` of its own).
+``cachewise invalidation-map MODULE`` imports a module (or calls
+``MODULE:FACTORY``) and renders ``REGISTRY`` as Markdown: for each
 write, the keys and tags it invalidates and the TTLs of the reads they reach; and
 the reads that no declared write invalidates, which only their TTL keeps fresh.
 That file is the ``docs/cache-invalidation.md`` a team keeps next to its code.
@@ -349,7 +351,8 @@ def _code_list(items: Iterable[str]) -> str:
     return rendered or "-"
 
 
-#: The process-wide registry the decorators write to.
+#: The process-wide registry the decorators of every cache made without ``registry=``
+#: write to, and the one ``cachewise invalidation-map`` renders.
 REGISTRY = Registry()
 
 

@@ -61,6 +61,8 @@ _WARN_EVERY = 10.0
 
 # Lease tokens: unique per process (random prefix) and per lease (a counter), with
 # no system call per lease. next() on itertools.count is atomic under the GIL.
+# Process facts, not shared state: what tells this process (and each cache in it,
+# _cache_ids) apart from the others; a forked child draws a new prefix.
 _token_prefix = os.urandom(8).hex()
 _token_counter = itertools.count()
 _cache_ids = itertools.count()

@@ -16,6 +16,10 @@ settle that finished after the read began? In the second case the read may have
 returned the value from before the invalidation landed, so it must not be served.
 Settles are remembered in a bounded log; a read older than the log is treated as
 covered (one more miss, never an old value).
+
+``HeldInvalidations`` is the state (shared by the caches of one ``CacheGroup`` on
+one server and namespace, see ``_group``); ``HeldMixin`` is what a cache does with
+it (hold, check, settle, give up), inherited by ``CacheBase``.
 """
 
 from __future__ import annotations

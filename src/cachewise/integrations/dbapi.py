@@ -104,6 +104,8 @@ class AfterCommit:
 
 # Connections inside a block right now, by identity (a block keeps its connection
 # alive, so an id is not reused while it is here), with the block's AfterCommit.
+# Process-wide on purpose: it is a fact about connection objects (one block per
+# connection, whatever caches the blocks invalidate), so no cache or group owns it.
 _active: dict[int, AfterCommit] = {}
 
 
