@@ -209,3 +209,12 @@ def test_the_default_group_shares_held_invalidations_by_server_as_before() -> No
         backend.down = False
         writer.close()
         reader.close()
+
+
+def test_from_url_takes_a_group() -> None:
+    group = CacheGroup()
+    with Cache.from_url("memory://", group=group) as cache:
+        assert cache.group is group
+    other = AsyncCache.from_url("memory://", group=group)
+    assert other.group is group
+    asyncio.run(other.aclose())
