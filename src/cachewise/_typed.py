@@ -124,6 +124,8 @@ class EnumRef:
 
 # -- registered enums ----------------------------------------------------------------
 
+# Process-wide on purpose: register_enum() states a fact about a class, and
+# classes are process-wide (the same Enum read by any cache must decode the same).
 _enums: dict[str, type[enum.Enum]] = {}
 _enum_round_trips: dict[enum.Enum, bool] = {}  # members whose values read back as them
 _enums_lock = threading.Lock()

@@ -823,6 +823,8 @@ class _Namer:
         )
 
 
+# Process-wide on purpose: a default key name is derived from code (module and
+# qualified name), and code is process-wide; two caches on one store must agree.
 # Default key names in use by live functions: name -> (code fingerprint, how many
 # live functions use it). Counted, not a WeakSet: an entry must go the moment its
 # last function does (a WeakSet still counts a function while its finalizer runs).

@@ -24,6 +24,10 @@ from typing import Any
 from cachewise._core.flights import Flight
 from cachewise._errors import LoaderCycleError
 
+# Process-wide on purpose (issue 11 asked that every module-global be justified):
+# this module keeps the waits-for graph of this process's threads and tasks, and
+# a loader cycle can run through any caches, of any group, on any backend. One
+# graph per process is the fact being modelled, not hidden sharing between caches.
 _lock = threading.Lock()
 
 # The loads this code runs inside of (innermost last): set around each loader call

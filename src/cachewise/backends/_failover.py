@@ -109,6 +109,10 @@ class MasterWatch:
         return master is None or (str(host), int(port)) == master
 
 
+# Process-wide on purpose: one watch per Sentinel service records which master
+# this process's connections last saw. Every connection of the process to that
+# service must agree on it (a failover seen by one must reach every cache on it),
+# so it is a fact about the process's view of the service, not any cache's state.
 _watches: dict[str, MasterWatch] = {}
 _watches_lock = threading.Lock()
 
