@@ -48,21 +48,15 @@ same for both flavours); ``_build`` turns it into a sync or an async backend;
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from cachewise._url._build import build_async, build_memory, build_sync
+from cachewise._url._checks import Flavour
 from cachewise._url._identity import client_identity, redact
 from cachewise._url._options import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_INVALIDATION_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_SENTINEL_PORT,
     DEFAULT_SOCKET_TIMEOUT,
-    MAX_CONNECTIONS,
-    MAX_SECONDS,
-    MAX_VALUE_BYTES,
-    MIN_SECONDS,
-    SCHEMES,
     MemoryOptions,
     RedisOptions,
     Target,
@@ -71,21 +65,13 @@ from cachewise._url._options import (
     parse_target,
     split_options,
     split_url,
-    url_keywords,
 )
 from cachewise.serialization import Serializer
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_INVALIDATION_TIMEOUT",
-    "DEFAULT_MAX_CONNECTIONS",
-    "DEFAULT_SENTINEL_PORT",
     "DEFAULT_SOCKET_TIMEOUT",
-    "MAX_CONNECTIONS",
-    "MAX_SECONDS",
-    "MAX_VALUE_BYTES",
-    "MIN_SECONDS",
-    "SCHEMES",
     "Flavour",
     "MemoryOptions",
     "RedisOptions",
@@ -96,10 +82,7 @@ __all__ = [
     "redact",
     "server_identity",
     "split_options",
-    "url_keywords",
 ]
-
-Flavour = Literal["sync", "async"]
 
 
 def backend_from_url(
