@@ -179,7 +179,9 @@ class Target:
 @dataclass(frozen=True)
 class RedisOptions:
     """A Redis URL's options (any Redis scheme), checked; the same for both
-    flavours. ``None`` for a lease option is the backend's default."""
+    flavours. ``None`` for a lease option is the backend's default. Whether
+    redis-py takes each of ``client_options`` depends on the classes a flavour
+    builds: its builder checks that (``_checks``) before it builds any."""
 
     target: Target
     #: The URL without its query or password: the circuit breaker's name.
