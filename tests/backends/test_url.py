@@ -171,3 +171,108 @@ def test_the_async_pool_gets_its_size_and_checkout_timeout_and_the_breakers_gate
         assert issubclass(PoolTimeoutError, Exception)
 
     asyncio.run(main())
+
+
+# -- the parse step: a URL and keywords in, one typed options object out ----------------
+
+
+def test_parse_reads_the_url_and_keywords_into_one_frozen_options_object() -> None:
+    from dataclasses import FrozenInstanceError
+    from datetime import timedelta
+
+    from cachewise._url import DEFAULT_CONNECT_TIMEOUT, RedisOptions, Target, parse
+    from cachewise.serialization import MsgpackSerializer
+
+    options = parse(
+        "rediss://user:pw@cache.example:6380/2?socket_timeout=1&lock_timeout=3&breaker=off"
+        "&serializer=msgpack",
+        {
+            "socket_timeout": timedelta(seconds=2),  # a keyword wins over the query
+            "max_connections": 9,
+            "client_options": {"client_name": "app"},
+        },
+    )
+    assert isinstance(options, RedisOptions)
+    assert options.target == Target(
+        "single",
+        True,
+        2,
+        client_url="rediss://user:pw@cache.example:6380/2",
+        username="user",
+        password="pw",
+    )
+    assert (options.socket_timeout, options.lock_timeout, options.breaker) == (2.0, 3.0, False)
+    assert (options.max_connections, options.connect_timeout) == (9, DEFAULT_CONNECT_TIMEOUT)
+    assert options.lease_options() == {"lock_timeout": 3.0}  # the rest: the backend's
+    assert isinstance(options.codec.serializer, MsgpackSerializer)
+    assert dict(options.client_options) == {"client_name": "app"}
+    assert options.name == "rediss://user:***@cache.example:6380/2"  # no query, no password
+    with pytest.raises(FrozenInstanceError):
+        options.breaker = True  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        options.client_options["db"] = 1  # type: ignore[index]
+
+
+def test_parse_gives_each_scheme_its_target_and_memory_its_own_options() -> None:
+    from cachewise._url import MemoryOptions, Target, parse
+
+    assert parse("memory://", {}) == MemoryOptions()
+    assert parse("memory://?max_entries=5", {"max_bytes": 4096}) == MemoryOptions(5, 4096)
+    unix = parse("unix:///tmp/r.sock", {"db": 3})
+    assert not isinstance(unix, MemoryOptions)
+    assert unix.target == Target(
+        "unix", False, 3, client_url="unix:///tmp/r.sock?db=3", path="/tmp/r.sock"
+    )
+    sentinel = parse("valkeys+sentinel://pw@s1,s2:5000/svc/1", {})
+    assert not isinstance(sentinel, MemoryOptions)
+    assert sentinel.target == Target(
+        "sentinel", True, 1, service="svc", sentinels=(("s1", 26379), ("s2", 5000)), password="pw"
+    )
+    cluster = parse("redis+cluster://127.0.0.1:7000", {})
+    assert not isinstance(cluster, MemoryOptions)
+    assert cluster.target == Target("cluster", False, 0, client_url="redis://127.0.0.1:7000")
+
+
+@pytest.mark.parametrize(
+    ("url", "keywords"),
+    [
+        ("memory://somehost", {}),
+        ("memory://?max_entries=lots", {}),
+        ("redis://127.0.0.1:0/0", {}),
+        ("redis+cluster://127.0.0.1:1/1", {}),
+        ("unix://host/redis.sock", {}),
+        ("redis+sentinel://127.0.0.1/", {}),
+        (f"{NOWHERE}?serializer=pickle", {}),
+        (f"{NOWHERE}?socket_timeout=0", {}),
+        (NOWHERE, {"max_connections": "0"}),
+        (NOWHERE, {"breaker": "maybe"}),
+        (NOWHERE, {"serializer": "pickle"}),
+        (NOWHERE, {"compress": "gzip"}),
+        (NOWHERE, {"client_options": {"db": 1}}),
+        ("redis://:pw@127.0.0.1:1/0", {"client_options": {"password": "other"}}),
+    ],
+)
+def test_parse_refuses_bad_input_with_the_error_from_url_gives(
+    url: str, keywords: dict[str, object]
+) -> None:
+    from cachewise._url import parse
+
+    with pytest.raises((ValueError, TypeError)) as parsed:
+        parse(url, keywords)
+    for cls in (Cache, AsyncCache):
+        with pytest.raises((ValueError, TypeError)) as built:
+            cls.from_url(url, **keywords)
+        assert (type(built.value), str(built.value)) == (type(parsed.value), str(parsed.value))
+
+
+def test_what_redis_py_takes_is_checked_by_each_flavours_builder() -> None:
+    """Parsing needs no redis-py; each builder checks ``client_options`` against the
+    redis-py classes it builds, before it builds any."""
+    from cachewise._url import RedisOptions, parse
+    from cachewise._url._build import build_async, build_sync
+
+    options = parse(NOWHERE, {"client_options": {"bogus": 1}})
+    assert isinstance(options, RedisOptions)
+    for build in (build_sync, build_async):
+        with pytest.raises(TypeError, match="takes no option 'bogus'"):
+            build(options)
