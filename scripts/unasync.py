@@ -68,7 +68,17 @@ class Target:
 
 
 #: Every generated file. Add a target here; `make generate` writes it.
-TARGETS: list[Target] = []
+TARGETS: list[Target] = [
+    Target(
+        "src/cachewise/backends/_breaker/_async.py",
+        "src/cachewise/backends/_breaker/_sync.py",
+        (
+            (r"\bAsyncCircuitBreaker\b", "CircuitBreaker"),
+            (r"\baclose\b", "close"),
+            (r"an async backend \(for ``AsyncCache``\)", "a sync backend (for ``Cache``)"),
+        ),
+    ),
+]
 
 
 def _header(target: Target) -> str:
