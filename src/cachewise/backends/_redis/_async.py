@@ -64,7 +64,7 @@ class AsyncRedisBackend(_Flavour):
     async def _delete_each(self, keys: Sequence[str]) -> list[bool]:
         """``delete`` for several keys, pipelined; for each, whether it existed."""
         calls = [self._write_args(k, None) for k in keys]
-        await self._ready()  # unasync: async-only
+        await self._ready()  # (the writer may be the client)  # unasync: async-only
         replies = await self._pipeline_scripts(_lua.WRITE, calls, self._writer)
         self._fenced(calls)
         return [bool(r) for r in replies]
@@ -75,6 +75,8 @@ class AsyncRedisBackend(_Flavour):
         """One ``GET`` (plus an ``MGET`` of its tags' versions if it has tags); an
         undecodable or invalidated entry is a miss."""
         # unasync: async-only
+        # The client bound to this event loop, and redis-py's lost cancellations
+        # caught (_kept inlined: this is the hit path). A sync client has neither.
         task = asyncio.current_task()
         cancels = _cancels(task)
         if self._loop is not asyncio.get_running_loop() or self._init_pending:
@@ -132,6 +134,8 @@ class AsyncRedisBackend(_Flavour):
         if not tags:
             return
         # unasync: async-only
+        # A URL-built async backend sends its invalidations on a sync client, from
+        # threads of its own (see _flavour_async); so do delete, delete_many, clear.
         if self._offloaded is not None:
             await self._offload(self._offloaded.invalidate_tags, list(tags))
             return
