@@ -68,7 +68,34 @@ class Target:
 
 
 #: Every generated file. Add a target here; `make generate` writes it.
-TARGETS: list[Target] = []
+TARGETS: list[Target] = [
+    Target(
+        "src/cachewise/backends/_breaker/_async.py",
+        "src/cachewise/backends/_breaker/_sync.py",
+        (
+            (r"\bAsyncCircuitBreaker\b", "CircuitBreaker"),
+            (r"\baclose\b", "close"),
+            (r"an async backend \(for ``AsyncCache``\)", "a sync backend (for ``Cache``)"),
+        ),
+    ),
+    Target(
+        "src/cachewise/backends/_redis/_async.py",
+        "src/cachewise/backends/_redis/_sync.py",
+        (
+            (r"\bAsyncRedisBackend\b", "RedisBackend"),
+            (r"\bAsyncCache\b", "Cache"),
+            (r"a redis\.asyncio client", "a redis-py client"),
+            (r"\bredis\.asyncio\.", "redis."),
+            (r"\b_flavour_async\b", "_flavour_sync"),
+            (r"\baclose\b", "close"),
+            # The sync client is always ready (no event loop to bind it to).
+            (r"\bawait self\._ready\(\)", "self._client"),
+            # No cancellation to keep (see _flavour_async._kept): the plain call.
+            (r"\bawait _kept\((.*)\)$", r"\1"),
+            (r"\basyncio\.sleep\b", "time.sleep"),
+        ),
+    ),
+]
 
 
 def _header(target: Target) -> str:

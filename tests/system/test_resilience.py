@@ -195,6 +195,158 @@ def test_the_wrapper_keeps_the_backends_capabilities() -> None:
         assert cache.get("k") is MISSING
 
 
+class _Bare:
+    """A sync backend with the required methods only: no tags, leases or stats."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBackend()
+        self.note = "plain attribute"
+
+    def get(self, key: str) -> Entry | None:
+        return self.inner.get(key)
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        return self.inner.get_many(keys)
+
+    def set(self, key: str, entry: Entry) -> None:
+        self.inner.set(key, entry)
+
+    def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
+        self.inner.set_many(items)
+
+    def delete(self, key: str) -> bool:
+        return self.inner.delete(key)
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        return self.inner.delete_many(keys)
+
+    def clear(self, prefix: str = "") -> int:
+        return self.inner.clear(prefix)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+_CAPABILITY_NAMES = (
+    "tag_stamp",
+    "invalidate_tags",
+    "get_tagged",
+    "read_or_lease",
+    "set_leased",
+    "release",
+    "wait",
+    "wait_timeout",
+    "wait_async",
+    "discard",
+    "evictions",
+    "decode_errors",
+    "lease_scope",
+)
+
+
+@pytest.mark.parametrize("make", [MemoryBackend, _Bare], ids=["memory", "bare"])
+def test_a_breaker_has_exactly_the_capabilities_of_its_backend(make: Any) -> None:
+    from cachewise.backends import (
+        BackendStats,
+        InProcessLeaseBackend,
+        LeaseBackend,
+        NonBlockingBackend,
+        TagBackend,
+    )
+
+    backend = make()
+    breaker = CircuitBreaker(backend)
+    for name in _CAPABILITY_NAMES:
+        assert hasattr(breaker, name) == hasattr(backend, name), name
+    for protocol in (TagBackend, LeaseBackend, InProcessLeaseBackend, BackendStats):
+        assert isinstance(breaker, protocol) == isinstance(backend, protocol), protocol
+    assert isinstance(breaker, NonBlockingBackend)  # as before: always says whether
+    assert breaker.nonblocking == bool(getattr(backend, "nonblocking", False))
+    assert isinstance(breaker, CircuitBreaker)
+    assert type(breaker).__name__ == "CircuitBreaker"
+    assert repr(breaker).startswith("CircuitBreaker(")
+
+
+def test_a_breaker_on_a_bare_backend_reads_plain_attributes_through_and_caches() -> None:
+    bare = _Bare()
+    breaker = CircuitBreaker(bare)
+    assert breaker.note == "plain attribute"
+    with pytest.raises(AttributeError):
+        breaker._private  # noqa: B018
+    with pytest.raises(AttributeError):
+        breaker.tag_stamp  # noqa: B018
+    with Cache(breaker) as cache:
+        assert cache.get_or_load("k", lambda: 1) == 1
+        assert cache.get("k") == 1
+        assert cache.stats().evictions == 0
+
+
+def test_capability_calls_through_a_breaker_are_guarded_and_typed_ones_forward() -> None:
+    clock = FakeClock()
+    memory = MemoryBackend()
+    breaker = CircuitBreaker(memory, BreakerPolicy(failure_threshold=1), clock=clock)
+    reply = breaker.read_or_lease("k", "tok")
+    assert reply.granted
+    assert breaker.wait_timeout == memory.wait_timeout
+    assert breaker.lease_scope is memory.lease_scope
+    assert breaker.release("k", "tok")
+    breaker._failed("get", TimeoutError("x"))  # opens it (threshold 1)
+    with pytest.raises(CircuitOpenError):
+        breaker.read_or_lease("k", "tok")
+    with pytest.raises(CircuitOpenError):
+        breaker.tag_stamp(["t"])
+    breaker.invalidate_tags(["t"])  # an invalidation: sent even while open
+
+
+def test_async_breaker_capabilities_follow_the_async_backend() -> None:
+    from cachewise.backends import AsyncLeaseBackend, AsyncTagBackend
+
+    class AsyncBare:
+        async def get(self, key: str) -> Entry | None:
+            return None
+
+        async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+            return [None for _ in keys]
+
+        async def set(self, key: str, entry: Entry) -> None:
+            pass
+
+        async def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
+            pass
+
+        async def delete(self, key: str) -> bool:
+            return False
+
+        async def delete_many(self, keys: Sequence[str]) -> int:
+            return 0
+
+        async def clear(self, prefix: str = "") -> int:
+            return 0
+
+        async def aclose(self) -> None:
+            pass
+
+    class AsyncTagged(AsyncBare):
+        async def tag_stamp(self, tags: Sequence[str]) -> Any:
+            return ("v",)
+
+        async def invalidate_tags(self, tags: Sequence[str]) -> None:
+            pass
+
+        async def get_tagged(self, key: str, tags: Sequence[str]) -> Entry | None:
+            return None
+
+    bare = AsyncCircuitBreaker(AsyncBare())
+    tagged = AsyncCircuitBreaker(AsyncTagged())
+    assert not isinstance(bare, AsyncTagBackend)
+    assert isinstance(tagged, AsyncTagBackend)
+    assert not isinstance(tagged, AsyncLeaseBackend)
+    assert isinstance(bare, AsyncCircuitBreaker)
+    assert isinstance(tagged, AsyncCircuitBreaker)
+    assert type(bare) is AsyncCircuitBreaker  # no capability: the class itself
+    assert asyncio.run(tagged.tag_stamp(["t"])) == ("v",)
+
+
 def test_a_write_error_returns_the_value_uncached() -> None:
     flaky = Flaky()
     with Cache(flaky) as cache:  # type: ignore[arg-type]
