@@ -191,13 +191,13 @@ class _Suite:
     def test_get_of_a_missing_key_is_none(self, backend: Any) -> None:
         assert self.call(backend.get(self.key("missing"))) is None
 
-    @pytest.mark.parametrize("value", VALUES, ids=repr)
-    def test_set_then_get_returns_the_value_with_its_type(self, backend: Any, value: Any) -> None:
-        self.call(backend.set(self.key("v"), make_entry(value)))
-        got = self.call(backend.get(self.key("v")))
-        assert got is not None
-        assert got.value == value
-        assert type(got.value) is type(value)
+    def test_set_then_get_returns_each_value_with_its_type(self, backend: Any) -> None:
+        for i, value in enumerate(VALUES):
+            self.call(backend.set(self.key(f"v{i}"), make_entry(value)))
+        for i, value in enumerate(VALUES):
+            got = self.call(backend.get(self.key(f"v{i}")))
+            assert got is not None, value
+            assert (got.value, type(got.value)) == (value, type(value))
 
     def test_an_entry_comes_back_with_every_field_the_writer_set(self, backend: Any) -> None:
         entry = make_entry({"id": 7}, delta=1.125, refresh_at=WRITTEN_AT + 17.5)
@@ -232,15 +232,15 @@ class _Suite:
         assert got is not None
         assert got.value == value
 
-    @pytest.mark.parametrize("name", KEYS, ids=repr)
-    def test_unusual_keys_round_trip(self, backend: Any, name: str) -> None:
-        key = self.key(name)
-        self.call(backend.set(key, make_entry(name)))
-        got = self.call(backend.get(key))
-        assert got is not None
-        assert got.value == name
-        assert self.call(backend.delete(key)) is True
-        assert self.call(backend.get(key)) is None
+    def test_unusual_keys_round_trip(self, backend: Any) -> None:
+        for name in KEYS:
+            key = self.key(name)
+            self.call(backend.set(key, make_entry(name)))
+            got = self.call(backend.get(key))
+            assert got is not None, name
+            assert got.value == name
+            assert self.call(backend.delete(key)) is True, name
+            assert self.call(backend.get(key)) is None, name
 
     def test_distinct_keys_name_distinct_entries(self, backend: Any) -> None:
         keys = [self.key(name) for name in KEYS]
@@ -388,6 +388,55 @@ class _Suite:
         self.call(backend.set(key, self._tagged(backend, "new", ("tag:a",))))
         assert self._reads(backend, key, ("tag:a",)) == ["new", "new", "new"]
 
+    def test_get_tagged_checks_the_entrys_own_tags_not_the_callers(self, backend: Any) -> None:
+        # The caller's tags are a hint (Redis reads them in the same round trip):
+        # an entry is valid while its own tags are.
+        self._need(backend, self._tags)
+        both, one = self.key("both"), self.key("one")
+        self.call(backend.set(both, self._tagged(backend, "ab", ("tag:a", "tag:b"))))
+        self.call(backend.set(one, self._tagged(backend, "a", ("tag:a",))))
+        self.call(backend.invalidate_tags(["tag:b"]))
+        assert self.call(backend.get_tagged(both, ["tag:a"])) is None
+        got = self.call(backend.get_tagged(one, ["tag:a", "tag:b"]))
+        assert got is not None
+        assert got.value == "a"
+
+    def test_get_many_mixes_tagged_and_untagged_entries(self, backend: Any) -> None:
+        self._need(backend, self._tags)
+        keys = [self.key(f"mix{i}") for i in range(4)]
+        self.call(
+            backend.set_many(
+                [
+                    (keys[0], make_entry("plain")),
+                    (keys[1], self._tagged(backend, "gone", ("tag:a",))),
+                    (keys[2], self._tagged(backend, "kept", ("tag:b",))),
+                ]
+            )
+        )
+        self.call(backend.invalidate_tags(["tag:a"]))
+        got = self.call(backend.get_many(keys))
+        assert [e.value if e is not None else None for e in got] == ["plain", None, "kept", None]
+
+    @pytest.mark.parametrize("tag", ["tag:}{%", "tag:%7D", "tag:*?[", "tag:ключ 🔑"], ids=repr)
+    def test_unusual_tag_names_invalidate_only_themselves(self, backend: Any, tag: str) -> None:
+        self._need(backend, self._tags)
+        lookalikes = ["tag:}", "tag:%", "tag:{", "tag:}%7D", "tag:x", "tag:ключ"]
+        mine = self.key("mine")
+        self.call(backend.set(mine, self._tagged(backend, "mine", (tag,))))
+        others = [(self.key(t), self._tagged(backend, t, (t,))) for t in lookalikes]
+        self.call(backend.set_many(others))
+        self.call(backend.invalidate_tags([tag]))
+        assert self.call(backend.get(mine)) is None
+        kept = self.call(backend.get_many([key for key, _ in others]))
+        assert [e.value if e is not None else None for e in kept] == lookalikes
+
+    def test_invalidating_no_tags_does_nothing(self, backend: Any) -> None:
+        self._need(backend, self._tags)
+        key = self.key("t")
+        self.call(backend.set(key, self._tagged(backend, "v", ("tag:a",))))
+        self.call(backend.invalidate_tags([]))
+        assert self._reads(backend, key, ("tag:a",)) == ["v", "v", "v"]
+
     # -- optional: leases -------------------------------------------------------------
 
     def _read(self, backend: Any, key: str, token: str, mode: str = "lease") -> LeaseReply:
@@ -526,6 +575,31 @@ class _Suite:
         assert self.call(backend.delete(self.key("l2"))) is False
         assert self.call(backend.set_leased(self.key("l1"), make_entry(1), TOKEN_A)) is True
 
+    def test_leases_work_on_unusual_keys(self, backend: Any) -> None:
+        self._need(backend, self._leases)
+        for name in KEYS:
+            key = self.key(name)
+            assert self._read(backend, key, TOKEN_A).granted, name
+            assert self._read(backend, key, TOKEN_B).granted is False, name
+            assert self.call(backend.set_leased(key, make_entry(name), TOKEN_A)) is True, name
+            assert self._read(backend, key, TOKEN_B).entry.value == name
+            assert self._read(backend, key, TOKEN_B, "take").granted, name
+        # clear() finds each lease by its key's prefix, and revokes it.
+        assert self.call(backend.clear(self.prefix)) == len(KEYS)
+        for name in KEYS:
+            key = self.key(name)
+            assert self.call(backend.set_leased(key, make_entry("late"), TOKEN_B)) is False, name
+            assert self.call(backend.get(key)) is None, name
+
+    @pytest.mark.parametrize("name", ["a}b", "a%7Db", "glob*?[x]\\", "🔑"], ids=repr)
+    def test_clear_wakes_the_waiters_of_unusual_keys(self, backend: Any, name: str) -> None:
+        self._need(backend, self._leases)
+        key = self.key(name)
+        assert self._read(backend, key, TOKEN_A).granted
+        assert self._read(backend, key, TOKEN_B).granted is False
+        _, took = self._wait_during(backend, key, 10.0, 0.1, lambda: backend.clear(self.prefix))
+        assert took < 5.0
+
     # wait's contract, as the front ends use it: it may return early, and callers
     # read again whatever it returned (a backend that cannot hear releases polls);
     # it must return soon after the lease ends, and never outlast its timeout.
@@ -539,12 +613,19 @@ class _Suite:
         assert took < 5.0
         assert self._read(backend, key, TOKEN_B).granted is True
 
-    def test_a_write_ends_the_wait_too(self, backend: Any) -> None:
+    @pytest.mark.parametrize("write", ["delete", "set", "clear_prefix", "set_leased"])
+    def test_the_end_of_a_lease_by_a_write_ends_the_wait(self, backend: Any, write: str) -> None:
         self._need(backend, self._leases)
         key = self.key("l")
         assert self._read(backend, key, TOKEN_A).granted
         assert self._read(backend, key, TOKEN_B).granted is False
-        _, took = self._wait_during(backend, key, 10.0, 0.1, lambda: backend.delete(key))
+        calls: dict[str, Callable[[], Any]] = {
+            "delete": lambda: backend.delete(key),
+            "set": lambda: backend.set(key, make_entry("explicit")),
+            "clear_prefix": lambda: backend.clear(self.key("l")),
+            "set_leased": lambda: backend.set_leased(key, make_entry("loaded"), TOKEN_A),
+        }
+        _, took = self._wait_during(backend, key, 10.0, 0.1, calls[write])
         assert took < 5.0
 
     def test_wait_gives_up_at_its_timeout(self, backend: Any) -> None:
