@@ -582,7 +582,9 @@ class _Suite:
             assert self._read(backend, key, TOKEN_A).granted, name
             assert self._read(backend, key, TOKEN_B).granted is False, name
             assert self.call(backend.set_leased(key, make_entry(name), TOKEN_A)) is True, name
-            assert self._read(backend, key, TOKEN_B).entry.value == name
+            found = self._read(backend, key, TOKEN_B).entry
+            assert found is not None, name
+            assert found.value == name
             assert self._read(backend, key, TOKEN_B, "take").granted, name
         # clear() finds each lease by its key's prefix, and revokes it.
         assert self.call(backend.clear(self.prefix)) == len(KEYS)
