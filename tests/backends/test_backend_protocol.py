@@ -27,6 +27,7 @@ from cachewise.backends import (
     TagBackend,
 )
 from cachewise.testing import AsyncBackendConformance, BackendConformance, FakeClock
+from cachewise.testing.conformance import SHORT_LEASE
 from tests.support.redis_servers import RedisClusterProcess
 
 
@@ -113,11 +114,22 @@ class TestMemoryBackend(BackendConformance):
     def make_backend(self) -> MemoryBackend:
         return MemoryBackend()
 
+    @pytest.fixture
+    def short_lease_backend(self) -> MemoryBackend:
+        return MemoryBackend(lock_timeout=SHORT_LEASE)
+
 
 class TestRedisBackend(BackendConformance):
     @pytest.fixture
     def backend(self, redis_url: str) -> Iterator[RedisBackend]:
         backend = RedisBackend(redis.Redis.from_url(redis_url), owns_client=True)
+        yield backend
+        backend.close()
+
+    @pytest.fixture
+    def short_lease_backend(self, redis_url: str) -> Iterator[RedisBackend]:
+        client = redis.Redis.from_url(redis_url)
+        backend = RedisBackend(client, lock_timeout=SHORT_LEASE, owns_client=True)
         yield backend
         backend.close()
 
@@ -132,16 +144,36 @@ class TestRedisClusterBackend(BackendConformance):
         yield backend
         backend.close()
 
+    @pytest.fixture
+    def short_lease_backend(
+        self, redis_cluster: RedisClusterProcess, redis_cluster_url: str
+    ) -> Iterator[RedisBackend]:
+        client = redis_cluster.client()
+        backend = RedisBackend(client, lock_timeout=SHORT_LEASE, owns_client=True)
+        yield backend
+        backend.close()
+
 
 class TestBreakerOverMemory(BackendConformance):
     def make_backend(self) -> CircuitBreaker:
         return CircuitBreaker(MemoryBackend(), clock=FakeClock())
+
+    @pytest.fixture
+    def short_lease_backend(self) -> CircuitBreaker:
+        return CircuitBreaker(MemoryBackend(lock_timeout=SHORT_LEASE))
 
 
 class TestBreakerOverRedis(BackendConformance):
     @pytest.fixture
     def backend(self, redis_url: str) -> Iterator[CircuitBreaker]:
         backend = CircuitBreaker(RedisBackend(redis.Redis.from_url(redis_url), owns_client=True))
+        yield backend
+        backend.close()
+
+    @pytest.fixture
+    def short_lease_backend(self, redis_url: str) -> Iterator[CircuitBreaker]:
+        client = redis.Redis.from_url(redis_url)
+        backend = CircuitBreaker(RedisBackend(client, lock_timeout=SHORT_LEASE, owns_client=True))
         yield backend
         backend.close()
 
@@ -169,6 +201,13 @@ class TestAsyncRedisBackend(AsyncBackendConformance):
         yield backend
         self.run(backend.aclose())
 
+    @pytest.fixture
+    def short_lease_backend(self, redis_url: str) -> Iterator[AsyncRedisBackend]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        backend = AsyncRedisBackend(client, lock_timeout=SHORT_LEASE, owns_client=True)
+        yield backend
+        self.run(backend.aclose())
+
 
 class TestAsyncRedisBackendWithInvalidationClient(AsyncBackendConformance):
     """As ``from_url`` builds it: invalidations on a sync client in threads, and lease
@@ -179,6 +218,17 @@ class TestAsyncRedisBackendWithInvalidationClient(AsyncBackendConformance):
         backend = AsyncRedisBackend(
             redis.asyncio.Redis.from_url(redis_url),
             invalidation_client=redis.Redis.from_url(redis_url, socket_timeout=5.0),
+            owns_client=True,
+        )
+        yield backend
+        self.run(backend.aclose())
+
+    @pytest.fixture
+    def short_lease_backend(self, redis_url: str) -> Iterator[AsyncRedisBackend]:
+        backend = AsyncRedisBackend(
+            redis.asyncio.Redis.from_url(redis_url),
+            invalidation_client=redis.Redis.from_url(redis_url, socket_timeout=5.0),
+            lock_timeout=SHORT_LEASE,
             owns_client=True,
         )
         yield backend
@@ -195,11 +245,28 @@ class TestAsyncRedisClusterBackend(AsyncBackendConformance):
         yield backend
         self.run(backend.aclose())
 
+    @pytest.fixture
+    def short_lease_backend(
+        self, redis_cluster: RedisClusterProcess, redis_cluster_url: str
+    ) -> Iterator[AsyncRedisBackend]:
+        client = redis.asyncio.cluster.RedisCluster.from_url(redis_cluster.client_url)
+        backend = AsyncRedisBackend(client, lock_timeout=SHORT_LEASE, owns_client=True)
+        yield backend
+        self.run(backend.aclose())
+
 
 class TestAsyncBreakerOverRedis(AsyncBackendConformance):
     @pytest.fixture
     def backend(self, redis_url: str) -> Iterator[AsyncCircuitBreaker]:
         inner = AsyncRedisBackend(redis.asyncio.Redis.from_url(redis_url), owns_client=True)
+        backend = AsyncCircuitBreaker(inner)
+        yield backend
+        self.run(backend.aclose())
+
+    @pytest.fixture
+    def short_lease_backend(self, redis_url: str) -> Iterator[AsyncCircuitBreaker]:
+        client = redis.asyncio.Redis.from_url(redis_url)
+        inner = AsyncRedisBackend(client, lock_timeout=SHORT_LEASE, owns_client=True)
         backend = AsyncCircuitBreaker(inner)
         yield backend
         self.run(backend.aclose())

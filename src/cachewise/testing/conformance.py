@@ -67,6 +67,9 @@ TOKEN_A = "conformance-a:1"
 TOKEN_A2 = "conformance-a:2"
 TOKEN_B = "conformance-b:1"
 
+#: The lease lifetime the ``short_lease_backend`` fixture gives (seconds).
+SHORT_LEASE = 0.3
+
 #: Ends the reason of every skip for a capability the backend does not have (a
 #: test runner may tell these skips, which are by design, from others).
 CAPABILITY_ABSENT = "(an optional capability: nothing to test)"
@@ -175,6 +178,17 @@ class _Suite:
         seconds elsewhere (a thread, or a task); what wait returned, and how long
         it took."""
         raise NotImplementedError
+
+    def _all_at_once(self, calls: list[Callable[[], Any]]) -> list[Any]:
+        """The results of ``calls`` started together (threads, or tasks)."""
+        raise NotImplementedError
+
+    @pytest.fixture
+    def short_lease_backend(self) -> Any:
+        """A fresh backend whose leases expire after ``SHORT_LEASE`` seconds (as if
+        their holder died), for the lease expiry test; ``None``: that test skips.
+        Override it (yield the backend, close it) to run that test."""
+        return None
 
     # -- capabilities ---------------------------------------------------------------
 
@@ -285,6 +299,19 @@ class _Suite:
         self.call(backend.set_many([(key, make_entry()) for key in keys[:3]]))
         assert self.call(backend.delete_many(keys)) == 3
         assert self.call(backend.get_many(keys)) == [None] * 4
+
+    def test_delete_many_counts_a_repeated_key_once(self, backend: Any) -> None:
+        key = self.key("twice")
+        self.call(backend.set(key, make_entry()))
+        assert self.call(backend.delete_many([key, key])) == 1
+
+    def test_counts_and_answers_have_their_types(self, backend: Any) -> None:
+        key = self.key("typed")
+        self.call(backend.set(key, make_entry()))
+        assert type(self.call(backend.delete(key))) is bool
+        assert type(self.call(backend.delete_many([key]))) is int
+        assert type(self.call(backend.clear(self.key("typed")))) is int
+        assert type(self.call(backend.get_many([key]))) is list
 
     def test_clear_with_a_prefix_removes_only_that_prefix(self, backend: Any) -> None:
         inside = [self.key(f"p1:{i}") for i in range(3)]
@@ -575,6 +602,37 @@ class _Suite:
         assert self.call(backend.delete(self.key("l2"))) is False
         assert self.call(backend.set_leased(self.key("l1"), make_entry(1), TOKEN_A)) is True
 
+    def test_of_many_simultaneous_readers_of_a_miss_exactly_one_gets_the_lease(
+        self, backend: Any
+    ) -> None:
+        self._need(backend, self._leases)
+        key = self.key("herd")
+
+        def reader(i: int) -> Callable[[], Any]:
+            return lambda: backend.read_or_lease(key, f"conformance-herd{i}:1", "lease")
+
+        replies = self._all_at_once([reader(i) for i in range(8)])
+        assert sorted(reply.granted for reply in replies) == [False] * 7 + [True]
+        assert all(reply.entry is None for reply in replies)
+
+    def test_a_lease_whose_holder_died_expires_and_is_taken_over(
+        self, backend: Any, short_lease_backend: Any
+    ) -> None:
+        self._need(backend, self._leases)
+        if short_lease_backend is None:
+            pytest.skip("no short_lease_backend fixture: nothing to test lease expiry on")
+        backend = short_lease_backend
+        key = self.key("expiring")
+        assert self._read(backend, key, TOKEN_A).granted
+        reply = self._read(backend, key, TOKEN_B)
+        assert reply.granted is False
+        assert 0 < reply.held_for <= SHORT_LEASE + 0.05
+        time.sleep(reply.held_for + 0.1)
+        assert self._read(backend, key, TOKEN_B).granted is True
+        # The dead holder's late write is refused: the lease is no longer its own.
+        assert self.call(backend.set_leased(key, make_entry("late"), TOKEN_A)) is False
+        assert self.call(backend.set_leased(key, make_entry("taker"), TOKEN_B)) is True
+
     def test_leases_work_on_unusual_keys(self, backend: Any) -> None:
         self._need(backend, self._leases)
         for name in KEYS:
@@ -705,6 +763,21 @@ class BackendConformance(_Suite):
         assert isinstance(ended, bool)
         return ended, took
 
+    def _all_at_once(self, calls: list[Callable[[], Any]]) -> list[Any]:
+        barrier = threading.Barrier(len(calls))
+        results: list[Any] = [None] * len(calls)
+
+        def run(i: int) -> None:
+            barrier.wait()
+            results[i] = calls[i]()
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
     def test_a_nonblocking_backend_says_so(self, backend: Any) -> None:
         self._need(backend, NonBlockingBackend)
         assert isinstance(backend.nonblocking, bool)
@@ -805,3 +878,9 @@ class AsyncBackendConformance(_Suite):
         ended, took = self.run(waiting())
         assert isinstance(ended, bool)
         return ended, took
+
+    def _all_at_once(self, calls: list[Callable[[], Any]]) -> list[Any]:
+        async def together() -> list[Any]:
+            return list(await asyncio.gather(*(call() for call in calls)))
+
+        return list(self.run(together()))
