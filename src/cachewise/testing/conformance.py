@@ -256,6 +256,16 @@ class _Suite:
             assert self.call(backend.delete(key)) is True, name
             assert self.call(backend.get(key)) is None, name
 
+    def test_keys_may_start_with_any_character(self, backend: Any) -> None:
+        # Without the suite's prefix: what a key starts with can matter (a Redis
+        # hash tag is what lies between the first "{" and the next "}").
+        keys = ["}start", "{start", "{}", "}{", "%start", "*", "é"]
+        self.call(backend.set_many([(key, make_entry(key)) for key in keys]))
+        got = self.call(backend.get_many(keys))
+        assert [e.value if e is not None else None for e in got] == keys
+        assert self.call(backend.clear("}")) == 2
+        assert self.call(backend.delete_many(keys)) == len(keys) - 2
+
     def test_distinct_keys_name_distinct_entries(self, backend: Any) -> None:
         keys = [self.key(name) for name in KEYS]
         self.call(backend.set_many([(key, make_entry(key)) for key in keys]))
@@ -457,6 +467,17 @@ class _Suite:
         kept = self.call(backend.get_many([key for key, _ in others]))
         assert [e.value if e is not None else None for e in kept] == lookalikes
 
+    def test_clear_does_not_undo_a_tag_invalidation(self, backend: Any) -> None:
+        # A load stamped before the invalidation and written after clear() must
+        # still be a miss: clear() removes entries, not the record of invalidations.
+        self._need(backend, self._tags)
+        key = self.key("t")
+        entry = self._tagged(backend, "loaded", ("tag:a",))
+        self.call(backend.invalidate_tags(["tag:a"]))
+        self.call(backend.clear())
+        self.call(backend.set(key, entry))
+        assert self._reads(backend, key, ("tag:a",)) == [None, None, None]
+
     def test_invalidating_no_tags_does_nothing(self, backend: Any) -> None:
         self._need(backend, self._tags)
         key = self.key("t")
@@ -594,6 +615,15 @@ class _Suite:
         assert self._read(backend, key, TOKEN_A2).granted is True
         assert self.call(backend.set_leased(key, make_entry("orphan"), TOKEN_A)) is False
         assert self.call(backend.set_leased(key, make_entry("taker"), TOKEN_A2)) is True
+
+    def test_clearing_another_prefix_leaves_a_lease_alone(self, backend: Any) -> None:
+        self._need(backend, self._leases)
+        key = self.key("lease:1")
+        assert self._read(backend, key, TOKEN_A).granted
+        assert self.call(backend.clear(self.key("lease:10"))) == 0
+        assert self.call(backend.clear(self.key("other"))) == 0
+        assert self._read(backend, key, TOKEN_B).granted is False
+        assert self.call(backend.set_leased(key, make_entry("holder"), TOKEN_A)) is True
 
     def test_leases_are_per_key(self, backend: Any) -> None:
         self._need(backend, self._leases)
