@@ -13,7 +13,9 @@ module and say how to make a fresh, empty backend::
 
 pytest then runs every test of the suite on it. Backends that need other fixtures
 (a server's URL) override the ``backend`` fixture instead: make the backend, yield
-it, close it (for the async suite: ``self.run(backend.aclose())``).
+it, close it (for the async suite: ``self.run(backend.aclose())``). A lease backend
+may also override ``short_lease_backend`` (one whose leases expire after
+``SHORT_LEASE`` seconds) to run the lease expiry test.
 
 What is tested: the required methods (``get``/``set``/``delete``, their many-key
 forms, ``clear(prefix)``, closing), that entries come back with every field the
@@ -54,7 +56,7 @@ from cachewise.backends._protocol import (
     TagBackend,
 )
 
-__all__ = ["AsyncBackendConformance", "BackendConformance"]
+__all__ = ["CAPABILITY_ABSENT", "SHORT_LEASE", "AsyncBackendConformance", "BackendConformance"]
 
 #: Times on the writer's clock, in seconds: any clock will do, a backend never
 #: compares them with its own (shared backends derive a server TTL from
@@ -149,7 +151,8 @@ class _Suite:
     ``self.call``: the sync suite returns the result as is, the async one runs the
     coroutine on the test's event loop, so one body tests both flavours."""
 
-    #: Every key the suite writes starts with this (``clear`` tests aside).
+    #: The keys the suite writes start with this (but in the tests of keys that
+    #: start with unusual characters, and of ``clear()`` without a prefix).
     prefix: ClassVar[str] = "cw-conformance:"
 
     #: Set by the flavour: the protocols a backend of that flavour implements.
