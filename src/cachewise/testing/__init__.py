@@ -1,17 +1,39 @@
-"""Test helpers: a fake clock you advance by hand.
+"""Test helpers: a fake clock you advance by hand, and the backend conformance suite.
 
 clock = FakeClock()
 cache = Cache(clock=clock, jitter=0)
 cache.set("k", 1, ttl=10)
 clock.advance(11)
 assert cache.get("k") is MISSING
+
+``BackendConformance`` and ``AsyncBackendConformance`` (in
+``cachewise.testing.conformance``) test a backend against the backend protocol;
+subclass one in a pytest module. They are imported on first use, so this module
+imports without pytest, which is not a dependency of cachewise.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["FakeClock"]
+if TYPE_CHECKING:
+    from cachewise.testing.conformance import AsyncBackendConformance, BackendConformance
+
+__all__ = ["AsyncBackendConformance", "BackendConformance", "FakeClock"]
+
+_SUITES = frozenset({"AsyncBackendConformance", "BackendConformance"})
+
+
+def __getattr__(name: str) -> Any:
+    # The suites need pytest: import them only when asked for.
+    if name in _SUITES:
+        try:
+            from cachewise.testing import conformance
+        except ImportError as exc:
+            raise ImportError(f"cachewise.testing.{name} needs pytest: {exc}") from exc
+        return getattr(conformance, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class FakeClock:
