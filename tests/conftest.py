@@ -49,6 +49,13 @@ def pytest_configure(config: pytest.Config) -> None:
     _watchdog_file = os.fdopen(os.dup(2), "w")
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _watchdog_file
+    if _watchdog_file is not None:  # closed here, not by the collector (a ResourceWarning)
+        _watchdog_file.close()
+        _watchdog_file = None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
     if _watchdog_file is not None:
