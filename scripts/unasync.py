@@ -43,8 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Substitutions every target gets, after its own.
 COMMON: list[tuple[str, str]] = [
     (r"\basync def\b", "def"),
-    (r"\basync with\b", "with"),
-    (r"\basync for\b", "for"),
+    (r"\basync (with|for)\b", r"\1"),
     (r"\bawait\s+", ""),
     (r"\b__aenter__\b", "__enter__"),
     (r"\b__aexit__\b", "__exit__"),
@@ -68,7 +67,21 @@ class Target:
 
 
 #: Every generated file. Add a target here; `make generate` writes it.
-TARGETS: list[Target] = []
+TARGETS: list[Target] = [
+    Target(
+        "src/cachewise/_frontends/aio.py",
+        "src/cachewise/_frontends/sync.py",
+        (
+            (r"\b_async_prims\b", "_sync_prims"),
+            (r"\bAsyncCachedFunction\b", "CachedFunction"),
+            (r"\basync_invalidating\b", "invalidating"),
+            (r"\bis_async=True\b", "is_async=False"),
+            (r"\bAsyncCache\b", "Cache"),
+            (r"\baclose\b", "close"),
+            (r'"async"', '"sync"'),
+        ),
+    ),
+]
 
 
 def _header(target: Target) -> str:
@@ -127,17 +140,20 @@ def convert(text: str, rules: list[tuple[str, str]], used: dict[str, int]) -> st
 
 
 def _format(text: str, path: Path) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(path), "-"],
-        input=text,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"unasync: ruff format failed on {path}:\n{done.stderr}")
-    return done.stdout
+    # Imports sorted again first: a renamed name may sort elsewhere.
+    for command in (["check", "--select", "I", "--fix-only", "--quiet"], ["format"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "--stdin-filename", str(path), "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"unasync: ruff {command[0]} failed on {path}:\n{done.stderr}")
+        text = done.stdout
+    return text
 
 
 def generate(target: Target, used: dict[str, int]) -> str:
