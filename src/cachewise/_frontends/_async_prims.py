@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from cachewise._core.entry import Entry
-from cachewise._core.flights import LoadState
 from cachewise._core.readflow import LeaseReply
 from cachewise._errors import LoadCancelledError
 from cachewise.backends._memory import MemoryBackend
@@ -28,7 +27,7 @@ from cachewise.backends._protocol import (
     TagBackend,
 )
 
-__all__ = ["ASYNC", "Adopted", "Background", "FlightHandle", "call_loader", "current_actor"]
+__all__ = ["ASYNC", "Adopted", "Background", "Event", "Guard", "call_loader", "current_actor"]
 
 
 #: What the constructor accepts, and what the cache then holds.
@@ -38,32 +37,9 @@ AnyBackend = AsyncBackend | Backend
 Settler = asyncio.Task[Any]
 
 
-class FlightHandle(LoadState):
-    """The waiting side of one flight: an event its callers await (created by
-    the first one), and the write guard of a lease-less backend."""
-
-    __slots__ = ("event", "guard")
-
-    def __init__(self, guarded: bool) -> None:
-        super().__init__()
-        self.event: asyncio.Event | None = None
-        # Held while the finished load checks its flight is still valid and writes;
-        # invalidation passes through it so its delete lands after such a write.
-        self.guard = asyncio.Lock() if guarded else None
-
-    def expect_waiters(self) -> None:
-        if self.event is None:
-            self.event = asyncio.Event()
-
-    async def wait(self) -> None:
-        # Not the load: a cancelled waiter leaves the load running for the others.
-        self.expect_waiters()
-        assert self.event is not None
-        await self.event.wait()
-
-    def wake(self) -> None:
-        if self.event is not None:
-            self.event.set()
+#: What a flight's callers wait on, and the guard of a write without a lease.
+Event = asyncio.Event
+Guard = asyncio.Lock
 
 
 def current_actor() -> object:

@@ -11,11 +11,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
-from cachewise._core.flights import LoadState
 from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import Backend, InProcessLeaseBackend, LeaseBackend, TagBackend
 
-__all__ = ["ASYNC", "Adopted", "Background", "FlightHandle", "call_loader", "current_actor"]
+__all__ = ["ASYNC", "Adopted", "Background", "Event", "Guard", "call_loader", "current_actor"]
 
 
 #: What the constructor accepts, and what the cache then holds.
@@ -25,35 +24,9 @@ AnyBackend = Backend
 Settler = threading.Thread
 
 
-class FlightHandle(LoadState):
-    """The waiting side of one flight: an event its joiners wait on (created by
-    the first one, under the cache's lock), and the write guard of a lease-less
-    backend."""
-
-    __slots__ = ("event", "guard")
-
-    def __init__(self, guarded: bool) -> None:
-        super().__init__()
-        # Created by the first caller that joins (most flights have none).
-        self.event: threading.Event | None = None
-        # Held while the finished load checks its flight is still valid and writes;
-        # invalidation passes through it so its delete lands after such a write.
-        # Lease backends need none: the server checks the lease atomically.
-        self.guard = threading.Lock() if guarded else None
-
-    def expect_waiters(self) -> None:
-        # Caller holds the cache's lock, which the flight's end takes too: no
-        # wake-up is lost.
-        if self.event is None:
-            self.event = threading.Event()
-
-    def wait(self) -> None:
-        assert self.event is not None
-        self.event.wait()
-
-    def wake(self) -> None:
-        if self.event is not None:
-            self.event.set()
+#: What a flight's callers wait on, and the guard of a write without a lease.
+Event = threading.Event
+Guard = threading.Lock
 
 
 def current_actor() -> object:

@@ -36,6 +36,7 @@ from cachewise._core.flights import (
     Flight,
     FlightTable,
     JoinPoint,
+    LoadState,
     Next,
     Served,
     after_wait,
@@ -112,6 +113,21 @@ class _Lead(enum.Enum):
     LOAD = "load"  # call the loader, write the result (a backend without leases)
     LEASED = "leased"  # the lease flow first (readflow.leased_read), then maybe load
     UNWRITTEN = "unwritten"  # call the loader, read and write nothing
+
+
+class _Handle(LoadState):
+    """The waiting side of one flight: the event its callers wait on (created by
+    the first one, under the cache's lock, which the flight's end takes too: no
+    wake-up is lost), and the write guard of a backend without leases: held while
+    the finished load checks its flight is still valid and writes; invalidation
+    passes through it, so its delete lands after such a write."""
+
+    __slots__ = ("event", "guard")
+
+    def __init__(self, guarded: bool) -> None:
+        super().__init__()
+        self.event: prims.Event | None = None
+        self.guard = prims.Guard() if guarded else None
 
 
 class AsyncCache(CacheBase):
@@ -218,7 +234,7 @@ class AsyncCache(CacheBase):
         # Guards the flight table and the pending-work bookkeeping. Never held
         # across a loader call, backend I/O or an await.
         self._lock = threading.Lock()
-        self._flights: FlightTable[prims.FlightHandle] = FlightTable()
+        self._flights: FlightTable[_Handle] = FlightTable()
         self._work = work
         self._settler: prims.Settler | None = None
         # unasync: sync-only
@@ -608,7 +624,7 @@ class AsyncCache(CacheBase):
             await self._pass_guard(flight)
 
     @staticmethod
-    async def _pass_guard(flight: Flight[prims.FlightHandle]) -> None:
+    async def _pass_guard(flight: Flight[_Handle]) -> None:
         """Wait for a write already past its validity check, so ours lands after it."""
         guard = flight.handle.guard
         if guard is not None:
@@ -872,7 +888,7 @@ class AsyncCache(CacheBase):
 
     def _join_or_lead(
         self, full: str, tags: tuple[str, ...], unwritten: bool
-    ) -> tuple[Flight[prims.FlightHandle], JoinPoint | None]:
+    ) -> tuple[Flight[_Handle], JoinPoint | None]:
         """The flight for ``full``, and where its load stood as the caller joined it
         (``LoadState.join_point``; ``None``: the caller leads it). An ``unwritten``
         caller (covered by a held invalidation, or cut off from the backend) never
@@ -884,27 +900,33 @@ class AsyncCache(CacheBase):
                 self._flights.invalidate(full)
                 flight = None
             if flight is None:
-                handle = prims.FlightHandle(guarded=self._leases is None)
+                handle = _Handle(guarded=self._leases is None)
                 handle.unwritten = unwritten
                 flight = self._flights.start(full, handle, tags)
                 flight.leader = prims.current_actor()  # (until a load task takes over)
                 return flight, None
             flight.waiters += 1
-            flight.handle.expect_waiters()
-            return flight, flight.handle.join_point()
+            handle = flight.handle
+            if handle.event is None:
+                handle.event = prims.Event()
+            return flight, handle.join_point()
 
-    async def _wait(self, flight: Flight[prims.FlightHandle]) -> None:
+    async def _wait(self, flight: Flight[_Handle]) -> None:
         """Wait for the flight to end (a thread's own load has, already)."""
         if flight.ended:
             return
+        event = flight.handle.event
+        if event is None:  # (an asyncio leader, waiting for its load's task)
+            event = flight.handle.event = prims.Event()
         me = prims.current_actor()
         enter_wait(me, flight)  # LoaderCycleError rather than a deadlock
         try:
-            await flight.handle.wait()
+            # Not the load: a cancelled waiter leaves it running for the others.
+            await event.wait()
         finally:
             leave_wait(me)
 
-    def _finish(self, flight: Flight[prims.FlightHandle]) -> None:
+    def _finish(self, flight: Flight[_Handle]) -> None:
         """The flight is over: out of the table (and of the lease-holder record),
         then its waiters wake."""
         if self._scope is not None:
@@ -913,9 +935,11 @@ class AsyncCache(CacheBase):
         # straight back starts a new flight instead of joining this finished one.
         with self._lock:
             self._flights.finish(flight)
-        flight.handle.wake()
+            event = flight.handle.event
+        if event is not None:
+            event.set()
 
-    def _outcome(self, handle: prims.FlightHandle, stale: Entry | None, leader: bool) -> Any:
+    def _outcome(self, handle: _Handle, stale: Entry | None, leader: bool) -> Any:
         """The value a finished flight gives this caller (stale-if-error included).
         A joiner falls back on a stale value only from its own read: the leader's
         was read before the joiner came, maybe before a delete the joiner saw."""
@@ -931,7 +955,7 @@ class AsyncCache(CacheBase):
 
     def _start_load(
         self,
-        flight: Flight[prims.FlightHandle],
+        flight: Flight[_Handle],
         loader: Callable[[], Awaitable[Any]],
         ttl: float | None,
         *,
@@ -951,7 +975,7 @@ class AsyncCache(CacheBase):
             lambda: self._abandoned(flight, token),
         )
 
-    def _abandoned(self, flight: Flight[prims.FlightHandle], token: str | None) -> None:
+    def _abandoned(self, flight: Flight[_Handle], token: str | None) -> None:
         """A load task that was cancelled, maybe before its first step (a shutdown
         that cancels every task): its own cleanup never ran. The flight must not
         stay in the table (callers would join a dead flight for good), nor its
@@ -964,7 +988,7 @@ class AsyncCache(CacheBase):
 
     async def _run(
         self,
-        flight: Flight[prims.FlightHandle],
+        flight: Flight[_Handle],
         loader: Callable[[], Awaitable[Any]],
         ttl: float | None,
         *,
@@ -1047,7 +1071,7 @@ class AsyncCache(CacheBase):
         finally:
             self._finish(flight)
 
-    async def _write_guarded(self, flight: Flight[prims.FlightHandle], entry: Entry | None) -> None:
+    async def _write_guarded(self, flight: Flight[_Handle], entry: Entry | None) -> None:
         # (A local backend in asyncio: nothing here suspends, so the guard is only
         # ever taken by one at a time.)
         guard = flight.handle.guard
@@ -1067,9 +1091,7 @@ class AsyncCache(CacheBase):
                     raise
                 self._degraded("set", exc)
 
-    async def _write_leased(
-        self, flight: Flight[prims.FlightHandle], entry: Entry | None, token: str
-    ) -> None:
+    async def _write_leased(self, flight: Flight[_Handle], entry: Entry | None, token: str) -> None:
         # The lease makes the write atomic with respect to deletes in any process;
         # the local validity check only saves a round trip.
         leases = self._leases
@@ -1142,7 +1164,7 @@ class AsyncCache(CacheBase):
 
     async def _lead_leased(
         self,
-        flight: Flight[prims.FlightHandle],
+        flight: Flight[_Handle],
         loader: Callable[[], Awaitable[Any]],
         ttl: float | None,
         found: Entry | None,
@@ -1259,7 +1281,7 @@ class AsyncCache(CacheBase):
             if self._work.pending >= self._max_pending:
                 self._counters.refreshes_dropped += 1
                 return
-            handle = prims.FlightHandle(guarded=self._leases is None)
+            handle = _Handle(guarded=self._leases is None)
             flight = self._flights.start(full, handle, tags)
             self._work.start(
                 self._run_background,
@@ -1274,7 +1296,7 @@ class AsyncCache(CacheBase):
 
     async def _run_background(
         self,
-        flight: Flight[prims.FlightHandle],
+        flight: Flight[_Handle],
         loader: Callable[[], Awaitable[Any]],
         ttl: float | None,
         trigger: Entry,
