@@ -5,10 +5,12 @@
 # """``Cache``: the front end for threaded code."""
 # unasync: end
 
+# unasync: async-only
 # The one hand-written source of both front ends: scripts/unasync.py generates
 # sync.py (``Cache``) from this file. What differs in kind lives in _async_prims /
 # _sync_prims (same names); the few lines that differ otherwise carry an
 # ``# unasync:`` directive.
+# unasync: end
 
 from __future__ import annotations
 

@@ -2,11 +2,6 @@
 # Edit the async source and run `make generate`; `make lint` fails when stale.
 """``Cache``: the front end for threaded code."""
 
-# The one hand-written source of both front ends: scripts/unasync.py generates
-# sync.py (``Cache``) from this file. What differs in kind lives in _sync_prims /
-# _sync_prims (same names); the few lines that differ otherwise carry an
-# ``# unasync:`` directive.
-
 from __future__ import annotations
 
 import enum
