@@ -45,7 +45,15 @@ from cachewise._core.flights import (
     refresh_granted,
 )
 from cachewise._core.policy import Read, Seconds, decide_read, stale_servable
-from cachewise._core.readflow import LoadStep, Observed, Outcome, ReadStep, Serve, leased_read
+from cachewise._core.readflow import (
+    LeaseMode,
+    LoadStep,
+    Observed,
+    Outcome,
+    ReadStep,
+    Serve,
+    leased_read,
+)
 from cachewise._errors import (
     CacheClosedError,
     LoaderCycleError,
@@ -1188,7 +1196,7 @@ class AsyncCache(CacheBase):
                 if isinstance(step, ReadStep):
                     handle.reads += 1  # before sending: see LoadState.reads
                     try:
-                        reply = await leases.read_or_lease(full, token, step.mode)
+                        reply = await leases.read_or_lease(full, token, step.mode.value)
                     except Exception as exc:
                         self._degraded("read", exc)  # load without a lease or a write
                         handle.unreached = True
@@ -1313,7 +1321,7 @@ class AsyncCache(CacheBase):
             # Across processes, one refresh per key: only the lease holder runs it.
             token = new_token(self._token_prefix)
             try:
-                reply = await self._leases.read_or_lease(flight.key, token, "refresh")
+                reply = await self._leases.read_or_lease(flight.key, token, LeaseMode.REFRESH.value)
                 lease, current = reply.granted, reply.entry
             except Exception as exc:
                 self._degraded("read", exc)
