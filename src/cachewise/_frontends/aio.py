@@ -213,7 +213,8 @@ class AsyncCache(CacheBase):
             max_pending_refreshes=max_pending_refreshes,
             version=version,
         )
-        # Background work: the tasks of loads, refreshes and late lease releases.
+        # Background work: refreshes and late lease releases (and, in asyncio,
+        # the tasks loads run in).
         work = prims.Background()  # unasync: sync=work = prims.Background(refresh_workers)
         if backend is None:
             backend = MemoryBackend()
@@ -222,7 +223,8 @@ class AsyncCache(CacheBase):
         self._backend: prims.AnyBackend = backend
         self._stats_source = backend
         self._init_discard(backend)
-        # The backend as called with ``await``, and its optional capabilities.
+        # The backend as this code calls it (with ``await``, in asyncio), and its
+        # optional capabilities.
         self._store = adopted.store
         self._tagger = adopted.tagger
         # Backends with leases read through the in-process flight first; so does
