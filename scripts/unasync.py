@@ -21,11 +21,11 @@ Two line directives handle what no substitution can:
   line loses its first ``# `` after the indentation). The async file runs none
   of it.
 
-The output goes through ``ruff format``, so a generated file is formatted as every
-other file is, and is marked as generated in its first lines. Primitives that
-differ in kind (locks, events, sleeping, running a loader) are not substituted
-word by word: they live in one small module per flavour, and the rules swap the
-import.
+The output goes through ruff's import sorting (a renamed name may sort elsewhere)
+and ``ruff format``, so a generated file is formatted as every other file is, and
+is marked as generated in its first lines. Primitives that differ in kind
+(locks, events, sleeping, running a loader) are not substituted word by word:
+they live in one small module per flavour, and the rules swap the import.
 """
 
 from __future__ import annotations

@@ -9,9 +9,8 @@ takes the flight out of the table and revokes its right to write, so
   delete (no stale sets), and
 - callers arriving after the delete start a fresh load instead of joining the old one.
 
-The table is plain data. The front ends hold their own lock (or, for asyncio, rely
-on there being no ``await`` in between) around every call; the waiting primitive
-(a ``threading.Event`` or an ``asyncio.Task``) is theirs too, stored in ``handle``.
+The table is plain data. The front ends hold their own lock around every call; the waiting primitive
+(a ``threading.Event`` or an ``asyncio.Event``) is theirs too, stored in ``handle``.
 """
 
 from __future__ import annotations
