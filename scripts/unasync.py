@@ -21,11 +21,11 @@ Two line directives handle what no substitution can:
   line loses its first ``# `` after the indentation). The async file runs none
   of it.
 
-The output goes through ``ruff format``, so a generated file is formatted as every
-other file is, and is marked as generated in its first lines. Primitives that
-differ in kind (locks, events, sleeping, running a loader) are not substituted
-word by word: they live in one small module per flavour, and the rules swap the
-import.
+The output goes through ruff's import sorting (a renamed name may sort elsewhere)
+and ``ruff format``, so a generated file is formatted as every other file is, and
+is marked as generated in its first lines. Primitives that differ in kind
+(locks, events, sleeping, running a loader) are not substituted word by word:
+they live in one small module per flavour, and the rules swap the import.
 """
 
 from __future__ import annotations
@@ -43,8 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Substitutions every target gets, after its own.
 COMMON: list[tuple[str, str]] = [
     (r"\basync def\b", "def"),
-    (r"\basync with\b", "with"),
-    (r"\basync for\b", "for"),
+    (r"\basync (with|for)\b", r"\1"),
     (r"\bawait\s+", ""),
     (r"\b__aenter__\b", "__enter__"),
     (r"\b__aexit__\b", "__exit__"),
@@ -93,6 +92,19 @@ TARGETS: list[Target] = [
             # No cancellation to keep (see _flavour_async._kept): the plain call.
             (r"\bawait _kept\((.*)\)$", r"\1"),
             (r"\basyncio\.sleep\b", "time.sleep"),
+        ),
+    ),
+    Target(
+        "src/cachewise/_frontends/aio.py",
+        "src/cachewise/_frontends/sync.py",
+        (
+            (r"\b_async_prims\b", "_sync_prims"),
+            (r"\bAsyncCachedFunction\b", "CachedFunction"),
+            (r"\basync_invalidating\b", "invalidating"),
+            (r"\bis_async=True\b", "is_async=False"),
+            (r"\bAsyncCache\b", "Cache"),
+            (r"\baclose\b", "close"),
+            (r'"async"', '"sync"'),
         ),
     ),
 ]
@@ -154,17 +166,20 @@ def convert(text: str, rules: list[tuple[str, str]], used: dict[str, int]) -> st
 
 
 def _format(text: str, path: Path) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(path), "-"],
-        input=text,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"unasync: ruff format failed on {path}:\n{done.stderr}")
-    return done.stdout
+    # Imports sorted again first: a renamed name may sort elsewhere.
+    for command in (["check", "--select", "I", "--fix-only", "--quiet"], ["format"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, "--stdin-filename", str(path), "-"],
+            input=text,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"unasync: ruff {command[0]} failed on {path}:\n{done.stderr}")
+        text = done.stdout
+    return text
 
 
 def generate(target: Target, used: dict[str, int]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from cachewise._core.flights import Flight, FlightTable, LoadState
+from cachewise._core.flights import Flight, FlightTable, JoinPoint, LoadState, Served
 
 # -- FlightTable -------------------------------------------------------------------------
 
@@ -109,23 +109,24 @@ def test_a_flight_holds_whatever_handle_the_front_end_gives_it() -> None:
 
 def test_a_fresh_load_state_is_an_unstarted_confirmed_load() -> None:
     state = LoadState()
-    assert (state.kind, state.negative, state.stale) == ("load", False, None)
+    assert (state.served, state.negative, state.stale) == (Served.LOAD, False, None)
+    assert (state.value, state.error, state.abandoned) == (None, None, False)
     assert (state.started, state.sealed, state.confirmed) == (False, False, True)
     assert (state.unreached, state.unwritten) == (False, False)
     assert (state.reads, state.served_read) == (0, 0)
 
 
-def test_the_join_point_records_what_had_not_happened_yet() -> None:
+def test_the_join_point_records_where_the_load_stood() -> None:
     state = LoadState()
-    assert state.join_point() == (True, True, 0)
+    assert state.join_point() == JoinPoint(started=False, sealed=False, reads=0)
     state.started = True
     state.reads = 2
-    assert state.join_point() == (False, True, 2)
+    assert state.join_point() == JoinPoint(started=True, sealed=False, reads=2)
     state.sealed = True
-    assert state.join_point() == (False, False, 2)
+    assert state.join_point() == JoinPoint(started=True, sealed=True, reads=2)
 
 
-def joined_at(*, started: bool, sealed: bool, reads: int = 0) -> tuple[bool, bool, int]:
+def joined_at(*, started: bool, sealed: bool, reads: int = 0) -> JoinPoint:
     state = LoadState()
     state.started, state.sealed, state.reads = started, sealed, reads
     return state.join_point()
@@ -160,16 +161,16 @@ def test_an_unconfirmed_load_is_safe_only_for_joiners_who_came_before_it_began(
     assert state.safe_for(joined_at(started=started, sealed=sealed)) is safe
 
 
-@pytest.mark.parametrize("kind", ["hit", "stale"])
+@pytest.mark.parametrize("served", [Served.HIT, Served.STALE])
 @pytest.mark.parametrize(
     ("reads_when_joined", "served_read", "safe"),
     [(0, 1, True), (1, 2, True), (1, 1, False), (2, 1, False), (0, 0, False)],
 )
 def test_a_value_read_rather_than_loaded_is_safe_if_read_after_the_joiner_came(
-    kind: str, reads_when_joined: int, served_read: int, safe: bool
+    served: Served, reads_when_joined: int, served_read: int, safe: bool
 ) -> None:
     state = LoadState()
-    state.kind = kind
+    state.served = served
     state.started = True
     state.reads = max(reads_when_joined, served_read)
     state.served_read = served_read
@@ -181,6 +182,6 @@ def test_a_read_value_ignores_the_load_rules() -> None:
     # Joined before anything began (a loaded value would be safe), but the value
     # came from a read sent before the joiner arrived.
     state = LoadState()
-    state.kind = "hit"
+    state.served = Served.HIT
     state.served_read = 1
     assert state.safe_for(joined_at(started=False, sealed=False, reads=1)) is False

@@ -9,16 +9,17 @@ takes the flight out of the table and revokes its right to write, so
   delete (no stale sets), and
 - callers arriving after the delete start a fresh load instead of joining the old one.
 
-The table is plain data. The front ends hold their own lock (or, for asyncio, rely
-on there being no ``await`` in between) around every call; the waiting primitive
-(a ``threading.Event`` or an ``asyncio.Task``) is theirs too, stored in ``handle``.
+The table is plain data. The front ends hold their own lock around every call; the waiting primitive
+(a ``threading.Event`` or an ``asyncio.Event``) is theirs too, stored in ``handle``.
 """
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+import enum
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from cachewise._core.entry import Entry
+from cachewise._core.policy import superseded
 
 H = TypeVar("H")
 
@@ -102,13 +103,26 @@ class FlightTable(Generic[H]):
             del self._flights[flight.key]
 
 
-JoinPoint = tuple[bool, bool, int]
-"""Where a load stood when a caller joined it: not started, not sealed, reads sent."""
+class Served(enum.Enum):
+    """How a read-through's value was obtained, for the counters."""
+
+    HIT = "hit"
+    STALE = "stale"
+    LOAD = "load"
+
+
+class JoinPoint(NamedTuple):
+    """Where a load stood when a caller joined it."""
+
+    started: bool  # the loader had been called
+    sealed: bool  # the write had been sent
+    reads: int  # lease reads the leader had sent
 
 
 class LoadState:
-    """How one flight's load went, as its joiners need to know; the front ends'
-    flight handles extend it with their waiting primitives.
+    """How one flight's load went, as its joiners need to know: its outcome and
+    the bookkeeping ``after_wait`` decides on. The front ends' flight handles
+    extend it with their waiting primitives.
 
     On a lease backend another process's delete cannot revoke a local flight, so a
     joiner takes the outcome only when no delete that finished before it joined
@@ -116,21 +130,30 @@ class LoadState:
     """
 
     __slots__ = (
+        "abandoned",
         "confirmed",
-        "kind",
+        "error",
         "negative",
         "reads",
         "sealed",
+        "served",
         "served_read",
         "stale",
         "started",
         "unreached",
         "unwritten",
+        "value",
     )
 
     def __init__(self) -> None:
-        # How the value was obtained, for joiners' counters: "hit", "stale", "load".
-        self.kind = "load"
+        # The outcome: a value, or the error every caller gets.
+        self.value: Any = None
+        self.error: BaseException | None = None
+        # The leader died of a BaseException (KeyboardInterrupt, a cancelled load
+        # task) or could not run the refresh it registered: waiters read again.
+        self.abandoned = False
+        # How the value was obtained, for joiners' counters.
+        self.served = Served.LOAD
         self.negative = False
         # A stale entry that may stand in for a failed load (stale-if-error).
         self.stale: Entry | None = None
@@ -157,14 +180,48 @@ class LoadState:
 
     def join_point(self) -> JoinPoint:
         """Where the load stands now (taken as a caller joins it)."""
-        return not self.started, not self.sealed, self.reads
+        return JoinPoint(self.started, self.sealed, self.reads)
 
     def safe_for(self, joined: JoinPoint) -> bool:
         """Whether a value (not an error) this load produced may go to a joiner
         that joined at ``joined``: the write held its lease and the joiner came
         before it was sent; or nothing confirmed it but the joiner came before the
         load began; or the leader read it with a read sent after the joiner came."""
-        early, unsealed, seen = joined
-        if self.kind != "load":
-            return self.served_read > seen
-        return unsealed if self.confirmed else early
+        if self.served is not Served.LOAD:
+            return self.served_read > joined.reads
+        return not joined.sealed if self.confirmed else not joined.started
+
+
+class Next(enum.Enum):
+    """What a caller does once the flight it led or joined is over."""
+
+    TAKE = "take"  # its outcome: the value, or the error
+    RETRY = "retry"  # read again, from the start of the single-flight loop
+    LOAD_UNWRITTEN = "load unwritten"  # load at once, reading and writing nothing
+
+
+def after_wait(state: LoadState, joined: JoinPoint | None, leased: bool) -> Next:
+    """The one rule for a caller whose flight is over. ``joined`` is where the
+    load stood when the caller joined it (``None``: the caller led it);
+    ``leased``: the backend has leases, so a delete in another process may be
+    missing from a value this process loaded.
+
+    An abandoned flight gave no outcome: read again. Errors are shared. A value a
+    delete may predate goes only to callers ``safe_for`` it; the others read
+    again, or, when the backend just failed that flight, load without it rather
+    than wait out a second timeout.
+    """
+    if state.abandoned:
+        return Next.RETRY
+    if joined is None or not leased or state.error is not None or state.safe_for(joined):
+        return Next.TAKE
+    return Next.LOAD_UNWRITTEN if state.unreached else Next.RETRY
+
+
+def refresh_granted(trigger: Entry, current: Entry | None, lease: bool | None) -> bool:
+    """Whether a background refresh started by a hit on ``trigger`` runs, now that
+    the key reads ``current``. ``lease``: whether the backend granted the refresh
+    its lease (``None``: a backend without leases). Only the lease holder
+    refreshes (one per key across processes), and nobody refreshes an entry
+    something newer has already replaced."""
+    return lease is not False and not superseded(trigger, current)

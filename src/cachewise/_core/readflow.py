@@ -22,6 +22,7 @@ The protocol, per process (the in-process single-flight is already in front):
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -40,12 +41,19 @@ class LeaseReply(NamedTuple):
     unreadable: bool = False
 
 
+class LeaseMode(str, enum.Enum):
+    """What a read asks of the key's lease; backends take the ``value``."""
+
+    LEASE = "lease"  # the lease, on a miss
+    TAKE = "take"  # the lease whatever the value (it is unusable)
+    REFRESH = "refresh"  # a background refresh's lease, with the entry it replaces
+
+
 @dataclass(frozen=True, slots=True)
 class ReadStep:
-    """Read the key; ``mode`` is ``"lease"`` (lease on a miss) or ``"take"``
-    (lease whatever the value)."""
+    """Read the key, asking for its lease per ``mode`` (``LEASE`` or ``TAKE``)."""
 
-    mode: str
+    mode: LeaseMode
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +108,13 @@ def leased_read(
     stale with ``serve_stale=False``): the flow then asks for the lease at once
     ("take") instead of reading it again. ``stale`` may stand in for a failed load.
     """
-    mode = "lease" if found is None else "take"
+    mode = LeaseMode.LEASE if found is None else LeaseMode.TAKE
     deadline: float | None = None
     while True:
         observed = yield ReadStep(mode)
         assert observed is not None
         reply = observed.reply
-        if reply.entry is not None:  # only "lease" reads return a value
+        if reply.entry is not None:  # only LEASE reads return a value
             action = decide_read(reply.entry, observed.now, observed.u, policy)
             if action is Read.HIT:
                 return Serve(reply.entry, stale=False, refresh=False)
@@ -116,10 +124,10 @@ def leased_read(
                 return Serve(reply.entry, stale=True, refresh=True)
             if action is Read.LOAD_OR_STALE:
                 stale = reply.entry
-            mode = "take"  # unusable: ask for the lease whatever the value
+            mode = LeaseMode.TAKE  # unusable: ask for the lease whatever the value
             continue
         if reply.unreadable:
-            mode = "take"  # a corrupt value is a miss: reload over it
+            mode = LeaseMode.TAKE  # a corrupt value is a miss: reload over it
             continue
         if reply.granted:
             return LoadStep(leased=True, stale=stale)
@@ -130,4 +138,4 @@ def leased_read(
             return LoadStep(leased=False, stale=stale)
         # Never past the holder's lease: once it expires the next read takes over.
         yield WaitStep(min(max(reply.held_for, 0.001), remaining))
-        mode = "lease"
+        mode = LeaseMode.LEASE

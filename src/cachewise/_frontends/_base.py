@@ -21,6 +21,7 @@ from typing import Any
 
 from cachewise import _typed
 from cachewise._core.entry import Entry
+from cachewise._core.flights import Served
 from cachewise._core.policy import Policy, Seconds, check_seconds, is_fresh, make_entry
 from cachewise._errors import CacheClosedError, CircuitOpenError
 from cachewise._frontends._decorator import KeyBuilder, OnMaxKeys
@@ -200,6 +201,9 @@ class CacheBase(HeldMixin):
         # TTL. Unambiguous (see keys.key_prefix): no two caches share a name.
         self._prefix = key_prefix(namespace, version_text)
         self._clock: Clock = clock or time.time
+        # Deadlines and timings (lease waits, fast-failure retries, log rate limits)
+        # read this clock: a test may swap it for a fake one.
+        self._monotonic: Clock = time.monotonic
         self._rng = rng or random.Random()
         self._counters = Counters()
         self._max_pending = max_pending_refreshes
@@ -355,14 +359,14 @@ class CacheBase(HeldMixin):
             except Exception as exc:
                 self._degraded("discard", exc)
 
-    def _count_served(self, kind: str, negative: bool) -> None:
-        """Count one read-through by how its value came: "hit", "stale" or "load"."""
+    def _count_served(self, served: Served, negative: bool) -> None:
+        """Count one read-through by how its value came."""
         counters = self._counters
-        if kind == "hit":
+        if served is Served.HIT:
             counters.hits += 1
             if negative:
                 counters.negative_hits += 1
-        elif kind == "stale":
+        elif served is Served.STALE:
             counters.stale_served += 1
         else:
             counters.misses += 1
@@ -382,7 +386,7 @@ class CacheBase(HeldMixin):
         for key, entry in zip(keys, entries, strict=True):
             pending = self._covered(view, self._full_key(key), entry)
             if entry is not None and not pending and is_fresh(entry, now):
-                self._count_served("hit", entry.negative)
+                self._count_served(Served.HIT, entry.negative)
                 found[key] = entry.value
             else:
                 self._counters.misses += 1
@@ -531,7 +535,7 @@ class CacheBase(HeldMixin):
         if isinstance(exc, CircuitOpenError):
             return
         self._counters.backend_errors += 1
-        now = time.monotonic()
+        now = self._monotonic()
         if now - self._last_warning >= _WARN_EVERY:
             self._last_warning = now
             logger.warning(

@@ -27,10 +27,9 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from cachewise import _forksafe
@@ -215,6 +214,7 @@ class HeldMixin:
     _unsettled: bool
     _group: CacheGroup
     _last_unsettle_log: float
+    _monotonic: Callable[[], float]  # (CacheBase: the injected monotonic clock)
     _closed: bool
     _namespace: str
     _prefix: str
@@ -275,7 +275,7 @@ class HeldMixin:
         the background."""
         self._held.hold(keys, tags, everything)
         self._group._holds(self)  # the interpreter's exit gives it one last try
-        now = time.monotonic()
+        now = self._monotonic()
         if now - self._last_unsettle_log >= _LOG_EVERY:
             self._last_unsettle_log = now
             logger.error(

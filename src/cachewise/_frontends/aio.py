@@ -1,24 +1,52 @@
-"""``AsyncCache``: the front end for asyncio code."""
+# unasync: async-only
+"""``AsyncCache``: the front end for asyncio code, and the source of ``sync.py``."""
+# unasync: end
+# unasync: sync-only
+# """``Cache``: the front end for threaded code."""
+# unasync: end
+
+# unasync: async-only
+# The one hand-written source of both front ends: scripts/unasync.py generates
+# sync.py (``Cache``) from this file. What differs in kind lives in _async_prims /
+# _sync_prims (same names); the few lines that differ otherwise carry an
+# ``# unasync:`` directive.
+# unasync: end
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import inspect
+import asyncio  # unasync: async-only
+import contextlib  # unasync: async-only
+import enum
 import random
 import threading
-import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+import time  # unasync: async-only
+
+# unasync: async-only
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+
+# unasync: end
+# unasync: sync-only
+# from collections.abc import Callable, Iterable, Mapping, Sequence
+# unasync: end
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from cachewise import _forksafe, _typed
 from cachewise._core.entry import Entry
 from cachewise._core.errors import ErrorKind, classify, retry_fast_failure
-from cachewise._core.flights import Flight, FlightTable, LoadState
-from cachewise._core.policy import Read, Seconds, decide_read, stale_servable, superseded
+from cachewise._core.flights import (
+    Flight,
+    FlightTable,
+    JoinPoint,
+    LoadState,
+    Next,
+    Served,
+    after_wait,
+    refresh_granted,
+)
+from cachewise._core.policy import Read, Seconds, decide_read, stale_servable
 from cachewise._core.readflow import (
-    LeaseReply,
+    LeaseMode,
     LoadStep,
     Observed,
     Outcome,
@@ -28,10 +56,11 @@ from cachewise._core.readflow import (
 )
 from cachewise._errors import (
     CacheClosedError,
-    LoadCancelledError,
     LoaderCycleError,
     TagsUnsupportedError,
+    WeigherError,
 )
+from cachewise._frontends import _async_prims as prims
 from cachewise._frontends._base import (
     _SETTLE_EVERY,
     CacheBase,
@@ -70,15 +99,6 @@ from cachewise._frontends._group import CacheGroup
 from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING
 from cachewise.backends._memory import MemoryBackend
-from cachewise.backends._protocol import (
-    AsyncBackend,
-    AsyncLeaseBackend,
-    AsyncTagBackend,
-    Backend,
-    InProcessLeaseBackend,
-    NonBlockingBackend,
-    TagBackend,
-)
 from cachewise.invalidation import Registry
 from cachewise.keys import SHORT_KEY_CHARS, check_key
 from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
@@ -86,76 +106,44 @@ from cachewise.serialization import SerializationError, Serializer, ValueTooLarg
 T = TypeVar("T")
 D = TypeVar("D")
 
-
-class _Task(LoadState):
-    """The waiting side of one async flight."""
-
-    __slots__ = ("future", "guard")
-
-    def __init__(self) -> None:
-        super().__init__()
-        # What every caller awaits (shielded): the load task itself, or, for a
-        # lease backend's read, a future the leading caller resolves.
-        self.future: asyncio.Future[Any] | None = None
-        # Lease-less remote backends only: held while the finished load checks
-        # validity and writes; invalidation passes through it (see Cache._revoke).
-        self.guard: asyncio.Lock | None = None
-
-
-class _LocalLeases:
-    """An in-process lease backend seen through the async lease interface: every
-    call but ``wait`` completes without suspending (no await inside)."""
-
-    __slots__ = ("_backend",)
-
-    def __init__(self, backend: InProcessLeaseBackend) -> None:
-        self._backend = backend
-
-    @property
-    def wait_timeout(self) -> float:
-        return self._backend.wait_timeout
-
-    async def read_or_lease(self, key: str, token: str, mode: str = "lease") -> LeaseReply:
-        return self._backend.read_or_lease(key, token, mode)
-
-    async def set_leased(self, key: str, entry: Entry, token: str) -> bool:
-        return self._backend.set_leased(key, entry, token)
-
-    async def release(self, key: str, token: str) -> bool:
-        return self._backend.release(key, token)
-
-    async def wait(self, key: str, timeout: float) -> bool:
-        return await self._backend.wait_async(key, timeout)
-
-
-# What _bcall returns when the backend call failed (and was counted).
-_FAILED: Any = object()
-
-
-class _Retry(Exception):
-    """A flight ended without an outcome for its waiters: read again."""
-
-
 # What a load's write may refuse and still hand its value to the callers: the
 # codec's refusals. (A weigher's error is the application's bug: it is raised.)
 _UNSTORABLE = (SerializationError, ValueTooLargeError)
 
+# What _send_invalidation returns when the backend call failed (and was counted).
+_FAILED: Any = object()
 
-def _copy_outcome(task: asyncio.Task[Any], future: asyncio.Future[Any]) -> None:
-    if future.done():
-        return
-    if task.cancelled():
-        future.set_exception(_Retry())
-    elif task.exception() is not None:
-        future.set_exception(task.exception())  # type: ignore[arg-type]
-    else:
-        future.set_result(task.result())
-    # The future's exception is seen by the awaiting callers; mark it retrieved for
-    # the case where every caller was cancelled.
-    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+# unasync: sync-only
+# # How long close() waits for the settler to stop.
+# _SETTLER_JOIN = 2.0
+# unasync: end
+
+
+class _Lead(enum.Enum):
+    """How the leader of a flight loads."""
+
+    LOAD = "load"  # call the loader, write the result (a backend without leases)
+    LEASED = "leased"  # the lease flow first (readflow.leased_read), then maybe load
+    UNWRITTEN = "unwritten"  # call the loader, read and write nothing
+
+
+class _Handle(LoadState):
+    """The waiting side of one flight: the event its callers wait on (created by
+    the first one, under the cache's lock, which the flight's end takes too: no
+    wake-up is lost), and the write guard of a backend without leases: held while
+    the finished load checks its flight is still valid and writes; invalidation
+    passes through it, so its delete lands after such a write."""
+
+    __slots__ = ("event", "guard")
+
+    def __init__(self, guarded: bool) -> None:
+        super().__init__()
+        self.event: prims.Event | None = None
+        self.guard = prims.Guard() if guarded else None
 
 
 class AsyncCache(CacheBase):
+    # unasync: async-only
     """A read-through cache for asyncio code: ``Cache``'s API, as coroutines.
 
     Loaders are zero-argument callables returning an awaitable. A shared load runs in
@@ -167,9 +155,35 @@ class AsyncCache(CacheBase):
     Use one ``AsyncCache`` from one event loop at a time.
     """
 
+    # unasync: end
+    # unasync: sync-only
+    # """A read-through cache for threaded code.
+    #
+    # ``backend=None`` means a bounded ``MemoryBackend`` (10,000 entries, 64 MiB) that
+    # the cache owns and closes. A backend you pass in stays yours to close.
+    #
+    # Options (all keyword-only, all validated):
+    #
+    # - ``namespace``: prefix of every key (``"ns:key"``).
+    # - ``ttl``: default lifetime in seconds; each write draws its TTL uniformly from
+    #   ``[ttl*(1-jitter), ttl*(1+jitter)]``. ``0`` stores nothing.
+    # - ``stale_ttl``: grace window past the TTL in which a stale value is served
+    #   while one refresh runs (stale-while-revalidate), and served instead of a
+    #   load error (stale-if-error). ``serve_stale=False`` makes readers wait for the
+    #   refresh instead, still falling back to the stale value on error.
+    # - ``negative_ttl``: lifetime of a loader result for which ``is_negative(result)``
+    #   holds (default: ``result is None``), capped by ``ttl``; ``0`` caches none.
+    # - ``early_refresh``: XFetch's β; ``0`` turns probabilistic early refresh off.
+    # - ``clock``: zero-argument callable returning seconds (default ``time.time``);
+    #   ``rng``: a ``random.Random`` for jitter and XFetch draws.
+    # - ``refresh_workers`` / ``max_pending_refreshes``: the bounded pool that runs
+    #   background refreshes, drained by ``close()``.
+    # """
+    # unasync: end
+
     def __init__(
         self,
-        backend: AsyncBackend | NonBlockingBackend | None = None,
+        backend: prims.BackendArg | None = None,
         *,
         namespace: str = "",
         ttl: Seconds = 300.0,
@@ -181,6 +195,9 @@ class AsyncCache(CacheBase):
         rng: random.Random | None = None,
         serve_stale: bool = True,
         is_negative: Callable[[Any], bool] | None = None,
+        # unasync: sync-only
+        # refresh_workers: int = 4,
+        # unasync: end
         max_pending_refreshes: int = 256,
         version: int | str | None = None,
         group: CacheGroup | None = None,
@@ -202,65 +219,59 @@ class AsyncCache(CacheBase):
             group=group,
             registry=registry,
         )
+        # Background work: refreshes and late lease releases (and, in asyncio,
+        # the tasks loads run in).
+        work = prims.Background()  # unasync: sync=work = prims.Background(refresh_workers)
         if backend is None:
             backend = MemoryBackend()
             self._owns_backend = True
-        # Exactly one of _local / _remote is set. A local backend is called with no
-        # await, which also makes "check the flight is valid, then write" atomic.
-        self._local: Backend | None = None
-        self._remote: AsyncBackend | None = None
-        if inspect.iscoroutinefunction(getattr(backend, "get", None)) and isinstance(
-            backend, AsyncBackend
-        ):
-            self._remote = backend
-        elif isinstance(backend, Backend) and getattr(backend, "nonblocking", False):
-            self._local = backend
-        else:
-            raise TypeError(
-                f"AsyncCache needs an AsyncBackend or a non-blocking backend such as "
-                f"MemoryBackend, got {type(backend).__name__}"
-            )
-        self._backend: AsyncBackend | Backend = backend
+        adopted = prims.Adopted(backend)
+        self._backend: prims.AnyBackend = backend
         self._stats_source = backend
         self._init_discard(backend)
-        self._lget = self._local.get if self._local is not None else None
-        # Tags: a local backend checks them inside get; a remote one may check them
-        # in the same round trip when told which tags the caller expects.
-        self._local_tagger: TagBackend | None = (
-            self._local if isinstance(self._local, TagBackend) else None
-        )
-        self._remote_tagger: AsyncTagBackend | None = (
-            self._remote if isinstance(self._remote, AsyncTagBackend) else None
-        )
-        # Shared backends with leases read through the in-process flight first; so
-        # does an in-process one (MemoryBackend), whose leases coordinate this
-        # cache with every other front end on it.
-        self._leases: AsyncLeaseBackend | None = None
-        # The store whose leases flights of this process hold (see _cycles).
-        self._inproc: InProcessLeaseBackend | None = None
-        if self._remote is not None and isinstance(backend, AsyncLeaseBackend):
-            self._leases = backend
-        elif isinstance(self._local, InProcessLeaseBackend):
-            self._leases = _LocalLeases(self._local)
-            self._inproc = self._local
-        # See Cache: the store's name for the leases of this process's flights.
+        # The backend as this code calls it (with ``await``, in asyncio), and its
+        # optional capabilities.
+        self._store = adopted.store
+        self._tagger = adopted.tagger
+        # Backends with leases read through the in-process flight first; so does
+        # an in-process one (MemoryBackend), whose leases coordinate this cache
+        # with every other front end on it.
+        self._leases = adopted.leases
+        # A backend called directly, with no await (always, in threaded code):
+        # bound once, so the hit path is one call into the backend.
+        self._local = adopted.local
+        self._local_get: Any = adopted.local.get if adopted.local is not None else None
+        # The exact MemoryBackend's entries: its get is inlined on the hit path.
+        self._memory_data = adopted.memory_data
+        # An in-process store's leases are held by flights of this process: waits
+        # on them join the loader-cycle check (see _cycles).
+        self._inproc = adopted.inproc
+        # Leases of flights of this process are recorded under this name of the
+        # store, shared by every cache on it (see _cycles: cycles through leases).
         self._scope = lease_scope(backend) if self._leases is not None else None
-        self._flights: FlightTable[_Task] = FlightTable()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._settler: asyncio.Task[Any] | None = None
+        # Guards the flight table and the pending-work bookkeeping. Never held
+        # across a loader call, backend I/O or an await.
+        self._lock = threading.Lock()
+        self._flights: FlightTable[_Handle] = FlightTable()
+        self._work = work
+        self._settler: prims.Settler | None = None
+        # unasync: sync-only
+        # self._settle_wake = threading.Event()  # set by close() to stop the settler
+        # unasync: end
+        # unasync: async-only
         # Settles from a thread while no loop runs the settler (_settle_loop).
         self._thread_settler: threading.Thread | None = None
         self._thread_settler_lock = threading.Lock()
-        self._background = 0
         # The event loop the flights, tasks and settler belong to (_check_loop).
         self._loop: asyncio.AbstractEventLoop | None = None
+        # unasync: end
         _forksafe.register(self)
 
     @classmethod
     def from_url(
         cls, url: str, *, serializer: Serializer | str | None = None, **options: Any
     ) -> AsyncCache:
-        """An async cache on the backend ``url`` names, e.g. ``memory://?max_entries=1000``
+        """A cache on the backend ``url`` names, e.g. ``memory://?max_entries=1000``
         or ``redis://host:6379/0``. The cache owns the backend and closes it.
 
         Keywords are the cache's options (``ttl=``, ``namespace=``...) and the URL's
@@ -274,45 +285,9 @@ class AsyncCache(CacheBase):
         return cache
 
     @property
-    def backend(self) -> AsyncBackend | Backend:
+    def backend(self) -> prims.AnyBackend:
         """The backend entries live in."""
         return self._backend
-
-    # -- backend calls, local or remote ------------------------------------------
-
-    async def _bread(self, full: str, tags: tuple[str, ...] = ()) -> Entry | None:
-        """Read one entry (raising what the backend raises). A local backend checks
-        an entry's tags itself; a remote one checks ``tags`` in the same round trip."""
-        if self._lget is not None:
-            return self._lget(full)
-        if tags:
-            if self._remote_tagger is None:
-                raise TagsUnsupportedError(f"{type(self._backend).__name__} does not support tags")
-            return await self._remote_tagger.get_tagged(full, tags)
-        assert self._remote is not None
-        return await self._remote.get(full)
-
-    async def _stamp(self, tags: tuple[str, ...]) -> Any:
-        """The backend's versions of ``tags``, taken before a value is loaded."""
-        if not tags:
-            return None
-        if self._local_tagger is not None:
-            return self._local_tagger.tag_stamp(tags)
-        if self._remote_tagger is not None:
-            return await self._remote_tagger.tag_stamp(tags)
-        raise TagsUnsupportedError(f"{type(self._backend).__name__} does not support tags")
-
-    async def _bcall(self, operation: str, *args: Any) -> Any:
-        """Call a backend method by name; failures are counted and give ``None``."""
-        try:
-            if self._local is not None:
-                return getattr(self._local, operation)(*args)
-            return await getattr(self._remote, operation)(*args)
-        except Exception as exc:
-            if classify(exc) is ErrorKind.CALLER:
-                raise  # an unserializable value is the caller's error, not a degraded call
-            self._degraded(operation, exc)
-            return _FAILED
 
     # -- reads --------------------------------------------------------------------
 
@@ -322,8 +297,13 @@ class AsyncCache(CacheBase):
     async def get(self, key: str, default: D, *, type: Any = None) -> Any | D: ...
 
     async def get(self, key: str, default: Any = MISSING, *, type: Any = None) -> Any:
-        """The fresh value under ``key``, or ``default`` (``MISSING``); ``type``
-        as for ``Cache.get``."""
+        """The fresh value under ``key``, or ``default`` (``MISSING``).
+
+        Never returns a stale value: with no loader there is nothing to revalidate.
+        ``type``: what the value is (``User``, ``list[User]``, ``User | None``), for
+        structured values on a shared backend: the reader's type rebuilds them
+        (see ``cachewise.serialization``); an entry that does not fit is a miss.
+        """
         if type is not None:
             token = _typed.expect(type)
             try:
@@ -337,9 +317,12 @@ class AsyncCache(CacheBase):
         view = None
         if self._unsettled:
             view = self._held_view()
-            self._start_settler()  # (after a loop change, it may need starting again)
+            # Held by another cache sharing ours, maybe one whose settler cannot
+            # run; or, after a loop change, it may need starting again.
+            self._start_settler()
+        local_get = self._local_get
         try:
-            entry = self._lget(full) if self._lget is not None else await self._bread(full)
+            entry = local_get(full) if local_get is not None else await self._store.get(full)
         except Exception as exc:
             self._check_miss(full)  # a bad key (say, a lone surrogate) is not a failure
             self._degraded("get", exc)
@@ -360,12 +343,20 @@ class AsyncCache(CacheBase):
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """The fresh values among ``keys``, as ``{key: value}``; misses are left out."""
-        self._check_loop()
+        self._check_loop()  # unasync: async-only
         self._check_keys(keys)
         wanted = [check_key(key) for key in keys]
+        full = [self._full_key(key) for key in wanted]
+        entries: list[Entry | None] | None
         view = self._held_view()
-        entries = await self._bcall("get_many", [self._full_key(key) for key in wanted])
-        return self._collect_fresh(wanted, None if entries is _FAILED else entries, view)
+        if view is not None:
+            self._start_settler()  # (held by a sibling, maybe: see get)
+        try:
+            entries = await self._store.get_many(full)
+        except Exception as exc:
+            self._degraded("get_many", exc)
+            entries = None
+        return self._collect_fresh(wanted, entries, view)
 
     async def get_or_load(
         self,
@@ -376,10 +367,13 @@ class AsyncCache(CacheBase):
         tags: Iterable[str] = (),
         type: Any = None,
     ) -> T:
-        """The value under ``key``; on a miss, the awaited result of ``loader()``.
+        """The value under ``key``; on a miss, ``loader()``'s result, cached.
 
-        Concurrent tasks on one key share one load; see ``Cache.get_or_load``
-        (``type`` too).
+        Concurrent callers on one key share one ``loader`` call and get its result or
+        its exception. Stale and early-refresh handling follow the cache's options.
+        ``tags``: the entry is invalidated by ``invalidate_tags`` of any of them.
+        ``type``: what the value is, as for ``get``. A value the codec refuses is
+        returned uncached (``stats().encode_errors``).
         """
         if type is not None:
             token = _typed.expect(type)
@@ -387,6 +381,9 @@ class AsyncCache(CacheBase):
                 return await self.get_or_load(key, loader, ttl=ttl, tags=tags)
             finally:
                 _typed.READ_TYPE.reset(token)
+        # The hit path, kept to one backend call, one clock read and one comparison.
+        # refresh_at is the instant before which the entry is certainly fresh and
+        # needs no XFetch draw; everything else goes to the decision core.
         # (An empty key must not hit the entry named by the bare prefix: validated.)
         full = self._prefix + key if key.__class__ is str and key else ""
         if not 0 < len(full) <= SHORT_KEY_CHARS:
@@ -397,15 +394,29 @@ class AsyncCache(CacheBase):
             ttl = check_ttl(ttl)
         ftags = self._entry_tags(tags) if tags else ()
         if ftags:
-            self._need_tags(ftags)  # (the same TagsUnsupportedError in both front ends)
-        lget = self._lget
+            self._need_tags(ftags)
         view = self._held_view() if self._unsettled else None
+        data = self._memory_data
         try:
-            # Local backend: the same hit path as Cache, with no await at all (a
-            # local backend checks an entry's tags itself).
-            entry = lget(full) if lget is not None else await self._bread(full, ftags)
+            if data is None:
+                # With tags, a shared backend checks their versions in the same round trip.
+                entry = await self._read(full, ftags)
+            else:
+                # MemoryBackend.get, inlined (a call is a sixth of a hit's cost): an
+                # untagged entry only needs marking as recently used; a tagged one
+                # takes the backend's own checks. (Its get_tagged is its get.)
+                entry = data.get(full)
+                if entry is not None:
+                    if entry.tags:
+                        entry = self._local_get(full)
+                    else:
+                        try:
+                            data.move_to_end(full)
+                        except KeyError:
+                            pass  # removed meanwhile: this read is ordered before that
         except Exception as exc:
-            # Not answering: straight to the loader; no lease, no write (see Cache).
+            # The backend is not answering: straight to the loader, no more waiting
+            # on it in this call (no lease, no write).
             self._check_miss(full)  # a bad key (say, a lone surrogate) is not a failure
             self._degraded("get", exc)
             unreached: T = await self._load_unreached(full, loader, ttl, ftags)
@@ -419,6 +430,14 @@ class AsyncCache(CacheBase):
             return value
         return await self._read_slow(full, loader, ttl, ftags, entry, view)
 
+    async def _read(self, full: str, tags: tuple[str, ...] = ()) -> Entry | None:
+        """Read one entry (raising what the backend raises); with ``tags``, the
+        backend checks them in the same round trip."""
+        if tags:
+            assert self._tagger is not None  # (checked by _need_tags)
+            return await self._tagger.get_tagged(full, tags)
+        return await self._store.get(full)
+
     async def _read_slow(
         self,
         full: str,
@@ -429,7 +448,7 @@ class AsyncCache(CacheBase):
         view: HeldView = None,
     ) -> T:
         counters = self._counters
-        self._check_loop()
+        self._check_loop()  # unasync: async-only
         if self._unsettled:
             self._start_settler()  # (a no-op while it runs: held by a sibling, maybe)
         if (view is not None or self._unsettled) and self._covered(view, full, entry, tags):
@@ -445,16 +464,17 @@ class AsyncCache(CacheBase):
             self._check_miss(full)
             self._check_open()
             stale = entry if action is Read.LOAD_OR_STALE else None
+            self._drop_expired(full, entry, now)
             if self._leases is not None:
-                # See Cache._read_slow: a miss goes through one lease read per process.
-                self._drop_expired(full, entry, now)
-                leased: T = await self._read_leased(full, loader, ttl, tags, entry, stale)
+                # A hit was one GET; a miss goes through the in-process flight to
+                # one read-with-lease per process (or per front end, on a shared
+                # MemoryBackend). It counts its own outcome.
+                leased: T = await self._load(full, loader, ttl, tags, stale, _Lead.LEASED, entry)
                 return leased
             counters.misses += 1
-            self._drop_expired(full, entry, now)
-            result: T = await self._load(full, loader, ttl, tags, stale)
+            result: T = await self._load(full, loader, ttl, tags, stale, _Lead.LOAD)
             return result
-        assert entry is not None
+        assert entry is not None  # decide_read only loads on a missing entry
         if action is Read.HIT:
             counters.hits += 1
             if entry.negative:
@@ -473,8 +493,11 @@ class AsyncCache(CacheBase):
     async def set(
         self, key: str, value: Any, *, ttl: Seconds | None = None, tags: Iterable[str] = ()
     ) -> None:
-        """Store ``value`` under ``key``; a load in flight will not overwrite it."""
-        self._check_loop()
+        """Store ``value`` under ``key``. A load in flight for ``key`` will not
+        overwrite it. Prefer ``delete`` on write (cache-aside); ``set`` is for values
+        you computed yourself. A value the backend cannot serialize raises
+        ``SerializationError`` (a ``TypeError``) and nothing is written."""
+        self._check_loop()  # unasync: async-only
         self._check_value(value)
         full = self._full_key(key)
         ttl = check_ttl(ttl)
@@ -484,29 +507,27 @@ class AsyncCache(CacheBase):
         await self._revoke([full])
         try:
             stamp = await self._stamp(ftags)
-        except Exception as exc:
-            self._degraded("tag_stamp", exc)
-            self._unsettle(keys=[full])
-            return
-        entry = self._new_entry(value, self._clock(), ttl, 0.0, False, ftags, stamp)
-        try:
+            entry = self._new_entry(value, self._clock(), ttl, 0.0, False, ftags, stamp)
             if entry is None:
-                result = await self._bcall("delete", full)
+                await self._store.delete(full)
             else:
-                result = await self._bcall("set", full, entry)
-        except asyncio.CancelledError:
-            # Cancelled mid-write: the set may still land (on the wire). Held, so
+                await self._store.set(full, entry)
+        except Exception as exc:
+            if classify(exc) is ErrorKind.CALLER:
+                raise
+            self._degraded("set", exc)
+            self._unsettle(keys=[full])  # the old value may still be there
+        except BaseException:
+            # Interrupted mid-write: the set may still land (on the wire). Held, so
             # the settler deletes the key again, fenced against that late set.
             self._unsettle(keys=[full])
             raise
-        if result is _FAILED:
-            self._unsettle(keys=[full])  # the old value may still be there
 
     async def set_many(
         self, items: Mapping[str, Any], *, ttl: Seconds | None = None, tags: Iterable[str] = ()
     ) -> None:
         """``set`` for several keys with one TTL (and the same tags)."""
-        self._check_loop()
+        self._check_loop()  # unasync: async-only
         if not isinstance(items, Mapping):
             raise TypeError(
                 f"set_many takes a mapping of keys to values, not {type(items).__name__}"
@@ -520,28 +541,27 @@ class AsyncCache(CacheBase):
         full_keys = [self._full_key(key) for key in items]
         await self._revoke(full_keys)
         try:
-            stamp = await self._stamp(ftags)
+            pairs, dropped = self._entries_for(items, ttl, ftags, await self._stamp(ftags))
+            if pairs:
+                await self._store.set_many(pairs)
+            if dropped:
+                await self._store.delete_many(dropped)
         except Exception as exc:
-            self._degraded("tag_stamp", exc)
+            if classify(exc) is ErrorKind.CALLER:
+                raise
+            self._degraded("set_many", exc)
             self._unsettle(keys=full_keys)
-            return
-        pairs, dropped = self._entries_for(items, ttl, ftags, stamp)
-        try:
-            failed = pairs and await self._bcall("set_many", pairs) is _FAILED
-            if dropped and await self._bcall("delete_many", dropped) is _FAILED:
-                failed = True
-        except asyncio.CancelledError:
+        except BaseException:
             self._unsettle(keys=full_keys)  # (see set)
             raise
-        if failed:
-            self._unsettle(keys=full_keys)
 
     async def delete(self, key: str) -> bool:
-        """Remove ``key``; whether it was cached. A load in flight will not write."""
-        self._check_loop()
+        """Remove ``key``; whether it was cached. A load in flight for it will not
+        write its (possibly old) result, and later readers start a fresh load."""
+        self._check_loop()  # unasync: async-only
         full = self._full_key(key)
         await self._revoke([full])
-        result = await self._send_invalidation("delete", full)
+        result = await self._send_invalidation("delete", self._store.delete, full)
         if result is _FAILED:
             self._unsettle(keys=[full])
             return False
@@ -549,58 +569,100 @@ class AsyncCache(CacheBase):
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """``delete`` for several keys; how many were cached."""
-        self._check_loop()
+        self._check_loop()  # unasync: async-only
         self._check_keys(keys)
         full = [self._full_key(key) for key in keys]
         if not full:
             return 0
         await self._revoke(full)
-        result = await self._send_invalidation("delete_many", full)
+        result = await self._send_invalidation("delete_many", self._store.delete_many, full)
         if result is _FAILED:
             self._unsettle(keys=full)
             return 0
         return int(result or 0)
 
     async def invalidate_tags(self, *tags: str) -> None:
-        """Invalidate every entry carrying any of ``tags``, in O(number of tags);
-        loads in flight for them are revoked (see ``Cache.invalidate_tags``)."""
-        self._check_loop()
+        """Invalidate every entry carrying any of ``tags``, in O(number of tags).
+
+        Loads in flight for such entries are revoked too: a caller after this
+        never joins a load that started before it.
+        """
+        self._check_loop()  # unasync: async-only
         ftags = self._full_tags(tags)
         if not ftags:
             return
-        if self._local_tagger is None and self._remote_tagger is None:
+        if self._tagger is None:
             raise TagsUnsupportedError(f"{type(self._backend).__name__} does not support tags")
-        for flight in self._flights.invalidate_tagged(ftags):
+        with self._lock:
+            flights = self._flights.invalidate_tagged(ftags)
+        for flight in flights:
             await self._pass_guard(flight)
-        for attempt in (1, 2):  # a second try after a fast failure: see Cache
-            started = time.monotonic()
+        method = self._tagger.invalidate_tags
+        if await self._send_invalidation("invalidate_tags", method, ftags) is _FAILED:
+            self._unsettle(tags=ftags)
+
+    async def clear(self) -> int:
+        """Remove every entry of this cache's namespace (O(n)); how many."""
+        self._check_loop()  # unasync: async-only
+        with self._lock:
+            flights = self._flights.invalidate_all()
+        for flight in flights:
+            await self._pass_guard(flight)
+        try:
+            return int(await self._store.clear(self._prefix) or 0)
+        except Exception as exc:
+            self._degraded("clear", exc)
+            self._unsettle(everything=True)
+            return 0
+
+    async def _send_invalidation(
+        self, operation: str, method: Callable[..., Awaitable[Any]], *args: Any
+    ) -> Any:
+        """Send an invalidation; a failure that came fast (a connection that turned
+        out dead) is worth one more try before the invalidation is held, a timeout
+        is not (it already waited). Each failure is counted; ``_FAILED`` if it did
+        not land."""
+        attempt = 1
+        while True:
+            started = self._monotonic()
             try:
-                await self._invalidate(ftags)
-                break
+                return await method(*args)
             except Exception as exc:
-                self._degraded("invalidate_tags", exc)
-                if not retry_fast_failure(time.monotonic() - started, attempt):
-                    self._unsettle(tags=ftags)
-                    break
+                self._degraded(operation, exc)
+                if not retry_fast_failure(self._monotonic() - started, attempt):
+                    return _FAILED
+            attempt += 1
 
-    async def _send_invalidation(self, operation: str, *args: Any) -> Any:
-        """A backend invalidation, tried again after a fast failure (see
-        ``Cache._send_invalidation``); ``_FAILED`` if it did not land."""
-        started = time.monotonic()
-        result = await self._bcall(operation, *args)
-        if result is _FAILED and retry_fast_failure(time.monotonic() - started, 1):
-            result = await self._bcall(operation, *args)
-        return result
+    async def _revoke(self, keys: list[str]) -> None:
+        # Invalidate before touching the backend: once revoked, no load in flight
+        # can write; then our delete/set removes anything written before.
+        with self._lock:
+            flights = [f for f in map(self._flights.invalidate, keys) if f is not None]
+        for flight in flights:
+            await self._pass_guard(flight)
 
-    async def _invalidate(self, tags: Sequence[str]) -> None:
-        if self._local_tagger is not None:
-            self._local_tagger.invalidate_tags(tags)
-        elif self._remote_tagger is not None:
-            await self._remote_tagger.invalidate_tags(tags)
+    @staticmethod
+    async def _pass_guard(flight: Flight[_Handle]) -> None:
+        """Wait for a write already past its validity check, so ours lands after it."""
+        guard = flight.handle.guard
+        if guard is not None:
+            async with guard:
+                pass
 
     def _need_tags(self, tags: tuple[str, ...]) -> None:
-        if tags and self._local_tagger is None and self._remote_tagger is None:
+        # (The same TagsUnsupportedError in both front ends.)
+        if tags and self._tagger is None:
             raise TagsUnsupportedError(f"{type(self._backend).__name__} does not support tags")
+
+    async def _stamp(self, tags: tuple[str, ...]) -> Any:
+        """The backend's versions of ``tags``, taken before a value is loaded."""
+        if not tags:
+            return None
+        self._need_tags(tags)
+        assert self._tagger is not None
+        return await self._tagger.tag_stamp(tags)
+
+    # -- held invalidations: the settler ------------------------------------------
 
     async def _settle(self) -> None:
         """Retry the invalidations that did not reach the backend (the settler)."""
@@ -608,32 +670,60 @@ class AsyncCache(CacheBase):
         keys, tags, everything = applied
         try:
             if everything:
-                if self._local is not None:
-                    self._local.clear(self._prefix)
-                else:
-                    assert self._remote is not None
-                    await self._remote.clear(self._prefix)
+                await self._store.clear(self._prefix)
             else:
                 if keys:
-                    if self._local is not None:
-                        self._local.delete_many(list(keys))
-                    else:
-                        assert self._remote is not None
-                        await self._remote.delete_many(list(keys))
-                if tags:
-                    await self._invalidate(list(tags))
+                    await self._store.delete_many(list(keys))
+                if tags and self._tagger is not None:
+                    await self._tagger.invalidate_tags(list(tags))
         except Exception as exc:
             self._degraded("settle", exc)
             return
         self._settled(applied)
 
+    # unasync: sync-only
+    # def _settle_once(self) -> None:
+    #     self._settle()
+    #
+    # def _start_settler(self) -> None:
+    #     """Run the background settler (once at a time) on a daemon thread of its
+    #     own: not on the refresh pool, whose threads the interpreter joins at exit
+    #     (a program that ends without ``close()`` while Redis is down must still
+    #     exit: break 6 of issue 9). ``close()`` and the interpreter's exit make one
+    #     last attempt (``CacheBase._last_settle``)."""
+    #     with self._lock:
+    #         if self._closed or self._settler is not None:
+    #             return
+    #         self._settler = threading.Thread(
+    #             target=self._settle_loop, name="cachewise-settle", daemon=True
+    #         )
+    #     self._settler.start()
+    #
+    # def _settle_loop(self) -> None:
+    #     try:
+    #         while self._unsettled and not self._closed:
+    #             self._settle()
+    #             self._settle_wake.wait(_SETTLE_EVERY)
+    #     finally:
+    #         with self._lock:
+    #             self._settler = None
+    #         if self._unsettled and not self._closed:
+    #             self._start_settler()  # held again as we left: keep going
+    #
+    # def _stop_settler(self) -> None:
+    #     self._settle_wake.set()
+    #     settler = self._settler
+    #     if settler is not None:
+    #         settler.join(_SETTLER_JOIN)  # it stops at its next turn (one timeout at most)
+    # unasync: end
+    # unasync: async-only
     def _loopless_backend(self) -> Any:
         """What held invalidations can be sent through without an event loop: the
         local backend, or the sync client a URL-built Redis backend sends
         invalidations with; None for a client you built."""
         if self._local is not None:
             return self._local
-        remote = getattr(self._remote, "inner", self._remote)
+        remote = getattr(self._store, "inner", self._store)
         return getattr(remote, "_offloaded", None)
 
     def _settle_once(self) -> None:
@@ -673,8 +763,7 @@ class AsyncCache(CacheBase):
         # "Task was destroyed but it is pending" error when it is collected.
         with contextlib.suppress(AttributeError):
             settler._log_destroy_pending = False  # type: ignore[attr-defined]
-        self._tasks.add(settler)
-        settler.add_done_callback(self._task_done)
+        settler.add_done_callback(lambda task: task.cancelled() or task.exception())
         # And a thread stands by: when this loop stops running (closed without
         # cancelling the settler, or just stopped), the thread settles instead.
         self._start_thread_settler()
@@ -722,322 +811,10 @@ class AsyncCache(CacheBase):
             if self._unsettled:
                 time.sleep(_SETTLE_EVERY)
 
-    async def clear(self) -> int:
-        """Remove every entry of this cache's namespace; how many."""
-        self._check_loop()
-        for flight in self._flights.invalidate_all():
-            await self._pass_guard(flight)
-        result = await self._bcall("clear", self._prefix)
-        if result is _FAILED:
-            self._unsettle(everything=True)
-            return 0
-        return int(result or 0)
-
-    async def _revoke(self, keys: list[str]) -> None:
-        # Same order as Cache._revoke: revoke first, then touch the backend. No
-        # await happens between a local flight's validity check and its write, so
-        # only remote backends need the guard.
-        for key in keys:
-            flight = self._flights.invalidate(key)
-            if flight is not None:
-                await self._pass_guard(flight)
-
-    @staticmethod
-    async def _pass_guard(flight: Flight[_Task]) -> None:
-        """Wait for a write already past its validity check (lease-less remotes)."""
-        guard = flight.handle.guard
-        if guard is not None:
-            async with guard:
-                pass
-
-    # -- loading ------------------------------------------------------------------
-
-    async def _load(
-        self,
-        full: str,
-        loader: Callable[[], Awaitable[T]],
-        ttl: float | None,
-        tags: tuple[str, ...],
-        stale: Entry | None,
-    ) -> T:
-        """Single-flight load (memory and lease-less backends)."""
-        counters = self._counters
-        while True:
-            flight = self._flights.get(full)
-            if flight is None:
-                flight = self._start(full, self._run, loader, ttl, tags)
-            else:
-                flight.waiters += 1
-                counters.coalesced += 1
-            try:
-                value: T = await self._await_flight(flight, stale)
-                return value
-            except _Retry:
-                continue
-
-    async def _await_flight(
-        self, flight: Flight[_Task], stale: Entry | None, leader: bool = False
-    ) -> Any:
-        """The outcome of ``flight`` for this caller; ``_Retry`` if it gave none.
-        Only the leader may fall back on the stale value the flight read: a joiner
-        came later, maybe after a delete (see Cache._outcome)."""
-        future = flight.handle.future
-        assert future is not None
-        me = asyncio.current_task()
-        if not future.done():  # (a leader that read inline may await its own outcome)
-            enter_wait(me, flight)  # LoaderCycleError rather than a deadlock
-        try:
-            # shield: cancelling this waiter must not cancel the shared work.
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            if future.cancelled() and not _cancelling():
-                # The work itself was cancelled, not us: read again. The flight
-                # leaves the table now, or the retry would find it again at once.
-                self._end(flight)
-                raise _Retry from None
-            raise
-        except _Retry:
-            raise
-        except Exception:
-            if leader:
-                stale = stale or flight.handle.stale
-            if stale_servable(stale, self._clock()):
-                assert stale is not None
-                self._counters.stale_served += 1
-                return stale.value
-            raise
-        finally:
-            leave_wait(me)
-
-    async def _load_unreached(
-        self,
-        full: str,
-        loader: Callable[[], Awaitable[T]],
-        ttl: float | None,
-        tags: tuple[str, ...],
-    ) -> T:
-        """A miss while the backend is unreachable (or covered by a pending
-        invalidation): single-flight the loader, write nothing."""
-        self._check_miss(full)
-        self._check_open()
-        self._counters.misses += 1
-        while True:
-            flight = self._flights.get(full)
-            if flight is not None and not flight.handle.unwritten:
-                # Never join a flight that reads or writes the backend: see
-                # Cache._join_or_lead. Revoked, its old value is neither written
-                # nor handed to anyone after this.
-                self._flights.invalidate(full)
-                flight = None
-            joined = flight is not None
-            if flight is None:
-                flight = self._start(full, self._run_unwritten, loader, ttl, tags)
-                flight.handle.unwritten = True
-            else:
-                flight.waiters += 1
-                self._counters.coalesced += 1
-            handle = flight.handle
-            point = handle.join_point()
-            try:
-                value: T = await self._await_flight(flight, None)
-            except _Retry:
-                continue
-            if joined and self._leases is not None and not handle.safe_for(point):
-                continue  # read again: the value may predate a delete elsewhere
-            return value
-
-    async def _run_unwritten(
-        self, flight: Flight[_Task], loader: Callable[[], Awaitable[Any]], ttl: float | None
-    ) -> Any:
-        return await self._run(flight, loader, ttl, write=False)
-
-    def _start(
-        self,
-        full: str,
-        body: Callable[..., Coroutine[Any, Any, Any]],
-        loader: Callable[[], Awaitable[Any]],
-        ttl: float | None,
-        tags: tuple[str, ...],
-        *extra: Any,
-    ) -> Flight[_Task]:
-        """Register a flight whose work runs in its own task (``body(flight, loader,
-        ttl, *extra)``)."""
-        handle = _Task()
-        if self._remote is not None and self._leases is None:
-            handle.guard = asyncio.Lock()
-        flight = self._flights.start(full, handle, tags)
-        self._spawn(flight, body(flight, loader, ttl, *extra))
-        return flight
-
-    def _spawn(
-        self, flight: Flight[_Task], coro: Coroutine[Any, Any, Any], token: str | None = None
-    ) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=f"cachewise-load:{flight.key}")
-        flight.leader = task  # the load runs in this task (see _cycles)
-        if flight.handle.future is None:
-            flight.handle.future = task
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        task.add_done_callback(lambda done: self._load_done(done, flight, token))
-        return task
-
-    def _load_done(self, task: asyncio.Task[Any], flight: Flight[_Task], token: str | None) -> None:
-        """A load task that was cancelled, maybe before its first step (a shutdown
-        that cancels every task): its own cleanup never ran. The flight must not
-        stay in the table (callers would join a dead flight for good), nor its
-        in-process lease stay held. (A Redis lease expires on its own.)"""
-        if task.cancelled():
-            self._end(flight)
-            if self._inproc is not None and token is not None:
-                self._release_soon(flight.key, token)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        # Mark the outcome as retrieved: waiters get it through shield(), and a
-        # refresh nobody awaits must not log "exception was never retrieved".
-        if not task.cancelled():
-            task.exception()
-
-    async def _run(
-        self,
-        flight: Flight[_Task],
-        loader: Callable[[], Awaitable[Any]],
-        ttl: float | None,
-        *,
-        token: str | None = None,
-        write: bool = True,
-    ) -> Any:
-        """Load, write (guarded by the lease ``token`` if any; nothing when
-        ``write=False``) and return the value; the flight ends either way."""
-        counters = self._counters
-        clock = self._clock
-        counters.loads += 1
-        handle = flight.handle
-        try:
-            stamp = None
-            if flight.tags and (write or token is not None):
-                # Stamp first: an invalidation during the load makes its entry a miss.
-                try:
-                    stamp = await self._stamp(flight.tags)
-                except Exception as exc:
-                    if classify(exc) is ErrorKind.CALLER:  # the backend has no tags
-                        await self._release(flight.key, token)
-                        raise
-                    self._degraded("tag_stamp", exc)
-                    write = False  # an unstamped entry must not be written
-                    await self._release(flight.key, token)
-                    token = None
-            handle.started = True
-            if not write and token is None:
-                handle.confirmed = False  # nothing will be written: nothing confirms it
-            entered = loading(flight)  # (see _cycles: tasks and calls inside the load)
-            try:
-                # The loader's own reads are its own: the caller's type= must not
-                # reach them (see Cache._run).
-                untyped = _typed.READ_TYPE.set(None)
-                try:
-                    start = clock()
-                    try:
-                        awaitable = loader()
-                        if not inspect.isawaitable(awaitable):
-                            raise TypeError(
-                                f"the loader returned {type(awaitable).__name__}, not an "
-                                "awaitable; AsyncCache needs an async loader (use Cache for "
-                                "sync loaders)"
-                            )
-                        value = await awaitable
-                    finally:
-                        _typed.restore(untyped)
-                    check_reusable(value)
-                    negative = bool(self._policy.is_negative(value))
-                    end = clock()
-                except asyncio.CancelledError as exc:
-                    if _cancelling():
-                        raise  # this load task itself is being cancelled
-                    # The loader (or is_negative) raised CancelledError of its own
-                    # (it awaited, or read, something that was cancelled): a failed
-                    # load, not a reason to retry it forever (break 5).
-                    raise LoadCancelledError(
-                        "the loader raised CancelledError although its load was not "
-                        "cancelled (it awaited something that was cancelled)"
-                    ) from exc
-            except Exception:
-                counters.load_errors += 1
-                await self._release(flight.key, token)
-                raise
-            finally:
-                done_loading(entered)
-            entry = self._new_entry(
-                value, end, ttl, max(end - start, 0.0), negative, flight.tags, stamp
-            )
-            handle.sealed = True  # who joins from now on reads again rather than wait
-            try:
-                if token is not None:
-                    await self._write_leased(flight, entry, token)
-                elif write:
-                    await self._write_guarded(flight, entry)
-            except _UNSTORABLE as exc:
-                # Not storable: every waiter still gets the value, uncached.
-                self._refused_write(exc)
-            return value
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                # Cancelled (or interrupted) in the load or its write: the store's
-                # lease must not outlive us. Released without awaiting here.
-                self._release_soon(flight.key, token)
-            raise
-        finally:
-            self._end(flight)
-
-    async def _write_guarded(self, flight: Flight[_Task], entry: Entry | None) -> None:
-        try:
-            if self._local is not None:
-                # No await between the validity check and the write: atomic.
-                if flight.valid:
-                    if entry is None:
-                        self._local.delete(flight.key)
-                    else:
-                        self._local.set(flight.key, entry)
-                return
-            guard = flight.handle.guard
-            assert guard is not None
-            assert self._remote is not None
-            async with guard:
-                if flight.valid:
-                    if entry is None:
-                        await self._remote.delete(flight.key)
-                    else:
-                        await self._remote.set(flight.key, entry)
-        except Exception as exc:
-            if classify(exc) is ErrorKind.CALLER:
-                raise
-            self._degraded("set", exc)
-
-    async def _write_leased(self, flight: Flight[_Task], entry: Entry | None, token: str) -> None:
-        # The lease makes the write atomic with respect to deletes in any process.
-        leases = self._leases
-        assert leases is not None
-        flight.handle.confirmed = False
-        if entry is None or not flight.valid:
-            await self._release(flight.key, token)
-            return
-        started = time.monotonic()
-        try:
-            # False: the lease was lost (deleted or expired) while loading.
-            flight.handle.confirmed = await leases.set_leased(flight.key, entry, token)
-        except Exception as exc:
-            if classify(exc) is ErrorKind.CALLER:
-                # Nothing written: if the lease was still ours, no delete happened
-                # since it was granted, and the value may go to the joiners as a
-                # written one would (see LoadState.safe_for).
-                flight.handle.confirmed = await self._release(flight.key, token)
-                raise
-            self._degraded("set", exc)
-            flight.handle.unreached = True
-            if retry_fast_failure(time.monotonic() - started, 1):  # see Cache._write_leased
-                await self._release(flight.key, token)
-            else:
-                self._release_later(flight.key, token)
+    async def _stop_settler(self) -> None:
+        settler = self._settler
+        if settler is not None and settler.get_loop() is asyncio.get_running_loop():
+            await asyncio.wait([settler])  # it stops at its next turn
 
     def _check_loop(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """One event loop at a time, and then the next: when calls come from a new
@@ -1068,34 +845,328 @@ class AsyncCache(CacheBase):
         if self._unsettled:
             self._start_settler()
 
-    def _end(self, flight: Flight[_Task]) -> None:
-        """The flight is over: out of the table (and of the lease-holder record)."""
+    # unasync: end
+
+    # -- single-flight ------------------------------------------------------------
+
+    async def _load_unreached(
+        self,
+        full: str,
+        loader: Callable[[], Awaitable[T]],
+        ttl: float | None,
+        tags: tuple[str, ...],
+    ) -> T:
+        """A miss while the backend is unreachable (or covered by a pending
+        invalidation): single-flight the loader, write nothing."""
+        self._check_miss(full)
+        self._check_open()
+        self._counters.misses += 1
+        value: T = await self._load(full, loader, ttl, tags, None, _Lead.UNWRITTEN)
+        return value
+
+    async def _load(
+        self,
+        full: str,
+        loader: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        tags: tuple[str, ...],
+        stale: Entry | None,
+        lead: _Lead,
+        found: Entry | None = None,
+    ) -> Any:
+        """The single-flight loop: lead the flight for ``full`` or join it, wait for
+        its end, and then do what ``after_wait`` says: take its outcome, read again,
+        or load without the backend. (Misses go through the in-process flight
+        first: one process sends one lease request per key, however many callers
+        miss at once.)"""
+        while True:
+            flight, joined = self._join_or_lead(full, tags, lead is _Lead.UNWRITTEN)
+            handle = flight.handle
+            if joined is not None:
+                self._counters.coalesced += 1
+            elif lead is _Lead.LEASED:
+                await self._lead_leased(flight, loader, ttl, found, stale)
+            else:
+                self._start_load(flight, loader, ttl, write=lead is _Lead.LOAD)
+            await self._wait(flight)
+            step = after_wait(handle, joined, self._leases is not None)
+            if step is Next.RETRY:
+                continue
+            if step is Next.LOAD_UNWRITTEN:
+                # Not from a backend that just failed (LoadState.unreached).
+                if lead is not _Lead.UNWRITTEN:
+                    self._check_open()
+                    self._counters.misses += 1
+                    lead = _Lead.UNWRITTEN
+                continue
+            if joined is not None and lead is _Lead.LEASED:
+                # On a lease backend the outcome decides hit, stale or miss.
+                self._count_served(handle.served, handle.negative)
+            return self._outcome(handle, stale, leader=joined is None)
+
+    def _join_or_lead(
+        self, full: str, tags: tuple[str, ...], unwritten: bool
+    ) -> tuple[Flight[_Handle], JoinPoint | None]:
+        """The flight for ``full``, and where its load stood as the caller joined it
+        (``LoadState.join_point``; ``None``: the caller leads it). An ``unwritten``
+        caller (covered by a held invalidation, or cut off from the backend) never
+        joins a flight that reads or writes the backend: it revokes it instead, so
+        its old value is neither written nor handed to anyone after this."""
+        with self._lock:
+            flight = self._flights.get(full)
+            if flight is not None and unwritten and not flight.handle.unwritten:
+                self._flights.invalidate(full)
+                flight = None
+            if flight is None:
+                handle = _Handle(guarded=self._leases is None)
+                handle.unwritten = unwritten
+                flight = self._flights.start(full, handle, tags)
+                flight.leader = prims.current_actor()  # (until a load task takes over)
+                return flight, None
+            flight.waiters += 1
+            handle = flight.handle
+            if handle.event is None:
+                handle.event = prims.Event()
+            return flight, handle.join_point()
+
+    async def _wait(self, flight: Flight[_Handle]) -> None:
+        """Wait for the flight to end (a thread's own load has, already)."""
+        if flight.ended:
+            return
+        event = flight.handle.event
+        if event is None:  # (an asyncio leader, waiting for its load's task)
+            event = flight.handle.event = prims.Event()
+        me = prims.current_actor()
+        enter_wait(me, flight)  # LoaderCycleError rather than a deadlock
+        try:
+            # Not the load: a cancelled waiter leaves it running for the others.
+            await event.wait()
+        finally:
+            leave_wait(me)
+
+    def _finish(self, flight: Flight[_Handle]) -> None:
+        """The flight is over: out of the table (and of the lease-holder record),
+        then its waiters wake."""
         if self._scope is not None:
             lease_ended(self._scope, flight.key, flight)
-        self._flights.finish(flight)
+        # Leave the table before waking waiters, so a woken caller that comes
+        # straight back starts a new flight instead of joining this finished one.
+        with self._lock:
+            self._flights.finish(flight)
+            event = flight.handle.event
+        if event is not None:
+            event.set()
+
+    def _outcome(self, handle: _Handle, stale: Entry | None, leader: bool) -> Any:
+        """The value a finished flight gives this caller (stale-if-error included).
+        A joiner falls back on a stale value only from its own read: the leader's
+        was read before the joiner came, maybe before a delete the joiner saw."""
+        if handle.error is None:
+            return handle.value
+        if leader:
+            stale = stale or handle.stale
+        if stale_servable(stale, self._clock()):
+            assert stale is not None
+            self._counters.stale_served += 1
+            return stale.value
+        raise handle.error
+
+    def _start_load(
+        self,
+        flight: Flight[_Handle],
+        loader: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        *,
+        token: str | None = None,
+        write: bool = True,
+    ) -> None:
+        """Run a flight's load (``_run``): in asyncio, in a tracked task of its own,
+        so cancelling any caller, the first included, never cancels it for the
+        others; in threaded code, in the caller's thread."""
+        # unasync: sync-only
+        # self._run(flight, loader, ttl, token=token, write=write)
+        # unasync: end
+        # unasync: async-only
+        flight.leader = self._work.spawn(  # the load runs in this task (see _cycles)
+            self._run(flight, loader, ttl, token=token, write=write),
+            f"cachewise-load:{flight.key}",
+            lambda: self._abandoned(flight, token),
+        )
+
+    def _abandoned(self, flight: Flight[_Handle], token: str | None) -> None:
+        """A load task that was cancelled, maybe before its first step (a shutdown
+        that cancels every task): its own cleanup never ran. The flight must not
+        stay in the table (callers would join a dead flight for good), nor its
+        in-process lease stay held. (A Redis lease expires on its own.)"""
+        flight.handle.abandoned = True
+        self._finish(flight)
+        if self._inproc is not None and token is not None:
+            self._release_soon(flight.key, token)
+        # unasync: end
+
+    async def _run(
+        self,
+        flight: Flight[_Handle],
+        loader: Callable[[], Awaitable[Any]],
+        ttl: float | None,
+        *,
+        token: str | None = None,
+        write: bool = True,
+    ) -> None:
+        """Run one load to completion and publish its outcome to every waiter.
+
+        With ``token`` the write is guarded by that lease; ``write=False`` (a load
+        that gave up waiting for another process's lease) writes nothing. Never
+        raises an ``Exception`` (it goes to ``handle.error``); a ``BaseException``
+        (an interrupt, a cancelled load task) abandons the flight, so its waiters
+        read again, and propagates.
+        """
+        handle = flight.handle
+        counters = self._counters
+        clock = self._clock
+        counters.loads += 1
+        try:
+            stamp = None
+            if flight.tags and (write or token is not None):
+                # Stamp first: an invalidation during the load makes its entry a miss.
+                try:
+                    stamp = await self._stamp(flight.tags)
+                except Exception as exc:
+                    await self._release(flight.key, token)
+                    if classify(exc) is ErrorKind.CALLER:  # the backend has no tags
+                        handle.error = exc
+                        return
+                    self._degraded("tag_stamp", exc)
+                    write = False  # an unstamped entry must not be written
+                    token = None
+            handle.started = True
+            if not write and token is None:
+                handle.confirmed = False  # nothing will be written: nothing confirms it
+            entered = loading(flight)  # (see _cycles: tasks and calls inside the load)
+            # The loader's own reads are its own: the caller's type= must not reach
+            # them (a nested get() would decode with the outer call's type).
+            untyped = _typed.READ_TYPE.set(None)
+            try:
+                start = clock()
+                try:
+                    value = await prims.call_loader(loader)
+                finally:
+                    _typed.restore(untyped)
+                check_reusable(value)
+                negative = bool(self._policy.is_negative(value))
+                end = clock()
+            except Exception as exc:
+                counters.load_errors += 1
+                handle.error = exc
+                await self._release(flight.key, token)
+                return
+            finally:
+                done_loading(entered)
+            entry = self._new_entry(
+                value, end, ttl, max(end - start, 0.0), negative, flight.tags, stamp
+            )
+            with self._lock:
+                handle.sealed = True  # who joins from now on reads again rather than wait
+            try:
+                if token is not None:
+                    await self._write_leased(flight, entry, token)
+                elif write:
+                    await self._write_guarded(flight, entry)
+            except _UNSTORABLE as exc:
+                # Not storable: every waiter still gets the value, uncached.
+                self._refused_write(exc)
+            except WeigherError as exc:
+                handle.error = exc  # the application's weigher: every waiter gets it
+            handle.value = value
+        except BaseException:
+            # Interrupted (KeyboardInterrupt, a cancelled task) anywhere in the load
+            # or its write: the waiters read again rather than wait for good, and
+            # the store's lease must not outlive us (other front ends would wait
+            # on it).
+            handle.abandoned = True
+            self._release_soon(flight.key, token)
+            raise
+        finally:
+            self._finish(flight)
+
+    async def _write_guarded(self, flight: Flight[_Handle], entry: Entry | None) -> None:
+        # (A local backend in asyncio: nothing here suspends, so the guard is only
+        # ever taken by one at a time.)
+        guard = flight.handle.guard
+        assert guard is not None
+        async with guard:
+            if not flight.valid:
+                return
+            try:
+                if entry is None:
+                    # Not storable (ttl=0, or a negative result with negative_ttl=0):
+                    # drop whatever older value is there rather than keep serving it.
+                    await self._store.delete(flight.key)
+                else:
+                    await self._store.set(flight.key, entry)
+            except Exception as exc:
+                if classify(exc) is ErrorKind.CALLER:
+                    raise
+                self._degraded("set", exc)
+
+    async def _write_leased(self, flight: Flight[_Handle], entry: Entry | None, token: str) -> None:
+        # The lease makes the write atomic with respect to deletes in any process;
+        # the local validity check only saves a round trip.
+        leases = self._leases
+        assert leases is not None
+        handle = flight.handle
+        handle.confirmed = False
+        if entry is None or not flight.valid:
+            await self._release(flight.key, token)
+            return
+        started = self._monotonic()
+        try:
+            # False: the lease was lost (deleted or expired) while loading.
+            handle.confirmed = await leases.set_leased(flight.key, entry, token)
+        except Exception as exc:
+            if classify(exc) is ErrorKind.CALLER:
+                # Nothing written: if the lease was still ours, no delete happened
+                # since it was granted, and the value may go to the joiners as a
+                # written one would (see LoadState.safe_for).
+                handle.confirmed = await self._release(flight.key, token)
+                raise
+            self._degraded("set", exc)
+            handle.unreached = True
+            # After a fast failure, release now; after a timeout, in the
+            # background: the caller must not wait out a second timeout, and other
+            # processes' readers wait on the lease until it is released (or
+            # expires). This cache takes its own orphaned lease over on its next read.
+            if retry_fast_failure(self._monotonic() - started, 1):
+                await self._release(flight.key, token)
+            else:
+                self._release_later(flight.key, token)
 
     def _release_soon(self, key: str, token: str | None) -> None:
-        """Release a lease without awaiting (from a cancellation): at once on an
-        in-process store, else in a tracked background task."""
+        """Release a lease from where nothing can wait (an interruption, a
+        cancellation): in asyncio, at once on an in-process store, else in a
+        tracked background task."""
         if token is None or self._leases is None:
             return
-        if self._inproc is not None:
-            try:
-                self._inproc.release(key, token)
-            except Exception as exc:
-                self._degraded("release", exc)
-        else:
+        # unasync: sync-only
+        # self._release(key, token)
+        # unasync: end
+        # unasync: async-only
+        if self._inproc is None:
             self._release_later(key, token)
+            return
+        try:
+            self._inproc.release(key, token)
+        except Exception as exc:
+            self._degraded("release", exc)
+        # unasync: end
 
     def _release_later(self, key: str, token: str) -> None:
-        """Release a lease in a tracked task (see Cache._release_later)."""
-        if self._closed or len(self._tasks) >= self._max_pending:
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._release(key, token), name=f"cachewise-release:{key}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        """Release a lease in the background (bounded like refreshes: past the
+        bound the lease is left to expire)."""
+        with self._lock:
+            if self._closed or self._work.pending >= self._max_pending:
+                return
+            self._work.start(self._release, key, token, name=f"cachewise-release:{key}")
 
     async def _release(self, key: str, token: str | None) -> bool:
         """Release the lease (errors degraded); whether it was still ours."""
@@ -1109,62 +1180,20 @@ class AsyncCache(CacheBase):
 
     # -- read-through on a shared backend with leases ------------------------------
 
-    async def _read_leased(
-        self,
-        full: str,
-        loader: Callable[[], Awaitable[T]],
-        ttl: float | None,
-        tags: tuple[str, ...],
-        found: Entry | None,
-        stale: Entry | None,
-    ) -> T:
-        # Misses go through the in-process flight first: one lease request per key
-        # from this process, however many tasks miss at once. The leader reads
-        # inline; only a load gets its own task.
-        counters = self._counters
-        while True:
-            flight = self._flights.get(full)
-            leader = flight is None
-            if flight is None:
-                handle = _Task()
-                handle.future = asyncio.get_running_loop().create_future()
-                flight = self._flights.start(full, handle, tags)
-                flight.leader = asyncio.current_task()  # reads inline; _spawn hands over
-                await self._lead_leased(flight, loader, ttl, found, stale)
-            else:
-                handle = flight.handle
-                point = handle.join_point()
-                flight.waiters += 1
-                counters.coalesced += 1
-            try:
-                value: T = await self._await_flight(flight, stale, leader)
-            except _Retry:
-                continue
-            if not leader:
-                # (A value reached this joiner: errors are raised above.)
-                if not handle.safe_for(point):
-                    if handle.unreached:
-                        # Not from a backend that just failed (LoadState.unreached).
-                        return await self._load_unreached(full, loader, ttl, tags)
-                    continue  # read again: the value may predate a delete elsewhere
-                self._count_served(handle.kind, handle.negative)
-            return value
-
     async def _lead_leased(
         self,
-        flight: Flight[_Task],
+        flight: Flight[_Handle],
         loader: Callable[[], Awaitable[Any]],
         ttl: float | None,
         found: Entry | None,
         stale: Entry | None,
     ) -> None:
-        """Run the lease flow; publish its outcome on the flight's future. Never
-        raises but for this caller's own cancellation (then waiters retry)."""
+        """Run the lease flow (``readflow.leased_read``) in the caller's own task or
+        thread; publish what it serves, or start the load. Never raises but for
+        the caller's own interruption (then waiters retry)."""
         leases = self._leases
         assert leases is not None
         handle = flight.handle
-        future = handle.future
-        assert future is not None
         full = flight.key
         token = new_token(self._token_prefix)
         flow = leased_read(self._policy, leases.wait_timeout, found, stale)
@@ -1175,7 +1204,7 @@ class AsyncCache(CacheBase):
                 if isinstance(step, ReadStep):
                     handle.reads += 1  # before sending: see LoadState.reads
                     try:
-                        reply = await leases.read_or_lease(full, token, step.mode)
+                        reply = await leases.read_or_lease(full, token, step.mode.value)
                     except Exception as exc:
                         self._degraded("read", exc)  # load without a lease or a write
                         handle.unreached = True
@@ -1183,88 +1212,72 @@ class AsyncCache(CacheBase):
                         break
                     if reply.granted and self._scope is not None:
                         lease_taken(self._scope, full, flight, token)
-                    step = flow.send(
-                        Observed(reply, self._clock(), time.monotonic(), 1.0 - self._rng.random())
-                    )
-                else:
-                    dead = dead_lease(self._scope, full) if self._scope is not None else None
-                    if dead is not None:
-                        # Held by a load whose event loop was closed or stopped
-                        # under it (see dead_lease). Release it, and read again.
-                        await self._release(full, dead)
-                        step = flow.send(None)
-                        continue
-                    holder = lease_holder(self._scope, full) if self._scope is not None else None
-                    me = asyncio.current_task()
-                    if holder is not None:
-                        try:
-                            enter_wait(me, holder)  # the holder may be waiting for us
-                        except LoaderCycleError as exc:
-                            future.set_exception(exc)
-                            self._end(flight)
-                            return
-                    try:
-                        await leases.wait(full, step.seconds)
-                    except Exception as exc:
-                        # The backend went away while we waited: asking for the
-                        # lease again would wait out a second timeout, so load
-                        # now, without a lease and without writing.
-                        self._degraded("wait", exc)
-                        handle.unreached = True
-                        outcome = LoadStep(leased=False, stale=None)
-                        break
-                    finally:
-                        if holder is not None:
-                            leave_wait(me)
+                    u = 1.0 - self._rng.random()
+                    step = flow.send(Observed(reply, self._clock(), self._monotonic(), u))
+                    continue
+                dead = dead_lease(self._scope, full) if self._scope is not None else None
+                if dead is not None:
+                    # Held by a load whose event loop was closed or stopped under
+                    # it (see dead_lease). Release it, and read again.
+                    await self._release(full, dead)
                     step = flow.send(None)
+                    continue
+                holder = lease_holder(self._scope, full) if self._scope is not None else None
+                me = prims.current_actor()
+                if holder is not None:
+                    try:
+                        enter_wait(me, holder)  # the holder may be waiting for us
+                    except LoaderCycleError as exc:
+                        handle.error = exc
+                        self._finish(flight)
+                        return
+                try:
+                    await leases.wait(full, step.seconds)
+                except Exception as exc:
+                    # The backend went away while we waited: asking for the lease
+                    # again would wait out a second timeout, so load now, without
+                    # a lease and without writing.
+                    self._degraded("wait", exc)
+                    handle.unreached = True
+                    outcome = LoadStep(leased=False, stale=None)
+                    break
+                finally:
+                    if holder is not None:
+                        leave_wait(me)
+                step = flow.send(None)
         except StopIteration as stop:
             outcome = stop.value
         except BaseException:
-            # Cancelled mid-read: the others read again without us, and a lease
+            # Interrupted mid-read: the others read again without us, and a lease
             # granted to us must not stay held (release checks the token).
+            handle.abandoned = True
             self._release_soon(full, token)
-            if not future.done():
-                future.set_exception(_Retry())
-                # Retrieved here: with no other waiter nobody awaits it, and asyncio
-                # would log "Future exception was never retrieved" (break 25).
-                future.exception()
-            self._end(flight)
+            self._finish(flight)
             raise
         if isinstance(outcome, Serve):
             entry = outcome.entry
             # Served from a read of ours, or from what the caller had read before.
             handle.served_read = handle.reads if entry is not found and entry is not stale else 0
-            handle.kind = "stale" if outcome.stale else "hit"
+            handle.value = entry.value
             handle.negative = entry.negative
-            self._count_served(handle.kind, handle.negative)
-            future.set_result(entry.value)
-            self._end(flight)
-            # After finish: the refresh needs the key's flight slot to itself.
+            handle.served = Served.STALE if outcome.stale else Served.HIT
+            self._count_served(handle.served, handle.negative)
+            self._finish(flight)
+            # After _finish: the refresh needs the key's flight slot to itself.
             if outcome.refresh:
                 self._refresh_in_background(
                     full, loader, ttl, flight.tags, entry, early=not outcome.stale
                 )
             return
-        handle.kind = "load"
         handle.stale = outcome.stale
-        self._count_served(handle.kind, handle.negative)
+        self._count_served(Served.LOAD, handle.negative)
+        leased = token if outcome.leased else None
         if self._closed:
-            await self._release(full, token if outcome.leased else None)
-            future.set_exception(CacheClosedError("AsyncCache is closed"))
-            self._end(flight)
+            handle.error = CacheClosedError(f"{type(self).__name__} is closed")
+            await self._release(full, leased)
+            self._finish(flight)
             return
-        task = self._spawn(
-            flight,
-            self._run(
-                flight,
-                loader,
-                ttl,
-                token=token if outcome.leased else None,
-                write=outcome.leased,
-            ),
-            token if outcome.leased else None,
-        )
-        task.add_done_callback(lambda t: _copy_outcome(t, future))
+        self._start_load(flight, loader, ttl, token=leased, write=outcome.leased)
 
     # -- background refreshes -----------------------------------------------------
 
@@ -1280,81 +1293,72 @@ class AsyncCache(CacheBase):
     ) -> None:
         """Start one background refresh of ``full`` (the hit read ``trigger``) unless
         one is in flight."""
-        if self._closed or full in self._flights:
-            return
-        if self._background >= self._max_pending:
-            self._counters.refreshes_dropped += 1
-            return
-        flight = self._start(full, self._run_background, loader, ttl, tags, trigger, early)
-        assert flight.handle.future is not None
-        self._background += 1
-        flight.handle.future.add_done_callback(self._background_done)
+        with self._lock:
+            if self._closed or full in self._flights:
+                return
+            if self._work.pending >= self._max_pending:
+                self._counters.refreshes_dropped += 1
+                return
+            handle = _Handle(guarded=self._leases is None)
+            flight = self._flights.start(full, handle, tags)
+            self._work.start(
+                self._run_background,
+                flight,
+                loader,
+                ttl,
+                trigger,
+                early,
+                name=f"cachewise-refresh:{full}",
+                on_cancel=lambda: self._abandoned(flight, None),  # unasync: async-only
+            )
 
     async def _run_background(
         self,
-        flight: Flight[_Task],
+        flight: Flight[_Handle],
         loader: Callable[[], Awaitable[Any]],
         ttl: float | None,
         trigger: Entry,
         early: bool,
-    ) -> Any:
-        outside_loads()  # (this task's own context: see _cycles)
+    ) -> None:
+        flight.leader = prims.current_actor()
+        outside_loads()  # (this task's or thread's own context: see _cycles)
         token = None
+        lease: bool | None = None  # (a backend without leases)
+        current: Entry | None = None
         if self._leases is not None:
             # Across processes, one refresh per key: only the lease holder runs it.
             token = new_token(self._token_prefix)
             try:
-                reply = await self._leases.read_or_lease(flight.key, token, "refresh")
+                reply = await self._leases.read_or_lease(flight.key, token, LeaseMode.REFRESH.value)
+                lease, current = reply.granted, reply.entry
             except Exception as exc:
                 self._degraded("read", exc)
-                reply = None
-            granted = reply is not None and reply.granted
-            if granted and reply is not None and superseded(trigger, reply.entry):
-                await self._release(flight.key, token)
-                granted = False
-            if granted and self._scope is not None:
-                lease_taken(self._scope, flight.key, flight, token)
+                lease = False
         else:
             try:
-                current = await self._bread(flight.key)
+                current = await self._read(flight.key)
             except Exception as exc:
                 self._degraded("get", exc)
-                current = None
-            granted = not superseded(trigger, current)
-        if not granted:
-            self._end(flight)
-            raise _Retry  # joiners (if any) read again
+        if not refresh_granted(trigger, current, lease):
+            if lease:
+                await self._release(flight.key, token)
+            flight.handle.abandoned = True  # joiners (if any) read again
+            self._finish(flight)
+            return
+        if lease and token is not None and self._scope is not None:
+            lease_taken(self._scope, flight.key, flight, token)
         if early:
             self._counters.early_refreshes += 1
-        return await self._run(flight, loader, ttl, token=token)
-
-    def _background_done(self, future: asyncio.Future[Any]) -> None:
-        self._background -= 1
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is not None and not isinstance(exc, _Retry):
-            self._refresh_failed(
-                future.get_name() if isinstance(future, asyncio.Task) else "?", exc
-            )
+        await self._run(flight, loader, ttl, token=token)
+        if flight.handle.error is not None:
+            self._refresh_failed(flight.key, flight.handle.error)
 
     async def wait_background(self, timeout: float | None = None) -> bool:
-        """Wait for the load and refresh tasks (including any they start); whether
-        all finished within ``timeout`` seconds (``None``: no limit)."""
-        loop = asyncio.get_running_loop()
-        self._check_loop(loop)
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            # The settler is not "background work started so far": it runs for as
-            # long as invalidations are held (aclose stops it).
-            pending = [t for t in self._tasks if t is not self._settler or self._closed]
-            if not pending:
-                return True
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                return False
-            # asyncio.wait never raises the tasks' exceptions; _task_done retrieves them.
-            await asyncio.wait(pending, timeout=remaining)
+        """Wait for the background work started so far (in asyncio, loads' tasks
+        too); whether all of it finished within ``timeout`` seconds (``None``: no
+        limit). (Not the settler: it runs for as long as invalidations are held.)"""
+        self._check_loop()  # unasync: async-only
+        return await self._work.wait(timeout)
 
     # -- decorator ----------------------------------------------------------------
 
@@ -1382,16 +1386,29 @@ class AsyncCache(CacheBase):
         on_max_keys: OnMaxKeys = "warn",
         ignore: Iterable[str | type] = (),
     ) -> Any:
-        """Decorate a coroutine function so calls read through this cache; see
-        ``Cache.cached``. ``.invalidate(...)`` is a coroutine."""
-        if callable(key):
+        """Decorate a function so calls read through this cache.
+
+        ``key`` is a template filled from the call's bound arguments, defaults
+        applied (``"user:{user_id}:profile"``); without one, a stable key from the
+        function's qualified name and arguments. ``tags`` are templates too. The
+        decorated function gains ``.invalidate(*args, **kwargs)`` and
+        ``.key_for(*args, **kwargs)``. ``max_keys`` guards the template's
+        cardinality (see ``KeyBuilder``). The read joins the invalidation map.
+
+        ``ignore``: parameters left out of default keys, by name or by type
+        (``ignore=("db", Request)``), besides the framework types that never are
+        data (sessions, connections, requests, background tasks: see
+        ``cachewise.keys.ArgFilter``). A shared backend rebuilds structured
+        values with the function's return annotation.
+        """
+        if callable(key):  # used bare: @cache.cached
             return self.cached()(key)
         ttl = check_ttl(ttl)
         if key is not None and not isinstance(key, str):
             raise TypeError(f"key must be a template str, not {type(key).__name__}")
 
         def decorate(func: Callable[P, Awaitable[R]]) -> AsyncCachedFunction[P, R]:
-            _check_async_callable(func, "cached")
+            _check_callable(func, "cached")
             keys = self._key_builder(func, key, tags, max_keys, on_max_keys, ignore)
             cached = AsyncCachedFunction(self, func, keys, ttl)
             self._declare_read(func, keys, ttl, owner=cached)
@@ -1405,17 +1422,46 @@ class AsyncCache(CacheBase):
         tags: Sequence[str] = (),
         after_commit: AfterCommitName | None = None,
     ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
-        """Declare what an async write invalidates, and invalidate it (awaited) when
-        it returns, or when its transaction commits; see ``Cache.invalidates``.
+        """Declare what a write invalidates, and invalidate it when it returns, or
+        when the transaction it wrote in commits.
 
-        ``after_commit="sqlalchemy"`` follows an ``AsyncSession`` argument (needs
-        ``cachewise[sqlalchemy-async]``), ``"dbapi"`` an ``async_transaction()``
-        block. ``"django"`` is refused (``TypeError``): Django runs ``on_commit``
-        callbacks synchronously, where an ``AsyncCache`` cannot be awaited.
+        ``keys`` and ``tags`` are templates over the write's arguments::
+
+            @cache.invalidates("user:{user_id}:profile", tags=["user:{user_id}"])
+            def rename_user(user_id: int, name: str) -> None:
+                ...  # update and commit
+
+        Without ``after_commit`` the write must have committed when it returns. With
+        it, the invalidation goes through that integration's after-commit helper
+        (``cachewise.integrations``), so it runs once the surrounding transaction
+        commits, and is dropped if it rolls back:
+
+        - ``"sqlalchemy"``: the ``Session`` (or ``AsyncSession``, with
+          ``cachewise[sqlalchemy-async]``) among the write's arguments
+          (``invalidate_after_commit``).
+        - ``"django"``: Django's current transaction on the default database
+          (``invalidate_on_commit``). Not for an ``AsyncCache`` (``TypeError``):
+          Django runs ``on_commit`` callbacks synchronously.
+        - ``"dbapi"``: the cachewise ``transaction()`` (``async_transaction()``)
+          block open on the DB-API connection among the write's arguments.
+
+        If no transaction is open when the write returns (it committed its own,
+        or the connection autocommits), the invalidation runs at once; so it does,
+        too, when a commit happened during the call (that part of the write is
+        committed already). A SQLAlchemy or DB-API write whose arguments hold no
+        session or connection is a ``TypeError`` before it runs, as is a DB-API
+        connection whose commits cannot be followed (no cachewise block on it and
+        no way to tell whether a transaction is open).
+
+        If the write raises, it may have written (or committed) first, so it is
+        invalidated all the same: at once, or registered with the transaction (a
+        rollback drops it; with ``"dbapi"`` and a transaction left open outside a
+        block, at once), and its exception propagates. The declaration, with when
+        it invalidates, joins the invalidation map (``cachewise invalidation-map``).
         """
 
         def decorate(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-            _check_async_callable(func, "invalidates")
+            _check_callable(func, "invalidates")
             invalidator = Invalidator(func, keys, tags)
             hook = after_commit_hook(after_commit, self, invalidator, is_async=True)
             wrapper = async_invalidating(self, func, invalidator, hook)
@@ -1429,42 +1475,47 @@ class AsyncCache(CacheBase):
     # -- fork ---------------------------------------------------------------------
 
     def _fork_locks(self) -> list[threading.Lock]:
-        return []
+        return [self._lock]
 
     def _after_fork_child(self) -> None:
-        # The parent's tasks and loop are not the child's (see _forksafe).
+        # See _forksafe: the parent's threads and tasks are not in the child. Their
+        # flights would never end (joiners would hang), their pool runs nothing.
+        self._lock = threading.Lock()
         self._flights = FlightTable()
-        self._tasks = set()
+        self._work = self._work.fresh()
         self._settler = None
+        # unasync: sync-only
+        # self._settle_wake = threading.Event()
+        # unasync: end
+        # unasync: async-only
         self._thread_settler = None
         self._thread_settler_lock = threading.Lock()
-        self._background = 0
+        # unasync: end
 
     # -- lifecycle ----------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Drain load and refresh tasks, then close the backend if the cache owns it.
+        """Drain background work, then close the backend if the cache owns it.
         Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        await self.wait_background()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._check_loop()  # unasync: async-only
+        await self._stop_settler()
+        await self._work.drain()
         if self._unsettled:  # one last try at held invalidations, or an ERROR
-            try:
-                await self._settle()
-            except Exception as exc:
-                self._degraded("settle", exc)
+            await self._settle()
             self._last_settle(attempt=False)  # (logs what is still held)
         if self._owns_backend:
-            if self._remote is not None:
-                await self._remote.aclose()
-            elif self._local is not None:
-                self._local.close()
+            await self._store.aclose()
 
+    # unasync: async-only
     async def close(self) -> None:
         """Same as ``aclose()``."""
         await self.aclose()
 
+    # unasync: end
     async def __aenter__(self) -> AsyncCache:
         return self
 
@@ -1480,22 +1531,9 @@ class AsyncCache(CacheBase):
         return f"AsyncCache(backend={self._backend!r}, namespace={self._namespace!r})"
 
 
-# A backend failure quicker than this was not a timeout.
-
-
-def _check_async_callable(func: object, decorator: str) -> None:
+def _check_callable(func: object, decorator: str) -> None:
     if not callable(func):
         raise TypeError(f"{decorator}() decorates callables, not {type(func).__name__}")
     check_not_generator(func, decorator)
-    if not is_async_callable(func):
-        raise TypeError(
-            f"{getattr(func, '__qualname__', func)!s} is not a coroutine function; "
-            f"use a Cache's {decorator}(), not an AsyncCache's"
-        )
-
-
-def _cancelling() -> bool:
-    """Whether the current task has been asked to cancel (3.11+; assume yes before)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return True if cancelling is None else bool(cancelling())
+    if is_async_callable(func) is not prims.ASYNC:
+        raise TypeError(prims.wrong_flavour(func, decorator))
