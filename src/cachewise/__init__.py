@@ -24,6 +24,7 @@ from cachewise._errors import (
     LoadCancelledError,
     LoaderCycleError,
     NotificationsLostError,
+    TagsUnsupportedError,
     WeigherError,
 )
 from cachewise._frontends._decorator import (
@@ -77,6 +78,7 @@ __all__ = [
     "Policy",
     "RedisBackend",
     "SerializationError",
+    "TagsUnsupportedError",
     "ValueTooLargeError",
     "WeigherError",
     "__version__",

@@ -44,6 +44,7 @@ def test_classify(exc: BaseException, kind: ErrorKind) -> None:
 def test_tags_unsupported_is_a_type_error() -> None:
     # Callers who caught TypeError for "this backend has no tags" still do.
     assert issubclass(TagsUnsupportedError, TypeError)
+    assert cachewise.TagsUnsupportedError is TagsUnsupportedError
 
 
 @pytest.mark.parametrize(

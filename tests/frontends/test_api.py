@@ -42,6 +42,7 @@ def test_all_is_pinned() -> None:
             "Policy",
             "RedisBackend",
             "SerializationError",
+            "TagsUnsupportedError",
             "ValueTooLargeError",
             "WeigherError",
             "__version__",
