@@ -90,6 +90,10 @@ class _FenceTable(dict[str, int]):
 
 
 # One table of unanswered sets per Redis server (see _RedisCommon._fences).
+# Process-wide on purpose, not per CacheGroup: a set this process left on the
+# wire can land after a delete from ANY cache of this process on that server, so
+# every delete must fence what every backend of the process has unanswered there.
+# Split by group, a delete in one group would miss another group's late set.
 _fence_tables: dict[str, _FenceTable] = {}
 _fence_tables_lock = threading.Lock()
 
