@@ -85,16 +85,15 @@ from cachewise._frontends._cycles import (
 )
 from cachewise._frontends._decorator import (
     AfterCommitName,
-    AsyncCachedFunction,
     Invalidator,
     OnMaxKeys,
     P,
     R,
     after_commit_hook,
-    async_invalidating,
     check_not_generator,
     is_async_callable,
 )
+from cachewise._frontends._decorator_async import AsyncCachedFunction, async_invalidating
 from cachewise._frontends._group import CacheGroup
 from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING

@@ -65,16 +65,15 @@ from cachewise._frontends._cycles import (
 )
 from cachewise._frontends._decorator import (
     AfterCommitName,
-    CachedFunction,
     Invalidator,
     OnMaxKeys,
     P,
     R,
     after_commit_hook,
     check_not_generator,
-    invalidating,
     is_async_callable,
 )
+from cachewise._frontends._decorator_sync import CachedFunction, invalidating
 from cachewise._frontends._group import CacheGroup
 from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING
