@@ -33,8 +33,6 @@ __all__ = ["ASYNC", "Adopted", "Background", "Event", "Guard", "call_loader", "c
 #: What the constructor accepts, and what the cache then holds.
 BackendArg = AsyncBackend | NonBlockingBackend
 AnyBackend = AsyncBackend | Backend
-#: The settler: a task (a thread stands by when its loop stops).
-Settler = asyncio.Task[Any]
 
 
 #: What a flight's callers wait on, and the guard of a write without a lease.

@@ -47,9 +47,6 @@ logger = logging.getLogger("cachewise")
 
 Clock = Callable[[], float]
 
-# How often held invalidations are retried (by the front ends' settlers).
-_SETTLE_EVERY = 0.05
-
 # How many distinct tag tuples _full_tags remembers.
 _TAG_MEMO = 4096
 #: The most tags one entry may carry.

@@ -20,8 +20,6 @@ __all__ = ["ASYNC", "Adopted", "Background", "Event", "Guard", "call_loader", "c
 #: What the constructor accepts, and what the cache then holds.
 BackendArg = Backend
 AnyBackend = Backend
-#: The settler: a daemon thread.
-Settler = threading.Thread
 
 
 #: What a flight's callers wait on, and the guard of a write without a lease.

@@ -19,7 +19,6 @@ import contextlib  # unasync: async-only
 import enum
 import random
 import threading
-import time  # unasync: async-only
 
 # unasync: async-only
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -62,7 +61,6 @@ from cachewise._errors import (
 )
 from cachewise._frontends import _async_prims as prims
 from cachewise._frontends._base import (
-    _SETTLE_EVERY,
     CacheBase,
     Clock,
     cache_from_url,
@@ -111,11 +109,6 @@ _UNSTORABLE = (SerializationError, ValueTooLargeError)
 
 # What _send_invalidation returns when the backend call failed (and was counted).
 _FAILED: Any = object()
-
-# unasync: sync-only
-# # How long close() waits for the settler to stop.
-# _SETTLER_JOIN = 2.0
-# unasync: end
 
 
 class _Lead(enum.Enum):
@@ -253,14 +246,8 @@ class AsyncCache(CacheBase):
         self._lock = threading.Lock()
         self._flights: FlightTable[_Handle] = FlightTable()
         self._work = work
-        self._settler: prims.Settler | None = None
-        # unasync: sync-only
-        # self._settle_wake = threading.Event()  # set by close() to stop the settler
-        # unasync: end
         # unasync: async-only
-        # Settles from a thread while no loop runs the settler (_settle_loop).
-        self._thread_settler: threading.Thread | None = None
-        self._thread_settler_lock = threading.Lock()
+        self._settler: asyncio.Task[Any] | None = None  # (the thread stands by: _held)
         # The event loop the flights, tasks and settler belong to (_check_loop).
         self._loop: asyncio.AbstractEventLoop | None = None
         # unasync: end
@@ -683,37 +670,6 @@ class AsyncCache(CacheBase):
     # unasync: sync-only
     # def _settle_once(self) -> None:
     #     self._settle()
-    #
-    # def _start_settler(self) -> None:
-    #     """Run the background settler (once at a time) on a daemon thread of its
-    #     own: not on the refresh pool, whose threads the interpreter joins at exit
-    #     (a program that ends without ``close()`` while Redis is down must still
-    #     exit: break 6 of issue 9). ``close()`` and the interpreter's exit make one
-    #     last attempt (``CacheBase._last_settle``)."""
-    #     with self._lock:
-    #         if self._closed or self._settler is not None:
-    #             return
-    #         self._settler = threading.Thread(
-    #             target=self._settle_loop, name="cachewise-settle", daemon=True
-    #         )
-    #     self._settler.start()
-    #
-    # def _settle_loop(self) -> None:
-    #     try:
-    #         while self._unsettled and not self._closed:
-    #             self._settle()
-    #             self._settle_wake.wait(_SETTLE_EVERY)
-    #     finally:
-    #         with self._lock:
-    #             self._settler = None
-    #         if self._unsettled and not self._closed:
-    #             self._start_settler()  # held again as we left: keep going
-    #
-    # def _stop_settler(self) -> None:
-    #     self._settle_wake.set()
-    #     settler = self._settler
-    #     if settler is not None:
-    #         settler.join(_SETTLER_JOIN)  # it stops at its next turn (one timeout at most)
     # unasync: end
     # unasync: async-only
     def _loopless_backend(self) -> Any:
@@ -763,16 +719,16 @@ class AsyncCache(CacheBase):
         with contextlib.suppress(AttributeError):
             settler._log_destroy_pending = False  # type: ignore[attr-defined]
         settler.add_done_callback(lambda task: task.cancelled() or task.exception())
-        # And a thread stands by: when this loop stops running (closed without
-        # cancelling the settler, or just stopped), the thread settles instead.
-        self._start_thread_settler()
+        # And the settle thread stands by: when this loop stops running (closed
+        # without cancelling the settler, or just stopped), it settles instead.
+        self._start_settle_thread()
 
     async def _settle_loop(self) -> None:
         me = asyncio.current_task()
         try:
             while self._unsettled and not self._closed:
                 await self._settle()
-                await asyncio.sleep(_SETTLE_EVERY)
+                await asyncio.sleep(self._settle_every)
         finally:
             if self._settler is me:  # (a later loop's settler may have replaced it)
                 self._settler = None
@@ -780,35 +736,16 @@ class AsyncCache(CacheBase):
                 # Cancelled with its loop (asyncio.run ending, a loop closing): no
                 # task runs here again until another loop uses this cache, which
                 # may be never, while other processes read what this cache holds
-                # deleted. Keep settling from a thread until a loop takes over.
-                self._start_thread_settler()
+                # deleted. Keep settling from the thread until a loop takes over.
+                self._start_settle_thread()
 
-    def _start_thread_settler(self) -> None:
-        if self._loopless_backend() is None:
-            return  # nothing to send through: held until a loop or the exit tries
-        with self._thread_settler_lock:
-            thread = self._thread_settler
-            if self._closed or (thread is not None and thread.is_alive()):
-                return
-            thread = threading.Thread(
-                target=self._thread_settle_loop, name="cachewise-settle", daemon=True
-            )
-            self._thread_settler = thread
-        thread.start()
+    def _start_settle_thread(self) -> None:
+        if self._loopless_backend() is not None:  # (else held until a loop or the exit tries)
+            super()._start_settle_thread()
 
-    def _thread_settle_loop(self) -> None:
-        # Runs while anything is held; settles whenever no running loop runs the
-        # settler task. Both may settle at once as a loop starts again: a delete
-        # or a tag invalidation applied twice is still right.
-        while self._unsettled and not self._closed:
-            task = self._settler
-            if task is None or task.done() or not task.get_loop().is_running():
-                try:
-                    self._settle_once()
-                except Exception as exc:
-                    self._degraded("settle", exc)
-            if self._unsettled:
-                time.sleep(_SETTLE_EVERY)
+    def _loop_settles(self) -> bool:
+        task = self._settler
+        return task is not None and not task.done() and task.get_loop().is_running()
 
     async def _stop_settler(self) -> None:
         settler = self._settler
@@ -1482,14 +1419,8 @@ class AsyncCache(CacheBase):
         self._lock = threading.Lock()
         self._flights = FlightTable()
         self._work = self._work.fresh()
-        self._settler = None
-        # unasync: sync-only
-        # self._settle_wake = threading.Event()
-        # unasync: end
-        # unasync: async-only
-        self._thread_settler = None
-        self._thread_settler_lock = threading.Lock()
-        # unasync: end
+        self._init_settle_thread()
+        self._settler = None  # unasync: async-only
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -1501,7 +1432,7 @@ class AsyncCache(CacheBase):
                 return
             self._closed = True
         self._check_loop()  # unasync: async-only
-        await self._stop_settler()
+        await self._stop_settler()  # unasync: sync=self._stop_settle_thread()
         await self._work.drain()
         if self._unsettled:  # one last try at held invalidations, or an ERROR
             await self._settle()

@@ -42,7 +42,6 @@ from cachewise._errors import (
 )
 from cachewise._frontends import _sync_prims as prims
 from cachewise._frontends._base import (
-    _SETTLE_EVERY,
     CacheBase,
     Clock,
     cache_from_url,
@@ -91,9 +90,6 @@ _UNSTORABLE = (SerializationError, ValueTooLargeError)
 
 # What _send_invalidation returns when the backend call failed (and was counted).
 _FAILED: Any = object()
-
-# How long close() waits for the settler to stop.
-_SETTLER_JOIN = 2.0
 
 
 class _Lead(enum.Enum):
@@ -214,8 +210,6 @@ class Cache(CacheBase):
         self._lock = threading.Lock()
         self._flights: FlightTable[_Handle] = FlightTable()
         self._work = work
-        self._settler: prims.Settler | None = None
-        self._settle_wake = threading.Event()  # set by close() to stop the settler
         _forksafe.register(self)
 
     @classmethod
@@ -624,37 +618,6 @@ class Cache(CacheBase):
 
     def _settle_once(self) -> None:
         self._settle()
-
-    def _start_settler(self) -> None:
-        """Run the background settler (once at a time) on a daemon thread of its
-        own: not on the refresh pool, whose threads the interpreter joins at exit
-        (a program that ends without ``close()`` while Redis is down must still
-        exit: break 6 of issue 9). ``close()`` and the interpreter's exit make one
-        last attempt (``CacheBase._last_settle``)."""
-        with self._lock:
-            if self._closed or self._settler is not None:
-                return
-            self._settler = threading.Thread(
-                target=self._settle_loop, name="cachewise-settle", daemon=True
-            )
-        self._settler.start()
-
-    def _settle_loop(self) -> None:
-        try:
-            while self._unsettled and not self._closed:
-                self._settle()
-                self._settle_wake.wait(_SETTLE_EVERY)
-        finally:
-            with self._lock:
-                self._settler = None
-            if self._unsettled and not self._closed:
-                self._start_settler()  # held again as we left: keep going
-
-    def _stop_settler(self) -> None:
-        self._settle_wake.set()
-        settler = self._settler
-        if settler is not None:
-            settler.join(_SETTLER_JOIN)  # it stops at its next turn (one timeout at most)
 
     # -- single-flight ------------------------------------------------------------
 
@@ -1260,8 +1223,7 @@ class Cache(CacheBase):
         self._lock = threading.Lock()
         self._flights = FlightTable()
         self._work = self._work.fresh()
-        self._settler = None
-        self._settle_wake = threading.Event()
+        self._init_settle_thread()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -1272,7 +1234,7 @@ class Cache(CacheBase):
             if self._closed:
                 return
             self._closed = True
-        self._stop_settler()
+        self._stop_settle_thread()
         self._work.drain()
         if self._unsettled:  # one last try at held invalidations, or an ERROR
             self._settle()
