@@ -88,9 +88,6 @@ D = TypeVar("D")
 # codec's refusals. (A weigher's error is the application's bug: it is raised.)
 _UNSTORABLE = (SerializationError, ValueTooLargeError)
 
-# What _send_invalidation returns when the backend call failed (and was counted).
-_FAILED: Any = object()
-
 
 class _Lead(enum.Enum):
     """How the leader of a flight loads."""
@@ -446,24 +443,14 @@ class Cache(CacheBase):
         ftags = self._entry_tags(tags)
         self._check_open()
         self._need_tags(ftags)
-        self._revoke([full])
-        try:
+        self._revoke(keys=[full])
+        with self._held_if_failed("set", [full]):
             stamp = self._stamp(ftags)
             entry = self._new_entry(value, self._clock(), ttl, 0.0, False, ftags, stamp)
             if entry is None:
                 self._store.delete(full)
             else:
                 self._store.set(full, entry)
-        except Exception as exc:
-            if classify(exc) is ErrorKind.CALLER:
-                raise
-            self._degraded("set", exc)
-            self._unsettle(keys=[full])  # the old value may still be there
-        except BaseException:
-            # Interrupted mid-write: the set may still land (on the wire). Held, so
-            # the settler deletes the key again, fenced against that late set.
-            self._unsettle(keys=[full])
-            raise
 
     def set_many(
         self, items: Mapping[str, Any], *, ttl: Seconds | None = None, tags: Iterable[str] = ()
@@ -480,32 +467,20 @@ class Cache(CacheBase):
         self._check_open()
         self._need_tags(ftags)
         full_keys = [self._full_key(key) for key in items]
-        self._revoke(full_keys)
-        try:
+        self._revoke(keys=full_keys)
+        with self._held_if_failed("set_many", full_keys):
             pairs, dropped = self._entries_for(items, ttl, ftags, self._stamp(ftags))
             if pairs:
                 self._store.set_many(pairs)
             if dropped:
                 self._store.delete_many(dropped)
-        except Exception as exc:
-            if classify(exc) is ErrorKind.CALLER:
-                raise
-            self._degraded("set_many", exc)
-            self._unsettle(keys=full_keys)
-        except BaseException:
-            self._unsettle(keys=full_keys)  # (see set)
-            raise
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; whether it was cached. A load in flight for it will not
         write its (possibly old) result, and later readers start a fresh load."""
         full = self._full_key(key)
-        self._revoke([full])
-        result = self._send_invalidation("delete", self._store.delete, full)
-        if result is _FAILED:
-            self._unsettle(keys=[full])
-            return False
-        return bool(result)
+        self._revoke(keys=[full])
+        return bool(self._send_invalidation("delete", self._store.delete, full, keys=[full]))
 
     def delete_many(self, keys: Iterable[str]) -> int:
         """``delete`` for several keys; how many were cached."""
@@ -513,12 +488,9 @@ class Cache(CacheBase):
         full = [self._full_key(key) for key in keys]
         if not full:
             return 0
-        self._revoke(full)
-        result = self._send_invalidation("delete_many", self._store.delete_many, full)
-        if result is _FAILED:
-            self._unsettle(keys=full)
-            return 0
-        return int(result or 0)
+        self._revoke(keys=full)
+        method = self._store.delete_many
+        return int(self._send_invalidation("delete_many", method, full, keys=full) or 0)
 
     def invalidate_tags(self, *tags: str) -> None:
         """Invalidate every entry carrying any of ``tags``, in O(number of tags).
@@ -529,22 +501,15 @@ class Cache(CacheBase):
         ftags = self._full_tags(tags)
         if not ftags:
             return
-        if self._tagger is None:
-            raise TagsUnsupportedError(f"{type(self._backend).__name__} does not support tags")
-        with self._lock:
-            flights = self._flights.invalidate_tagged(ftags)
-        for flight in flights:
-            self._pass_guard(flight)
+        self._need_tags(ftags)
+        assert self._tagger is not None
+        self._revoke(tags=ftags)
         method = self._tagger.invalidate_tags
-        if self._send_invalidation("invalidate_tags", method, ftags) is _FAILED:
-            self._unsettle(tags=ftags)
+        self._send_invalidation("invalidate_tags", method, ftags, tags=ftags)
 
     def clear(self) -> int:
         """Remove every entry of this cache's namespace (O(n)); how many."""
-        with self._lock:
-            flights = self._flights.invalidate_all()
-        for flight in flights:
-            self._pass_guard(flight)
+        self._revoke(everything=True)
         try:
             return int(self._store.clear(self._prefix) or 0)
         except Exception as exc:
@@ -552,37 +517,50 @@ class Cache(CacheBase):
             self._unsettle(everything=True)
             return 0
 
-    def _send_invalidation(self, operation: str, method: Callable[..., Any], *args: Any) -> Any:
-        """Send an invalidation; a failure that came fast (a connection that turned
-        out dead) is worth one more try before the invalidation is held, a timeout
-        is not (it already waited). Each failure is counted; ``_FAILED`` if it did
-        not land."""
+    def _send_invalidation(
+        self,
+        operation: str,
+        method: Callable[[Any], Any],
+        arg: Any,
+        *,
+        keys: Iterable[str] = (),
+        tags: Iterable[str] = (),
+    ) -> Any:
+        """Send an invalidation (of ``keys`` or ``tags``): what the backend
+        returned, or ``None`` if it did not land, and it is held. A failure that
+        came fast (a connection that turned out dead) is worth one more try before
+        that, a timeout is not (it already waited). Each failure is counted."""
         attempt = 1
         while True:
             started = self._monotonic()
             try:
-                return method(*args)
+                return method(arg)
             except Exception as exc:
                 self._degraded(operation, exc)
                 if not retry_fast_failure(self._monotonic() - started, attempt):
-                    return _FAILED
+                    self._unsettle(keys, tags)
+                    return None
             attempt += 1
 
-    def _revoke(self, keys: list[str]) -> None:
-        # Invalidate before touching the backend: once revoked, no load in flight
-        # can write; then our delete/set removes anything written before.
+    def _revoke(
+        self, keys: Iterable[str] = (), tags: tuple[str, ...] = (), everything: bool = False
+    ) -> None:
+        """Revoke the loads in flight for ``keys``, ``tags`` or ``everything``, before
+        touching the backend: once revoked, no load in flight can write; then our
+        delete/set removes anything written before."""
         with self._lock:
-            flights = [f for f in map(self._flights.invalidate, keys) if f is not None]
+            if everything:
+                flights = self._flights.invalidate_all()
+            else:
+                flights = [f for f in map(self._flights.invalidate, keys) if f is not None]
+                if tags:
+                    flights += self._flights.invalidate_tagged(tags)
         for flight in flights:
-            self._pass_guard(flight)
-
-    @staticmethod
-    def _pass_guard(flight: Flight[_Handle]) -> None:
-        """Wait for a write already past its validity check, so ours lands after it."""
-        guard = flight.handle.guard
-        if guard is not None:
-            with guard:
-                pass
+            # Wait for a write already past its validity check, so ours lands after it.
+            guard = flight.handle.guard
+            if guard is not None:
+                with guard:
+                    pass
 
     def _need_tags(self, tags: tuple[str, ...]) -> None:
         # (The same TagsUnsupportedError in both front ends.)
