@@ -251,7 +251,7 @@ class CacheBase(HeldMixin):
         source = self._stats_source
         evictions = source.evictions if isinstance(source, BackendStats) else 0
         decode_errors = getattr(source, "decode_errors", 0)
-        self._counters.invalidations_pending = self._pending_count() if self._unsettled else 0
+        self._counters.invalidations_pending = self._held.pending() if self._unsettled else 0
         return self._counters.snapshot(
             evictions,
             decode_errors if isinstance(decode_errors, int) else 0,

@@ -344,9 +344,6 @@ class HeldMixin:
             )
         self._start_settler()
 
-    def _pending_count(self) -> int:
-        return self._held.pending()
-
     def _held_view(self) -> HeldView:
         """Taken *before* a read (one int, never a copy): an entry read while its
         invalidation was held must not be served even if the invalidation is
@@ -361,13 +358,6 @@ class HeldMixin:
         if view is None and not self._unsettled:
             return False
         return self._held.covers(view, full, entry, tags)
-
-    def _is_unsettled(self, full: str, entry: Entry | None, tags: Sequence[str] = ()) -> bool:
-        """Whether a held invalidation covers this key, entry or tags now."""
-        return self._held.covers_now(full, entry, tags)
-
-    def _held_snapshot(self) -> HeldSnapshot:
-        return self._held.snapshot()
 
     def _settled(self, applied: HeldSnapshot) -> None:
         """Forget what was just applied; anything held again since stays held."""
@@ -387,7 +377,7 @@ class HeldMixin:
             except Exception as exc:
                 self._degraded("settle", exc)
         if self._unsettled:
-            pending = self._pending_count()
+            pending = self._held.pending()
             logger.error(
                 "cachewise: %s (namespace %r) gives up %s invalidation(s) that never reached "
                 "the backend; other processes may read the old values until they expire",

@@ -96,6 +96,7 @@ from cachewise._frontends._group import CacheGroup
 from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING
 from cachewise.backends._memory import MemoryBackend
+from cachewise.backends._protocol import InProcessLeaseBackend
 from cachewise.invalidation import Registry
 from cachewise.keys import SHORT_KEY_CHARS, check_key
 from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
@@ -230,11 +231,13 @@ class AsyncCache(CacheBase):
         # bound once, so the hit path is one call into the backend.
         self._local = adopted.local
         self._local_get: Any = adopted.local.get if adopted.local is not None else None
-        # The exact MemoryBackend's entries: its get is inlined on the hit path.
-        self._memory_data = adopted.memory_data
+        # The exact MemoryBackend's entries: its get is inlined on the hit path (a
+        # subclass may override get, so it gets no such shortcut).
+        self._memory_data = backend._table if type(backend) is MemoryBackend else None
         # An in-process store's leases are held by flights of this process: waits
         # on them join the loader-cycle check (see _cycles).
-        self._inproc = adopted.inproc
+        local = self._local
+        self._inproc = local if isinstance(local, InProcessLeaseBackend) else None
         # Leases of flights of this process are recorded under this name of the
         # store, shared by every cache on it (see _cycles: cycles through leases).
         self._scope = lease_scope(backend) if self._leases is not None else None
@@ -437,7 +440,7 @@ class AsyncCache(CacheBase):
         if (view is not None or self._unsettled) and self._covered(view, full, entry, tags):
             # Held invalidations are retried by the background settler, not here:
             # a miss must not wait on a backend that is failing.
-            if self._unsettled and self._is_unsettled(full, entry, tags):
+            if self._unsettled and self._held.covers_now(full, entry, tags):
                 pending: T = await self._load_unreached(full, loader, ttl, tags)
                 return pending
             entry = None  # read before the invalidation just applied: not to be served
@@ -628,7 +631,7 @@ class AsyncCache(CacheBase):
 
     async def _settle(self) -> None:
         """Retry the invalidations that did not reach the backend (the settler)."""
-        applied = self._held_snapshot()
+        applied = self._held.snapshot()
         keys, tags, everything = applied
         try:
             if everything:
@@ -664,7 +667,7 @@ class AsyncCache(CacheBase):
         backend = self._loopless_backend()
         if backend is None:
             return
-        applied = self._held_snapshot()
+        applied = self._held.snapshot()
         if applied.everything:
             backend.clear(self._prefix)
         else:
