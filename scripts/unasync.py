@@ -95,10 +95,21 @@ TARGETS: list[Target] = [
         ),
     ),
     Target(
+        "src/cachewise/_frontends/_decorator_async.py",
+        "src/cachewise/_frontends/_decorator_sync.py",
+        (
+            (r"\bAsyncCachedFunction\b", "CachedFunction"),
+            (r"\basync_invalidating\b", "invalidating"),
+            (r"\bAsyncCache\b", "Cache"),
+            (r"\b_frontends\.aio\b", "_frontends.sync"),
+        ),
+    ),
+    Target(
         "src/cachewise/_frontends/aio.py",
         "src/cachewise/_frontends/sync.py",
         (
             (r"\b_async_prims\b", "_sync_prims"),
+            (r"\b_decorator_async\b", "_decorator_sync"),
             (r"\bAsyncCachedFunction\b", "CachedFunction"),
             (r"\basync_invalidating\b", "invalidating"),
             (r"\bis_async=True\b", "is_async=False"),

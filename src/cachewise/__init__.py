@@ -27,11 +27,9 @@ from cachewise._errors import (
     TagsUnsupportedError,
     WeigherError,
 )
-from cachewise._frontends._decorator import (
-    AsyncCachedFunction,
-    CachedFunction,
-    KeyCardinalityError,
-)
+from cachewise._frontends._decorator import KeyCardinalityError
+from cachewise._frontends._decorator_async import AsyncCachedFunction
+from cachewise._frontends._decorator_sync import CachedFunction
 from cachewise._frontends._group import CacheGroup
 from cachewise._frontends.aio import AsyncCache
 from cachewise._frontends.sync import Cache

@@ -16,7 +16,6 @@ from typing import Any
 from cachewise._core.entry import Entry
 from cachewise._core.readflow import LeaseReply
 from cachewise._errors import LoadCancelledError
-from cachewise.backends._memory import MemoryBackend
 from cachewise.backends._protocol import (
     AsyncBackend,
     AsyncLeaseBackend,
@@ -33,8 +32,6 @@ __all__ = ["ASYNC", "Adopted", "Background", "Event", "Guard", "call_loader", "c
 #: What the constructor accepts, and what the cache then holds.
 BackendArg = AsyncBackend | NonBlockingBackend
 AnyBackend = AsyncBackend | Backend
-#: The settler: a task (a thread stands by when its loop stops).
-Settler = asyncio.Task[Any]
 
 
 #: What a flight's callers wait on, and the guard of a write without a lease.
@@ -227,11 +224,6 @@ class Adopted:
                 f"AsyncCache needs an AsyncBackend or a non-blocking backend such as "
                 f"MemoryBackend, got {type(backend).__name__}"
             )
-        # An in-process store's leases are held by flights of this process.
-        self.inproc = self.local if isinstance(self.local, InProcessLeaseBackend) else None
-        # The exact MemoryBackend: its get is inlined on the hit path (a subclass
-        # may override get, so it gets no such shortcut).
-        self.memory_data = backend._table if type(backend) is MemoryBackend else None
 
 
 #: This flavour's loaders and decorated functions are coroutine functions.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import logging
@@ -21,6 +22,7 @@ from typing import Any
 
 from cachewise import _typed
 from cachewise._core.entry import Entry
+from cachewise._core.errors import ErrorKind, classify
 from cachewise._core.flights import Served
 from cachewise._core.policy import Policy, Seconds, check_seconds, is_fresh, make_entry
 from cachewise._errors import CacheClosedError, CircuitOpenError
@@ -46,9 +48,6 @@ from cachewise.keys import (
 logger = logging.getLogger("cachewise")
 
 Clock = Callable[[], float]
-
-# How often held invalidations are retried (by the front ends' settlers).
-_SETTLE_EVERY = 0.05
 
 # How many distinct tag tuples _full_tags remembers.
 _TAG_MEMO = 4096
@@ -252,7 +251,7 @@ class CacheBase(HeldMixin):
         source = self._stats_source
         evictions = source.evictions if isinstance(source, BackendStats) else 0
         decode_errors = getattr(source, "decode_errors", 0)
-        self._counters.invalidations_pending = self._pending_count() if self._unsettled else 0
+        self._counters.invalidations_pending = self._held.pending() if self._unsettled else 0
         return self._counters.snapshot(
             evictions,
             decode_errors if isinstance(decode_errors, int) else 0,
@@ -509,6 +508,23 @@ class CacheBase(HeldMixin):
             ),
             owner=owner,
         )
+
+    @contextlib.contextmanager
+    def _held_if_failed(self, operation: str, keys: list[str]) -> Iterator[None]:
+        """Around a ``set``: a backend failure is counted (not raised) and the keys'
+        invalidation held, since the old values may still be there. Interrupted
+        mid-write, the write may still land (on the wire): held too, so the settler
+        deletes the keys again, fenced against that late write."""
+        try:
+            yield
+        except Exception as exc:
+            if classify(exc) is ErrorKind.CALLER:
+                raise
+            self._degraded(operation, exc)
+            self._unsettle(keys=keys)
+        except BaseException:
+            self._unsettle(keys=keys)
+            raise
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,4 +1,6 @@
-"""``cached``: the decorator both front ends return."""
+"""What ``cached`` and ``invalidates`` of both front ends share: keys, invalidation
+templates, after-commit hooks. The flavours' own pieces are in ``_decorator_async``
+(and ``_decorator_sync``, generated from it)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import inspect
 import logging
 import threading
 import typing
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar
 
 from cachewise import _forksafe
@@ -262,60 +264,6 @@ class _Cached(Generic[P, R]):
         return _BoundCached(self, instance)
 
 
-class CachedFunction(_Cached[P, R]):
-    """A function decorated with ``Cache.cached``: calls go through ``get_or_load``."""
-
-    def __init__(
-        self, cache: Cache, func: Callable[P, R], keys: KeyBuilder, ttl: float | None
-    ) -> None:
-        super().__init__(func, keys, ttl)
-        self.cache = cache
-        self.__wrapped__ = func
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        func = self.__wrapped__
-        key, tags = self._keys.build(args, kwargs)
-        if not self._keys.admit(key):
-            return func(*args, **kwargs)
-        result: R = self.cache.get_or_load(
-            key, lambda: func(*args, **kwargs), ttl=self.ttl, tags=tags, type=self._value_type()
-        )
-        return result
-
-    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
-        """Delete the entry a call with these arguments would use."""
-        return self.cache.delete(self._keys(args, kwargs))
-
-
-class AsyncCachedFunction(_Cached[P, R]):
-    """A coroutine function decorated with ``AsyncCache.cached``."""
-
-    def __init__(
-        self,
-        cache: AsyncCache,
-        func: Callable[P, Awaitable[R]],
-        keys: KeyBuilder,
-        ttl: float | None,
-    ) -> None:
-        super().__init__(func, keys, ttl)
-        self.cache = cache
-        self.__wrapped__ = func
-
-    async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        func = self.__wrapped__
-        key, tags = self._keys.build(args, kwargs)
-        if not self._keys.admit(key):
-            return await func(*args, **kwargs)
-        result: R = await self.cache.get_or_load(
-            key, lambda: func(*args, **kwargs), ttl=self.ttl, tags=tags, type=self._value_type()
-        )
-        return result
-
-    async def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> bool:
-        """Delete the entry a call with these arguments would use."""
-        return await self.cache.delete(self._keys(args, kwargs))
-
-
 class Invalidator:
     """The templates of an ``invalidates`` declaration, filled per call."""
 
@@ -402,47 +350,7 @@ def after_commit_hook(
     return hook
 
 
-def invalidating(
-    cache: Cache,
-    func: Callable[P, R],
-    invalidator: Invalidator,
-    hook: AfterCommitHook | None = None,
-) -> Callable[P, R]:
-    """``func``, invalidating its declared keys and tags after it returns, or, with
-    a ``hook``, after the transaction it wrote in commits."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        # Bad arguments, and keys or tags the cache would refuse, fail before the
-        # write: after it, one bad name would leave the others stale.
-        bound = invalidator.bind(args, kwargs)
-        keys, tags = invalidator.fill(bound)
-        cache._check_names(keys, tags)
-        found = None if hook is None else hook.before(invalidator.values(bound))
-        try:
-            result = func(*args, **kwargs)
-        except BaseException as exc:
-            # It may have written, or committed, before it raised: see _after_failure.
-            if _after_failure(hook, found, keys, tags):
-                try:
-                    if keys:
-                        cache.delete_many(keys)
-                    if tags:
-                        cache.invalidate_tags(*tags)
-                except Exception as error:
-                    _failed_after_failure(cache, invalidator, exc, error)
-            raise
-        if hook is None or hook.after(found, keys, tags):
-            if keys:
-                cache.delete_many(keys)
-            if tags:
-                cache.invalidate_tags(*tags)
-        return result
-
-    return wrapper
-
-
-def _after_failure(
+def after_failure(
     hook: AfterCommitHook | None, found: Any, keys: list[str], tags: list[str]
 ) -> bool:
     """Whether to invalidate at once after a write that raised.
@@ -463,9 +371,7 @@ def _after_failure(
         return True
 
 
-def _failed_after_failure(
-    cache: Cache | AsyncCache, invalidator: Invalidator, exc: BaseException, error: Exception
-) -> None:
+def failed_after_failure(invalidator: Invalidator, exc: BaseException, error: Exception) -> None:
     """An invalidation after a write that raised failed too: logged, not raised
     (the write's exception is the one its caller must see)."""
     logger.error(
@@ -477,45 +383,6 @@ def _failed_after_failure(
         error,
         exc_info=error,
     )
-
-
-def async_invalidating(
-    cache: AsyncCache,
-    func: Callable[P, Awaitable[R]],
-    invalidator: Invalidator,
-    hook: AfterCommitHook | None = None,
-) -> Callable[P, Awaitable[R]]:
-    """``func`` (a coroutine function), invalidating after it returns, or after
-    the transaction commits (see ``invalidating``)."""
-
-    @functools.wraps(func)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        bound = invalidator.bind(args, kwargs)
-        keys, tags = invalidator.fill(bound)
-        cache._check_names(keys, tags)  # before the write: see invalidating
-        found = None if hook is None else hook.before(invalidator.values(bound))
-        try:
-            result = await func(*args, **kwargs)
-        except BaseException as exc:
-            # It may have written, or committed, before it raised (or was
-            # cancelled): see _after_failure.
-            if _after_failure(hook, found, keys, tags):
-                try:
-                    if keys:
-                        await cache.delete_many(keys)
-                    if tags:
-                        await cache.invalidate_tags(*tags)
-                except Exception as error:
-                    _failed_after_failure(cache, invalidator, exc, error)
-            raise
-        if hook is None or hook.after(found, keys, tags):
-            if keys:
-                await cache.delete_many(keys)
-            if tags:
-                await cache.invalidate_tags(*tags)
-        return result
-
-    return wrapper
 
 
 class _BoundCached:

@@ -47,6 +47,8 @@ MAX_LISTED = 10_000
 _LOG_SIZE = 4 * MAX_LISTED
 #: At most one ERROR per this many seconds per cache for invalidations it holds.
 _LOG_EVERY = 10.0
+#: How long ``Cache.close()`` waits for the settle thread to stop.
+_SETTLER_JOIN = 2.0
 
 HeldView = int | None
 """What a read takes before it reads: the settle count then (``None``: nothing was
@@ -209,6 +211,9 @@ class HeldMixin:
     The hit path reads one flag, ``_unsettled`` (set by ``HeldInvalidations``);
     the rest runs only while something is held."""
 
+    #: How often held invalidations are retried (by the settle thread or task).
+    _settle_every = 0.05
+
     # Set by _init_held; the others by CacheBase.
     _held: HeldInvalidations
     _unsettled: bool
@@ -225,15 +230,70 @@ class HeldMixin:
         self._held = HeldInvalidations()
         self._held.add_member(self)
         self._last_unsettle_log = float("-inf")
+        self._init_settle_thread()
 
     def _degraded(self, operation: str, exc: BaseException) -> None:
         raise NotImplementedError  # (CacheBase: count and log a backend failure)
 
-    def _start_settler(self) -> None:
-        """Make sure the background settler runs (the shells implement it)."""
-
     def _settle_once(self) -> None:
         """Re-apply what is held, once, synchronously (the shells implement it)."""
+
+    # -- the settle thread ----------------------------------------------------------
+
+    def _init_settle_thread(self) -> None:
+        # (Also the reset after a fork: the parent's thread is not in the child.)
+        self._settle_thread: threading.Thread | None = None
+        self._settle_thread_lock = threading.Lock()
+        self._settle_wake = threading.Event()  # set to stop the thread early
+
+    def _loop_settles(self) -> bool:
+        """Whether a running event loop settles instead (``AsyncCache``'s settler
+        task): the thread then only stands by."""
+        return False
+
+    def _start_settler(self) -> None:
+        """Make sure the background settler runs: the settle thread here;
+        ``AsyncCache`` settles in a task, with the thread standing by for when no
+        event loop runs it."""
+        self._start_settle_thread()
+
+    def _start_settle_thread(self) -> None:
+        """Run the settle thread (once at a time), a daemon thread of its own:
+        not on the refresh pool, whose threads the interpreter joins at exit (a
+        program that ends without ``close()`` while Redis is down must still exit:
+        break 6 of issue 9). ``close()`` and the interpreter's exit make one last
+        attempt (``_last_settle``)."""
+        with self._settle_thread_lock:
+            if self._closed or self._settle_thread is not None:
+                return
+            thread = self._settle_thread = threading.Thread(
+                target=self._settle_thread_loop, name="cachewise-settle", daemon=True
+            )
+        thread.start()
+
+    def _settle_thread_loop(self) -> None:
+        # Runs while anything is held. With an event loop settling too (as it
+        # starts again), both may settle at once: a delete or a tag invalidation
+        # applied twice is still right.
+        try:
+            while self._unsettled and not self._closed:
+                if not self._loop_settles():
+                    try:
+                        self._settle_once()
+                    except Exception as exc:
+                        self._degraded("settle", exc)
+                self._settle_wake.wait(self._settle_every)
+        finally:
+            with self._settle_thread_lock:
+                self._settle_thread = None
+            if self._unsettled and not self._closed:
+                self._start_settle_thread()  # held again as we left: keep going
+
+    def _stop_settle_thread(self, timeout: float = _SETTLER_JOIN) -> None:
+        self._settle_wake.set()
+        thread = self._settle_thread
+        if thread is not None:
+            thread.join(timeout)  # it stops at its next turn (one backend timeout at most)
 
     def _share_held(self, server: str) -> None:
         """Share held invalidations with every cache of this cache's group on
@@ -284,9 +344,6 @@ class HeldMixin:
             )
         self._start_settler()
 
-    def _pending_count(self) -> int:
-        return self._held.pending()
-
     def _held_view(self) -> HeldView:
         """Taken *before* a read (one int, never a copy): an entry read while its
         invalidation was held must not be served even if the invalidation is
@@ -301,13 +358,6 @@ class HeldMixin:
         if view is None and not self._unsettled:
             return False
         return self._held.covers(view, full, entry, tags)
-
-    def _is_unsettled(self, full: str, entry: Entry | None, tags: Sequence[str] = ()) -> bool:
-        """Whether a held invalidation covers this key, entry or tags now."""
-        return self._held.covers_now(full, entry, tags)
-
-    def _held_snapshot(self) -> HeldSnapshot:
-        return self._held.snapshot()
 
     def _settled(self, applied: HeldSnapshot) -> None:
         """Forget what was just applied; anything held again since stays held."""
@@ -327,7 +377,7 @@ class HeldMixin:
             except Exception as exc:
                 self._degraded("settle", exc)
         if self._unsettled:
-            pending = self._pending_count()
+            pending = self._held.pending()
             logger.error(
                 "cachewise: %s (namespace %r) gives up %s invalidation(s) that never reached "
                 "the backend; other processes may read the old values until they expire",

@@ -11,8 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
-from cachewise.backends._memory import MemoryBackend
-from cachewise.backends._protocol import Backend, InProcessLeaseBackend, LeaseBackend, TagBackend
+from cachewise.backends._protocol import Backend, LeaseBackend, TagBackend
 
 __all__ = ["ASYNC", "Adopted", "Background", "Event", "Guard", "call_loader", "current_actor"]
 
@@ -20,8 +19,6 @@ __all__ = ["ASYNC", "Adopted", "Background", "Event", "Guard", "call_loader", "c
 #: What the constructor accepts, and what the cache then holds.
 BackendArg = Backend
 AnyBackend = Backend
-#: The settler: a daemon thread.
-Settler = threading.Thread
 
 
 #: What a flight's callers wait on, and the guard of a write without a lease.
@@ -122,11 +119,6 @@ class Adopted:
         self.store: Backend = backend
         self.tagger = backend if isinstance(backend, TagBackend) else None
         self.leases = backend if isinstance(backend, LeaseBackend) else None
-        # An in-process store's leases are held by flights of this process.
-        self.inproc = backend if isinstance(backend, InProcessLeaseBackend) else None
-        # The exact MemoryBackend: its get is inlined on the hit path (a subclass
-        # may override get, so it gets no such shortcut).
-        self.memory_data = backend._table if type(backend) is MemoryBackend else None
 
 
 #: This flavour's loaders and decorated functions are plain callables.

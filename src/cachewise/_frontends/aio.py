@@ -19,7 +19,6 @@ import contextlib  # unasync: async-only
 import enum
 import random
 import threading
-import time  # unasync: async-only
 
 # unasync: async-only
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -62,7 +61,6 @@ from cachewise._errors import (
 )
 from cachewise._frontends import _async_prims as prims
 from cachewise._frontends._base import (
-    _SETTLE_EVERY,
     CacheBase,
     Clock,
     cache_from_url,
@@ -85,20 +83,20 @@ from cachewise._frontends._cycles import (
 )
 from cachewise._frontends._decorator import (
     AfterCommitName,
-    AsyncCachedFunction,
     Invalidator,
     OnMaxKeys,
     P,
     R,
     after_commit_hook,
-    async_invalidating,
     check_not_generator,
     is_async_callable,
 )
+from cachewise._frontends._decorator_async import AsyncCachedFunction, async_invalidating
 from cachewise._frontends._group import CacheGroup
 from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING
 from cachewise.backends._memory import MemoryBackend
+from cachewise.backends._protocol import InProcessLeaseBackend
 from cachewise.invalidation import Registry
 from cachewise.keys import SHORT_KEY_CHARS, check_key
 from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
@@ -109,14 +107,6 @@ D = TypeVar("D")
 # What a load's write may refuse and still hand its value to the callers: the
 # codec's refusals. (A weigher's error is the application's bug: it is raised.)
 _UNSTORABLE = (SerializationError, ValueTooLargeError)
-
-# What _send_invalidation returns when the backend call failed (and was counted).
-_FAILED: Any = object()
-
-# unasync: sync-only
-# # How long close() waits for the settler to stop.
-# _SETTLER_JOIN = 2.0
-# unasync: end
 
 
 class _Lead(enum.Enum):
@@ -241,11 +231,13 @@ class AsyncCache(CacheBase):
         # bound once, so the hit path is one call into the backend.
         self._local = adopted.local
         self._local_get: Any = adopted.local.get if adopted.local is not None else None
-        # The exact MemoryBackend's entries: its get is inlined on the hit path.
-        self._memory_data = adopted.memory_data
+        # The exact MemoryBackend's entries: its get is inlined on the hit path (a
+        # subclass may override get, so it gets no such shortcut).
+        self._memory_data = backend._table if type(backend) is MemoryBackend else None
         # An in-process store's leases are held by flights of this process: waits
         # on them join the loader-cycle check (see _cycles).
-        self._inproc = adopted.inproc
+        local = self._local
+        self._inproc = local if isinstance(local, InProcessLeaseBackend) else None
         # Leases of flights of this process are recorded under this name of the
         # store, shared by every cache on it (see _cycles: cycles through leases).
         self._scope = lease_scope(backend) if self._leases is not None else None
@@ -254,14 +246,8 @@ class AsyncCache(CacheBase):
         self._lock = threading.Lock()
         self._flights: FlightTable[_Handle] = FlightTable()
         self._work = work
-        self._settler: prims.Settler | None = None
-        # unasync: sync-only
-        # self._settle_wake = threading.Event()  # set by close() to stop the settler
-        # unasync: end
         # unasync: async-only
-        # Settles from a thread while no loop runs the settler (_settle_loop).
-        self._thread_settler: threading.Thread | None = None
-        self._thread_settler_lock = threading.Lock()
+        self._settler: asyncio.Task[Any] | None = None  # (the thread stands by: _held)
         # The event loop the flights, tasks and settler belong to (_check_loop).
         self._loop: asyncio.AbstractEventLoop | None = None
         # unasync: end
@@ -454,7 +440,7 @@ class AsyncCache(CacheBase):
         if (view is not None or self._unsettled) and self._covered(view, full, entry, tags):
             # Held invalidations are retried by the background settler, not here:
             # a miss must not wait on a backend that is failing.
-            if self._unsettled and self._is_unsettled(full, entry, tags):
+            if self._unsettled and self._held.covers_now(full, entry, tags):
                 pending: T = await self._load_unreached(full, loader, ttl, tags)
                 return pending
             entry = None  # read before the invalidation just applied: not to be served
@@ -504,24 +490,14 @@ class AsyncCache(CacheBase):
         ftags = self._entry_tags(tags)
         self._check_open()
         self._need_tags(ftags)
-        await self._revoke([full])
-        try:
+        await self._revoke(keys=[full])
+        with self._held_if_failed("set", [full]):
             stamp = await self._stamp(ftags)
             entry = self._new_entry(value, self._clock(), ttl, 0.0, False, ftags, stamp)
             if entry is None:
                 await self._store.delete(full)
             else:
                 await self._store.set(full, entry)
-        except Exception as exc:
-            if classify(exc) is ErrorKind.CALLER:
-                raise
-            self._degraded("set", exc)
-            self._unsettle(keys=[full])  # the old value may still be there
-        except BaseException:
-            # Interrupted mid-write: the set may still land (on the wire). Held, so
-            # the settler deletes the key again, fenced against that late set.
-            self._unsettle(keys=[full])
-            raise
 
     async def set_many(
         self, items: Mapping[str, Any], *, ttl: Seconds | None = None, tags: Iterable[str] = ()
@@ -539,33 +515,21 @@ class AsyncCache(CacheBase):
         self._check_open()
         self._need_tags(ftags)
         full_keys = [self._full_key(key) for key in items]
-        await self._revoke(full_keys)
-        try:
+        await self._revoke(keys=full_keys)
+        with self._held_if_failed("set_many", full_keys):
             pairs, dropped = self._entries_for(items, ttl, ftags, await self._stamp(ftags))
             if pairs:
                 await self._store.set_many(pairs)
             if dropped:
                 await self._store.delete_many(dropped)
-        except Exception as exc:
-            if classify(exc) is ErrorKind.CALLER:
-                raise
-            self._degraded("set_many", exc)
-            self._unsettle(keys=full_keys)
-        except BaseException:
-            self._unsettle(keys=full_keys)  # (see set)
-            raise
 
     async def delete(self, key: str) -> bool:
         """Remove ``key``; whether it was cached. A load in flight for it will not
         write its (possibly old) result, and later readers start a fresh load."""
         self._check_loop()  # unasync: async-only
         full = self._full_key(key)
-        await self._revoke([full])
-        result = await self._send_invalidation("delete", self._store.delete, full)
-        if result is _FAILED:
-            self._unsettle(keys=[full])
-            return False
-        return bool(result)
+        await self._revoke(keys=[full])
+        return bool(await self._send_invalidation("delete", self._store.delete, full, keys=[full]))
 
     async def delete_many(self, keys: Iterable[str]) -> int:
         """``delete`` for several keys; how many were cached."""
@@ -574,12 +538,9 @@ class AsyncCache(CacheBase):
         full = [self._full_key(key) for key in keys]
         if not full:
             return 0
-        await self._revoke(full)
-        result = await self._send_invalidation("delete_many", self._store.delete_many, full)
-        if result is _FAILED:
-            self._unsettle(keys=full)
-            return 0
-        return int(result or 0)
+        await self._revoke(keys=full)
+        method = self._store.delete_many
+        return int(await self._send_invalidation("delete_many", method, full, keys=full) or 0)
 
     async def invalidate_tags(self, *tags: str) -> None:
         """Invalidate every entry carrying any of ``tags``, in O(number of tags).
@@ -591,23 +552,16 @@ class AsyncCache(CacheBase):
         ftags = self._full_tags(tags)
         if not ftags:
             return
-        if self._tagger is None:
-            raise TagsUnsupportedError(f"{type(self._backend).__name__} does not support tags")
-        with self._lock:
-            flights = self._flights.invalidate_tagged(ftags)
-        for flight in flights:
-            await self._pass_guard(flight)
+        self._need_tags(ftags)
+        assert self._tagger is not None
+        await self._revoke(tags=ftags)
         method = self._tagger.invalidate_tags
-        if await self._send_invalidation("invalidate_tags", method, ftags) is _FAILED:
-            self._unsettle(tags=ftags)
+        await self._send_invalidation("invalidate_tags", method, ftags, tags=ftags)
 
     async def clear(self) -> int:
         """Remove every entry of this cache's namespace (O(n)); how many."""
         self._check_loop()  # unasync: async-only
-        with self._lock:
-            flights = self._flights.invalidate_all()
-        for flight in flights:
-            await self._pass_guard(flight)
+        await self._revoke(everything=True)
         try:
             return int(await self._store.clear(self._prefix) or 0)
         except Exception as exc:
@@ -616,38 +570,49 @@ class AsyncCache(CacheBase):
             return 0
 
     async def _send_invalidation(
-        self, operation: str, method: Callable[..., Awaitable[Any]], *args: Any
+        self,
+        operation: str,
+        method: Callable[[Any], Awaitable[Any]],
+        arg: Any,
+        *,
+        keys: Iterable[str] = (),
+        tags: Iterable[str] = (),
     ) -> Any:
-        """Send an invalidation; a failure that came fast (a connection that turned
-        out dead) is worth one more try before the invalidation is held, a timeout
-        is not (it already waited). Each failure is counted; ``_FAILED`` if it did
-        not land."""
+        """Send an invalidation (of ``keys`` or ``tags``): what the backend
+        returned, or ``None`` if it did not land, and it is held. A failure that
+        came fast (a connection that turned out dead) is worth one more try before
+        that, a timeout is not (it already waited). Each failure is counted."""
         attempt = 1
         while True:
             started = self._monotonic()
             try:
-                return await method(*args)
+                return await method(arg)
             except Exception as exc:
                 self._degraded(operation, exc)
                 if not retry_fast_failure(self._monotonic() - started, attempt):
-                    return _FAILED
+                    self._unsettle(keys, tags)
+                    return None
             attempt += 1
 
-    async def _revoke(self, keys: list[str]) -> None:
-        # Invalidate before touching the backend: once revoked, no load in flight
-        # can write; then our delete/set removes anything written before.
+    async def _revoke(
+        self, keys: Iterable[str] = (), tags: tuple[str, ...] = (), everything: bool = False
+    ) -> None:
+        """Revoke the loads in flight for ``keys``, ``tags`` or ``everything``, before
+        touching the backend: once revoked, no load in flight can write; then our
+        delete/set removes anything written before."""
         with self._lock:
-            flights = [f for f in map(self._flights.invalidate, keys) if f is not None]
+            if everything:
+                flights = self._flights.invalidate_all()
+            else:
+                flights = [f for f in map(self._flights.invalidate, keys) if f is not None]
+                if tags:
+                    flights += self._flights.invalidate_tagged(tags)
         for flight in flights:
-            await self._pass_guard(flight)
-
-    @staticmethod
-    async def _pass_guard(flight: Flight[_Handle]) -> None:
-        """Wait for a write already past its validity check, so ours lands after it."""
-        guard = flight.handle.guard
-        if guard is not None:
-            async with guard:
-                pass
+            # Wait for a write already past its validity check, so ours lands after it.
+            guard = flight.handle.guard
+            if guard is not None:
+                async with guard:
+                    pass
 
     def _need_tags(self, tags: tuple[str, ...]) -> None:
         # (The same TagsUnsupportedError in both front ends.)
@@ -666,7 +631,7 @@ class AsyncCache(CacheBase):
 
     async def _settle(self) -> None:
         """Retry the invalidations that did not reach the backend (the settler)."""
-        applied = self._held_snapshot()
+        applied = self._held.snapshot()
         keys, tags, everything = applied
         try:
             if everything:
@@ -684,37 +649,6 @@ class AsyncCache(CacheBase):
     # unasync: sync-only
     # def _settle_once(self) -> None:
     #     self._settle()
-    #
-    # def _start_settler(self) -> None:
-    #     """Run the background settler (once at a time) on a daemon thread of its
-    #     own: not on the refresh pool, whose threads the interpreter joins at exit
-    #     (a program that ends without ``close()`` while Redis is down must still
-    #     exit: break 6 of issue 9). ``close()`` and the interpreter's exit make one
-    #     last attempt (``CacheBase._last_settle``)."""
-    #     with self._lock:
-    #         if self._closed or self._settler is not None:
-    #             return
-    #         self._settler = threading.Thread(
-    #             target=self._settle_loop, name="cachewise-settle", daemon=True
-    #         )
-    #     self._settler.start()
-    #
-    # def _settle_loop(self) -> None:
-    #     try:
-    #         while self._unsettled and not self._closed:
-    #             self._settle()
-    #             self._settle_wake.wait(_SETTLE_EVERY)
-    #     finally:
-    #         with self._lock:
-    #             self._settler = None
-    #         if self._unsettled and not self._closed:
-    #             self._start_settler()  # held again as we left: keep going
-    #
-    # def _stop_settler(self) -> None:
-    #     self._settle_wake.set()
-    #     settler = self._settler
-    #     if settler is not None:
-    #         settler.join(_SETTLER_JOIN)  # it stops at its next turn (one timeout at most)
     # unasync: end
     # unasync: async-only
     def _loopless_backend(self) -> Any:
@@ -733,7 +667,7 @@ class AsyncCache(CacheBase):
         backend = self._loopless_backend()
         if backend is None:
             return
-        applied = self._held_snapshot()
+        applied = self._held.snapshot()
         if applied.everything:
             backend.clear(self._prefix)
         else:
@@ -764,16 +698,16 @@ class AsyncCache(CacheBase):
         with contextlib.suppress(AttributeError):
             settler._log_destroy_pending = False  # type: ignore[attr-defined]
         settler.add_done_callback(lambda task: task.cancelled() or task.exception())
-        # And a thread stands by: when this loop stops running (closed without
-        # cancelling the settler, or just stopped), the thread settles instead.
-        self._start_thread_settler()
+        # And the settle thread stands by: when this loop stops running (closed
+        # without cancelling the settler, or just stopped), it settles instead.
+        self._start_settle_thread()
 
     async def _settle_loop(self) -> None:
         me = asyncio.current_task()
         try:
             while self._unsettled and not self._closed:
                 await self._settle()
-                await asyncio.sleep(_SETTLE_EVERY)
+                await asyncio.sleep(self._settle_every)
         finally:
             if self._settler is me:  # (a later loop's settler may have replaced it)
                 self._settler = None
@@ -781,35 +715,16 @@ class AsyncCache(CacheBase):
                 # Cancelled with its loop (asyncio.run ending, a loop closing): no
                 # task runs here again until another loop uses this cache, which
                 # may be never, while other processes read what this cache holds
-                # deleted. Keep settling from a thread until a loop takes over.
-                self._start_thread_settler()
+                # deleted. Keep settling from the thread until a loop takes over.
+                self._start_settle_thread()
 
-    def _start_thread_settler(self) -> None:
-        if self._loopless_backend() is None:
-            return  # nothing to send through: held until a loop or the exit tries
-        with self._thread_settler_lock:
-            thread = self._thread_settler
-            if self._closed or (thread is not None and thread.is_alive()):
-                return
-            thread = threading.Thread(
-                target=self._thread_settle_loop, name="cachewise-settle", daemon=True
-            )
-            self._thread_settler = thread
-        thread.start()
+    def _start_settle_thread(self) -> None:
+        if self._loopless_backend() is not None:  # (else held until a loop or the exit tries)
+            super()._start_settle_thread()
 
-    def _thread_settle_loop(self) -> None:
-        # Runs while anything is held; settles whenever no running loop runs the
-        # settler task. Both may settle at once as a loop starts again: a delete
-        # or a tag invalidation applied twice is still right.
-        while self._unsettled and not self._closed:
-            task = self._settler
-            if task is None or task.done() or not task.get_loop().is_running():
-                try:
-                    self._settle_once()
-                except Exception as exc:
-                    self._degraded("settle", exc)
-            if self._unsettled:
-                time.sleep(_SETTLE_EVERY)
+    def _loop_settles(self) -> bool:
+        task = self._settler
+        return task is not None and not task.done() and task.get_loop().is_running()
 
     async def _stop_settler(self) -> None:
         settler = self._settler
@@ -1483,14 +1398,8 @@ class AsyncCache(CacheBase):
         self._lock = threading.Lock()
         self._flights = FlightTable()
         self._work = self._work.fresh()
-        self._settler = None
-        # unasync: sync-only
-        # self._settle_wake = threading.Event()
-        # unasync: end
-        # unasync: async-only
-        self._thread_settler = None
-        self._thread_settler_lock = threading.Lock()
-        # unasync: end
+        self._init_settle_thread()
+        self._settler = None  # unasync: async-only
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -1502,7 +1411,7 @@ class AsyncCache(CacheBase):
                 return
             self._closed = True
         self._check_loop()  # unasync: async-only
-        await self._stop_settler()
+        await self._stop_settler()  # unasync: sync=self._stop_settle_thread()
         await self._work.drain()
         if self._unsettled:  # one last try at held invalidations, or an ERROR
             await self._settle()

@@ -42,7 +42,6 @@ from cachewise._errors import (
 )
 from cachewise._frontends import _sync_prims as prims
 from cachewise._frontends._base import (
-    _SETTLE_EVERY,
     CacheBase,
     Clock,
     cache_from_url,
@@ -65,20 +64,20 @@ from cachewise._frontends._cycles import (
 )
 from cachewise._frontends._decorator import (
     AfterCommitName,
-    CachedFunction,
     Invalidator,
     OnMaxKeys,
     P,
     R,
     after_commit_hook,
     check_not_generator,
-    invalidating,
     is_async_callable,
 )
+from cachewise._frontends._decorator_sync import CachedFunction, invalidating
 from cachewise._frontends._group import CacheGroup
 from cachewise._frontends._held import HeldView
 from cachewise._sentinel import MISSING
 from cachewise.backends._memory import MemoryBackend
+from cachewise.backends._protocol import InProcessLeaseBackend
 from cachewise.invalidation import Registry
 from cachewise.keys import SHORT_KEY_CHARS, check_key
 from cachewise.serialization import SerializationError, Serializer, ValueTooLargeError
@@ -89,12 +88,6 @@ D = TypeVar("D")
 # What a load's write may refuse and still hand its value to the callers: the
 # codec's refusals. (A weigher's error is the application's bug: it is raised.)
 _UNSTORABLE = (SerializationError, ValueTooLargeError)
-
-# What _send_invalidation returns when the backend call failed (and was counted).
-_FAILED: Any = object()
-
-# How long close() waits for the settler to stop.
-_SETTLER_JOIN = 2.0
 
 
 class _Lead(enum.Enum):
@@ -202,11 +195,13 @@ class Cache(CacheBase):
         # bound once, so the hit path is one call into the backend.
         self._local = adopted.local
         self._local_get: Any = adopted.local.get if adopted.local is not None else None
-        # The exact MemoryBackend's entries: its get is inlined on the hit path.
-        self._memory_data = adopted.memory_data
+        # The exact MemoryBackend's entries: its get is inlined on the hit path (a
+        # subclass may override get, so it gets no such shortcut).
+        self._memory_data = backend._table if type(backend) is MemoryBackend else None
         # An in-process store's leases are held by flights of this process: waits
         # on them join the loader-cycle check (see _cycles).
-        self._inproc = adopted.inproc
+        local = self._local
+        self._inproc = local if isinstance(local, InProcessLeaseBackend) else None
         # Leases of flights of this process are recorded under this name of the
         # store, shared by every cache on it (see _cycles: cycles through leases).
         self._scope = lease_scope(backend) if self._leases is not None else None
@@ -215,8 +210,6 @@ class Cache(CacheBase):
         self._lock = threading.Lock()
         self._flights: FlightTable[_Handle] = FlightTable()
         self._work = work
-        self._settler: prims.Settler | None = None
-        self._settle_wake = threading.Event()  # set by close() to stop the settler
         _forksafe.register(self)
 
     @classmethod
@@ -404,7 +397,7 @@ class Cache(CacheBase):
         if (view is not None or self._unsettled) and self._covered(view, full, entry, tags):
             # Held invalidations are retried by the background settler, not here:
             # a miss must not wait on a backend that is failing.
-            if self._unsettled and self._is_unsettled(full, entry, tags):
+            if self._unsettled and self._held.covers_now(full, entry, tags):
                 pending: T = self._load_unreached(full, loader, ttl, tags)
                 return pending
             entry = None  # read before the invalidation just applied: not to be served
@@ -453,24 +446,14 @@ class Cache(CacheBase):
         ftags = self._entry_tags(tags)
         self._check_open()
         self._need_tags(ftags)
-        self._revoke([full])
-        try:
+        self._revoke(keys=[full])
+        with self._held_if_failed("set", [full]):
             stamp = self._stamp(ftags)
             entry = self._new_entry(value, self._clock(), ttl, 0.0, False, ftags, stamp)
             if entry is None:
                 self._store.delete(full)
             else:
                 self._store.set(full, entry)
-        except Exception as exc:
-            if classify(exc) is ErrorKind.CALLER:
-                raise
-            self._degraded("set", exc)
-            self._unsettle(keys=[full])  # the old value may still be there
-        except BaseException:
-            # Interrupted mid-write: the set may still land (on the wire). Held, so
-            # the settler deletes the key again, fenced against that late set.
-            self._unsettle(keys=[full])
-            raise
 
     def set_many(
         self, items: Mapping[str, Any], *, ttl: Seconds | None = None, tags: Iterable[str] = ()
@@ -487,32 +470,20 @@ class Cache(CacheBase):
         self._check_open()
         self._need_tags(ftags)
         full_keys = [self._full_key(key) for key in items]
-        self._revoke(full_keys)
-        try:
+        self._revoke(keys=full_keys)
+        with self._held_if_failed("set_many", full_keys):
             pairs, dropped = self._entries_for(items, ttl, ftags, self._stamp(ftags))
             if pairs:
                 self._store.set_many(pairs)
             if dropped:
                 self._store.delete_many(dropped)
-        except Exception as exc:
-            if classify(exc) is ErrorKind.CALLER:
-                raise
-            self._degraded("set_many", exc)
-            self._unsettle(keys=full_keys)
-        except BaseException:
-            self._unsettle(keys=full_keys)  # (see set)
-            raise
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; whether it was cached. A load in flight for it will not
         write its (possibly old) result, and later readers start a fresh load."""
         full = self._full_key(key)
-        self._revoke([full])
-        result = self._send_invalidation("delete", self._store.delete, full)
-        if result is _FAILED:
-            self._unsettle(keys=[full])
-            return False
-        return bool(result)
+        self._revoke(keys=[full])
+        return bool(self._send_invalidation("delete", self._store.delete, full, keys=[full]))
 
     def delete_many(self, keys: Iterable[str]) -> int:
         """``delete`` for several keys; how many were cached."""
@@ -520,12 +491,9 @@ class Cache(CacheBase):
         full = [self._full_key(key) for key in keys]
         if not full:
             return 0
-        self._revoke(full)
-        result = self._send_invalidation("delete_many", self._store.delete_many, full)
-        if result is _FAILED:
-            self._unsettle(keys=full)
-            return 0
-        return int(result or 0)
+        self._revoke(keys=full)
+        method = self._store.delete_many
+        return int(self._send_invalidation("delete_many", method, full, keys=full) or 0)
 
     def invalidate_tags(self, *tags: str) -> None:
         """Invalidate every entry carrying any of ``tags``, in O(number of tags).
@@ -536,22 +504,15 @@ class Cache(CacheBase):
         ftags = self._full_tags(tags)
         if not ftags:
             return
-        if self._tagger is None:
-            raise TagsUnsupportedError(f"{type(self._backend).__name__} does not support tags")
-        with self._lock:
-            flights = self._flights.invalidate_tagged(ftags)
-        for flight in flights:
-            self._pass_guard(flight)
+        self._need_tags(ftags)
+        assert self._tagger is not None
+        self._revoke(tags=ftags)
         method = self._tagger.invalidate_tags
-        if self._send_invalidation("invalidate_tags", method, ftags) is _FAILED:
-            self._unsettle(tags=ftags)
+        self._send_invalidation("invalidate_tags", method, ftags, tags=ftags)
 
     def clear(self) -> int:
         """Remove every entry of this cache's namespace (O(n)); how many."""
-        with self._lock:
-            flights = self._flights.invalidate_all()
-        for flight in flights:
-            self._pass_guard(flight)
+        self._revoke(everything=True)
         try:
             return int(self._store.clear(self._prefix) or 0)
         except Exception as exc:
@@ -559,37 +520,50 @@ class Cache(CacheBase):
             self._unsettle(everything=True)
             return 0
 
-    def _send_invalidation(self, operation: str, method: Callable[..., Any], *args: Any) -> Any:
-        """Send an invalidation; a failure that came fast (a connection that turned
-        out dead) is worth one more try before the invalidation is held, a timeout
-        is not (it already waited). Each failure is counted; ``_FAILED`` if it did
-        not land."""
+    def _send_invalidation(
+        self,
+        operation: str,
+        method: Callable[[Any], Any],
+        arg: Any,
+        *,
+        keys: Iterable[str] = (),
+        tags: Iterable[str] = (),
+    ) -> Any:
+        """Send an invalidation (of ``keys`` or ``tags``): what the backend
+        returned, or ``None`` if it did not land, and it is held. A failure that
+        came fast (a connection that turned out dead) is worth one more try before
+        that, a timeout is not (it already waited). Each failure is counted."""
         attempt = 1
         while True:
             started = self._monotonic()
             try:
-                return method(*args)
+                return method(arg)
             except Exception as exc:
                 self._degraded(operation, exc)
                 if not retry_fast_failure(self._monotonic() - started, attempt):
-                    return _FAILED
+                    self._unsettle(keys, tags)
+                    return None
             attempt += 1
 
-    def _revoke(self, keys: list[str]) -> None:
-        # Invalidate before touching the backend: once revoked, no load in flight
-        # can write; then our delete/set removes anything written before.
+    def _revoke(
+        self, keys: Iterable[str] = (), tags: tuple[str, ...] = (), everything: bool = False
+    ) -> None:
+        """Revoke the loads in flight for ``keys``, ``tags`` or ``everything``, before
+        touching the backend: once revoked, no load in flight can write; then our
+        delete/set removes anything written before."""
         with self._lock:
-            flights = [f for f in map(self._flights.invalidate, keys) if f is not None]
+            if everything:
+                flights = self._flights.invalidate_all()
+            else:
+                flights = [f for f in map(self._flights.invalidate, keys) if f is not None]
+                if tags:
+                    flights += self._flights.invalidate_tagged(tags)
         for flight in flights:
-            self._pass_guard(flight)
-
-    @staticmethod
-    def _pass_guard(flight: Flight[_Handle]) -> None:
-        """Wait for a write already past its validity check, so ours lands after it."""
-        guard = flight.handle.guard
-        if guard is not None:
-            with guard:
-                pass
+            # Wait for a write already past its validity check, so ours lands after it.
+            guard = flight.handle.guard
+            if guard is not None:
+                with guard:
+                    pass
 
     def _need_tags(self, tags: tuple[str, ...]) -> None:
         # (The same TagsUnsupportedError in both front ends.)
@@ -608,7 +582,7 @@ class Cache(CacheBase):
 
     def _settle(self) -> None:
         """Retry the invalidations that did not reach the backend (the settler)."""
-        applied = self._held_snapshot()
+        applied = self._held.snapshot()
         keys, tags, everything = applied
         try:
             if everything:
@@ -625,37 +599,6 @@ class Cache(CacheBase):
 
     def _settle_once(self) -> None:
         self._settle()
-
-    def _start_settler(self) -> None:
-        """Run the background settler (once at a time) on a daemon thread of its
-        own: not on the refresh pool, whose threads the interpreter joins at exit
-        (a program that ends without ``close()`` while Redis is down must still
-        exit: break 6 of issue 9). ``close()`` and the interpreter's exit make one
-        last attempt (``CacheBase._last_settle``)."""
-        with self._lock:
-            if self._closed or self._settler is not None:
-                return
-            self._settler = threading.Thread(
-                target=self._settle_loop, name="cachewise-settle", daemon=True
-            )
-        self._settler.start()
-
-    def _settle_loop(self) -> None:
-        try:
-            while self._unsettled and not self._closed:
-                self._settle()
-                self._settle_wake.wait(_SETTLE_EVERY)
-        finally:
-            with self._lock:
-                self._settler = None
-            if self._unsettled and not self._closed:
-                self._start_settler()  # held again as we left: keep going
-
-    def _stop_settler(self) -> None:
-        self._settle_wake.set()
-        settler = self._settler
-        if settler is not None:
-            settler.join(_SETTLER_JOIN)  # it stops at its next turn (one timeout at most)
 
     # -- single-flight ------------------------------------------------------------
 
@@ -1261,8 +1204,7 @@ class Cache(CacheBase):
         self._lock = threading.Lock()
         self._flights = FlightTable()
         self._work = self._work.fresh()
-        self._settler = None
-        self._settle_wake = threading.Event()
+        self._init_settle_thread()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -1273,7 +1215,7 @@ class Cache(CacheBase):
             if self._closed:
                 return
             self._closed = True
-        self._stop_settler()
+        self._stop_settle_thread()
         self._work.drain()
         if self._unsettled:  # one last try at held invalidations, or an ERROR
             self._settle()
