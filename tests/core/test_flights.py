@@ -185,3 +185,19 @@ def test_a_read_value_ignores_the_load_rules() -> None:
     state.served = Served.HIT
     state.served_read = 1
     assert state.safe_for(joined_at(started=False, sealed=False, reads=1)) is False
+
+
+def test_a_caller_back_from_an_earlier_flight_joins_a_later_one_as_at_its_birth() -> None:
+    # The caller's call began (sequence 5) before this flight was made (7): every
+    # read and load of it began after the call did, so it joins as at its birth
+    # however far the load has gone.
+    state = LoadState()
+    state.born = 7
+    state.started = state.sealed = True
+    state.reads = 3
+    assert state.join_point(since=5) == JoinPoint(started=False, sealed=False, reads=0)
+    # A flight made before the call began: where it really stands.
+    assert state.join_point(since=9) == JoinPoint(started=True, sealed=True, reads=3)
+    # Unknown birth (0) is never after anyone's call.
+    state.born = 0
+    assert state.join_point(since=1) == JoinPoint(started=True, sealed=True, reads=3)

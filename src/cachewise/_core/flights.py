@@ -119,6 +119,10 @@ class JoinPoint(NamedTuple):
     reads: int  # lease reads the leader had sent
 
 
+#: Where a load stands as it is made: nothing started, sealed or read.
+BORN = JoinPoint(started=False, sealed=False, reads=0)
+
+
 class LoadState:
     """How one flight's load went, as its joiners need to know: its outcome and
     the bookkeeping ``after_wait`` decides on. The front ends' flight handles
@@ -131,6 +135,7 @@ class LoadState:
 
     __slots__ = (
         "abandoned",
+        "born",
         "confirmed",
         "error",
         "negative",
@@ -177,9 +182,21 @@ class LoadState:
         # invalidation join only such a flight: any other may have read, or be
         # about to write, what the invalidation removes.
         self.unwritten = False
+        # When the flight was made, on the front end's sequence of calls and
+        # flights (0: unknown, never treated as after anyone's call).
+        self.born = 0
 
-    def join_point(self) -> JoinPoint:
-        """Where the load stands now (taken as a caller joins it)."""
+    def join_point(self, since: int = 0) -> JoinPoint:
+        """Where the load stands now (taken as a caller joins it). ``since``: where
+        the caller's call began on the same sequence as ``born``. A caller that
+        comes back to a flight made after its call began (it waited out an earlier
+        flight it could not take) joins it as at its birth: every read and load of
+        this flight began after the caller's call did, so nothing it misses can
+        have happened before that call (without this, callers that retry
+        together never catch a thread's load before it starts, and are served
+        one per load)."""
+        if since and self.born > since:
+            return BORN
         return JoinPoint(self.started, self.sealed, self.reads)
 
     def safe_for(self, joined: JoinPoint) -> bool:

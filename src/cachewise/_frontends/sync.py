@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import random
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -96,6 +97,10 @@ class _Lead(enum.Enum):
     LOAD = "load"  # call the loader, write the result (a backend without leases)
     LEASED = "leased"  # the lease flow first (readflow.leased_read), then maybe load
     UNWRITTEN = "unwritten"  # call the loader, read and write nothing
+    # As UNWRITTEN, for a caller covered by a held invalidation: it first revokes
+    # the key's flight that reads or writes the backend (which may hold, or be
+    # about to write, what the invalidation removes).
+    COVERED = "covered"
 
 
 class _Handle(LoadState):
@@ -209,6 +214,11 @@ class Cache(CacheBase):
         # across a loader call, backend I/O or an await.
         self._lock = threading.Lock()
         self._flights: FlightTable[_Handle] = FlightTable()
+        # Loads that neither read nor write the backend (see _join_or_lead).
+        self._offline: FlightTable[_Handle] = FlightTable()
+        # Calls entering single-flight and flights being made, in order (next() on
+        # an itertools.count is atomic: no lock needed).
+        self._sequence = itertools.count(1)
         self._work = work
         _forksafe.register(self)
 
@@ -363,7 +373,7 @@ class Cache(CacheBase):
             # on it in this call (no lease, no write).
             self._check_miss(full)  # a bad key (say, a lone surrogate) is not a failure
             self._degraded("get", exc)
-            unreached: T = self._load_unreached(full, loader, ttl, ftags)
+            unreached: T = self._load_unreached(full, loader, ttl, ftags, covered=False)
             return unreached
         if entry is not None and self._clock() < entry.refresh_at and view is None:
             counters = self._counters
@@ -398,7 +408,7 @@ class Cache(CacheBase):
             # Held invalidations are retried by the background settler, not here:
             # a miss must not wait on a backend that is failing.
             if self._unsettled and self._held.covers_now(full, entry, tags):
-                pending: T = self._load_unreached(full, loader, ttl, tags)
+                pending: T = self._load_unreached(full, loader, ttl, tags, covered=True)
                 return pending
             entry = None  # read before the invalidation just applied: not to be served
         now = self._clock()
@@ -552,12 +562,16 @@ class Cache(CacheBase):
         touching the backend: once revoked, no load in flight can write; then our
         delete/set removes anything written before."""
         with self._lock:
-            if everything:
-                flights = self._flights.invalidate_all()
-            else:
-                flights = [f for f in map(self._flights.invalidate, keys) if f is not None]
-                if tags:
-                    flights += self._flights.invalidate_tagged(tags)
+            flights: list[Flight[_Handle]] = []
+            # An offline load writes nothing, but it may have read the source
+            # before the write this invalidation follows: nobody may join it now.
+            for table in (self._flights, self._offline):
+                if everything:
+                    flights += table.invalidate_all()
+                else:
+                    flights += [f for f in map(table.invalidate, keys) if f is not None]
+                    if tags:
+                        flights += table.invalidate_tagged(tags)
         for flight in flights:
             # Wait for a write already past its validity check, so ours lands after it.
             guard = flight.handle.guard
@@ -608,13 +622,16 @@ class Cache(CacheBase):
         loader: Callable[[], T],
         ttl: float | None,
         tags: tuple[str, ...],
+        *,
+        covered: bool,
     ) -> T:
-        """A miss while the backend is unreachable (or covered by a pending
+        """A miss while the backend is unreachable (or ``covered`` by a pending
         invalidation): single-flight the loader, write nothing."""
         self._check_miss(full)
         self._check_open()
         self._counters.misses += 1
-        value: T = self._load(full, loader, ttl, tags, None, _Lead.UNWRITTEN)
+        lead = _Lead.COVERED if covered else _Lead.UNWRITTEN
+        value: T = self._load(full, loader, ttl, tags, None, lead)
         return value
 
     def _load(
@@ -632,8 +649,11 @@ class Cache(CacheBase):
         or load without the backend. (Misses go through the in-process flight
         first: one process sends one lease request per key, however many callers
         miss at once.)"""
+        # Where this call stands on the sequence flights are born on (see
+        # LoadState.join_point): a flight born later began after this call did.
+        since = next(self._sequence)
         while True:
-            flight, joined = self._join_or_lead(full, tags, lead is _Lead.UNWRITTEN)
+            flight, joined = self._join_or_lead(full, tags, lead, since)
             handle = flight.handle
             if joined is not None:
                 self._counters.coalesced += 1
@@ -647,7 +667,7 @@ class Cache(CacheBase):
                 continue
             if step is Next.LOAD_UNWRITTEN:
                 # Not from a backend that just failed (LoadState.unreached).
-                if lead is not _Lead.UNWRITTEN:
+                if lead is not _Lead.UNWRITTEN and lead is not _Lead.COVERED:
                     self._check_open()
                     self._counters.misses += 1
                     lead = _Lead.UNWRITTEN
@@ -658,29 +678,37 @@ class Cache(CacheBase):
             return self._outcome(handle, stale, leader=joined is None)
 
     def _join_or_lead(
-        self, full: str, tags: tuple[str, ...], unwritten: bool
+        self, full: str, tags: tuple[str, ...], lead: _Lead, since: int
     ) -> tuple[Flight[_Handle], JoinPoint | None]:
         """The flight for ``full``, and where its load stood as the caller joined it
-        (``LoadState.join_point``; ``None``: the caller leads it). An ``unwritten``
-        caller (covered by a held invalidation, or cut off from the backend) never
-        joins a flight that reads or writes the backend: it revokes it instead, so
-        its old value is neither written nor handed to anyone after this."""
+        (``LoadState.join_point``; ``None``: the caller leads it).
+
+        Loads that neither read nor write the backend (callers cut off from it, or
+        covered by a held invalidation) have a table of their own, ``_offline``:
+        such a caller never joins a flight that waits on the backend (no second
+        timeout), and never disturbs one either: revoking it for every failed read
+        sent its joiners back to read again, and under a flaky backend a hot key's
+        loads ran one after another (attack on issue 11: 34 loads, 2 s per call).
+        Only a ``COVERED`` caller revokes the backend flight, whose old value must
+        be neither written nor handed to anyone after the held invalidation."""
+        unwritten = lead is _Lead.UNWRITTEN or lead is _Lead.COVERED
+        table = self._offline if unwritten else self._flights
         with self._lock:
-            flight = self._flights.get(full)
-            if flight is not None and unwritten and not flight.handle.unwritten:
+            if lead is _Lead.COVERED:
                 self._flights.invalidate(full)
-                flight = None
+            flight = table.get(full)
             if flight is None:
                 handle = _Handle(guarded=self._leases is None)
                 handle.unwritten = unwritten
-                flight = self._flights.start(full, handle, tags)
+                handle.born = next(self._sequence)
+                flight = table.start(full, handle, tags)
                 flight.leader = prims.current_actor()  # (until a load task takes over)
                 return flight, None
             flight.waiters += 1
             handle = flight.handle
             if handle.event is None:
                 handle.event = prims.Event()
-            return flight, handle.join_point()
+            return flight, handle.join_point(since)
 
     def _wait(self, flight: Flight[_Handle]) -> None:
         """Wait for the flight to end (a thread's own load has, already)."""
@@ -705,7 +733,7 @@ class Cache(CacheBase):
         # Leave the table before waking waiters, so a woken caller that comes
         # straight back starts a new flight instead of joining this finished one.
         with self._lock:
-            self._flights.finish(flight)
+            (self._offline if flight.handle.unwritten else self._flights).finish(flight)
             event = flight.handle.event
         if event is not None:
             event.set()
@@ -1203,6 +1231,7 @@ class Cache(CacheBase):
         # flights would never end (joiners would hang), their pool runs nothing.
         self._lock = threading.Lock()
         self._flights = FlightTable()
+        self._offline = FlightTable()
         self._work = self._work.fresh()
         self._init_settle_thread()
 
