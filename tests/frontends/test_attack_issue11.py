@@ -80,3 +80,47 @@ def test_failed_reads_on_a_lease_backend_keep_single_flight_async() -> None:
     results, loads = asyncio.run(scenario())
     assert results == ["v"] * 100
     assert loads <= 3, loads
+
+
+def test_more_threads_than_pooled_connections_queue_and_share_one_load(redis_url: str) -> None:
+    """300 threads miss one cold key on a from_url cache. redis-py's sync pool
+    used to raise past 100 connections in use; the breaker took that for a dead
+    server and the herd went to the source (155 loads, calls of 20 s). Threads now
+    queue for a connection (max_connections, pool_timeout), as tasks do."""
+    cache = Cache.from_url(redis_url, namespace="herd300", ttl=60)
+    try:
+        cache.get("warm")  # connected first
+        calls = itertools.count()
+        barrier = threading.Barrier(300, timeout=JOIN)
+        results: list[Any] = []
+
+        def loader() -> str:
+            next(calls)
+            time.sleep(0.2)  # real time: the whole herd arrives during the load
+            return "v"
+
+        def caller() -> None:
+            barrier.wait()
+            results.append(cache.get_or_load("cold", loader))
+
+        threads = [threading.Thread(target=caller) for _ in range(300)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(JOIN * 3)
+        stats = cache.stats()
+        assert results == ["v"] * 300
+        assert next(calls) == 1, stats
+        assert stats.backend_errors == 0, stats
+        assert stats.breaker_opens == 0, stats
+    finally:
+        cache.clear()
+        cache.close()
+
+
+def test_the_pool_limit_of_redis_py_is_not_the_servers_fault() -> None:
+    from redis.exceptions import MaxConnectionsError
+
+    from cachewise._core.errors import ErrorKind, classify
+
+    assert classify(MaxConnectionsError("Too many connections")) is ErrorKind.NOT_SENT

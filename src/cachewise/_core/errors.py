@@ -62,6 +62,11 @@ _NOT_SENT: tuple[type[BaseException], ...] = (
 )
 
 
+# redis-py's own pool limit ("Too many connections"): this process's queue, not
+# the server's health. Matched by name: redis-py is an optional dependency.
+_NOT_SENT_NAMES = frozenset({"MaxConnectionsError"})
+
+
 def classify(exc: BaseException) -> ErrorKind:
     """Whose fault ``exc`` is: the caller's, never sent, or the backend's."""
     if isinstance(exc, _CALLER):
@@ -69,6 +74,8 @@ def classify(exc: BaseException) -> ErrorKind:
     if isinstance(exc, _NOT_SENT):
         return ErrorKind.NOT_SENT
     if isinstance(exc, Exception):
+        if any(cls.__name__ in _NOT_SENT_NAMES for cls in type(exc).__mro__):
+            return ErrorKind.NOT_SENT
         return ErrorKind.BACKEND
     return ErrorKind.INTERRUPTED
 

@@ -14,8 +14,8 @@ takes is a ``TypeError`` listing the accepted ones (``split_options``).
 Redis query options: ``serializer`` (json, msgpack), ``compress`` (zlib, zstd,
 none), ``compress_threshold``, ``max_value_bytes``, ``lock_timeout``,
 ``wait_timeout``, ``tag_ttl``, ``breaker`` (on, off; default on: a circuit
-breaker wraps the backend), ``max_connections`` (async pool, default 50: tasks
-queue for a free connection), ``pool_timeout`` (5 s: how long a task queues for a
+breaker wraps the backend), ``max_connections`` (each client's pool, default 50:
+tasks and threads queue for a free connection), ``pool_timeout`` (5 s: how long a call queues for a
 free connection before it gives up and loads from the source; the wait is
 queueing in this process, so it never counts against Redis in the breaker, and
 when the breaker opens, queued calls fail at once rather than each waiting on a

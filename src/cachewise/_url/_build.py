@@ -18,7 +18,7 @@ from cachewise._url._options import MemoryOptions, RedisOptions, Target
 from cachewise.backends._breaker import AsyncCircuitBreaker, CircuitBreaker
 from cachewise.backends._failover import connection_classes, master_watch
 from cachewise.backends._memory import MemoryBackend
-from cachewise.backends._pool import bounded_pool_class
+from cachewise.backends._pool import bounded_pool_class, queued_pool_class
 
 
 def build_memory(options: MemoryOptions) -> MemoryBackend:
@@ -111,16 +111,22 @@ def _sync_client(options: RedisOptions, identity: str, socket_options: dict[str,
     """A sync client with these timeouts (both flavours' invalidations use one)."""
     target = options.target
     kwargs = {"retry": _retry(target, "redis.retry"), **socket_options, **options.client_options}
+    # Threads queue for a free connection (see _pool.queued_pool_class): redis-py's
+    # default pool raises past 100 connections in use.
+    pooling = {"max_connections": options.max_connections, "timeout": options.pool_timeout}
     if target.kind == "sentinel":
-        manager = redis_module("redis.sentinel").Sentinel(
+        sentinel = redis_module("redis.sentinel")
+        manager = sentinel.Sentinel(
             target.sentinels,
             sentinel_kwargs=_sentinel_kwargs(options, socket_options, "redis.retry"),
         )
         return manager.master_for(
             target.service,
+            connection_pool_class=queued_pool_class(sentinel.SentinelConnectionPool),
             connection_class=connection_classes()[("sync", target.tls)],
             watch=master_watch(identity),  # (see _failover: followed failovers)
             **_master_kwargs(target),
+            **pooling,
             **kwargs,
         )
     if target.kind == "cluster":  # it connects when built: see _LazyClusterClient
@@ -128,7 +134,8 @@ def _sync_client(options: RedisOptions, identity: str, socket_options: dict[str,
         return _LazyClusterClient(
             lambda: factory.from_url(target.client_url, **kwargs), socket_options
         )
-    return redis_module("redis").Redis.from_url(target.client_url, **kwargs)
+    pool = queued_pool_class().from_url(target.client_url, **pooling, **kwargs)
+    return redis_module("redis").Redis.from_pool(pool)  # the client owns (and closes) it
 
 
 class _AsyncClients:

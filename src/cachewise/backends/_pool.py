@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -143,3 +144,69 @@ def bounded_pool_class(base: type[Any] | None = None) -> type[Any]:
                     self._give_back()
 
     return BoundedConnectionPool
+
+
+@functools.cache
+def queued_pool_class(base: type[Any] | None = None) -> type[Any]:
+    """The sync counterpart, over redis-py's ``ConnectionPool`` (or ``base``, the
+    Sentinel pool): threads queue for a free connection for up to ``timeout``
+    seconds, then get a ``PoolTimeoutError`` (not sent: circuit breakers do not
+    count it). redis-py's plain pool raises ``MaxConnectionsError`` once 100
+    connections are in use, which a herd of threads reached and the breaker took
+    for a dead server (attack on issue 11: 200 threads, one cold key, 155 loads)."""
+    if base is None:
+        from redis.connection import ConnectionPool
+
+        base = ConnectionPool
+
+    class QueuedConnectionPool(base):  # type: ignore[valid-type,misc]
+        """``ConnectionPool`` whose threads wait (up to ``timeout``) for a slot."""
+
+        def __init__(
+            self,
+            *args: Any,  # (the Sentinel pool takes its service and manager so)
+            max_connections: int = 50,
+            timeout: float = DEFAULT_POOL_TIMEOUT,
+            **kwargs: Any,
+        ):
+            self.timeout = timeout
+            super().__init__(*args, max_connections=max_connections, **kwargs)
+
+        def reset(self) -> None:
+            # Called by __init__ and, in a forked child, on first use: the
+            # parent's threads hold no slot here.
+            super().reset()
+            self._slots = threading.Semaphore(self.max_connections)
+            # The connections holding a slot (a connection that fails to connect
+            # is released by redis-py before get_connection returns: its slot
+            # must be given back once only).
+            self._holding: set[Any] = set()
+
+        def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            # In a forked child, reset first (redis-py would on its own, inside
+            # super().get_connection): a slot taken from the parent's semaphore
+            # would be given back to the child's fresh one.
+            self._checkpid()
+            slots = self._slots
+            if not slots.acquire(timeout=self.timeout):
+                raise PoolTimeoutError(
+                    f"no free connection in the pool within {self.timeout:g} s "
+                    f"({self.max_connections} in use)"
+                )
+            try:
+                connection = super().get_connection(*args, **kwargs)
+            except BaseException:
+                slots.release()
+                raise
+            self._holding.add(connection)
+            return connection
+
+        def release(self, connection: Any) -> None:
+            try:
+                super().release(connection)
+            finally:
+                if connection in self._holding:
+                    self._holding.discard(connection)
+                    self._slots.release()
+
+    return QueuedConnectionPool
