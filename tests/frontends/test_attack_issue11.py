@@ -9,7 +9,9 @@ import threading
 import time
 from typing import Any
 
-from cachewise import AsyncCache, Cache, Entry
+import pytest
+
+from cachewise import AsyncCache, Cache, Entry, TagsUnsupportedError
 from cachewise.backends import MemoryBackend
 
 JOIN = 10.0
@@ -124,3 +126,123 @@ def test_the_pool_limit_of_redis_py_is_not_the_servers_fault() -> None:
     from cachewise._core.errors import ErrorKind, classify
 
     assert classify(MaxConnectionsError("Too many connections")) is ErrorKind.NOT_SENT
+
+
+class Tagless:
+    """A sync backend of the user's own, without tags."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryBackend()
+
+    def get(self, key: str) -> Entry | None:
+        return self.inner.get(key)
+
+    def get_many(self, keys: Any) -> list[Entry | None]:
+        return self.inner.get_many(keys)
+
+    def set(self, key: str, entry: Entry) -> None:
+        self.inner.set(key, entry)
+
+    def set_many(self, items: Any) -> None:
+        self.inner.set_many(items)
+
+    def delete(self, key: str) -> bool:
+        return self.inner.delete(key)
+
+    def delete_many(self, keys: Any) -> int:
+        return self.inner.delete_many(keys)
+
+    def clear(self, prefix: str = "") -> int:
+        return self.inner.clear(prefix)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AsyncTagless:
+    def __init__(self) -> None:
+        self.inner = Tagless()
+
+    async def get(self, key: str) -> Entry | None:
+        return self.inner.get(key)
+
+    async def get_many(self, keys: Any) -> list[Entry | None]:
+        return self.inner.get_many(keys)
+
+    async def set(self, key: str, entry: Entry) -> None:
+        self.inner.set(key, entry)
+
+    async def set_many(self, items: Any) -> None:
+        self.inner.set_many(items)
+
+    async def delete(self, key: str) -> bool:
+        return self.inner.delete(key)
+
+    async def delete_many(self, keys: Any) -> int:
+        return self.inner.delete_many(keys)
+
+    async def clear(self, prefix: str = "") -> int:
+        return self.inner.clear(prefix)
+
+    async def aclose(self) -> None:
+        self.inner.close()
+
+
+def test_tags_on_a_tagless_backend_are_refused_at_decoration_before_any_write() -> None:
+    """Before: the decorated write ran, then its invalidation raised; a caller
+    retrying on that error wrote twice."""
+    cache = Cache(Tagless())  # type: ignore[arg-type]
+    with pytest.raises(TagsUnsupportedError):
+
+        @cache.invalidates("user:{uid}", tags=["users"])
+        def rename(uid: int) -> None:
+            raise AssertionError("never decorated, never run")
+
+    with pytest.raises(TagsUnsupportedError):
+
+        @cache.cached("user:{uid}", tags=["users"])
+        def load(uid: int) -> int:
+            raise AssertionError("never decorated, never run")
+
+    async def scenario() -> None:
+        acache = AsyncCache(AsyncTagless())  # type: ignore[arg-type]
+        with pytest.raises(TagsUnsupportedError):
+
+            @acache.invalidates("user:{uid}", tags=["users"])
+            async def arename(uid: int) -> None:
+                raise AssertionError("never decorated, never run")
+
+        with pytest.raises(TagsUnsupportedError):
+
+            @acache.cached("user:{uid}", tags=["users"])
+            async def aload(uid: int) -> int:
+                raise AssertionError("never decorated, never run")
+
+        await acache.aclose()
+
+    asyncio.run(scenario())
+    cache.close()
+
+
+def test_a_breaker_refuses_a_backend_of_the_other_flavour() -> None:
+    """Wrapped in a breaker, a backend of the wrong flavour got past the front
+    ends' check: Cache then raised AttributeError on a coroutine, and AsyncCache
+    silently never cached."""
+    from cachewise.backends import AsyncCircuitBreaker, CircuitBreaker
+
+    with pytest.raises(TypeError, match="wraps a sync backend"):
+        CircuitBreaker(AsyncTagless())
+    with pytest.raises(TypeError, match="wraps an async backend"):
+        AsyncCircuitBreaker(Tagless())
+    # The right flavours still wrap.
+    assert CircuitBreaker(Tagless()).inner is not None
+    assert AsyncCircuitBreaker(AsyncTagless()).inner is not None
+
+
+def test_a_sync_breaker_is_nonblocking_only_if_its_backend_is() -> None:
+    from cachewise.backends import CircuitBreaker, NonBlockingBackend
+
+    assert not isinstance(CircuitBreaker(Tagless()), NonBlockingBackend)
+    wrapped = CircuitBreaker(MemoryBackend())
+    assert isinstance(wrapped, NonBlockingBackend)
+    assert wrapped.nonblocking is MemoryBackend().nonblocking

@@ -1353,6 +1353,7 @@ class AsyncCache(CacheBase):
         def decorate(func: Callable[P, Awaitable[R]]) -> AsyncCachedFunction[P, R]:
             _check_callable(func, "cached")
             keys = self._key_builder(func, key, tags, max_keys, on_max_keys, ignore)
+            self._need_tags(tuple(tags))  # (at decoration, as invalidates does)
             cached = AsyncCachedFunction(self, func, keys, ttl)
             self._declare_read(func, keys, ttl, owner=cached)
             return cached
@@ -1406,6 +1407,9 @@ class AsyncCache(CacheBase):
         def decorate(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             _check_callable(func, "invalidates")
             invalidator = Invalidator(func, keys, tags)
+            # At decoration, not after the write ran (attack on issue 11: the write
+            # ran, then the invalidation raised, and a retry wrote twice).
+            self._need_tags(tuple(tags))
             hook = after_commit_hook(after_commit, self, invalidator, is_async=True)
             wrapper = async_invalidating(self, func, invalidator, hook)
             self._declare_write(

@@ -1159,6 +1159,7 @@ class Cache(CacheBase):
         def decorate(func: Callable[P, R]) -> CachedFunction[P, R]:
             _check_callable(func, "cached")
             keys = self._key_builder(func, key, tags, max_keys, on_max_keys, ignore)
+            self._need_tags(tuple(tags))  # (at decoration, as invalidates does)
             cached = CachedFunction(self, func, keys, ttl)
             self._declare_read(func, keys, ttl, owner=cached)
             return cached
@@ -1212,6 +1213,9 @@ class Cache(CacheBase):
         def decorate(func: Callable[P, R]) -> Callable[P, R]:
             _check_callable(func, "invalidates")
             invalidator = Invalidator(func, keys, tags)
+            # At decoration, not after the write ran (attack on issue 11: the write
+            # ran, then the invalidation raised, and a retry wrote twice).
+            self._need_tags(tuple(tags))
             hook = after_commit_hook(after_commit, self, invalidator, is_async=False)
             wrapper = invalidating(self, func, invalidator, hook)
             self._declare_write(

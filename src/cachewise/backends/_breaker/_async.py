@@ -98,12 +98,26 @@ CAPABILITIES: dict[str, type] = {
     "wait": _Wait,
     **PLAIN,
 }
+# A sync breaker says it never blocks only if its backend says so (an
+# isinstance(NonBlockingBackend) check must see what it sees on the backend).
+# unasync: sync-only
+# class _Nonblocking(_Inner):
+#     @property
+#     def nonblocking(self) -> bool:
+#         """As the wrapped backend."""
+#         return bool(self._inner.nonblocking)
+#
+#
+# CAPABILITIES["nonblocking"] = _Nonblocking
+# unasync: end
 
 
 class AsyncCircuitBreaker(_BreakerBase, _Guarded):
     """A circuit breaker around an async backend (for ``AsyncCache``)."""
 
     _capabilities = CAPABILITIES
+    # The flavour of backend it can wrap (its calls are awaited, or not).
+    _wraps_async = True  # unasync: sync=_wraps_async = False
 
     # unasync: async-only
     def __init__(
@@ -150,14 +164,6 @@ class AsyncCircuitBreaker(_BreakerBase, _Guarded):
             f"circuit breaker for {self._name} opened while the call queued for a connection"
         )
 
-    # unasync: end
-
-    # unasync: sync-only
-    # @property
-    # def nonblocking(self) -> bool:
-    #     """As the wrapped backend."""
-    #     return bool(getattr(self._inner, "nonblocking", False))
-    #
     # unasync: end
 
     async def _call(self, operation: str, method: Callable[..., Awaitable[Any]], *args: Any) -> Any:

@@ -15,6 +15,7 @@ backend (a Redis backend's ``client``, ``codec``...) still read through, untyped
 from __future__ import annotations
 
 import contextvars
+import inspect
 import logging
 import threading
 import time
@@ -125,6 +126,8 @@ class _BreakerBase:
 
     #: Optional attribute name -> the mixin that provides it (set per flavour).
     _capabilities: ClassVar[dict[str, type]] = {}
+    #: Whether the backend's calls are awaited (set per flavour).
+    _wraps_async: ClassVar[bool] = False
 
     def __new__(cls: type[_B], backend: Any, *args: Any, **kwargs: Any) -> _B:
         # An instance of this class plus the capabilities ``backend`` has.
@@ -140,6 +143,14 @@ class _BreakerBase:
     ) -> None:
         """Wrap ``backend``; ``policy`` says when to open (``BreakerPolicy()``),
         ``clock`` is seconds (monotonic), ``name`` labels logs (the backend's type)."""
+        # The front ends refuse a backend of the other flavour; wrapped, it would
+        # get past that check and fail on every call (attack on issue 11).
+        if inspect.iscoroutinefunction(getattr(backend, "get", None)) != self._wraps_async:
+            flavour = "an async" if self._wraps_async else "a sync"
+            raise TypeError(
+                f"{type(self).__name__} wraps {flavour} backend; "
+                f"{type(backend).__name__} is not one (use the other circuit breaker)"
+            )
         self._inner = backend
         self._breaker = Breaker(policy)
         self._clock = clock

@@ -92,15 +92,24 @@ CAPABILITIES: dict[str, type] = {
 }
 
 
+# A sync breaker says it never blocks only if its backend says so (an
+# isinstance(NonBlockingBackend) check must see what it sees on the backend).
+class _Nonblocking(_Inner):
+    @property
+    def nonblocking(self) -> bool:
+        """As the wrapped backend."""
+        return bool(self._inner.nonblocking)
+
+
+CAPABILITIES["nonblocking"] = _Nonblocking
+
+
 class CircuitBreaker(_BreakerBase, _Guarded):
     """A circuit breaker around a sync backend (for ``Cache``)."""
 
     _capabilities = CAPABILITIES
-
-    @property
-    def nonblocking(self) -> bool:
-        """As the wrapped backend."""
-        return bool(getattr(self._inner, "nonblocking", False))
+    # The flavour of backend it can wrap (its calls are awaited, or not).
+    _wraps_async = False
 
     def _call(self, operation: str, method: Callable[..., Any], *args: Any) -> Any:
         probe = PASS if operation in _ALWAYS_SENT else self._admit(operation)
