@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -296,3 +297,68 @@ def test_cachewise_testing_imports_without_pytest() -> None:
         "    raise AssertionError('the suite imported without pytest')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+BROKEN_BACKENDS = '''
+import copy
+import json
+from cachewise import MemoryBackend
+from cachewise.testing import BackendConformance
+
+
+class Truncating(MemoryBackend):
+    """Keeps only the first 32 characters of each key."""
+
+    def get(self, key):
+        return super().get(key[:32])
+
+    def get_many(self, keys):
+        return [self.get(k) for k in keys]
+
+    def set(self, key, entry):
+        super().set(key[:32], entry)
+
+    def delete(self, key):
+        return super().delete(key[:32])
+
+
+class Jsonish(MemoryBackend):
+    """Stores values through plain JSON (a tuple comes back a list)."""
+
+    def set(self, key, entry):
+        clone = copy.copy(entry)
+        clone.value = json.loads(json.dumps(entry.value, default=str))
+        super().set(key, clone)
+
+
+class TestTruncating(BackendConformance):
+    def make_backend(self):
+        return Truncating()
+
+
+class TestJsonish(BackendConformance):
+    def make_backend(self):
+        return Jsonish()
+'''
+
+
+def test_the_suite_fails_backends_that_mix_up_long_keys_or_change_value_types(
+    tmp_path: Path,
+) -> None:
+    """The attack on issue 11 found both passing: every key in the suite was under
+    32 characters, and every value JSON-native."""
+    (tmp_path / "test_broken.py").write_text(BROKEN_BACKENDS)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", "test_broken.py"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    failed = {
+        line.split("::")[-1].split(" ")[0]
+        for line in done.stdout.splitlines()
+        if line.startswith("FAILED")
+    }
+    assert "test_distinct_keys_name_distinct_entries" in failed, done.stdout[-3000:]
+    assert "test_set_then_get_returns_each_value_with_its_type" in failed, done.stdout[-3000:]

@@ -35,8 +35,11 @@ asked for, and pytest is not a dependency of cachewise.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import decimal
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, ClassVar
 
@@ -89,6 +92,22 @@ VALUES: list[Any] = [
     "naïve ☃ 键 🔑",
     [1, "two", None, [3.0], {"four": True}],
     {"nested": {"list": [1, 2, {"x": None}], "text": "é"}, "n": 3},
+    # The values applications return, which the default codec round-trips with
+    # their types: a backend that stores through plain JSON turns a tuple into a
+    # list and {1: "a"} into {"1": "a"}, and must fail here.
+    (1, "two", (3.0,)),
+    {1: "a", (2, 3): "b", None: "c"},
+    {"a", "b"},
+    frozenset({1, 2}),
+    b"\x00\xffbytes",
+    datetime.datetime(2026, 11, 30, 12, 0, 0, 123456),
+    datetime.datetime(2026, 11, 30, 12, 0, tzinfo=datetime.timezone(datetime.timedelta(hours=5))),
+    datetime.date(2026, 11, 30),
+    datetime.time(23, 59, 58, 999),
+    datetime.timedelta(days=2, microseconds=7),
+    decimal.Decimal("12.3400"),
+    uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    [(1, 2), {"when": datetime.date(2026, 1, 1)}],
 ]
 
 #: Keys that must each name their own entry: unicode, spaces, the characters a
@@ -110,6 +129,13 @@ KEYS: list[str] = [
     "colon:sep:key",
     "K",
     "k",
+    # Long keys that differ only at the end (a backend that truncates keys would
+    # mix up two users' entries): cachewise sends keys of up to 200 bytes after
+    # the namespace, and longer ones from a backend's own callers.
+    "x" * 240 + "1",
+    "x" * 240 + "2",
+    "键" * 300 + "a",
+    "键" * 300 + "b",
 ]
 
 
