@@ -246,3 +246,43 @@ def test_a_sync_breaker_is_nonblocking_only_if_its_backend_is() -> None:
     wrapped = CircuitBreaker(MemoryBackend())
     assert isinstance(wrapped, NonBlockingBackend)
     assert wrapped.nonblocking is MemoryBackend().nonblocking
+
+
+def test_threads_queued_for_a_connection_fail_at_once_when_the_breaker_opens(
+    fresh_redis_server: Any,
+) -> None:
+    """Second attack on issue 11: sync threads queued for a pooled connection were
+    not stopped when the breaker opened, and each waited out a timeout on the dead
+    server in turn (p50 5 s with 10 connections); tasks already were. Now the
+    sync pool passes the breaker's gate after a wait, as the async one does."""
+    from tests.support.faults import LatencyProxy
+
+    with LatencyProxy(fresh_redis_server.port) as proxy:
+        cache = Cache.from_url(proxy.url, ttl=60, max_connections=10)
+        try:
+            cache.get("warm")  # connected first
+            proxy.blackhole()  # nothing comes back: each call waits out its timeout
+            durations: list[float] = []
+            barrier = threading.Barrier(200, timeout=JOIN)
+
+            def caller(i: int) -> None:
+                barrier.wait()
+                started = time.monotonic()
+                assert cache.get_or_load(f"k{i}", lambda: i) == i
+                durations.append(time.monotonic() - started)
+
+            threads = [threading.Thread(target=caller, args=(i,)) for i in range(200)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(JOIN * 2)
+            stats = cache.stats()
+            assert len(durations) == 200
+            assert stats.breaker_opens >= 1, stats
+            assert stats.breaker_rejections >= 100, stats  # the queued ones, at once
+            # Without the gate: 20 rounds of 10 connections, 0.25 s each (or the
+            # 5 s pool timeout). With it: a timeout or two, plus scheduling.
+            assert max(durations) < 2.0, sorted(durations)[-5:]
+        finally:
+            proxy.forward()
+            cache.close()

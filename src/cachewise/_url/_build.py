@@ -40,7 +40,17 @@ def build_sync(options: RedisOptions) -> Any:
         lease_scope=identity,
         **options.lease_options(),
     )
-    return CircuitBreaker(backend, name=options.name) if options.breaker else backend
+    if not options.breaker:
+        return backend
+    guarded = CircuitBreaker(backend, name=options.name)
+    # Threads queued for a connection when the breaker opens fail at once when
+    # their turn comes (a weak reference, as for the async flavour).
+    # (Not a cluster's: its client is built on first use, and its node pools are
+    # redis-py's own.)
+    pool = None if options.target.kind == "cluster" else backend.client.connection_pool
+    if pool is not None and hasattr(pool, "gate"):
+        pool.gate = _pool_gate(weakref.ref(guarded))
+    return guarded
 
 
 def build_async(options: RedisOptions) -> Any:
@@ -217,7 +227,7 @@ def _sentinel_kwargs(
     return kwargs
 
 
-def _pool_gate(ref: weakref.ref[AsyncCircuitBreaker]) -> Callable[[], None]:
+def _pool_gate(ref: weakref.ref[Any]) -> Callable[[], None]:
     def gate() -> None:
         breaker = ref()
         if breaker is not None:

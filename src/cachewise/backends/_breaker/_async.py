@@ -19,10 +19,9 @@ from cachewise._core.breaker import (
 from cachewise._core.entry import Entry
 from cachewise._core.errors import ErrorKind, classify
 from cachewise._core.readflow import LeaseReply
-from cachewise._errors import CircuitOpenError  # unasync: async-only
 from cachewise.backends._breaker._common import (
     _ALWAYS_SENT,
-    _GATE_PASS,  # unasync: async-only
+    _GATE_PASS,
     PLAIN,
     _BreakerBase,
     _Inner,
@@ -150,30 +149,14 @@ class AsyncCircuitBreaker(_BreakerBase, _Guarded):
         else:
             self._failed(operation, exc)
 
-    def admit_queued(self) -> None:
-        """For a connection pool, after a call waited for a connection: raise
-        ``CircuitOpenError`` unless the breaker is closed, or the call is the
-        half-open probe or an invalidation. Calls queued behind calls to a dead
-        server then fail at once when the breaker opens, instead of each being sent
-        to it in turn (one timeout each). Counted as a rejection."""
-        if self._breaker.state is State.CLOSED or _GATE_PASS.get():
-            return
-        with self._lock:
-            self._rejected += 1
-        raise CircuitOpenError(
-            f"circuit breaker for {self._name} opened while the call queued for a connection"
-        )
-
     # unasync: end
 
     async def _call(self, operation: str, method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         self._lag.watch_running()  # unasync: async-only
         probe = PASS if operation in _ALWAYS_SENT else self._admit(operation)
-        # unasync: async-only
         # The probe and invalidations may pass a pool's gate (see admit_queued).
         gate_pass = probe != PASS or operation in _ALWAYS_SENT
-        # unasync: end
-        token = _GATE_PASS.set(True) if gate_pass else None  # unasync: async-only
+        token = _GATE_PASS.set(True) if gate_pass else None
         try:
             result = await method(*args)
         except BaseException as exc:
@@ -185,11 +168,9 @@ class AsyncCircuitBreaker(_BreakerBase, _Guarded):
             else:
                 self._not_judged(probe)
             raise
-        # unasync: async-only
         finally:
             if token is not None:
                 _GATE_PASS.reset(token)
-        # unasync: end
         self._succeeded()
         return result
 

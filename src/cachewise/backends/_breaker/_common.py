@@ -159,6 +159,21 @@ class _BreakerBase:
         _forksafe.register(self)
         self._rejected = 0
 
+    def admit_queued(self) -> None:
+        """For a connection pool, after a call waited for a connection: raise
+        ``CircuitOpenError`` unless the breaker is closed, or the call is the
+        half-open probe or an invalidation. Calls queued behind calls to a dead
+        server then fail at once when the breaker opens, instead of each being sent
+        to it in turn (one timeout each). Counted as a rejection. (Both flavours:
+        threads queue for the sync pool as tasks do for the async one.)"""
+        if self._breaker.state is State.CLOSED or _GATE_PASS.get():
+            return
+        with self._lock:
+            self._rejected += 1
+        raise CircuitOpenError(
+            f"circuit breaker for {self._name} opened while the call queued for a connection"
+        )
+
     def _fork_locks(self) -> list[threading.Lock]:
         return [self._lock]
 

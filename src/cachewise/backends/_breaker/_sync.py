@@ -19,6 +19,7 @@ from cachewise._core.errors import ErrorKind, classify
 from cachewise._core.readflow import LeaseReply
 from cachewise.backends._breaker._common import (
     _ALWAYS_SENT,
+    _GATE_PASS,
     PLAIN,
     _BreakerBase,
     _Inner,
@@ -113,6 +114,9 @@ class CircuitBreaker(_BreakerBase, _Guarded):
 
     def _call(self, operation: str, method: Callable[..., Any], *args: Any) -> Any:
         probe = PASS if operation in _ALWAYS_SENT else self._admit(operation)
+        # The probe and invalidations may pass a pool's gate (see admit_queued).
+        gate_pass = probe != PASS or operation in _ALWAYS_SENT
+        token = _GATE_PASS.set(True) if gate_pass else None
         try:
             result = method(*args)
         except BaseException as exc:
@@ -124,6 +128,9 @@ class CircuitBreaker(_BreakerBase, _Guarded):
             else:
                 self._not_judged(probe)
             raise
+        finally:
+            if token is not None:
+                _GATE_PASS.reset(token)
         self._succeeded()
         return result
 
