@@ -331,6 +331,39 @@ class Jsonish(MemoryBackend):
         super().set(key, clone)
 
 
+class DropsNegative(MemoryBackend):
+    """get_many forgets that an entry is negative."""
+
+    def get_many(self, keys):
+        out = []
+        for entry in super().get_many(keys):
+            if entry is not None and entry.negative:
+                entry = copy.copy(entry)
+                entry.negative = False
+            out.append(entry)
+        return out
+
+
+class KeepsFirst(MemoryBackend):
+    """set_many keeps the first entry of a repeated key."""
+
+    def set_many(self, items):
+        seen = {}
+        for key, entry in items:
+            seen.setdefault(key, entry)
+        super().set_many(list(seen.items()))
+
+
+class TestDropsNegative(BackendConformance):
+    def make_backend(self):
+        return DropsNegative()
+
+
+class TestKeepsFirst(BackendConformance):
+    def make_backend(self):
+        return KeepsFirst()
+
+
 class TestTruncating(BackendConformance):
     def make_backend(self):
         return Truncating()
@@ -362,3 +395,6 @@ def test_the_suite_fails_backends_that_mix_up_long_keys_or_change_value_types(
     }
     assert "test_distinct_keys_name_distinct_entries" in failed, done.stdout[-3000:]
     assert "test_set_then_get_returns_each_value_with_its_type" in failed, done.stdout[-3000:]
+    # The second attack's: get_many's fields, set_many's last entry.
+    assert "test_get_many_returns_every_field_of_each_entry" in failed, done.stdout[-3000:]
+    assert "test_set_many_of_a_repeated_key_keeps_the_last_entry" in failed, done.stdout[-3000:]

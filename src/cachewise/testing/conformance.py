@@ -320,6 +320,24 @@ class _Suite:
         self.call(backend.set_many([]))
         assert self.call(backend.delete_many([])) == 0
 
+    def test_set_many_of_a_repeated_key_keeps_the_last_entry(self, backend: Any) -> None:
+        key = self.key("twice")
+        self.call(backend.set_many([(key, make_entry("first")), (key, make_entry("last"))]))
+        got = self.call(backend.get(key))
+        assert got is not None
+        assert got.value == "last"
+
+    def test_get_many_returns_every_field_of_each_entry(self, backend: Any) -> None:
+        entries = [
+            make_entry(None, negative=True, stale_until=WRITTEN_AT + 300.0),
+            make_entry({"id": 7}, delta=1.125, refresh_at=WRITTEN_AT + 17.5),
+        ]
+        keys = [self.key(f"gm{i}") for i in range(len(entries))]
+        for key, entry in zip(keys, entries, strict=True):
+            self.call(backend.set(key, entry))
+        got = self.call(backend.get_many(keys))
+        assert [entry_fields(e) for e in got] == [entry_fields(e) for e in entries]
+
     def test_set_many_writes_every_entry(self, backend: Any) -> None:
         items = [(self.key(f"m{i}"), make_entry(i, delta=float(i))) for i in range(5)]
         self.call(backend.set_many(items))
@@ -482,6 +500,22 @@ class _Suite:
         self.call(backend.invalidate_tags(["tag:a"]))
         got = self.call(backend.get_many(keys))
         assert [e.value if e is not None else None for e in got] == ["plain", None, "kept", None]
+
+    def test_get_many_checks_every_tag_of_an_entry(self, backend: Any) -> None:
+        self._need(backend, self._tags)
+        keys = [self.key(f"multi{i}") for i in range(3)]
+        self.call(
+            backend.set_many(
+                [
+                    (keys[0], self._tagged(backend, "second gone", ("tag:a", "tag:b"))),
+                    (keys[1], self._tagged(backend, "first gone", ("tag:b", "tag:c"))),
+                    (keys[2], self._tagged(backend, "kept", ("tag:c", "tag:d"))),
+                ]
+            )
+        )
+        self.call(backend.invalidate_tags(["tag:b"]))
+        got = self.call(backend.get_many(keys))
+        assert [e.value if e is not None else None for e in got] == [None, None, "kept"]
 
     @pytest.mark.parametrize("tag", ["tag:}{%", "tag:%7D", "tag:*?[", "tag:ключ 🔑"], ids=repr)
     def test_unusual_tag_names_invalidate_only_themselves(self, backend: Any, tag: str) -> None:
@@ -732,7 +766,10 @@ class _Suite:
         assert took < 5.0
         assert self._read(backend, key, TOKEN_B).granted is True
 
-    @pytest.mark.parametrize("write", ["delete", "set", "clear_prefix", "set_leased"])
+    @pytest.mark.parametrize(
+        "write",
+        ["delete", "set", "clear_prefix", "set_leased", "delete_many", "set_many", "clear_all"],
+    )
     def test_the_end_of_a_lease_by_a_write_ends_the_wait(self, backend: Any, write: str) -> None:
         self._need(backend, self._leases)
         key = self.key("l")
@@ -743,6 +780,11 @@ class _Suite:
             "set": lambda: backend.set(key, make_entry("explicit")),
             "clear_prefix": lambda: backend.clear(self.key("l")),
             "set_leased": lambda: backend.set_leased(key, make_entry("loaded"), TOKEN_A),
+            # The many-key forms revoke leases too, and must wake their waiters (a
+            # backend that forgot cost a waiter its whole wait: 10 s, not 0.1 s).
+            "delete_many": lambda: backend.delete_many([self.key("other"), key]),
+            "set_many": lambda: backend.set_many([(key, make_entry("explicit"))]),
+            "clear_all": backend.clear,
         }
         _, took = self._wait_during(backend, key, 10.0, 0.1, calls[write])
         assert took < 5.0
