@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import Sequence
 
 import pytest
 
 import cachewise
-from cachewise import AsyncCache, Cache, Entry, MemoryBackend
+from cachewise import AsyncCache, Cache
 from cachewise._core.errors import FAST_FAILURE, ErrorKind, classify, retry_fast_failure
 from cachewise._errors import TagsUnsupportedError
 from cachewise.backends import BackpressureError, CircuitOpenError, PoolTimeoutError
 from cachewise.serialization import DecodeError, SerializationError, ValueTooLargeError
+from tests.support.stores import AsyncTagless, Tagless
 
 CASES = [
     (SerializationError("no"), ErrorKind.CALLER),
@@ -79,66 +79,6 @@ def test_public_names_users_meet_are_importable() -> None:
     assert Top is DecodeError
     assert issubclass(KeyCardinalityError, cachewise.CacheError)
     assert LeaseReply._fields  # a named tuple
-
-
-class Tagless:
-    """A backend of the user's own, without tags (only the Backend protocol)."""
-
-    def __init__(self) -> None:
-        self.inner = MemoryBackend()
-
-    def get(self, key: str) -> Entry | None:
-        return self.inner.get(key)
-
-    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
-        return self.inner.get_many(keys)
-
-    def set(self, key: str, entry: Entry) -> None:
-        self.inner.set(key, entry)
-
-    def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
-        self.inner.set_many(items)
-
-    def delete(self, key: str) -> bool:
-        return self.inner.delete(key)
-
-    def delete_many(self, keys: Sequence[str]) -> int:
-        return self.inner.delete_many(keys)
-
-    def clear(self, prefix: str = "") -> int:
-        return self.inner.clear(prefix)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class AsyncTagless:
-    def __init__(self) -> None:
-        self.inner = Tagless()
-
-    async def get(self, key: str) -> Entry | None:
-        return self.inner.get(key)
-
-    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
-        return self.inner.get_many(keys)
-
-    async def set(self, key: str, entry: Entry) -> None:
-        self.inner.set(key, entry)
-
-    async def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
-        self.inner.set_many(items)
-
-    async def delete(self, key: str) -> bool:
-        return self.inner.delete(key)
-
-    async def delete_many(self, keys: Sequence[str]) -> int:
-        return self.inner.delete_many(keys)
-
-    async def clear(self, prefix: str = "") -> int:
-        return self.inner.clear(prefix)
-
-    async def aclose(self) -> None:
-        self.inner.close()
 
 
 def test_tags_on_a_tagless_backend_are_the_callers_error_in_both_front_ends() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from cachewise import AsyncCache, Cache, Entry, TagsUnsupportedError
 from cachewise.backends import MemoryBackend
+from tests.support.stores import AsyncTagless, Tagless
 
 JOIN = 10.0
 
@@ -126,66 +127,6 @@ def test_the_pool_limit_of_redis_py_is_not_the_servers_fault() -> None:
     from cachewise._core.errors import ErrorKind, classify
 
     assert classify(MaxConnectionsError("Too many connections")) is ErrorKind.NOT_SENT
-
-
-class Tagless:
-    """A sync backend of the user's own, without tags."""
-
-    def __init__(self) -> None:
-        self.inner = MemoryBackend()
-
-    def get(self, key: str) -> Entry | None:
-        return self.inner.get(key)
-
-    def get_many(self, keys: Any) -> list[Entry | None]:
-        return self.inner.get_many(keys)
-
-    def set(self, key: str, entry: Entry) -> None:
-        self.inner.set(key, entry)
-
-    def set_many(self, items: Any) -> None:
-        self.inner.set_many(items)
-
-    def delete(self, key: str) -> bool:
-        return self.inner.delete(key)
-
-    def delete_many(self, keys: Any) -> int:
-        return self.inner.delete_many(keys)
-
-    def clear(self, prefix: str = "") -> int:
-        return self.inner.clear(prefix)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class AsyncTagless:
-    def __init__(self) -> None:
-        self.inner = Tagless()
-
-    async def get(self, key: str) -> Entry | None:
-        return self.inner.get(key)
-
-    async def get_many(self, keys: Any) -> list[Entry | None]:
-        return self.inner.get_many(keys)
-
-    async def set(self, key: str, entry: Entry) -> None:
-        self.inner.set(key, entry)
-
-    async def set_many(self, items: Any) -> None:
-        self.inner.set_many(items)
-
-    async def delete(self, key: str) -> bool:
-        return self.inner.delete(key)
-
-    async def delete_many(self, keys: Any) -> int:
-        return self.inner.delete_many(keys)
-
-    async def clear(self, prefix: str = "") -> int:
-        return self.inner.clear(prefix)
-
-    async def aclose(self) -> None:
-        self.inner.close()
 
 
 def test_tags_on_a_tagless_backend_are_refused_at_decoration_before_any_write() -> None:
