@@ -15,6 +15,7 @@ from cachewise._core.breaker import Breaker, BreakerPolicy, State
 from cachewise.backends._breaker import AsyncCircuitBreaker, CircuitBreaker, CircuitOpenError
 from cachewise.serialization import SerializationError
 from cachewise.testing import FakeClock
+from tests.support.stores import Tagless
 
 # -- the state machine ---------------------------------------------------------------
 
@@ -195,36 +196,13 @@ def test_the_wrapper_keeps_the_backends_capabilities() -> None:
         assert cache.get("k") is MISSING
 
 
-class _Bare:
-    """A sync backend with the required methods only: no tags, leases or stats."""
+class _Bare(Tagless):
+    """A sync backend with the required methods only (no tags, leases or stats),
+    and a plain attribute of its own."""
 
     def __init__(self) -> None:
-        self.inner = MemoryBackend()
+        super().__init__()
         self.note = "plain attribute"
-
-    def get(self, key: str) -> Entry | None:
-        return self.inner.get(key)
-
-    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
-        return self.inner.get_many(keys)
-
-    def set(self, key: str, entry: Entry) -> None:
-        self.inner.set(key, entry)
-
-    def set_many(self, items: Sequence[tuple[str, Entry]]) -> None:
-        self.inner.set_many(items)
-
-    def delete(self, key: str) -> bool:
-        return self.inner.delete(key)
-
-    def delete_many(self, keys: Sequence[str]) -> int:
-        return self.inner.delete_many(keys)
-
-    def clear(self, prefix: str = "") -> int:
-        return self.inner.clear(prefix)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 _CAPABILITY_NAMES = (

@@ -24,6 +24,7 @@ from cachewise.backends._protocol import (
     InProcessLeaseBackend,
     NonBlockingBackend,
     TagBackend,
+    is_async_backend,
 )
 
 __all__ = ["ASYNC", "Adopted", "Background", "Event", "Guard", "call_loader", "current_actor"]
@@ -208,9 +209,7 @@ class Adopted:
         self.store: AsyncBackend
         self.tagger: AsyncTagBackend | None = None
         self.leases: AsyncLeaseBackend | None = None
-        if inspect.iscoroutinefunction(getattr(backend, "get", None)) and isinstance(
-            backend, AsyncBackend
-        ):
+        if is_async_backend(backend) and isinstance(backend, AsyncBackend):
             self.store = backend
             self.tagger = backend if isinstance(backend, AsyncTagBackend) else None
             self.leases = backend if isinstance(backend, AsyncLeaseBackend) else None

@@ -11,7 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
-from cachewise.backends._protocol import Backend, LeaseBackend, TagBackend
+from cachewise.backends._protocol import Backend, LeaseBackend, TagBackend, is_async_backend
 
 __all__ = ["ASYNC", "Adopted", "Background", "Event", "Guard", "call_loader", "current_actor"]
 
@@ -109,11 +109,10 @@ class Adopted:
     and ``local`` (every sync backend is called directly)."""
 
     def __init__(self, backend: object) -> None:
-        if not isinstance(backend, Backend) or inspect.iscoroutinefunction(backend.get):
-            hint = inspect.iscoroutinefunction(getattr(backend, "get", None))
+        if is_async_backend(backend) or not isinstance(backend, Backend):
             raise TypeError(
                 f"Cache needs a sync Backend, got {type(backend).__name__}"
-                + ("; use AsyncCache for an async backend" if hint else "")
+                + ("; use AsyncCache for an async backend" if is_async_backend(backend) else "")
             )
         self.local: Backend | None = backend
         self.store: Backend = backend

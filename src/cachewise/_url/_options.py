@@ -16,7 +16,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from cachewise._url._identity import host_identity, redact, sentinel_identity, unix_identity
 from cachewise.backends._memory import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTRIES
-from cachewise.backends._pool import DEFAULT_POOL_TIMEOUT
+
+# Each client's pool size, and how long a call queues for one of its connections.
+from cachewise.backends._pool import DEFAULT_MAX_CONNECTIONS, DEFAULT_POOL_TIMEOUT
 from cachewise.serialization import (
     DEFAULT_COMPRESS_THRESHOLD,
     DEFAULT_MAX_VALUE_BYTES,
@@ -51,9 +53,6 @@ DEFAULT_SOCKET_TIMEOUT = 0.25
 DEFAULT_CONNECT_TIMEOUT = 0.25
 #: The per-operation timeout of invalidations (deletes, tag invalidations).
 DEFAULT_INVALIDATION_TIMEOUT = 0.25
-#: The async pool's size; how long a call queues for one of its connections is
-#: DEFAULT_POOL_TIMEOUT (see _pool).
-DEFAULT_MAX_CONNECTIONS = 50
 #: Where a Sentinel listens unless its address says otherwise.
 DEFAULT_SENTINEL_PORT = 26379
 #: The serializer unless a query or a keyword names one.

@@ -41,6 +41,17 @@ from cachewise._errors import PoolTimeoutError
 DEFAULT_POOL_TIMEOUT = 5.0
 
 
+#: Connections a pool holds at most by default (``from_url``'s max_connections).
+DEFAULT_MAX_CONNECTIONS = 50
+
+
+def _timed_out(pool: Any) -> PoolTimeoutError:
+    """What a call gets after queueing ``pool.timeout`` seconds (both flavours)."""
+    return PoolTimeoutError(
+        f"no free connection in the pool within {pool.timeout:g} s ({pool.max_connections} in use)"
+    )
+
+
 def _expire(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)  # no slot in time
@@ -62,7 +73,7 @@ def bounded_pool_class(base: type[Any] | None = None) -> type[Any]:
         def __init__(
             self,
             *,
-            max_connections: int = 50,
+            max_connections: int = DEFAULT_MAX_CONNECTIONS,
             timeout: float = DEFAULT_POOL_TIMEOUT,
             gate: Callable[[], None] | None = None,
             **kwargs: Any,
@@ -113,10 +124,7 @@ def bounded_pool_class(base: type[Any] | None = None) -> type[Any]:
             finally:
                 timer.cancel()
             if not granted:
-                raise PoolTimeoutError(
-                    f"no free connection in the pool within {self.timeout:g} s "
-                    f"({self.max_connections} in use)"
-                )
+                raise _timed_out(self)
             gate = self.gate
             if gate is not None:
                 try:
@@ -207,7 +215,7 @@ def queued_pool_class(base: type[Any] | None = None) -> type[Any]:
         def __init__(
             self,
             *args: Any,  # (the Sentinel pool takes its service and manager so)
-            max_connections: int = 50,
+            max_connections: int = DEFAULT_MAX_CONNECTIONS,
             timeout: float = DEFAULT_POOL_TIMEOUT,
             gate: Callable[[], None] | None = None,
             **kwargs: Any,
@@ -229,10 +237,7 @@ def queued_pool_class(base: type[Any] | None = None) -> type[Any]:
             slots = self._slots
             if not slots.take_now():  # the uncontended path: no wait, no gate
                 if not slots.take(self.timeout):
-                    raise PoolTimeoutError(
-                        f"no free connection in the pool within {self.timeout:g} s "
-                        f"({self.max_connections} in use)"
-                    )
+                    raise _timed_out(self)
                 gate = self.gate
                 if gate is not None:
                     try:

@@ -8,6 +8,7 @@ protocols added by later backends.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -191,3 +192,10 @@ class InProcessLeaseBackend(LeaseBackend, Protocol):
     async def wait_async(self, key: str, timeout: float) -> bool:
         """``wait`` for a coroutine: suspends until the lease on ``key`` ends, or
         ``timeout``; whether it ended."""
+
+
+def is_async_backend(backend: object) -> bool:
+    """Whether ``backend``'s calls are awaited (its ``get`` is a coroutine
+    function): the one test of a backend's flavour, for the front ends and the
+    circuit breakers alike."""
+    return inspect.iscoroutinefunction(getattr(backend, "get", None))

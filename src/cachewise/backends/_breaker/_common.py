@@ -15,7 +15,6 @@ backend (a Redis backend's ``client``, ``codec``...) still read through, untyped
 from __future__ import annotations
 
 import contextvars
-import inspect
 import logging
 import threading
 import time
@@ -26,6 +25,7 @@ from cachewise import _forksafe
 from cachewise._core.breaker import PASS, REFUSED, Breaker, BreakerPolicy, State
 from cachewise._core.entry import Entry
 from cachewise._errors import CircuitOpenError
+from cachewise.backends._protocol import is_async_backend
 
 logger = logging.getLogger("cachewise")
 
@@ -145,7 +145,7 @@ class _BreakerBase:
         ``clock`` is seconds (monotonic), ``name`` labels logs (the backend's type)."""
         # The front ends refuse a backend of the other flavour; wrapped, it would
         # get past that check and fail on every call (attack on issue 11).
-        if inspect.iscoroutinefunction(getattr(backend, "get", None)) != self._wraps_async:
+        if is_async_backend(backend) != self._wraps_async:
             flavour = "an async" if self._wraps_async else "a sync"
             raise TypeError(
                 f"{type(self).__name__} wraps {flavour} backend; "
