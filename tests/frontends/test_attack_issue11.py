@@ -227,3 +227,59 @@ def test_threads_queued_for_a_connection_fail_at_once_when_the_breaker_opens(
         finally:
             proxy.forward()
             cache.close()
+
+
+def test_a_delete_held_by_a_closed_cache_is_settled_by_its_open_sibling(
+    fresh_redis_server: Any,
+) -> None:
+    """Third attack on issue 11: two caches of one group on one server share what
+    they hold; the one that held a delete closed, and its sibling never retried it
+    (nor at exit) while other processes read the old value. The sibling now takes
+    it over."""
+    import redis
+
+    from cachewise import CacheGroup
+    from tests.support.faults import LatencyProxy
+
+    group = CacheGroup("siblings")
+    raw = redis.Redis(port=fresh_redis_server.port)
+    with LatencyProxy(fresh_redis_server.port) as proxy:
+        first = Cache.from_url(proxy.url, namespace="sib", ttl=600, group=group)
+        sibling = Cache.from_url(proxy.url, namespace="sib", ttl=600, group=group)
+        try:
+            first.set("k", "old")
+            assert raw.exists("{sib:k}")
+            proxy.blackhole()  # the delete cannot land: it is held
+            first.delete("k")
+            assert sibling.stats().invalidations_pending == 1
+            first.close()  # its last try fails too
+            proxy.forward()
+            deadline = time.monotonic() + JOIN
+            while sibling.stats().invalidations_pending and time.monotonic() < deadline:
+                time.sleep(0.02)  # real time: the sibling's settle thread, on its own
+            assert sibling.stats().invalidations_pending == 0
+            assert not raw.exists("{sib:k}")
+        finally:
+            proxy.forward()
+            sibling.close()
+            raw.close()
+
+
+def test_after_commit_tags_on_a_tagless_backend_are_refused_before_the_commit() -> None:
+    """Third attack on issue 11: transaction(..., tags=...) on a tag-less cache
+    let the block commit, then the tag invalidation failed after it."""
+    import sqlite3
+
+    from cachewise.integrations.dbapi import transaction
+
+    cache = Cache(Tagless())  # type: ignore[arg-type]
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.execute("create table t (x int)")
+        conn.commit()
+        with pytest.raises(TagsUnsupportedError), transaction(conn, cache, keys=["k"], tags=["u"]):
+            conn.execute("insert into t values (1)")
+        assert conn.execute("select count(*) from t").fetchone() == (0,)
+    finally:
+        conn.close()
+        cache.close()

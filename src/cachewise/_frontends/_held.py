@@ -289,6 +289,20 @@ class HeldMixin:
             if self._unsettled and not self._closed:
                 self._start_settle_thread()  # held again as we left: keep going
 
+    def _hand_over_held(self) -> bool:
+        """At close, with something still held: an open sibling sharing it (same
+        group, server and namespace) settles it from now on, and gets the exit's
+        last try; whether there was one. (Attack on issue 11: closing the cache
+        that held a delete left it to siblings that never retried it, at run time
+        or at exit, while other processes read the old value.) The settle thread,
+        not ``_start_settler``: an ``AsyncCache`` sibling's loop is not ours."""
+        for sibling in list(self._held.members):
+            if sibling is not self and not sibling._closed:
+                self._group._holds(sibling)
+                sibling._start_settle_thread()
+                return True
+        return False
+
     def _stop_settle_thread(self, timeout: float = _SETTLER_JOIN) -> None:
         self._settle_wake.set()
         thread = self._settle_thread

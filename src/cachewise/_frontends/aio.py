@@ -1448,7 +1448,8 @@ class AsyncCache(CacheBase):
         await self._work.drain()
         if self._unsettled:  # one last try at held invalidations, or an ERROR
             await self._settle()
-            self._last_settle(attempt=False)  # (logs what is still held)
+            if self._unsettled and not self._hand_over_held():
+                self._last_settle(attempt=False)  # (logs what is still held)
         if self._owns_backend:
             await self._store.aclose()
 

@@ -1252,7 +1252,8 @@ class Cache(CacheBase):
         self._work.drain()
         if self._unsettled:  # one last try at held invalidations, or an ERROR
             self._settle()
-            self._last_settle(attempt=False)  # (logs what is still held)
+            if self._unsettled and not self._hand_over_held():
+                self._last_settle(attempt=False)  # (logs what is still held)
         if self._owns_backend:
             self._store.close()
 

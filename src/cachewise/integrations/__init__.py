@@ -123,6 +123,10 @@ def _tags(cache: Cache | AsyncCache, values: Iterable[str]) -> tuple[str, ...]:
     # than the tuple: _full_tags remembers the tuples and lists it is given for its
     # hot read path, and a one-off check has no business in that memo.
     cache._full_tags(iter(tags))
+    # And the backend must have tags: refused here, before the commit, as
+    # invalidates(tags=...) is at decoration (attack on issue 11: the row committed,
+    # then the tag invalidation failed).
+    cache._need_tags(tags)
     return tags
 
 
